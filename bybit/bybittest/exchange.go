@@ -1,0 +1,570 @@
+// Package bybittest is a simulated Bybit v5 exchange for tests, the demo, the
+// benchmark and `cancel-worker sim`. It keeps an order book per category,
+// verifies every signature with its own code (not package bybit's, so that a
+// signing bug cannot hide by being mirrored), enforces Bybit's per-UID rolling
+// rate limits with the X-Bapi-Limit* headers, and can be told to misbehave.
+package bybittest
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Fixed credentials shared by the demo, the compose stack and the simulator.
+// They are not secrets: they open nothing but the simulator.
+const (
+	DemoAPIKey    = "demo-cancel-worker-key"
+	DemoAPISecret = "demo-cancel-worker-secret-not-for-production"
+)
+
+// Account is an API key the simulator accepts.
+type Account struct {
+	APIKey string
+	Secret string
+	// UID groups keys of one account: they share its rate limits.
+	UID string
+	// ReadOnly keys answer 10005 to a cancel.
+	ReadOnly bool
+	// Permissions is what GET /v5/user/query-api reports; default: trade
+	// permission in every market.
+	Permissions map[string][]string
+}
+
+// DefaultLimits are Bybit's documented per-UID limits per second of the base
+// tier, keyed "endpoint/category".
+func DefaultLimits() map[string]int {
+	return map[string]int{
+		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
+	}
+}
+
+// Options configure an Exchange.
+type Options struct {
+	// Accounts default to one account with the demo credentials.
+	Accounts []Account
+	// Limits per window keyed "endpoint/category" (see DefaultLimits). A
+	// missing key or 0 means unlimited. Nil means DefaultLimits.
+	Limits map[string]int
+	// Window is the rolling rate-limit window; default 1s.
+	Window time.Duration
+	// Latency delays every answer.
+	Latency time.Duration
+	// ClockOffset shifts the exchange's clock against the local one.
+	ClockOffset time.Duration
+	// OmitResetHeader leaves X-Bapi-Limit-Reset-Timestamp off 10006 answers.
+	OmitResetHeader bool
+	// AutoCreate answers a cancel of an unknown order as if it were open
+	// (the benchmark's book has no bottom). Off: unknown orders are not open.
+	AutoCreate bool
+}
+
+// Order is one order in the simulated book.
+type Order struct {
+	Category    string
+	Symbol      string
+	OrderID     string
+	OrderLinkID string
+	// Status is New, Cancelled or Filled.
+	Status string
+}
+
+// Request is one entry of the exchange's request log.
+type Request struct {
+	Time        time.Time
+	Method      string
+	Path        string
+	APIKey      string
+	Category    string
+	Symbol      string
+	OrderID     string
+	OrderLinkID string
+	HTTPStatus  int
+	RetCode     int
+}
+
+// Fault makes the next matching cancel request misbehave. Faults are used in
+// the order they were injected, one per request.
+type Fault struct {
+	// Match selects the requests the fault applies to; nil matches all.
+	Match func(category, symbol, orderID, orderLinkID string) bool
+	// Apply cancels the order before answering (a lost response when
+	// combined with Hangup or a Delay past the client's timeout).
+	Apply bool
+	// Delay holds the answer (until the client gives up, if longer).
+	Delay time.Duration
+	// Hangup closes the connection without an answer.
+	Hangup bool
+	// Status and Body replace the answer with a raw HTTP one.
+	Status int
+	Body   string
+	// RetCode and RetMsg answer with an error envelope.
+	RetCode int
+	RetMsg  string
+}
+
+// Exchange is the simulated exchange; it is an http.Handler.
+type Exchange struct {
+	opts Options
+
+	mu       sync.Mutex
+	accounts map[string]Account
+	books    map[string]map[string]*Order // category -> orderId -> order
+	links    map[string]map[string]*Order // category -> orderLinkId -> order
+	windows  map[string][]time.Time       // uid/endpoint/category -> accepted times
+	log      []Request
+	faults   []Fault
+	banned   bool
+	offset   time.Duration
+	nextID   int
+	limits   map[string]int
+}
+
+// New returns an exchange with an empty book.
+func New(o Options) *Exchange {
+	if len(o.Accounts) == 0 {
+		o.Accounts = []Account{{APIKey: DemoAPIKey, Secret: DemoAPISecret, UID: "demo"}}
+	}
+	if o.Limits == nil {
+		o.Limits = DefaultLimits()
+	}
+	if o.Window == 0 {
+		o.Window = time.Second
+	}
+	e := &Exchange{
+		opts:     o,
+		accounts: map[string]Account{},
+		books:    map[string]map[string]*Order{},
+		links:    map[string]map[string]*Order{},
+		windows:  map[string][]time.Time{},
+		offset:   o.ClockOffset,
+		limits:   map[string]int{},
+	}
+	for k, v := range o.Limits {
+		e.limits[k] = v
+	}
+	for _, a := range o.Accounts {
+		if a.UID == "" {
+			a.UID = a.APIKey
+		}
+		e.accounts[a.APIKey] = a
+	}
+	return e
+}
+
+// AddOrder puts an open order in the book and returns it; an empty OrderID
+// is generated.
+func (e *Exchange) AddOrder(o Order) Order {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return *e.addLocked(o)
+}
+
+func (e *Exchange) addLocked(o Order) *Order {
+	if o.OrderID == "" {
+		e.nextID++
+		o.OrderID = fmt.Sprintf("sim-%08d-0000-4000-8000-%012d", e.nextID, e.nextID)
+	}
+	if o.Status == "" {
+		o.Status = "New"
+	}
+	p := &o
+	if e.books[o.Category] == nil {
+		e.books[o.Category] = map[string]*Order{}
+		e.links[o.Category] = map[string]*Order{}
+	}
+	e.books[o.Category][o.OrderID] = p
+	if o.OrderLinkID != "" {
+		e.links[o.Category][o.OrderLinkID] = p
+	}
+	return p
+}
+
+// Order returns an order of the book by category and orderId.
+func (e *Exchange) Order(category, orderID string) (Order, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	o, ok := e.books[category][orderID]
+	if !ok {
+		return Order{}, false
+	}
+	return *o, true
+}
+
+// SetOrderStatus changes an order's status (e.g. Filled before a cancel lands).
+func (e *Exchange) SetOrderStatus(category, orderID, status string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if o, ok := e.books[category][orderID]; ok {
+		o.Status = status
+	}
+}
+
+// Requests returns a copy of the request log, in the order the exchange
+// handled the requests.
+func (e *Exchange) Requests() []Request {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]Request(nil), e.log...)
+}
+
+// InjectFault queues faults for the next matching cancel requests.
+func (e *Exchange) InjectFault(f ...Fault) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.faults = append(e.faults, f...)
+}
+
+// SetBanned makes every request answer HTTP 403 "access too frequent", as
+// Bybit's IP ban does.
+func (e *Exchange) SetBanned(b bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.banned = b
+}
+
+// SetClockOffset shifts the exchange's clock.
+func (e *Exchange) SetClockOffset(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.offset = d
+}
+
+// SetLimit changes one "endpoint/category" limit; 0 removes it.
+func (e *Exchange) SetLimit(key string, perWindow int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.limits[key] = perWindow
+}
+
+func (e *Exchange) nowLocked() time.Time { return time.Now().Add(e.offset) }
+
+type envelope struct {
+	RetCode    int    `json:"retCode"`
+	RetMsg     string `json:"retMsg"`
+	Result     any    `json:"result"`
+	RetExtInfo any    `json:"retExtInfo"`
+	Time       int64  `json:"time"`
+}
+
+// ServeHTTP implements the endpoints the worker uses.
+func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if e.opts.Latency > 0 {
+		select {
+		case <-time.After(e.opts.Latency):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	e.mu.Lock()
+	banned := e.banned
+	e.mu.Unlock()
+	if banned {
+		e.record(r, Request{HTTPStatus: http.StatusForbidden, RetCode: -1})
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte("<html><body>403 Forbidden: access too frequent</body></html>"))
+		return
+	}
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/v5/market/time":
+		e.serveTime(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/v5/user/query-api":
+		e.serveQueryAPI(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel":
+		e.serveCancel(w, r)
+	default:
+		e.writeEnvelope(w, r, Request{}, 10017, "route not found", nil, nil)
+	}
+}
+
+func (e *Exchange) record(r *http.Request, q Request) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	q.Time = time.Now()
+	q.Method = r.Method
+	q.Path = r.URL.Path
+	if q.APIKey == "" {
+		q.APIKey = r.Header.Get("X-BAPI-API-KEY")
+	}
+	e.log = append(e.log, q)
+}
+
+func (e *Exchange) writeEnvelope(w http.ResponseWriter, r *http.Request, q Request, code int, msg string, result any, h http.Header) {
+	if result == nil {
+		result = struct{}{}
+	}
+	e.mu.Lock()
+	now := e.nowLocked()
+	e.mu.Unlock()
+	q.HTTPStatus, q.RetCode = http.StatusOK, code
+	e.record(r, q)
+	for k, v := range h {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(envelope{RetCode: code, RetMsg: msg, Result: result, RetExtInfo: struct{}{}, Time: now.UnixMilli()})
+}
+
+func (e *Exchange) serveTime(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	now := e.nowLocked()
+	e.mu.Unlock()
+	e.writeEnvelope(w, r, Request{}, 0, "OK", map[string]string{
+		"timeSecond": strconv.FormatInt(now.Unix(), 10),
+		"timeNano":   strconv.FormatInt(now.UnixNano(), 10),
+	}, nil)
+}
+
+// authenticate checks the key, the timestamp rule and the signature the way
+// Bybit documents them, with code of its own.
+func (e *Exchange) authenticate(r *http.Request, payload []byte) (Account, int, string) {
+	key := r.Header.Get("X-BAPI-API-KEY")
+	e.mu.Lock()
+	acct, ok := e.accounts[key]
+	now := e.nowLocked()
+	e.mu.Unlock()
+	if key == "" || !ok {
+		return Account{}, 10003, "API key is invalid."
+	}
+	tsHeader := r.Header.Get("X-BAPI-TIMESTAMP")
+	ts, err := strconv.ParseInt(tsHeader, 10, 64)
+	if err != nil {
+		return acct, 10001, "invalid timestamp header"
+	}
+	recvHeader := r.Header.Get("X-BAPI-RECV-WINDOW")
+	recv := int64(5000)
+	if recvHeader != "" {
+		if recv, err = strconv.ParseInt(recvHeader, 10, 64); err != nil {
+			return acct, 10001, "invalid recv_window header"
+		}
+	}
+	server := now.UnixMilli()
+	if !(server-recv <= ts && ts < server+1000) {
+		return acct, 10002, fmt.Sprintf("invalid request, please check your server timestamp or recv_window param. req_timestamp[%d],server_timestamp[%d],recv_window[%d]", ts, server, recv)
+	}
+	origin := tsHeader + key + recvHeader + string(payload)
+	mac := hmac.New(sha256.New, []byte(acct.Secret))
+	mac.Write([]byte(origin))
+	want := hex.EncodeToString(mac.Sum(nil))
+	if !hmac.Equal([]byte(want), []byte(r.Header.Get("X-BAPI-SIGN"))) {
+		return acct, 10004, "error sign! origin_string[" + origin + "]"
+	}
+	return acct, 0, ""
+}
+
+func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {
+	acct, code, msg := e.authenticate(r, []byte(r.URL.RawQuery))
+	if code != 0 {
+		e.writeEnvelope(w, r, Request{}, code, msg, nil, nil)
+		return
+	}
+	perms := acct.Permissions
+	if perms == nil {
+		perms = map[string][]string{
+			"ContractTrade": {"Order", "Position"}, "Spot": {"SpotTrade"}, "Options": {"OptionsTrade"},
+			"Wallet": {}, "Derivatives": {"DerivativesTrade"},
+		}
+	}
+	readOnly := 0
+	if acct.ReadOnly {
+		readOnly = 1
+	}
+	e.writeEnvelope(w, r, Request{}, 0, "", map[string]any{
+		"id": "1", "apiKey": acct.APIKey, "readOnly": readOnly, "permissions": perms, "ips": []string{"*"},
+	}, nil)
+}
+
+// takeBudget applies the rolling-window limit of one (uid, endpoint,
+// category). It returns the headers to send and whether the request may go on.
+func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	limit := e.limits[endpoint+"/"+category]
+	now := e.nowLocked()
+	h := http.Header{}
+	if limit <= 0 {
+		return h, true
+	}
+	key := uid + "/" + endpoint + "/" + category
+	times := e.windows[key]
+	cut := 0
+	for cut < len(times) && !times[cut].After(now.Add(-e.opts.Window)) {
+		cut++
+	}
+	times = times[cut:]
+	h.Set("X-Bapi-Limit", strconv.Itoa(limit))
+	if len(times) >= limit {
+		e.windows[key] = times
+		h.Set("X-Bapi-Limit-Status", "0")
+		if !e.opts.OmitResetHeader {
+			h.Set("X-Bapi-Limit-Reset-Timestamp", strconv.FormatInt(times[0].Add(e.opts.Window).UnixMilli(), 10))
+		}
+		return h, false
+	}
+	times = append(times, now)
+	e.windows[key] = times
+	h.Set("X-Bapi-Limit-Status", strconv.Itoa(limit-len(times)))
+	h.Set("X-Bapi-Limit-Reset-Timestamp", strconv.FormatInt(now.UnixMilli(), 10))
+	return h, true
+}
+
+type cancelBody struct {
+	Category    string `json:"category"`
+	Symbol      string `json:"symbol"`
+	OrderID     string `json:"orderId"`
+	OrderLinkID string `json:"orderLinkId"`
+	OrderFilter string `json:"orderFilter"`
+}
+
+func (e *Exchange) nextFault(b cancelBody) (Fault, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, f := range e.faults {
+		if f.Match == nil || f.Match(b.Category, b.Symbol, b.OrderID, b.OrderLinkID) {
+			e.faults = append(e.faults[:i:i], e.faults[i+1:]...)
+			return f, true
+		}
+	}
+	return Fault{}, false
+}
+
+func (e *Exchange) serveCancel(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		e.writeEnvelope(w, r, Request{}, 10001, "unreadable body", nil, nil)
+		return
+	}
+	var b cancelBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
+		return
+	}
+	q := Request{Category: b.Category, Symbol: b.Symbol, OrderID: b.OrderID, OrderLinkID: b.OrderLinkID}
+	acct, code, msg := e.authenticate(r, body)
+	if code != 0 {
+		e.writeEnvelope(w, r, q, code, msg, nil, nil)
+		return
+	}
+	if acct.ReadOnly {
+		e.writeEnvelope(w, r, q, 10005, "Permission denied, please check your API key permissions.", nil, nil)
+		return
+	}
+	switch b.Category {
+	case "spot", "linear", "inverse", "option":
+	default:
+		e.writeEnvelope(w, r, q, 10001, "params error: category", nil, nil)
+		return
+	}
+	if b.Symbol == "" || (b.OrderID == "" && b.OrderLinkID == "") {
+		e.writeEnvelope(w, r, q, 10001, "params error: symbol and orderId or orderLinkId are required", nil, nil)
+		return
+	}
+	fault, faulty := e.nextFault(b)
+	if faulty && !fault.Apply {
+		if e.serveFault(w, r, q, fault) {
+			return
+		}
+	}
+	h, ok := e.takeBudget(acct.UID, "cancel", b.Category)
+	if !ok {
+		e.writeEnvelope(w, r, q, 10006, "Too many visits!", nil, h)
+		return
+	}
+	code, msg, result := e.cancelOne(b)
+	if faulty && fault.Apply {
+		q.RetCode = code
+		if e.serveFault(w, r, q, fault) {
+			return
+		}
+	}
+	e.writeEnvelope(w, r, q, code, msg, result, h)
+}
+
+// serveFault answers with the fault; false means the fault only delayed the
+// answer and the normal one follows.
+func (e *Exchange) serveFault(w http.ResponseWriter, r *http.Request, q Request, f Fault) bool {
+	if f.Delay > 0 {
+		select {
+		case <-time.After(f.Delay):
+		case <-r.Context().Done():
+			q.RetCode, q.HTTPStatus = -2, 0
+			e.record(r, q)
+			return true
+		}
+	}
+	switch {
+	case f.Hangup:
+		q.RetCode = -3
+		e.record(r, q)
+		hangup(w)
+		return true
+	case f.Status != 0:
+		q.HTTPStatus, q.RetCode = f.Status, -1
+		e.record(r, q)
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(f.Status)
+		_, _ = w.Write([]byte(f.Body))
+		return true
+	case f.RetCode != 0:
+		e.writeEnvelope(w, r, q, f.RetCode, f.RetMsg, nil, nil)
+		return true
+	}
+	return false
+}
+
+func hangup(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // a reset, not a polite close
+	}
+	_ = conn.Close()
+}
+
+// cancelOne applies a cancel to the book: orderId takes precedence over
+// orderLinkId, as on Bybit.
+func (e *Exchange) cancelOne(b cancelBody) (int, string, any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var o *Order
+	if b.OrderID != "" {
+		o = e.books[b.Category][b.OrderID]
+	} else {
+		o = e.links[b.Category][b.OrderLinkID]
+	}
+	if o == nil && e.opts.AutoCreate {
+		o = e.addLocked(Order{Category: b.Category, Symbol: b.Symbol, OrderID: b.OrderID, OrderLinkID: b.OrderLinkID})
+	}
+	notFound := 110001
+	if b.Category == "spot" {
+		notFound = 170213
+	}
+	if o == nil || o.Symbol != b.Symbol {
+		return notFound, "Order does not exist.", nil
+	}
+	if o.Status != "New" && o.Status != "PartiallyFilled" {
+		return notFound, "Order does not exist.", nil
+	}
+	o.Status = "Cancelled"
+	return 0, "OK", map[string]string{"orderId": o.OrderID, "orderLinkId": o.OrderLinkID}
+}
+
+func readBody(r *http.Request) ([]byte, error) {
+	defer r.Body.Close()
+	return io.ReadAll(io.LimitReader(r.Body, 1<<20))
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+)
+
+// setting is one configuration value: an environment variable and, unless it
+// is a secret, its flag twin. Flags win over the environment, which wins over
+// the default. --help shows defaults, never values from the environment.
+type setting struct {
+	env    string
+	def    string
+	usage  string
+	secret bool
+}
+
+func (s setting) flagName() string {
+	return strings.ReplaceAll(strings.ToLower(s.env), "_", "-")
+}
+
+// settings is the configuration contract of `cancel-worker run`.
+var settings = []setting{
+	{env: "NATS_URL", def: "nats://127.0.0.1:4222", usage: "NATS servers, comma-separated"},
+	{env: "NATS_STREAM", def: "ORDERS", usage: "stream holding the cancel subject and the results"},
+	{env: "NATS_CONSUMER", def: "cancel-worker", usage: "durable pull consumer; several worker processes may share it"},
+	{env: "NATS_CANCEL_SUBJECT", def: "orders.cancel", usage: "input subject"},
+	{env: "NATS_ACK_SUBJECT", def: "orders.cancel.ack", usage: "results: cancels the exchange acknowledged"},
+	{env: "NATS_REJECTED_SUBJECT", def: "orders.cancel.rejected", usage: "results: every other final outcome"},
+	{env: "NATS_ACK_WAIT", def: "5s", usage: "AckWait of a consumer the worker creates"},
+	{env: "NATS_MAX_DELIVER", def: "20", usage: "MaxDeliver of a consumer the worker creates"},
+	{env: "NATS_MAX_ACK_PENDING", def: "1000", usage: "MaxAckPending of a consumer the worker creates (messages held)"},
+	{env: "NATS_DUPLICATE_WINDOW", def: "1h", usage: "duplicate window of a stream the worker creates"},
+	{env: "NATS_STREAM_REPLICAS", def: "1", usage: "replicas of a stream the worker creates"},
+	{env: "BYBIT_API_KEY", def: "", usage: "Bybit API key (HMAC)"},
+	{env: "BYBIT_API_SECRET", secret: true, usage: "Bybit API secret (environment only)"},
+	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
+	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet or demo"},
+	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
+	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
+	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
+	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
+	{env: "BYBIT_LIMITS", def: "", usage: "per-second limits overriding Bybit's documented ones, e.g. cancel/linear=20,cancel/spot=30"},
+	{env: "BYBIT_BAN_PAUSE", def: "10m", usage: "how long every request stops after an IP-ban 403"},
+	{env: "BYBIT_BAN_RELEASE", def: "false", usage: "release held messages to other replicas during an IP ban"},
+	{env: "WORKER_CONCURRENCY", def: "16", usage: "HTTP requests in flight"},
+	{env: "WORKER_RETRY_BUDGET", def: "2m", usage: "in-process retrying of transient failures per delivery"},
+	{env: "WORKER_MAX_AGE", def: "50m", usage: "request age after which it is answered failed"},
+	{env: "WORKER_SHUTDOWN_TIMEOUT", def: "20s", usage: "how long a stop waits for requests already sent"},
+	{env: "LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
+	{env: "LOG_FORMAT", def: "text", usage: "text (colour on a terminal) or json"},
+}
+
+// values is the resolved configuration: env name -> value.
+type values map[string]string
+
+// parseSettings resolves every setting from flags, the environment and the
+// defaults. It returns flag.ErrHelp after printing usage for -h/--help.
+func parseSettings(name string, args []string, getenv func(string) string, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	flags := map[string]*string{}
+	for _, s := range settings {
+		if s.secret {
+			continue
+		}
+		flags[s.env] = fs.String(s.flagName(), s.def, fmt.Sprintf("%s (env %s)", s.usage, s.env))
+	}
+	if extra != nil {
+		extra(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: cancel-worker %s [flags]\n\nEvery flag has an environment twin; flags win. Secrets are read only from the environment:\n", name)
+		for _, s := range settings {
+			if s.secret {
+				fmt.Fprintf(out, "  %-24s %s\n", s.env, s.usage)
+			}
+		}
+		fmt.Fprintln(out, "\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	v := values{}
+	for _, s := range settings {
+		switch {
+		case !s.secret && set[s.flagName()]:
+			v[s.env] = *flags[s.env]
+		case getenv(s.env) != "":
+			v[s.env] = getenv(s.env)
+		default:
+			v[s.env] = s.def
+		}
+	}
+	return v, nil
+}
+
+// parser collects typed values; the first error names its variable.
+type parser struct {
+	v   values
+	err error
+}
+
+func (p *parser) fail(name, format string, args ...any) {
+	if p.err == nil {
+		p.err = fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...))
+	}
+}
+
+func (p *parser) str(name string) string { return p.v[name] }
+
+func (p *parser) duration(name string) time.Duration {
+	d, err := time.ParseDuration(p.v[name])
+	if err != nil {
+		p.fail(name, "%q is not a Go duration such as 5s or 10m", p.v[name])
+		return 0
+	}
+	if d <= 0 {
+		p.fail(name, "must be positive, not %s", p.v[name])
+	}
+	return d
+}
+
+func (p *parser) integer(name string) int {
+	n, err := strconv.Atoi(p.v[name])
+	if err != nil {
+		p.fail(name, "%q is not a whole number", p.v[name])
+	}
+	return n
+}
+
+func (p *parser) boolean(name string) bool {
+	b, err := strconv.ParseBool(p.v[name])
+	if err != nil {
+		p.fail(name, "%q is not true or false", p.v[name])
+	}
+	return b
+}
+
+// rate parses "N/duration" or "off".
+func (p *parser) rate(name string) worker.Rate {
+	s := p.v[name]
+	if s == "off" || s == "" {
+		return worker.Rate{}
+	}
+	n, per, ok := strings.Cut(s, "/")
+	count, err := strconv.Atoi(n)
+	if !ok || err != nil || count <= 0 {
+		p.fail(name, "%q is not N/duration (e.g. 500/5s) or off", s)
+		return worker.Rate{}
+	}
+	d, err := time.ParseDuration(per)
+	if err != nil || d <= 0 {
+		p.fail(name, "%q is not N/duration (e.g. 500/5s) or off", s)
+		return worker.Rate{}
+	}
+	return worker.Rate{N: count, Per: d}
+}
+
+// limits parses "endpoint/category=N,..." over Bybit's documented limits.
+func (p *parser) limits(name string) map[string]int {
+	out := worker.DefaultLimits()
+	s := strings.TrimSpace(p.v[name])
+	if s == "" {
+		return out
+	}
+	for _, part := range strings.Split(s, ",") {
+		k, n, ok := strings.Cut(strings.TrimSpace(part), "=")
+		count, err := strconv.Atoi(n)
+		if _, known := out[k]; !ok || err != nil || count < 0 || !known {
+			keys := make([]string, 0, len(out))
+			for key := range out {
+				keys = append(keys, key)
+			}
+			sort.Strings(keys)
+			p.fail(name, "%q is not endpoint/category=N with a key among %s", part, strings.Join(keys, ", "))
+			return out
+		}
+		out[k] = count
+	}
+	return out
+}
+
+// secret reads NAME or NAME_FILE (not both). Its value never appears in an
+// error.
+func readSecret(getenv func(string) string, name string) (bybit.Secret, error) {
+	direct, file := getenv(name), getenv(name+"_FILE")
+	switch {
+	case direct != "" && file != "":
+		return "", fmt.Errorf("%s and %s_FILE are both set: set one", name, name)
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s_FILE: cannot read %s: %v", name, file, errors.Unwrap(err))
+		}
+		s := strings.TrimRight(string(b), "\r\n")
+		if s == "" {
+			return "", fmt.Errorf("%s_FILE: %s is empty", name, file)
+		}
+		return bybit.Secret(s), nil
+	}
+	return bybit.Secret(direct), nil
+}
+
+// runConfig is everything `run` needs.
+type runConfig struct {
+	natsURL    string
+	worker     worker.Config
+	apiKey     string
+	apiSecret  bybit.Secret
+	baseURL    string
+	recvWindow time.Duration
+	timeout    time.Duration
+	logLevel   slog.Level
+	logFormat  string
+}
+
+func buildRunConfig(v values, getenv func(string) string) (runConfig, error) {
+	p := &parser{v: v}
+	var rc runConfig
+	rc.natsURL = p.str("NATS_URL")
+	rc.worker = worker.Config{
+		Stream:          p.str("NATS_STREAM"),
+		Consumer:        p.str("NATS_CONSUMER"),
+		CancelSubject:   p.str("NATS_CANCEL_SUBJECT"),
+		AckSubject:      p.str("NATS_ACK_SUBJECT"),
+		RejectedSubject: p.str("NATS_REJECTED_SUBJECT"),
+		AckWait:         p.duration("NATS_ACK_WAIT"),
+		MaxDeliver:      p.integer("NATS_MAX_DELIVER"),
+		MaxAckPending:   p.integer("NATS_MAX_ACK_PENDING"),
+		DuplicateWindow: p.duration("NATS_DUPLICATE_WINDOW"),
+		StreamReplicas:  p.integer("NATS_STREAM_REPLICAS"),
+		Concurrency:     p.integer("WORKER_CONCURRENCY"),
+		RetryBudget:     p.duration("WORKER_RETRY_BUDGET"),
+		MaxAge:          p.duration("WORKER_MAX_AGE"),
+		ShutdownTimeout: p.duration("WORKER_SHUTDOWN_TIMEOUT"),
+		Limits:          p.limits("BYBIT_LIMITS"),
+		IPLimit:         p.rate("BYBIT_IP_LIMIT"),
+		BanPause:        p.duration("BYBIT_BAN_PAUSE"),
+		BanRelease:      p.boolean("BYBIT_BAN_RELEASE"),
+	}
+	rc.apiKey = p.str("BYBIT_API_KEY")
+	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")
+	rc.timeout = p.duration("BYBIT_HTTP_TIMEOUT")
+	rc.baseURL = p.str("BYBIT_BASE_URL")
+	if rc.baseURL == "" {
+		u, err := bybit.BaseURLFor(p.str("BYBIT_ENV"))
+		if err != nil {
+			p.fail("BYBIT_ENV", "%q is not testnet, mainnet or demo", p.str("BYBIT_ENV"))
+		}
+		rc.baseURL = u
+	} else if !strings.HasPrefix(rc.baseURL, "http://") && !strings.HasPrefix(rc.baseURL, "https://") {
+		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", rc.baseURL)
+	}
+	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
+		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
+	}
+	rc.logFormat = p.str("LOG_FORMAT")
+	if rc.logFormat != "text" && rc.logFormat != "json" {
+		p.fail("LOG_FORMAT", "%q is not text or json", rc.logFormat)
+	}
+	if p.err != nil {
+		return rc, p.err
+	}
+	secret, err := readSecret(getenv, "BYBIT_API_SECRET")
+	if err != nil {
+		return rc, err
+	}
+	rc.apiSecret = secret
+	switch {
+	case rc.apiKey == "" && secret.IsZero():
+		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE)")
+	case rc.apiKey == "":
+		return rc, errors.New("BYBIT_API_KEY: must be set with BYBIT_API_SECRET")
+	case secret.IsZero():
+		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE) with BYBIT_API_KEY")
+	}
+	return rc, nil
+}
+
+// effective lists the resolved settings for the start-up log, secrets masked.
+func (v values) effective(getenv func(string) string) []any {
+	var attrs []any
+	for _, s := range settings {
+		val := v[s.env]
+		if s.secret {
+			val = "unset"
+			if getenv(s.env) != "" {
+				val = "set"
+			}
+		}
+		attrs = append(attrs, s.env, val)
+	}
+	return attrs
+}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+)
+
+// demoRequest is one step of the scripted scenario.
+type demoRequest struct {
+	body    string
+	msgID   string
+	expect  messages.Status
+	comment string
+}
+
+// startSim serves a simulated exchange on a loopback port.
+func startSim(ex *bybittest.Exchange, addr string) (string, func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: ex, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+func runDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limit is 10/s)")
+	logLevel := fs.String("log-level", "warn", "the worker's log level (its lines go to stderr)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", *logLevel)
+	}
+	log := newLogger(stderr, level, "text")
+
+	store, err := os.MkdirTemp("", "cancel-worker-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(store)
+	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	if err != nil {
+		return err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	ex := bybittest.New(bybittest.Options{})
+	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer stopSim()
+
+	script := demoScript(ex, *burst)
+	fmt.Fprintf(stdout, "demo: nats-server %s (JetStream, temp store), simulated Bybit %s (limits: linear/inverse/option 10/s, spot 20/s)\n",
+		ns.ClientURL(), baseURL)
+
+	nc, err := nats.Connect(ns.ClientURL(), nats.Name("cancel-worker-demo"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg := demoWorkerConfig(log)
+	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(cfg, js, client)
+	if err != nil {
+		return err
+	}
+	if err := w.Setup(ctx); err != nil {
+		return err
+	}
+
+	results := make(chan messages.Result, len(script))
+	for _, subj := range []string{cfg.AckSubject, cfg.RejectedSubject} {
+		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+			if r, err := messages.DecodeResult(m.Data); err == nil {
+				results <- r
+			}
+		})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+
+	wctx, stopWorker := context.WithCancel(ctx)
+	defer stopWorker()
+	workerDone := make(chan error, 1)
+	go func() { workerDone <- w.Run(wctx) }()
+
+	start := time.Now()
+	fmt.Fprintf(stdout, "publishing %d requests: one per category by orderId and orderLinkId, a burst of %d linear cancels, 2 invalid messages, 1 cancel of an order that is not open\n\n",
+		len(script), *burst)
+	for _, r := range script {
+		m := &nats.Msg{Subject: cfg.CancelSubject, Data: []byte(r.body), Header: nats.Header{}}
+		opts := []jetstream.PublishOpt{}
+		if r.msgID != "" {
+			opts = append(opts, jetstream.WithMsgID(r.msgID))
+		}
+		if _, err := js.PublishMsg(ctx, m, opts...); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+	}
+
+	counts := map[messages.Status]int{}
+	var waited time.Duration
+	var mu sync.Mutex
+	for got := 0; got < len(script); got++ {
+		select {
+		case r := <-results:
+			mu.Lock()
+			counts[r.Status]++
+			waited += time.Duration(r.RateLimitWaitMs) * time.Millisecond
+			mu.Unlock()
+			fmt.Fprintln(stdout, formatResult(time.Since(start), r))
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("demo: only %d of %d results after 30s", got, len(script))
+		case err := <-workerDone:
+			return fmt.Errorf("demo: worker stopped early: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	elapsed := time.Since(start)
+	stopWorker()
+	if err := <-workerDone; err != nil {
+		return err
+	}
+
+	var limited int
+	for _, q := range ex.Requests() {
+		if q.RetCode == 10006 {
+			limited++
+		}
+	}
+	want := map[messages.Status]int{}
+	for _, r := range script {
+		want[r.expect]++
+	}
+	fmt.Fprintf(stdout, "\nsummary: %d requests, %d results in %s: %s\n", len(script), len(script), elapsed.Round(time.Millisecond), formatCounts(counts))
+	fmt.Fprintf(stdout, "rate limits: the worker waited %s in all for budget (the %d-cancel linear burst at 10/s); the exchange answered 10006 %d times\n",
+		waited.Round(time.Millisecond), *burst, limited)
+	for s, n := range want {
+		if counts[s] != n {
+			return fmt.Errorf("demo: expected %s, got %s", formatCounts(want), formatCounts(counts))
+		}
+	}
+	fmt.Fprintln(stdout, "every request got exactly the result the scenario expects")
+	return nil
+}
+
+func demoWorkerConfig(log *slog.Logger) worker.Config {
+	return worker.Config{
+		Stream: "ORDERS", Consumer: "cancel-worker",
+		CancelSubject: "orders.cancel", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
+		AckWait: 5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
+		DuplicateWindow: time.Hour, StreamReplicas: 1,
+		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 20 * time.Second,
+		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute,
+		Logger: log,
+	}
+}
+
+// demoScript fills the simulated book and returns the requests to publish.
+func demoScript(ex *bybittest.Exchange, burst int) []demoRequest {
+	var s []demoRequest
+	add := func(o bybittest.Order, byLink bool, requestID, comment string) {
+		o = ex.AddOrder(o)
+		body := map[string]string{"category": o.Category, "symbol": o.Symbol, "requestId": requestID}
+		if byLink {
+			body["orderLinkId"] = o.OrderLinkID
+		} else {
+			body["orderId"] = o.OrderID
+		}
+		b, _ := json.Marshal(body)
+		s = append(s, demoRequest{body: string(b), expect: messages.StatusCancelled, comment: comment})
+	}
+	add(bybittest.Order{Category: "spot", Symbol: "BTCUSDT"}, false, "demo-spot-by-id", "")
+	add(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderLinkID: "demo-linear-link-1"}, true, "demo-linear-by-link", "")
+	add(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"}, false, "demo-inverse-by-id", "")
+	add(bybittest.Order{Category: "option", Symbol: "BTC-27DEC24-100000-C", OrderLinkID: "demo-option-link-1"}, true, "demo-option-by-link", "")
+	for i := range burst {
+		add(bybittest.Order{Category: "linear", Symbol: "ETHUSDT"}, false, fmt.Sprintf("demo-burst-%02d", i+1), "")
+	}
+	s = append(s,
+		demoRequest{body: `{"category":"linear","symbol":"btcusdt","orderId":"1"}`, msgID: "demo-invalid-lowercase", expect: messages.StatusInvalid},
+		demoRequest{body: `cancel everything!`, msgID: "demo-invalid-not-json", expect: messages.StatusInvalid},
+		demoRequest{body: `{"category":"linear","symbol":"BTCUSDT","orderId":"no-such-order","requestId":"demo-not-open"}`, expect: messages.StatusNotOpen},
+	)
+	return s
+}
+
+func formatResult(at time.Duration, r messages.Result) string {
+	id := "orderId=" + r.OrderID
+	if r.OrderID == "" {
+		id = "orderLinkId=" + r.OrderLinkID
+	}
+	line := fmt.Sprintf("+%6.3fs  %-9s  %-7s %-22s %-44s attempts=%d waited=%dms  requestId=%s",
+		at.Seconds(), r.Status, r.Category, r.Symbol, id, r.Attempts, r.RateLimitWaitMs, r.RequestID)
+	switch {
+	case r.Error != "":
+		line += "  error=" + r.Error
+	case r.RetCode != nil && *r.RetCode != 0:
+		line += fmt.Sprintf("  retCode=%d %s", *r.RetCode, r.RetMsg)
+	}
+	if r.Status == messages.StatusInvalid {
+		line = fmt.Sprintf("+%6.3fs  %-9s  seq=%d requestId=%s  error=%s", at.Seconds(), r.Status, r.RequestSeq, r.RequestID, r.Error)
+	}
+	return line
+}
+
+func formatCounts(c map[messages.Status]int) string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, string(k))
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, c[messages.Status(k)]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func runSim(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
+	latency := fs.Duration("latency", 0, "delay of every answer")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency})
+	url, stop, err := startSim(ex, *addr)
+	if err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	defer stop()
+	fmt.Fprintf(stderr, "simulated Bybit at %s (key %s; every cancel of an unknown order succeeds once)\n", url, bybittest.DemoAPIKey)
+	<-ctx.Done()
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return nil
+	}
+	return ctx.Err()
+}

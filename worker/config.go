@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Rate is N requests per Per. The zero Rate means unlimited.
+type Rate struct {
+	N   int
+	Per time.Duration
+}
+
+// Unlimited reports whether the rate imposes no limit.
+func (r Rate) Unlimited() bool { return r.N <= 0 || r.Per <= 0 }
+
+func (r Rate) String() string {
+	if r.Unlimited() {
+		return "off"
+	}
+	return fmt.Sprintf("%d/%s", r.N, r.Per)
+}
+
+// DefaultLimits are Bybit's documented per-UID limits of the base tier, per
+// second, keyed "endpoint/category".
+func DefaultLimits() map[string]int {
+	return map[string]int{
+		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
+	}
+}
+
+// Config is everything the worker needs besides its connections. Defaults are
+// those of the cancel-worker command; Validate fills none in.
+type Config struct {
+	// Stream holds requests and results (NATS_STREAM, default ORDERS).
+	Stream string
+	// Consumer is the durable pull consumer (NATS_CONSUMER, default
+	// cancel-worker); several processes may share it.
+	Consumer string
+	// CancelSubject is the input (NATS_CANCEL_SUBJECT, orders.cancel).
+	CancelSubject string
+	// AckSubject receives cancels the exchange acknowledged
+	// (NATS_ACK_SUBJECT, orders.cancel.ack).
+	AckSubject string
+	// RejectedSubject receives every other final outcome
+	// (NATS_REJECTED_SUBJECT, orders.cancel.rejected).
+	RejectedSubject string
+	// AckWait, MaxDeliver and MaxAckPending are applied to a consumer the
+	// worker created (5s, 20, 1000). What the consumer really has is read
+	// back and used.
+	AckWait       time.Duration
+	MaxDeliver    int
+	MaxAckPending int
+	// DuplicateWindow and StreamReplicas are applied to a stream the worker
+	// created (1h, 1).
+	DuplicateWindow time.Duration
+	StreamReplicas  int
+
+	// Concurrency bounds HTTP requests in flight (WORKER_CONCURRENCY, 16).
+	Concurrency int
+	// RetryBudget is how long one delivery retries transient failures
+	// before it is released with NakWithDelay (2m).
+	RetryBudget time.Duration
+	// MaxAge is the request age (from its stream timestamp) after which it
+	// is answered failed (50m). It keeps redeliveries inside the stream's
+	// duplicate window.
+	MaxAge time.Duration
+	// ShutdownTimeout bounds how long a stop waits for requests already
+	// sent (20s).
+	ShutdownTimeout time.Duration
+
+	// Limits per second keyed "endpoint/category" (BYBIT_LIMITS; default
+	// DefaultLimits). A missing key or 0 is unlimited.
+	Limits map[string]int
+	// IPLimit is the process's ceiling on all requests to Bybit
+	// (BYBIT_IP_LIMIT, 500/5s).
+	IPLimit Rate
+	// BanPause is how long every request stops after an IP-ban 403 (10m).
+	BanPause time.Duration
+	// BanRelease releases held messages with NakWithDelay during a ban, for
+	// fleets spread over several IPs (false).
+	BanRelease bool
+
+	Logger *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Validate checks the configuration; errors name the setting.
+func (c Config) Validate() error {
+	var errs []error
+	need := func(v, name string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s must not be empty", name))
+		}
+	}
+	need(c.Stream, "NATS_STREAM")
+	need(c.Consumer, "NATS_CONSUMER")
+	need(c.CancelSubject, "NATS_CANCEL_SUBJECT")
+	need(c.AckSubject, "NATS_ACK_SUBJECT")
+	need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
+	subjects := map[string]string{}
+	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
+		if prev, dup := subjects[s[0]]; dup && s[0] != "" {
+			errs = append(errs, fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
+		}
+		subjects[s[0]] = s[1]
+	}
+	positive := func(d time.Duration, name string) {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, not %v", name, d))
+		}
+	}
+	positive(c.AckWait, "NATS_ACK_WAIT")
+	positive(c.DuplicateWindow, "NATS_DUPLICATE_WINDOW")
+	positive(c.RetryBudget, "WORKER_RETRY_BUDGET")
+	positive(c.MaxAge, "WORKER_MAX_AGE")
+	positive(c.ShutdownTimeout, "WORKER_SHUTDOWN_TIMEOUT")
+	positive(c.BanPause, "BYBIT_BAN_PAUSE")
+	if c.MaxDeliver < 1 && c.MaxDeliver != -1 {
+		errs = append(errs, fmt.Errorf("NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver))
+	}
+	if c.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		errs = append(errs, fmt.Errorf("NATS_STREAM_REPLICAS must be 1 to 5, not %d", c.StreamReplicas))
+	}
+	if c.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("worker: Logger is required"))
+	}
+	return errors.Join(errs...)
+}

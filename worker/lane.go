@@ -1,0 +1,186 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// laneKey names a queue: held cancels wait per (account, category), so a
+// burst in one category never delays another.
+type laneKey struct {
+	account  string
+	category string
+}
+
+// lane is the queue of one (account, category) and the budget its requests
+// spend. Retries go to the front: they were first.
+type lane struct {
+	key    laneKey
+	pacer  *pacer
+	mu     sync.Mutex
+	queue  []*job
+	wake   chan struct{}
+	closed bool
+	// rlBackoff paces retries after a 10006 that carried no reset time.
+	rlBackoff *backoff.ExponentialBackOff
+}
+
+func newLane(key laneKey, p *pacer) *lane {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 200 * time.Millisecond
+	b.MaxInterval = 2 * time.Second
+	b.MaxElapsedTime = 0
+	return &lane{key: key, pacer: p, wake: make(chan struct{}, 1), rlBackoff: b}
+}
+
+// push queues j; it returns false if the lane is closed (the worker stops),
+// and the caller must release j itself.
+func (l *lane) push(j *job, front bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	j.queuedAt = time.Now()
+	if front {
+		l.queue = append([]*job{j}, l.queue...)
+	} else {
+		l.queue = append(l.queue, j)
+	}
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// pop waits for the next job; nil once ctx ends.
+func (l *lane) pop(ctx context.Context) *job {
+	for {
+		l.mu.Lock()
+		if len(l.queue) > 0 {
+			j := l.queue[0]
+			l.queue[0] = nil
+			l.queue = l.queue[1:]
+			l.mu.Unlock()
+			return j
+		}
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-l.wake:
+		}
+	}
+}
+
+// close stops the lane and returns what was still queued.
+func (l *lane) close() []*job {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	q := l.queue
+	l.queue = nil
+	return q
+}
+
+func (l *lane) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.queue)
+}
+
+// banGate stops every request of the process during an IP ban. After the
+// pause, one request (the probe) goes through and decides whether to resume.
+type banGate struct {
+	now     func() time.Time
+	mu      sync.Mutex
+	until   time.Time
+	probing bool
+	changed chan struct{}
+}
+
+func newBanGate(now func() time.Time) *banGate {
+	return &banGate{now: now, changed: make(chan struct{})}
+}
+
+// wait returns when a request may be sent; probe is true for the one request
+// that tests whether a ban is over, which must report its outcome.
+func (g *banGate) wait(ctx context.Context) (probe bool, err error) {
+	for {
+		g.mu.Lock()
+		if g.until.IsZero() {
+			g.mu.Unlock()
+			return false, nil
+		}
+		var d time.Duration
+		now := g.now()
+		switch {
+		case now.Before(g.until):
+			d = g.until.Sub(now)
+		case !g.probing:
+			g.probing = true
+			g.mu.Unlock()
+			return true, nil
+		}
+		changed := g.changed
+		g.mu.Unlock()
+		if err := sleepOrChange(ctx, d, changed); err != nil {
+			return false, err
+		}
+	}
+}
+
+// waitOpen returns once no ban is in force (a probe may be under way).
+func (g *banGate) waitOpen(ctx context.Context) error {
+	for {
+		g.mu.Lock()
+		open := g.until.IsZero()
+		changed := g.changed
+		g.mu.Unlock()
+		if open {
+			return nil
+		}
+		if err := sleepOrChange(ctx, 0, changed); err != nil {
+			return err
+		}
+	}
+}
+
+// ban starts or extends a ban until t.
+func (g *banGate) ban(t time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t.After(g.until) {
+		g.until = t
+	}
+	g.wakeLocked()
+}
+
+// report ends a probe: banned again, or open.
+func (g *banGate) report(banned bool, pause time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.probing = false
+	if banned {
+		g.until = g.now().Add(pause)
+	} else {
+		g.until = time.Time{}
+	}
+	g.wakeLocked()
+}
+
+// bannedUntil is the end of the current ban, zero if none.
+func (g *banGate) bannedUntil() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.until
+}
+
+func (g *banGate) wakeLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
+}

@@ -1,0 +1,205 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Metadata tag on streams and consumers the worker created: those it keeps up
+// to date; any other belongs to the operator and is only read.
+const (
+	ManagedKey   = "bybit-cancel-worker.managed"
+	ManagedValue = "true"
+)
+
+// StreamMaxAge is the history a created stream keeps for replay.
+const StreamMaxAge = 7 * 24 * time.Hour
+
+// dupeMargin is how much longer than MaxAge the duplicate window must be.
+const dupeMargin = 5 * time.Minute
+
+func (c Config) inputSubjects() []string  { return []string{c.CancelSubject} }
+func (c Config) resultSubjects() []string { return []string{c.AckSubject, c.RejectedSubject} }
+func (c Config) streamSubjects() []string { return append(c.inputSubjects(), c.resultSubjects()...) }
+
+// EnsureStream creates the stream if it is missing, brings a stream the
+// worker created up to date, and checks an operator's stream without changing
+// it. It returns the stream's effective configuration.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.StreamConfig, error) {
+	s, err := js.Stream(ctx, c.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {
+			return jetstream.StreamConfig{}, err
+		}
+		s, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:        c.Stream,
+			Description: "Bybit cancel requests and their results (bybit-cancel-worker)",
+			Subjects:    c.streamSubjects(),
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      StreamMaxAge,
+			Duplicates:  c.DuplicateWindow,
+			Replicas:    c.StreamReplicas,
+			Metadata:    map[string]string{ManagedKey: ManagedValue},
+		})
+		if err != nil {
+			return jetstream.StreamConfig{}, fmt.Errorf("create stream %s: %w", c.Stream, err)
+		}
+		return s.CachedInfo().Config, nil
+	case err != nil:
+		return jetstream.StreamConfig{}, fmt.Errorf("look up stream %s: %w", c.Stream, err)
+	}
+
+	cfg := s.CachedInfo().Config
+	if cfg.Metadata[ManagedKey] != ManagedValue {
+		var missing []string
+		for _, subj := range c.streamSubjects() {
+			if !subjectCovered(cfg.Subjects, subj) {
+				missing = append(missing, subj)
+			}
+		}
+		if len(missing) > 0 {
+			return cfg, fmt.Errorf("stream %s (not created by the worker, so left unchanged) does not capture %s: add them to its subjects, e.g. nats stream edit %s --subjects %s",
+				c.Stream, strings.Join(missing, ", "), c.Stream, strings.Join(append(slices.Clone(cfg.Subjects), missing...), ","))
+		}
+		if cfg.Retention == jetstream.WorkQueuePolicy {
+			return cfg, fmt.Errorf("stream %s has work-queue retention: results and replay need limits retention", c.Stream)
+		}
+		return cfg, checkDupeWindow(cfg.Duplicates, c.MaxAge, "the duplicate window of stream "+c.Stream)
+	}
+
+	if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {
+		return cfg, err
+	}
+	want := cfg
+	for _, subj := range c.streamSubjects() {
+		if !slices.Contains(want.Subjects, subj) {
+			want.Subjects = append(want.Subjects, subj)
+		}
+	}
+	want.Duplicates = c.DuplicateWindow
+	want.Replicas = c.StreamReplicas
+	if slices.Equal(want.Subjects, cfg.Subjects) && want.Duplicates == cfg.Duplicates && want.Replicas == cfg.Replicas {
+		return cfg, nil
+	}
+	s, err = js.UpdateStream(ctx, want)
+	if err != nil {
+		return cfg, fmt.Errorf("update stream %s: %w", c.Stream, err)
+	}
+	return s.CachedInfo().Config, nil
+}
+
+func checkDupeWindow(window, maxAge time.Duration, name string) error {
+	if window < maxAge+dupeMargin {
+		return fmt.Errorf("%s (%v) must be at least WORKER_MAX_AGE (%v) + %v, or a redelivered request could get a second result",
+			name, window, maxAge, dupeMargin)
+	}
+	return nil
+}
+
+// subjectCovered reports whether a stream with the given subjects captures
+// subj (a literal subject), honouring * and > wildcards.
+func subjectCovered(streamSubjects []string, subj string) bool {
+	for _, pat := range streamSubjects {
+		if subjectMatches(pat, subj) {
+			return true
+		}
+	}
+	return false
+}
+
+func subjectMatches(pattern, subj string) bool {
+	p, s := strings.Split(pattern, "."), strings.Split(subj, ".")
+	for i, pt := range p {
+		if pt == ">" {
+			return len(s) > i
+		}
+		if i >= len(s) || (pt != "*" && pt != s[i]) {
+			return false
+		}
+	}
+	return len(p) == len(s)
+}
+
+// ConsumerSettings are what the worker reads back from its consumer: the
+// heartbeats and the last-delivery rule follow what is really set.
+type ConsumerSettings struct {
+	AckWait    time.Duration
+	MaxDeliver int
+}
+
+// EnsureConsumer creates the durable consumer if it is missing, updates one the
+// worker created, and checks an operator's one without changing it.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.Consumer, ConsumerSettings, error) {
+	cons, err := js.Consumer(ctx, c.Stream, c.Consumer)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil:
+		return nil, ConsumerSettings{}, fmt.Errorf("look up consumer %s: %w", c.Consumer, err)
+	default:
+		cfg := cons.CachedInfo().Config
+		if cfg.Metadata[ManagedKey] != ManagedValue {
+			if err := checkOperatorConsumer(cfg, c); err != nil {
+				return nil, ConsumerSettings{}, err
+			}
+			return cons, settingsOf(cfg), nil
+		}
+	}
+	want := jetstream.ConsumerConfig{
+		Durable:        c.Consumer,
+		Description:    "bybit-cancel-worker",
+		FilterSubjects: c.inputSubjects(),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.AckWait,
+		MaxDeliver:     c.MaxDeliver,
+		MaxAckPending:  c.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		Metadata:       map[string]string{ManagedKey: ManagedValue},
+	}
+	cons, err = js.CreateOrUpdateConsumer(ctx, c.Stream, want)
+	if err != nil {
+		return nil, ConsumerSettings{}, fmt.Errorf("create or update consumer %s: %w", c.Consumer, err)
+	}
+	return cons, settingsOf(cons.CachedInfo().Config), nil
+}
+
+func settingsOf(cfg jetstream.ConsumerConfig) ConsumerSettings {
+	s := ConsumerSettings{AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver}
+	if s.AckWait <= 0 {
+		s.AckWait = 30 * time.Second // the server's default
+	}
+	return s
+}
+
+func checkOperatorConsumer(cfg jetstream.ConsumerConfig, c Config) error {
+	filters := cfg.FilterSubjects
+	if cfg.FilterSubject != "" {
+		filters = []string{cfg.FilterSubject}
+	}
+	want := c.inputSubjects()
+	if !sameSet(filters, want) {
+		return fmt.Errorf("consumer %s (not created by the worker, so left unchanged) filters %q; it must filter exactly %q",
+			c.Consumer, filters, want)
+	}
+	if cfg.AckPolicy != jetstream.AckExplicitPolicy {
+		return fmt.Errorf("consumer %s has ack policy %s; the worker needs explicit acks", c.Consumer, cfg.AckPolicy)
+	}
+	if len(cfg.BackOff) > 0 {
+		return fmt.Errorf("consumer %s has a BackOff list, which skews NakWithDelay; remove it (the worker backs off itself)", c.Consumer)
+	}
+	return nil
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}

@@ -1,0 +1,650 @@
+// Package worker joins NATS JetStream and Bybit: it pulls cancel requests,
+// holds them in per-(account, category) queues, sends each as a signed Bybit
+// cancel within the rate limits, publishes one result per request and only
+// then acks it.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// DefaultAccount names the account of the BYBIT_API_KEY credentials.
+const DefaultAccount = "default"
+
+// memory sizes: sequences answered (acked on redelivery without a second
+// exchange call) and released without being sent (not ambiguous when they
+// come back).
+const memorySize = 1 << 16
+
+// maxFetch bounds one pull request.
+const maxFetch = 256
+
+// Worker processes cancel requests. Create it with New and start it with Run.
+type Worker struct {
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	js     jetstream.JetStream
+	client *bybit.Client
+
+	consumer ConsumerSettings
+	cons     jetstream.Consumer
+	maxHeld  int
+
+	held     *heldSet
+	answered *seqMemory
+	released *seqMemory // seq -> deliveries when released unsent
+	gate     *banGate
+	ipPacer  *pacer
+	slots    chan struct{}
+
+	lanesMu sync.Mutex
+	lanes   map[laneKey]*lane
+	laneWG  sync.WaitGroup
+
+	// sendCtx carries exchange calls and result publishes. A stop signal does
+	// not cancel it; ShutdownTimeout after the stop does.
+	sendCtx    context.Context
+	cancelSend context.CancelFunc
+	stopping   chan struct{}
+	stopped    atomic.Bool
+	jobs       sync.WaitGroup
+
+	syncMu   sync.Mutex
+	lastSync time.Time
+
+	stats Stats
+}
+
+// Stats are counters a caller (the demo, tests) can read while the worker runs.
+type Stats struct {
+	Received    atomic.Int64
+	Redelivered atomic.Int64
+	Results     atomic.Int64
+	Requests    atomic.Int64
+	RateLimited atomic.Int64
+}
+
+// New checks the configuration and prepares a worker. client sends the
+// cancels of the default account.
+func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Limits == nil {
+		cfg.Limits = DefaultLimits()
+	}
+	return &Worker{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		js:       js,
+		client:   client,
+		held:     newHeldSet(),
+		answered: newSeqMemory(memorySize),
+		released: newSeqMemory(memorySize),
+		gate:     newBanGate(cfg.Now),
+		ipPacer:  newPacer(cfg.IPLimit, cfg.Now),
+		slots:    make(chan struct{}, cfg.Concurrency),
+		lanes:    map[laneKey]*lane{},
+		stopping: make(chan struct{}),
+	}, nil
+}
+
+// Stats returns live counters.
+func (w *Worker) Stats() *Stats { return &w.stats }
+
+// Setup creates or checks the stream and the consumer, measures the clock
+// offset and checks the API key. Run calls it; it is exported so that a
+// caller can fail fast before starting anything else.
+func (w *Worker) Setup(ctx context.Context) error {
+	if w.cons != nil {
+		return nil
+	}
+	if _, err := EnsureStream(ctx, w.js, w.cfg); err != nil {
+		return err
+	}
+	cons, settings, err := EnsureConsumer(ctx, w.js, w.cfg)
+	if err != nil {
+		return err
+	}
+	if err := Preflight(ctx, w.client, w.log); err != nil {
+		return err
+	}
+	w.cons, w.consumer = cons, settings
+	w.maxHeld = cons.CachedInfo().Config.MaxAckPending
+	if w.maxHeld <= 0 {
+		w.maxHeld = w.cfg.MaxAckPending
+	}
+	w.lastSync = w.now()
+	return nil
+}
+
+// Run processes requests until ctx ends, then stops gracefully: it stops
+// pulling, lets requests already sent finish (bounded by ShutdownTimeout),
+// publishes their results, and releases everything else with Nak.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.Setup(ctx); err != nil {
+		return err
+	}
+	w.sendCtx, w.cancelSend = context.WithCancel(context.WithoutCancel(ctx))
+	defer w.cancelSend()
+
+	hbCtx, stopHB := context.WithCancel(context.WithoutCancel(ctx))
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		w.heartbeatLoop(hbCtx)
+	}()
+
+	w.log.Info("worker started", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
+		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld)
+	w.pull(ctx)
+
+	// Stop: no more pulling; lanes stop dispatching and give back what waits.
+	w.log.Info("stopping: releasing queued requests, finishing those already sent", "timeout", w.cfg.ShutdownTimeout)
+	w.stopped.Store(true)
+	close(w.stopping)
+	timer := time.AfterFunc(w.cfg.ShutdownTimeout, w.cancelSend)
+	defer timer.Stop()
+	w.laneWG.Wait()
+	w.lanesMu.Lock()
+	for _, l := range w.lanes {
+		for _, j := range l.close() {
+			w.release(j, 0, "shutdown")
+		}
+	}
+	w.lanesMu.Unlock()
+	w.jobs.Wait()
+	stopHB()
+	<-hbDone
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// heartbeatLoop keeps every held message alive with one ticker, at a third of
+// AckWait, wherever it waits (queue, rate limit, backoff, PubAck).
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(max(w.consumer.AckWait/3, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.held.heartbeat()
+		}
+	}
+}
+
+// pull fetches messages while fewer than MaxAckPending are held, and not at
+// all during an IP ban.
+func (w *Worker) pull(ctx context.Context) {
+	retry := newRetryBackoff()
+	for ctx.Err() == nil {
+		if err := w.gate.waitOpen(ctx); err != nil {
+			return
+		}
+		n, changed := w.held.len()
+		room := w.maxHeld - n
+		if room <= 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			continue
+		}
+		// The fetch outlives a stop signal by at most its expiry, so that
+		// messages already on their way are released, not lost until AckWait.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		batch, err := w.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			w.log.Warn("pull failed", "error", err)
+			if sleepCtx(ctx, retry.NextBackOff()) != nil {
+				return
+			}
+			continue
+		}
+		for msg := range batch.Messages() {
+			w.accept(ctx, msg)
+		}
+		cancel()
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			w.log.Warn("pull interrupted", "error", err)
+			if sleepCtx(ctx, retry.NextBackOff()) != nil {
+				return
+			}
+			continue
+		}
+		retry.Reset()
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	return sleepOrChange(ctx, d, nil)
+}
+
+// accept takes one delivered message into the worker.
+func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		w.log.Error("message without JetStream metadata; terminated", "subject", msg.Subject(), "error", err)
+		_ = msg.Term()
+		return
+	}
+	w.stats.Received.Add(1)
+	if meta.NumDelivered > 1 {
+		w.stats.Redelivered.Add(1)
+	}
+	seq := meta.Sequence.Stream
+	if _, done := w.answered.get(seq); done {
+		// This process published the result already; only the ack was lost.
+		w.log.Debug("redelivered request already answered; acked again", "seq", seq)
+		_ = msg.DoubleAck(w.sendCtxOr(ctx))
+		return
+	}
+	j := &job{
+		seq:         seq,
+		deliveries:  meta.NumDelivered,
+		requestTime: meta.Timestamp,
+		received:    w.now(),
+		msg:         msg,
+	}
+	if cur, added := w.held.add(j); !added {
+		// A redelivery of a message this process still holds (its
+		// heartbeats were lost): answer it once, via the newest delivery.
+		cur.mu.Lock()
+		cur.msg = msg
+		cur.mu.Unlock()
+		return
+	}
+	w.jobs.Add(1)
+	if w.stopped.Load() || ctx.Err() != nil {
+		w.release(j, 0, "shutdown")
+		return
+	}
+	j.ambiguous = meta.NumDelivered > 1
+	if prev, ok := w.released.get(seq); ok && prev == meta.NumDelivered-1 {
+		// This process itself released the previous delivery before
+		// sending anything: nothing can have reached Bybit.
+		j.ambiguous = false
+	}
+
+	var msgID string
+	if h := msg.Headers(); h != nil {
+		msgID = h.Get(nats.MsgIdHdr)
+	}
+	req, err := messages.DecodeCancel(msg.Data())
+	if err != nil {
+		j.requestID = messages.RequestID(lenientRequestID(msg.Data()), msgID, w.cfg.Stream, seq)
+		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
+		go w.finish(j, decision{action: actFinish, result: r})
+		return
+	}
+	j.req = req
+	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
+	l := w.lane(laneKey{account: DefaultAccount, category: req.Category})
+	j.lane = l
+	if !l.push(j, false) {
+		w.release(j, 0, "shutdown")
+	}
+}
+
+// lenientRequestID digs the requestId out of a body that failed strict
+// decoding, so that even an invalid request's result can be correlated.
+func lenientRequestID(data []byte) string {
+	var v struct {
+		RequestID any `json:"requestId"`
+	}
+	if json.Unmarshal(data, &v) != nil {
+		return ""
+	}
+	if s, ok := v.RequestID.(string); ok && len(s) <= messages.MaxIDLen {
+		return s
+	}
+	return ""
+}
+
+func (w *Worker) sendCtxOr(ctx context.Context) context.Context {
+	if w.sendCtx != nil {
+		return w.sendCtx
+	}
+	return ctx
+}
+
+// lane returns the queue of key, starting its dispatcher on first use.
+func (w *Worker) lane(key laneKey) *lane {
+	w.lanesMu.Lock()
+	defer w.lanesMu.Unlock()
+	if l, ok := w.lanes[key]; ok {
+		return l
+	}
+	l := newLane(key, newPacer(Rate{N: w.cfg.Limits["cancel/"+key.category], Per: time.Second}, w.now))
+	w.lanes[key] = l
+	w.laneWG.Add(1)
+	go w.dispatch(l)
+	return l
+}
+
+// dispatch takes work off one lane as budget allows: the ban gate, the
+// lane's rate limit, the process-wide IP limit, then one of the
+// WORKER_CONCURRENCY request slots.
+func (w *Worker) dispatch(l *lane) {
+	defer w.laneWG.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-w.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		j := l.pop(ctx)
+		if j == nil {
+			return
+		}
+		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
+			msg := fmt.Sprintf("older than WORKER_MAX_AGE (%v) before it could be sent", w.cfg.MaxAge)
+			if j.lastErr != nil {
+				msg += "; last error: " + j.lastErr.Error()
+			}
+			go w.finish(j, w.failed(j, msg))
+			continue
+		}
+		probe, err := w.gate.wait(ctx)
+		if err != nil {
+			l.push(j, true)
+			return
+		}
+		releaseLane, _, err := l.pacer.acquire(ctx)
+		if err != nil {
+			w.endProbe(probe, false)
+			l.push(j, true)
+			return
+		}
+		releaseIP, _, err := w.ipPacer.acquire(ctx)
+		if err != nil {
+			releaseLane()
+			w.endProbe(probe, false)
+			l.push(j, true)
+			return
+		}
+		select {
+		case w.slots <- struct{}{}:
+		case <-ctx.Done():
+			releaseLane()
+			releaseIP()
+			w.endProbe(probe, false)
+			l.push(j, true)
+			return
+		}
+		// Everything between entering the lane and now was waiting for
+		// budget (the lane's, the IP's, a ban's or a request slot).
+		j.rateLimitWait += time.Since(j.queuedAt)
+		go w.send(j, l, probe, func() { releaseLane(); releaseIP(); <-w.slots })
+	}
+}
+
+func (w *Worker) endProbe(probe, banned bool) {
+	if probe {
+		w.gate.report(banned, w.cfg.BanPause)
+	}
+}
+
+// send makes one exchange attempt and acts on its outcome.
+func (w *Worker) send(j *job, l *lane, probe bool, done func()) {
+	j.attempts++
+	j.sentAt = w.now()
+	w.stats.Requests.Add(1)
+	res, err := w.client.CancelOrder(w.sendCtx, bybit.CancelOrderRequest{
+		Category:    j.req.Category,
+		Symbol:      j.req.Symbol,
+		OrderID:     j.req.OrderID,
+		OrderLinkID: j.req.OrderLinkID,
+		OrderFilter: j.req.OrderFilter,
+	})
+	done()
+	if err == nil {
+		l.pacer.observe(res.RateLimit)
+	} else if rl, ok := bybit.RateLimitOf(err); ok {
+		l.pacer.observe(rl)
+	}
+	d := w.decide(j, res, err)
+	w.endProbe(probe, d.class == bybit.ClassIPBan)
+	w.apply(j, d, err)
+}
+
+// apply carries out a decision.
+func (w *Worker) apply(j *job, d decision, err error) {
+	switch d.action {
+	case actFinish:
+		if err == nil {
+			j.lane.rlBackoff.Reset()
+		}
+		w.finish(j, d)
+	case actRelease:
+		w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", err, "delay", d.delay)...)
+		w.release(j, d.delay, d.reason)
+	case actRetry:
+		switch d.class {
+		case bybit.ClassRateLimited:
+			w.stats.RateLimited.Add(1)
+			j.lane.pacer.blockUntil(d.rateLimitReset)
+			w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
+		case bybit.ClassClockSkew:
+			w.resync(j.sentAt)
+		case bybit.ClassIPBan:
+			until := w.now().Add(w.cfg.BanPause)
+			w.gate.ban(until)
+			w.log.Error("Bybit banned this IP (HTTP 403 access too frequent): every request stops", "until", until, "error", err)
+			if w.cfg.BanRelease {
+				w.releaseAllQueued(w.cfg.BanPause)
+			}
+		default:
+			w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", err, "delay", d.delay)...)
+		}
+		w.requeue(j, d.delay)
+	}
+}
+
+// requeue puts j back at the front of its lane after delay.
+func (w *Worker) requeue(j *job, delay time.Duration) {
+	if delay <= 0 {
+		if !j.lane.push(j, true) {
+			w.release(j, 0, "shutdown")
+		}
+		return
+	}
+	go func() {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-w.stopping:
+		}
+		if !j.lane.push(j, true) {
+			w.release(j, 0, "shutdown")
+		}
+	}()
+}
+
+// releaseAllQueued gives every queued message back to the consumer, for other
+// replicas (on other IPs) to take during an IP ban.
+func (w *Worker) releaseAllQueued(delay time.Duration) {
+	w.lanesMu.Lock()
+	lanes := make([]*lane, 0, len(w.lanes))
+	for _, l := range w.lanes {
+		lanes = append(lanes, l)
+	}
+	w.lanesMu.Unlock()
+	for _, l := range lanes {
+		l.mu.Lock()
+		q := l.queue
+		l.queue = nil
+		l.mu.Unlock()
+		for _, j := range q {
+			w.release(j, delay, "ip_ban")
+		}
+	}
+}
+
+// resync measures the clock offset again unless that happened after since.
+func (w *Worker) resync(since time.Time) {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
+	if w.lastSync.After(since) {
+		return
+	}
+	off, err := w.client.SyncClock(w.sendCtx)
+	if err != nil {
+		w.log.Warn("clock resync failed", "error", err)
+		return
+	}
+	w.lastSync = w.now()
+	w.log.Info("clock resynced with Bybit", "offset", off)
+}
+
+// release gives a message back for another delivery.
+func (w *Worker) release(j *job, delay time.Duration, reason string) {
+	defer w.jobs.Done()
+	if w.lastDelivery(j) && reason != "shutdown" {
+		// Nothing would redeliver it: answer it instead.
+		w.jobs.Add(1)
+		w.finish(j, w.failed(j, "released on the consumer's last delivery: "+reason))
+		return
+	}
+	j.mu.Lock()
+	j.done = true
+	msg := j.msg
+	j.mu.Unlock()
+	if j.attempts == 0 && !j.ambiguous {
+		w.released.put(j.seq, j.deliveries)
+	}
+	var err error
+	if delay > 0 {
+		err = msg.NakWithDelay(delay)
+	} else {
+		err = msg.Nak()
+	}
+	if err != nil {
+		w.log.Warn("release failed; the message comes back after AckWait", "seq", j.seq, "error", err)
+	}
+	w.held.remove(j)
+}
+
+// finish publishes the result, waits for its PubAck, then acks the request
+// (terminates it for invalid and failed). A publish that fails is retried with
+// the same Nats-Msg-Id while the worker lives; the message stays held and
+// heartbeated meanwhile.
+func (w *Worker) finish(j *job, d decision) {
+	defer w.jobs.Done()
+	r := d.result
+	r.Attempts = j.attempts
+	r.Ambiguous = j.ambiguous
+	r.RateLimitWaitMs = j.rateLimitWait.Milliseconds()
+	r.Deliveries = j.deliveries
+	if !j.sentAt.IsZero() {
+		r.SentAt = new(j.sentAt.UTC())
+	}
+	data, err := r.Marshal()
+	if err != nil { // a Result always marshals; this guards a future field
+		w.log.Error("encode result", "seq", j.seq, "error", err)
+		return
+	}
+	subject := w.cfg.RejectedSubject
+	if r.Acknowledged() {
+		subject = w.cfg.AckSubject
+	}
+	ctx := w.sendCtx
+	pubRetry := newRetryBackoff()
+	for {
+		_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+			jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(w.cfg.Stream))
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			// The result may or may not be stored: the redelivery finds out
+			// (the Nats-Msg-Id keeps it from being stored twice).
+			w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+			j.mu.Lock()
+			j.done = true
+			msg := j.msg
+			j.mu.Unlock()
+			_ = msg.Nak()
+			w.held.remove(j)
+			return
+		}
+		w.log.Warn("publish result failed; retrying", w.jobAttrs(j, "error", err)...)
+		_ = sleepCtx(ctx, pubRetry.NextBackOff())
+	}
+	w.stats.Results.Add(1)
+	w.answered.put(j.seq, 1)
+
+	j.mu.Lock()
+	j.done = true
+	msg := j.msg
+	j.mu.Unlock()
+	if r.Status == messages.StatusInvalid || r.Status == messages.StatusFailed {
+		reason := r.Error
+		if reason == "" {
+			reason = r.LastError
+		}
+		err = msg.TermWithReason(string(r.Status) + ": " + reason)
+	} else {
+		err = backoff.Retry(func() error { return msg.DoubleAck(ctx) },
+			backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 5), ctx))
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		w.log.Warn("ack failed after the result was published; a redelivery will be acked without a second result", "seq", j.seq, "error", err)
+	}
+	w.held.remove(j)
+	w.logOutcome(j, r)
+}
+
+func (w *Worker) logOutcome(j *job, r messages.Result) {
+	attrs := []any{
+		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
+		"orderId", r.OrderID, "orderLinkId", r.OrderLinkID, "status", r.Status,
+		"attempts", r.Attempts, "ambiguous", r.Ambiguous, "rateLimitWait", j.rateLimitWait,
+		"latency", w.now().Sub(j.requestTime),
+	}
+	if r.RetCode != nil {
+		attrs = append(attrs, "retCode", *r.RetCode)
+	}
+	switch r.Status {
+	case messages.StatusInvalid:
+		attrs = append(attrs, "error", r.Error)
+	case messages.StatusFailed:
+		attrs = append(attrs, "error", r.LastError)
+	case messages.StatusRejected:
+		attrs = append(attrs, "retMsg", r.RetMsg)
+	}
+	w.log.Info("cancel "+string(r.Status), attrs...)
+}
+
+func (w *Worker) jobAttrs(j *job, extra ...any) []any {
+	return append([]any{"requestId", j.requestID, "seq", j.seq, "category", j.req.Category, "symbol", j.req.Symbol,
+		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
+}

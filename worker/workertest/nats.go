@@ -1,0 +1,56 @@
+// Package workertest starts what the worker needs around it, in-process: an
+// embedded nats-server with JetStream on loopback. Tests, the demo and the
+// benchmark use it; `cancel-worker run` never does.
+package workertest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// NATSOptions configure an embedded server.
+type NATSOptions struct {
+	// StoreDir is where JetStream keeps its files. Required.
+	StoreDir string
+	// Port is the client port; -1 picks a free one.
+	Port int
+	// Configure may adjust the options before the server starts (auth,
+	// TLS, clustering).
+	Configure func(*server.Options)
+}
+
+// StartNATS starts a JetStream-enabled nats-server on 127.0.0.1 and waits
+// until it accepts connections. The caller shuts it down with
+// Shutdown and WaitForShutdown.
+func StartNATS(o NATSOptions) (*server.Server, error) {
+	if o.StoreDir == "" {
+		return nil, errors.New("workertest: StoreDir is required")
+	}
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	opts := &server.Options{
+		Host:      "127.0.0.1",
+		Port:      o.Port,
+		JetStream: true,
+		StoreDir:  o.StoreDir,
+		NoLog:     true,
+		NoSigs:    true,
+	}
+	if o.Configure != nil {
+		o.Configure(opts)
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("nats-server did not become ready in 10s")
+	}
+	return s, nil
+}

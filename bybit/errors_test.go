@@ -1,0 +1,115 @@
+package bybit
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestDecodeResponseClassifiesEveryAnswer(t *testing.T) {
+	t.Parallel()
+	envelope := func(code int) string {
+		return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
+	}
+	cases := []struct {
+		name       string
+		status     int
+		body       string
+		class      Class
+		mayApplied bool
+	}{
+		{"not open 110001", 200, envelope(110001), ClassNotOpen, false},
+		{"not open 110008", 200, envelope(110008), ClassNotOpen, false},
+		{"not open 110010", 200, envelope(110010), ClassNotOpen, false},
+		{"spot not open 170213", 200, envelope(170213), ClassNotOpen, false},
+		{"spot cancelled 170142", 200, envelope(170142), ClassNotOpen, false},
+		{"spot not on book 170143", 200, envelope(170143), ClassNotOpen, false},
+		{"rate limited 10006", 200, envelope(10006), ClassRateLimited, false},
+		{"spot rate limited 170222", 200, envelope(170222), ClassRateLimited, false},
+		{"clock 10002", 200, envelope(10002), ClassClockSkew, false},
+		{"server timeout 10000", 200, envelope(10000), ClassTransient, true},
+		{"restarting 10016", 200, envelope(10016), ClassTransient, true},
+		{"processing 110079", 200, envelope(110079), ClassTransient, true},
+		{"spot processing 170212", 200, envelope(170212), ClassTransient, true},
+		{"option too fast 30035", 200, envelope(30035), ClassTransient, true},
+		{"param error 10001", 200, envelope(10001), ClassPermanent, false},
+		{"bad key 10003", 200, envelope(10003), ClassPermanent, false},
+		{"sign 10004", 200, envelope(10004), ClassPermanent, false},
+		{"spot not cancellable 170145", 200, envelope(170145), ClassPermanent, false},
+		{"unknown code", 200, envelope(99999), ClassPermanent, false},
+		{"502 html", 502, "<html>Bad Gateway</html>", ClassTransient, true},
+		{"503 empty", 503, "", ClassTransient, true},
+		{"200 html", 200, "<html>maintenance</html>", ClassTransient, true},
+		{"200 cut short", 200, `{"retCode":0,"ret`, ClassTransient, true},
+		{"429", 429, "system level frequency protection, please retry", ClassRateLimited, false},
+		{"403 ban", 403, "<html>403 Forbidden: access too frequent</html>", ClassIPBan, false},
+		{"403 other", 403, "<html>The Amazon CloudFront distribution is configured to block access from your country.</html>", ClassPermanent, false},
+		{"404", 404, "not found", ClassPermanent, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := decodeResponse(tc.status, http.Header{}, []byte(tc.body))
+			require.Error(t, err)
+			require.Equal(t, tc.class, ClassOf(err), err.Error())
+			require.Equal(t, tc.mayApplied, MayHaveApplied(err))
+		})
+	}
+}
+
+func TestDecodeResponseSuccessAndRateLimitHeaders(t *testing.T) {
+	t.Parallel()
+	h := http.Header{}
+	h.Set(HeaderLimit, "10")
+	h.Set(HeaderLimitStatus, "9")
+	h.Set(HeaderLimitReset, "1672217377164")
+	resp, err := decodeResponse(200, h, []byte(`{"retCode":0,"retMsg":"OK","result":{"orderId":"a"},"retExtInfo":{},"time":1672217377164}`))
+	require.NoError(t, err)
+	require.Equal(t, RateLimit{Known: true, Limit: 10, Remaining: 9, Reset: time.UnixMilli(1672217377164)}, resp.RateLimit)
+	require.Equal(t, int64(1672217377164), resp.Time)
+
+	h.Set(HeaderLimitStatus, "0")
+	h.Del(HeaderLimitReset) // Bybit can omit it on a 10006
+	_, err = decodeResponse(200, h, []byte(`{"retCode":10006,"retMsg":"Too many visits!","result":{},"time":1}`))
+	rl, ok := RateLimitOf(err)
+	require.True(t, ok)
+	require.True(t, rl.Reset.IsZero())
+	var apiErr *APIError
+	require.True(t, errors.As(err, &apiErr))
+	require.Equal(t, 10006, apiErr.RetCode)
+}
+
+func TestParseRateLimitIgnoresGarbage(t *testing.T) {
+	t.Parallel()
+	h := http.Header{}
+	h.Set(HeaderLimitStatus, "lots")
+	h.Set(HeaderLimitReset, "-5")
+	require.Equal(t, RateLimit{}, ParseRateLimit(h))
+}
+
+func FuzzDecodeResponse(f *testing.F) {
+	f.Add(200, []byte(`{"retCode":0,"retMsg":"OK","result":{"orderId":"1","orderLinkId":"2"},"retExtInfo":{},"time":1}`))
+	f.Add(200, []byte(`{"retCode":10006,"retMsg":"Too many visits!"}`))
+	f.Add(502, []byte(`<html>bad gateway</html>`))
+	f.Add(403, []byte(`access too frequent`))
+	f.Add(200, []byte(`{"retCode":null}`))
+	f.Fuzz(func(t *testing.T, status int, body []byte) {
+		resp, err := decodeResponse(status, http.Header{}, body)
+		if err == nil {
+			require.NotNil(t, resp)
+			require.Equal(t, 200, status)
+			return
+		}
+		require.Nil(t, resp)
+		// Every failure is one of the typed errors, so that the worker can
+		// classify it.
+		var apiErr *APIError
+		var httpErr *HTTPError
+		require.True(t, errors.As(err, &apiErr) || errors.As(err, &httpErr), "%T", err)
+		_ = ClassOf(err)
+	})
+}

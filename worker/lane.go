@@ -24,8 +24,23 @@ type lane struct {
 	queue  []*job
 	wake   chan struct{}
 	closed bool
-	// rlBackoff paces retries after a 10006 that carried no reset time.
+	// rlBackoff paces retries after a 10006 that carried no reset time
+	// (guarded by mu).
 	rlBackoff *backoff.ExponentialBackOff
+}
+
+// rateLimitBackoff is how long to block the lane after a 10006 without a
+// reset time: growing while they repeat.
+func (l *lane) rateLimitBackoff() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rlBackoff.NextBackOff()
+}
+
+func (l *lane) resetRateLimitBackoff() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rlBackoff.Reset()
 }
 
 func newLane(key laneKey, p *pacer) *lane {

@@ -93,7 +93,7 @@ func (w *Worker) decide(j *job, res bybit.CancelOrderResult, err error) decision
 		if rl, ok := bybit.RateLimitOf(err); ok && rl.Reset.After(now) {
 			d.rateLimitReset = rl.Reset
 		} else {
-			d.rateLimitReset = now.Add(j.lane.rlBackoff.NextBackOff())
+			d.rateLimitReset = now.Add(j.lane.rateLimitBackoff())
 		}
 		return d
 

@@ -24,8 +24,12 @@ func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) erro
 		b.MaxElapsedTime = 0
 		return backoff.RetryNotify(func() error {
 			err := op()
-			if err != nil && bybit.ClassOf(err) == bybit.ClassPermanent {
+			switch bybit.ClassOf(err) {
+			case bybit.ClassPermanent:
 				return backoff.Permanent(err)
+			case bybit.ClassIPBan:
+				// Retrying would prolong the ban.
+				return backoff.Permanent(fmt.Errorf("Bybit has banned this IP address (HTTP 403 access too frequent); wait at least 10 minutes before starting again: %w", err))
 			}
 			return err
 		}, backoff.WithContext(b, ctx), func(err error, d time.Duration) {

@@ -440,7 +440,7 @@ func (w *Worker) apply(j *job, d decision, err error) {
 	switch d.action {
 	case actFinish:
 		if err == nil {
-			j.lane.rlBackoff.Reset()
+			j.lane.resetRateLimitBackoff()
 		}
 		w.finish(j, d)
 	case actRelease:

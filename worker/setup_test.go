@@ -1,0 +1,278 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// waitFor bounds every wait of these tests; it is generous because a wait
+// that ends early is success, and only a hang reaches it.
+const waitFor = 30 * time.Second
+
+// syncBuffer collects log output from several goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// env is one test's world: an embedded nats-server, a simulated exchange, a
+// subscriber that collects every result, and the worker's configuration.
+type env struct {
+	t       *testing.T
+	ns      *server.Server
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	ex      *bybittest.Exchange
+	handler http.Handler
+	srv     *httptest.Server
+	cfg     worker.Config
+	timeout time.Duration
+	logs    *syncBuffer
+
+	mu      sync.Mutex
+	results []messages.Result
+}
+
+func setup(t *testing.T, exOpts bybittest.Options) *env {
+	t.Helper()
+	e := &env{t: t, logs: &syncBuffer{}, timeout: 5 * time.Second}
+	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	e.ns = ns
+
+	e.ex = bybittest.New(exOpts)
+	e.handler = e.ex
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { e.handler.ServeHTTP(w, r) }))
+	t.Cleanup(e.srv.Close)
+
+	e.nc, err = nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(e.nc.Close)
+	e.js, err = jetstream.New(e.nc)
+	require.NoError(t, err)
+
+	e.cfg = worker.Config{
+		Stream: "ORDERS", Consumer: "cancel-worker",
+		CancelSubject: "orders.cancel", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
+		AckWait: 5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
+		DuplicateWindow: time.Hour, StreamReplicas: 1,
+		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 5 * time.Second,
+		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute,
+		Logger: newTestLogger(e.logs),
+	}
+	// Requests may be published before the worker starts.
+	_, err = worker.EnsureStream(context.Background(), e.js, e.cfg)
+	require.NoError(t, err)
+	// Results are read from the stream, as a user must: a plain subscriber
+	// also sees publishes the stream dropped as duplicates.
+	results, err := e.js.OrderedConsumer(context.Background(), e.cfg.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{e.cfg.AckSubject, e.cfg.RejectedSubject},
+	})
+	require.NoError(t, err)
+	cc, err := results.Consume(func(m jetstream.Msg) {
+		r, err := messages.DecodeResult(m.Data())
+		if err != nil {
+			t.Errorf("undecodable result on %s: %v", m.Subject(), err)
+			return
+		}
+		e.mu.Lock()
+		e.results = append(e.results, r)
+		e.mu.Unlock()
+	})
+	require.NoError(t, err)
+	t.Cleanup(cc.Stop)
+	return e
+}
+
+func (e *env) client() *bybit.Client {
+	e.t.Helper()
+	c, err := bybit.NewClient(bybit.Options{
+		BaseURL: e.srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: e.timeout,
+	})
+	require.NoError(e.t, err)
+	return c
+}
+
+// running is a worker started by start.
+type running struct {
+	w    *worker.Worker
+	stop context.CancelFunc
+	done chan error
+}
+
+// start runs a worker until the test ends (or stop is called).
+func (e *env) start() *running {
+	e.t.Helper()
+	w, err := worker.New(e.cfg, e.js, e.client())
+	require.NoError(e.t, err)
+	require.NoError(e.t, w.Setup(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{w: w, stop: cancel, done: make(chan error, 1)}
+	go func() { r.done <- w.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-r.done:
+			require.NoError(e.t, err)
+		case <-time.After(waitFor):
+			e.t.Error("worker did not stop")
+		}
+	})
+	return r
+}
+
+// wait stops the worker and returns Run's error.
+func (r *running) wait(t *testing.T) error {
+	t.Helper()
+	r.stop()
+	select {
+	case err := <-r.done:
+		r.done <- err // for the cleanup
+		return err
+	case <-time.After(waitFor):
+		t.Fatal("worker did not stop")
+		return nil
+	}
+}
+
+// publish puts a request on the cancel subject and returns its stream sequence.
+func (e *env) publish(body any, msgID string) uint64 {
+	e.t.Helper()
+	var data []byte
+	switch b := body.(type) {
+	case string:
+		data = []byte(b)
+	case []byte:
+		data = b
+	default:
+		var err error
+		data, err = json.Marshal(b)
+		require.NoError(e.t, err)
+	}
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := e.js.Publish(context.Background(), e.cfg.CancelSubject, data, opts...)
+	require.NoError(e.t, err)
+	return ack.Sequence
+}
+
+// cancelBody is a cancel request for an order of the simulated book.
+func cancelBody(o bybittest.Order, byLink bool, requestID string) map[string]string {
+	m := map[string]string{"category": o.Category, "symbol": o.Symbol}
+	if byLink {
+		m["orderLinkId"] = o.OrderLinkID
+	} else {
+		m["orderId"] = o.OrderID
+	}
+	if requestID != "" {
+		m["requestId"] = requestID
+	}
+	return m
+}
+
+// waitResults waits until n results arrived and returns them by request
+// sequence.
+func (e *env) waitResults(n int) map[uint64]messages.Result {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.results) >= n
+	}, waitFor, 5*time.Millisecond, "waiting for %d results", n)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[uint64]messages.Result{}
+	for _, r := range e.results {
+		_, dup := out[r.RequestSeq]
+		require.False(e.t, dup, "two results for request %d", r.RequestSeq)
+		out[r.RequestSeq] = r
+	}
+	return out
+}
+
+// storedResults counts the results in the stream: what a reader relies on,
+// whatever the subscriber saw.
+func (e *env) storedResults() uint64 {
+	e.t.Helper()
+	s, err := e.js.Stream(context.Background(), e.cfg.Stream)
+	require.NoError(e.t, err)
+	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(">"))
+	require.NoError(e.t, err)
+	return info.State.Subjects[e.cfg.AckSubject] + info.State.Subjects[e.cfg.RejectedSubject]
+}
+
+// settled waits until the consumer holds nothing: every request acked or
+// terminated.
+func (e *env) settled() {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		c, err := e.js.Consumer(context.Background(), e.cfg.Stream, e.cfg.Consumer)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0
+	}, waitFor, 10*time.Millisecond)
+}
+
+func (e *env) requestsWith(code int) int {
+	n := 0
+	for _, q := range e.ex.Requests() {
+		if q.Path == "/v5/order/cancel" && q.RetCode == code {
+			n++
+		}
+	}
+	return n
+}
+
+func newTestLogger(w *syncBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (e *env) cancelRequests() int {
+	n := 0
+	for _, q := range e.ex.Requests() {
+		if q.Path == "/v5/order/cancel" {
+			n++
+		}
+	}
+	return n
+}

@@ -88,7 +88,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Validate checks the configuration; errors name the setting.
+// Validate checks the configuration; errors name the setting. New calls it;
+// a command can call it before connecting to anything.
 func (c Config) Validate() error {
 	var errs []error
 	need := func(v, name string) {
@@ -131,8 +132,10 @@ func (c Config) Validate() error {
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency))
 	}
-	if c.Logger == nil {
-		errs = append(errs, errors.New("worker: Logger is required"))
+	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
+		if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -28,16 +28,14 @@ func (c Config) inputSubjects() []string  { return []string{c.CancelSubject} }
 func (c Config) resultSubjects() []string { return []string{c.AckSubject, c.RejectedSubject} }
 func (c Config) streamSubjects() []string { return append(c.inputSubjects(), c.resultSubjects()...) }
 
-// EnsureStream creates the stream if it is missing, brings a stream the
+// EnsureStream creates the stream if it is missing (Config.Validate has
+// checked its duplicate window), brings a stream the
 // worker created up to date, and checks an operator's stream without changing
 // it. It returns the stream's effective configuration.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.StreamConfig, error) {
 	s, err := js.Stream(ctx, c.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {
-			return jetstream.StreamConfig{}, err
-		}
 		s, err = js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:        c.Stream,
 			Description: "Bybit cancel requests and their results (bybit-cancel-worker)",
@@ -75,9 +73,6 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 		return cfg, checkDupeWindow(cfg.Duplicates, c.MaxAge, "the duplicate window of stream "+c.Stream)
 	}
 
-	if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {
-		return cfg, err
-	}
 	want := cfg
 	for _, subj := range c.streamSubjects() {
 		if !slices.Contains(want.Subjects, subj) {

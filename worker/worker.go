@@ -85,6 +85,9 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Logger == nil {
+		return nil, errors.New("worker: Config.Logger is required")
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

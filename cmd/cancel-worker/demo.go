@@ -13,7 +13,6 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -103,18 +102,25 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 
+	// Results are read from the stream (an ordered consumer), as a user
+	// should: a plain subscriber would also see publishes the stream dropped
+	// as duplicates.
 	results := make(chan messages.Result, len(script))
-	for _, subj := range []string{cfg.AckSubject, cfg.RejectedSubject} {
-		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
-			if r, err := messages.DecodeResult(m.Data); err == nil {
-				results <- r
-			}
-		})
-		if err != nil {
-			return err
-		}
-		defer func() { _ = sub.Unsubscribe() }()
+	reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject},
+	})
+	if err != nil {
+		return err
 	}
+	cc, err := reader.Consume(func(m jetstream.Msg) {
+		if r, err := messages.DecodeResult(m.Data()); err == nil {
+			results <- r
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer cc.Stop()
 
 	wctx, stopWorker := context.WithCancel(ctx)
 	defer stopWorker()
@@ -137,14 +143,11 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 
 	counts := map[messages.Status]int{}
 	var waited time.Duration
-	var mu sync.Mutex
 	for got := 0; got < len(script); got++ {
 		select {
 		case r := <-results:
-			mu.Lock()
 			counts[r.Status]++
-			waited += time.Duration(r.RateLimitWaitMs) * time.Millisecond
-			mu.Unlock()
+			waited = max(waited, time.Duration(r.RateLimitWaitMs)*time.Millisecond)
 			fmt.Fprintln(stdout, formatResult(time.Since(start), r))
 		case <-time.After(30 * time.Second):
 			return fmt.Errorf("demo: only %d of %d results after 30s", got, len(script))
@@ -171,8 +174,8 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 		want[r.expect]++
 	}
 	fmt.Fprintf(stdout, "\nsummary: %d requests, %d results in %s: %s\n", len(script), len(script), elapsed.Round(time.Millisecond), formatCounts(counts))
-	fmt.Fprintf(stdout, "rate limits: the worker waited %s in all for budget (the %d-cancel linear burst at 10/s); the exchange answered 10006 %d times\n",
-		waited.Round(time.Millisecond), *burst, limited)
+	fmt.Fprintf(stdout, "rate limits: the %d-cancel linear burst at 10/s waited up to %s for budget; the exchange answered 10006 %d times\n",
+		*burst, waited.Round(time.Millisecond), limited)
 	for s, n := range want {
 		if counts[s] != n {
 			return fmt.Errorf("demo: expected %s, got %s", formatCounts(want), formatCounts(counts))

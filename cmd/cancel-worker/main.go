@@ -96,6 +96,9 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
+	if err := rc.worker.Validate(); err != nil {
+		return err
+	}
 	log := newLogger(stderr, rc.logLevel, rc.logFormat)
 	log.Info("configuration", v.effective(getenv)...)
 	rc.worker.Logger = log

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Rate is N requests per Per. The zero Rate means unlimited.
@@ -84,6 +86,9 @@ type Config struct {
 	BanRelease bool
 
 	Logger *slog.Logger
+	// Registerer receives the worker's Prometheus metrics; nil keeps them in
+	// a private registry.
+	Registerer prometheus.Registerer
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }

@@ -165,17 +165,20 @@ func (g *banGate) waitOpen(ctx context.Context) error {
 	}
 }
 
-// ban starts or extends a ban until t.
-func (g *banGate) ban(t time.Time) {
+// ban starts or extends a ban until t; it reports whether a new pause
+// started (none was in force).
+func (g *banGate) ban(t time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	started := g.until.IsZero()
 	if t.After(g.until) {
 		g.until = t
 	}
 	g.wakeLocked()
+	return started
 }
 
-// report ends a probe: banned again, or open.
+// report ends a probe: banned again (a new pause), or open.
 func (g *banGate) report(banned bool, pause time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -186,6 +189,13 @@ func (g *banGate) report(banned bool, pause time.Duration) {
 		g.until = time.Time{}
 	}
 	g.wakeLocked()
+}
+
+// closed reports whether a ban is in force (or its probe under way).
+func (g *banGate) closed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.until.IsZero()
 }
 
 // bannedUntil is the end of the current ban, zero if none.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
@@ -67,7 +69,9 @@ type Worker struct {
 	syncMu   sync.Mutex
 	lastSync time.Time
 
-	stats Stats
+	stats   Stats
+	metrics *Metrics
+	ready   atomic.Bool
 }
 
 // Stats are counters a caller (the demo, tests) can read while the worker runs.
@@ -94,7 +98,11 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	if cfg.Limits == nil {
 		cfg.Limits = DefaultLimits()
 	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
 	return &Worker{
+		metrics:  NewMetrics(cfg.Registerer),
 		cfg:      cfg,
 		log:      cfg.Logger,
 		now:      cfg.Now,
@@ -109,6 +117,23 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		lanes:    map[laneKey]*lane{},
 		stopping: make(chan struct{}),
 	}, nil
+}
+
+// Ready reports whether the worker can process requests now, and if not,
+// why: connected to NATS, consumer bound, clock offset known, no IP ban.
+func (w *Worker) Ready() (bool, string) {
+	switch {
+	case !w.ready.Load():
+		return false, "consumer not bound (starting or stopping)"
+	case w.js.Conn().Status() != nats.CONNECTED:
+		return false, "NATS " + strings.ToLower(w.js.Conn().Status().String())
+	case !w.gate.bannedUntil().IsZero():
+		return false, "paused by a Bybit IP ban until " + w.gate.bannedUntil().UTC().Format(time.RFC3339)
+	}
+	if _, ok := w.client.ClockOffset(); !ok {
+		return false, "clock offset to Bybit not measured"
+	}
+	return true, "ready"
 }
 
 // Stats returns live counters.
@@ -157,12 +182,19 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.heartbeatLoop(hbCtx)
 	}()
 
+	sampleDone := make(chan struct{})
+	go func() {
+		defer close(sampleDone)
+		w.sampleLoop(hbCtx)
+	}()
+	w.ready.Store(true)
 	w.log.Info("worker started", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
 		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld)
 	w.pull(ctx)
 
 	// Stop: no more pulling; lanes stop dispatching and give back what waits.
 	w.log.Info("stopping: releasing queued requests, finishing those already sent", "timeout", w.cfg.ShutdownTimeout)
+	w.ready.Store(false)
 	w.stopped.Store(true)
 	close(w.stopping)
 	timer := time.AfterFunc(w.cfg.ShutdownTimeout, w.cancelSend)
@@ -178,6 +210,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.jobs.Wait()
 	stopHB()
 	<-hbDone
+	<-sampleDone
 	w.log.Info("worker stopped")
 	return nil
 }
@@ -255,8 +288,10 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	w.stats.Received.Add(1)
+	w.metrics.received.Inc()
 	if meta.NumDelivered > 1 {
 		w.stats.Redelivered.Add(1)
+		w.metrics.redeliveries.Inc()
 	}
 	seq := meta.Sequence.Stream
 	if _, done := w.answered.get(seq); done {
@@ -402,16 +437,33 @@ func (w *Worker) dispatch(l *lane) {
 			l.push(j, true)
 			return
 		}
+		if !probe && w.gate.closed() {
+			// A ban began while this request waited for its slot.
+			releaseLane()
+			releaseIP()
+			<-w.slots
+			l.push(j, true)
+			continue
+		}
 		// Everything between entering the lane and now was waiting for
 		// budget (the lane's, the IP's, a ban's or a request slot).
-		j.rateLimitWait += time.Since(j.queuedAt)
+		waited := time.Since(j.queuedAt)
+		j.rateLimitWait += waited
+		w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
 		go w.send(j, l, probe, func() { releaseLane(); releaseIP(); <-w.slots })
 	}
 }
 
 func (w *Worker) endProbe(probe, banned bool) {
-	if probe {
-		w.gate.report(banned, w.cfg.BanPause)
+	if !probe {
+		return
+	}
+	w.gate.report(banned, w.cfg.BanPause)
+	if banned {
+		w.metrics.banPauses.Inc()
+		w.log.Error("still banned after the pause; pausing again", "pause", w.cfg.BanPause)
+	} else {
+		w.log.Info("IP ban over: the probe request went through; resuming")
 	}
 }
 
@@ -420,6 +472,8 @@ func (w *Worker) send(j *job, l *lane, probe bool, done func()) {
 	j.attempts++
 	j.sentAt = w.now()
 	w.stats.Requests.Add(1)
+	w.metrics.inFlight.Inc()
+	start := time.Now()
 	res, err := w.client.CancelOrder(w.sendCtx, bybit.CancelOrderRequest{
 		Category:    j.req.Category,
 		Symbol:      j.req.Symbol,
@@ -427,12 +481,20 @@ func (w *Worker) send(j *job, l *lane, probe bool, done func()) {
 		OrderLinkID: j.req.OrderLinkID,
 		OrderFilter: j.req.OrderFilter,
 	})
-	done()
-	if err == nil {
-		l.pacer.observe(res.RateLimit)
-	} else if rl, ok := bybit.RateLimitOf(err); ok {
-		l.pacer.observe(rl)
+	if err != nil && bybit.ClassOf(err) == bybit.ClassIPBan {
+		// Close the gate before the slot is freed, so that no request
+		// waiting for the slot slips out during the ban.
+		w.startBan(err)
 	}
+	done()
+	w.metrics.inFlight.Dec()
+	w.metrics.observeRequest("cancel", l.key.category, time.Since(start), err)
+	rl := res.RateLimit
+	if err != nil {
+		rl, _ = bybit.RateLimitOf(err)
+	}
+	l.pacer.observe(rl)
+	w.metrics.observeBudget("cancel", l.key.category, rl)
 	d := w.decide(j, res, err)
 	w.endProbe(probe, d.class == bybit.ClassIPBan)
 	w.apply(j, d, err)
@@ -447,9 +509,11 @@ func (w *Worker) apply(j *job, d decision, err error) {
 		}
 		w.finish(j, d)
 	case actRelease:
+		w.metrics.retries.WithLabelValues(d.reason).Inc()
 		w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", err, "delay", d.delay)...)
 		w.release(j, d.delay, d.reason)
 	case actRetry:
+		w.metrics.retries.WithLabelValues(d.reason).Inc()
 		switch d.class {
 		case bybit.ClassRateLimited:
 			w.stats.RateLimited.Add(1)
@@ -458,9 +522,6 @@ func (w *Worker) apply(j *job, d decision, err error) {
 		case bybit.ClassClockSkew:
 			w.resync(j.sentAt)
 		case bybit.ClassIPBan:
-			until := w.now().Add(w.cfg.BanPause)
-			w.gate.ban(until)
-			w.log.Error("Bybit banned this IP (HTTP 403 access too frequent): every request stops", "until", until, "error", err)
 			if w.cfg.BanRelease {
 				w.releaseAllQueued(w.cfg.BanPause)
 			}
@@ -468,6 +529,15 @@ func (w *Worker) apply(j *job, d decision, err error) {
 			w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", err, "delay", d.delay)...)
 		}
 		w.requeue(j, d.delay)
+	}
+}
+
+// startBan stops every request of the process for BanPause.
+func (w *Worker) startBan(err error) {
+	until := w.now().Add(w.cfg.BanPause)
+	if w.gate.ban(until) {
+		w.metrics.banPauses.Inc()
+		w.log.Error("Bybit banned this IP (HTTP 403 access too frequent): every request stops", "until", until, "error", err)
 	}
 }
 
@@ -603,6 +673,7 @@ func (w *Worker) finish(j *job, d decision) {
 		_ = sleepCtx(ctx, pubRetry.NextBackOff())
 	}
 	w.stats.Results.Add(1)
+	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
 
 	j.mu.Lock()

@@ -24,6 +24,18 @@ type setting struct {
 	def    string
 	usage  string
 	secret bool
+	// emptyAllowed: an empty value is a choice (HTTP_ADDR= disables), not
+	// "unset".
+	emptyAllowed bool
+}
+
+// lookupEnv is os.LookupEnv, or a map in tests: it tells an empty variable
+// from a missing one.
+type lookupEnv func(string) (string, bool)
+
+func (l lookupEnv) get(name string) string {
+	v, _ := l(name)
+	return v
 }
 
 func (s setting) flagName() string {
@@ -58,6 +70,7 @@ var settings = []setting{
 	{env: "WORKER_RETRY_BUDGET", def: "2m", usage: "in-process retrying of transient failures per delivery"},
 	{env: "WORKER_MAX_AGE", def: "50m", usage: "request age after which it is answered failed"},
 	{env: "WORKER_SHUTDOWN_TIMEOUT", def: "20s", usage: "how long a stop waits for requests already sent"},
+	{env: "HTTP_ADDR", def: ":9090", usage: "address of /metrics, /healthz and /readyz; empty disables", emptyAllowed: true},
 	{env: "LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "LOG_FORMAT", def: "text", usage: "text (colour on a terminal) or json"},
 }
@@ -67,7 +80,7 @@ type values map[string]string
 
 // parseSettings resolves every setting from flags, the environment and the
 // defaults. It returns flag.ErrHelp after printing usage for -h/--help.
-func parseSettings(name string, args []string, getenv func(string) string, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
+func parseSettings(name string, args []string, env lookupEnv, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	flags := map[string]*string{}
@@ -103,8 +116,14 @@ func parseSettings(name string, args []string, getenv func(string) string, out i
 		switch {
 		case !s.secret && set[s.flagName()]:
 			v[s.env] = *flags[s.env]
-		case getenv(s.env) != "":
-			v[s.env] = getenv(s.env)
+		case env.get(s.env) != "":
+			v[s.env] = env.get(s.env)
+		case s.emptyAllowed:
+			if val, set := env(s.env); set {
+				v[s.env] = val
+				continue
+			}
+			v[s.env] = s.def
 		default:
 			v[s.env] = s.def
 		}
@@ -200,8 +219,8 @@ func (p *parser) limits(name string) map[string]int {
 
 // secret reads NAME or NAME_FILE (not both). Its value never appears in an
 // error.
-func readSecret(getenv func(string) string, name string) (bybit.Secret, error) {
-	direct, file := getenv(name), getenv(name+"_FILE")
+func readSecret(env lookupEnv, name string) (bybit.Secret, error) {
+	direct, file := env.get(name), env.get(name+"_FILE")
 	switch {
 	case direct != "" && file != "":
 		return "", fmt.Errorf("%s and %s_FILE are both set: set one", name, name)
@@ -230,9 +249,10 @@ type runConfig struct {
 	timeout    time.Duration
 	logLevel   slog.Level
 	logFormat  string
+	httpAddr   string
 }
 
-func buildRunConfig(v values, getenv func(string) string) (runConfig, error) {
+func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	p := &parser{v: v}
 	var rc runConfig
 	rc.natsURL = p.str("NATS_URL")
@@ -272,6 +292,7 @@ func buildRunConfig(v values, getenv func(string) string) (runConfig, error) {
 	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
 		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
 	}
+	rc.httpAddr = p.str("HTTP_ADDR")
 	rc.logFormat = p.str("LOG_FORMAT")
 	if rc.logFormat != "text" && rc.logFormat != "json" {
 		p.fail("LOG_FORMAT", "%q is not text or json", rc.logFormat)
@@ -279,7 +300,7 @@ func buildRunConfig(v values, getenv func(string) string) (runConfig, error) {
 	if p.err != nil {
 		return rc, p.err
 	}
-	secret, err := readSecret(getenv, "BYBIT_API_SECRET")
+	secret, err := readSecret(env, "BYBIT_API_SECRET")
 	if err != nil {
 		return rc, err
 	}
@@ -296,13 +317,16 @@ func buildRunConfig(v values, getenv func(string) string) (runConfig, error) {
 }
 
 // effective lists the resolved settings for the start-up log, secrets masked.
-func (v values) effective(getenv func(string) string) []any {
+func (v values) effective(env lookupEnv) []any {
 	var attrs []any
 	for _, s := range settings {
 		val := v[s.env]
+		if s.env == "NATS_URL" {
+			val = redactURLs(val)
+		}
 		if s.secret {
 			val = "unset"
-			if getenv(s.env) != "" {
+			if env.get(s.env) != "" {
 				val = "set"
 			}
 		}

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,6 +25,9 @@ import (
 	"github.com/lmittmann/tint"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
@@ -31,7 +36,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 	case err != nil:
@@ -50,17 +55,17 @@ Commands:
 Run 'cancel-worker <command> --help' for a command's flags.
 `
 
-// run dispatches to a subcommand. It reads the environment only through getenv.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// run dispatches to a subcommand. It reads the environment only through env.
+func run(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
 	cmd := "run"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
 	case "run":
-		return runWorker(ctx, args, getenv, stderr)
+		return runWorker(ctx, args, env, stderr)
 	case "demo":
-		return runDemo(ctx, args, getenv, stdout, stderr)
+		return runDemo(ctx, args, stdout, stderr)
 	case "sim":
 		return runSim(ctx, args, stderr)
 	case "help":
@@ -87,12 +92,12 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-func runWorker(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	v, err := parseSettings("run", args, getenv, stderr, nil)
+func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writer) error {
+	v, err := parseSettings("run", args, env, stderr, nil)
 	if err != nil {
 		return err
 	}
-	rc, err := buildRunConfig(v, getenv)
+	rc, err := buildRunConfig(v, env)
 	if err != nil {
 		return err
 	}
@@ -100,7 +105,7 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	log := newLogger(stderr, rc.logLevel, rc.logFormat)
-	log.Info("configuration", v.effective(getenv)...)
+	log.Info("configuration", v.effective(env)...)
 	rc.worker.Logger = log
 
 	nc, err := connectNATS(rc.natsURL, log)
@@ -115,19 +120,54 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	return runOn(ctx, nc, rc.worker, client, log)
-}
-
-// runOn runs a worker on an open connection and drains the connection after.
-func runOn(ctx context.Context, nc *nats.Conn, cfg worker.Config, client *bybit.Client, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rc.worker.Registerer = reg
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	w, err := worker.New(cfg, js, client)
+	w, err := worker.New(rc.worker, js, client)
 	if err != nil {
 		return err
 	}
+	if rc.httpAddr != "" {
+		stopHTTP, err := serveHTTP(rc.httpAddr, reg, w.Ready, log)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+	}
+	return runOn(ctx, nc, w, log)
+}
+
+// serveHTTP serves /metrics, /healthz (the process is alive) and /readyz (200
+// when the worker can process requests, 503 with the reason otherwise).
+func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string), log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := ready(); !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
+}
+
+// runOn runs a worker on an open connection and drains the connection after.
+func runOn(ctx context.Context, nc *nats.Conn, w *worker.Worker, log *slog.Logger) error {
 	if err := w.Run(ctx); err != nil {
 		return err
 	}

@@ -74,8 +74,11 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func envFunc(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+func envFunc(m map[string]string) lookupEnv {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
 }
 
 func TestConfigErrorsNameTheVariable(t *testing.T) {
@@ -204,6 +207,7 @@ func newStack(t *testing.T, exOpts bybittest.Options, wrap func(http.Handler) ht
 		"BYBIT_IP_LIMIT":          "off",
 		"WORKER_SHUTDOWN_TIMEOUT": "10s",
 		"LOG_LEVEL":               "debug",
+		"HTTP_ADDR":               "",
 	}}
 }
 

@@ -1,0 +1,162 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// Metrics are the worker's Prometheus metrics. Every label takes a bounded set
+// of values (category, endpoint, status, outcome class, reason); never an
+// order id or a request id.
+type Metrics struct {
+	received        prometheus.Counter
+	redeliveries    prometheus.Counter
+	results         *prometheus.CounterVec
+	requests        *prometheus.CounterVec
+	retries         *prometheus.CounterVec
+	rateLimited     *prometheus.CounterVec
+	rateLimitWait   *prometheus.CounterVec
+	budgetRemaining *prometheus.GaugeVec
+	exchangeLatency *prometheus.HistogramVec
+	resultLatency   *prometheus.HistogramVec
+	held            prometheus.Gauge
+	inFlight        prometheus.Gauge
+	backlog         prometheus.Gauge
+	oldestAge       prometheus.Gauge
+	clockOffset     prometheus.Gauge
+	banPauses       prometheus.Counter
+	banned          prometheus.Gauge
+}
+
+const namespace = "cancel_worker"
+
+// NewMetrics creates the metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		received: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
+			Name: "messages_received_total", Help: "Cancel requests delivered to this process, redeliveries included."}),
+		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
+			Name: "redeliveries_total", Help: "Deliveries with JetStream NumDelivered > 1."}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "results_total", Help: "Results published, by status and category."}, []string{"status", "category"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "exchange_requests_total", Help: "Requests to Bybit by endpoint, category and outcome class."}, []string{"endpoint", "category", "outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "retries_total", Help: "Attempts repeated or deliveries released, by reason."}, []string{"reason"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "rate_limited_total", Help: "Answers saying the UID rate limit was exceeded (10006, 170222, HTTP 429)."}, []string{"category"}),
+		rateLimitWait: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "rate_limit_wait_seconds_total", Help: "Time requests spent waiting for rate-limit budget, summed over requests."}, []string{"category"}),
+		budgetRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "rate_limit_remaining", Help: "Requests left in the current window, as Bybit's X-Bapi-Limit-Status last said."}, []string{"endpoint", "category"}),
+		exchangeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace,
+			Name: "exchange_request_duration_seconds", Help: "Duration of one request to Bybit.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"endpoint"}),
+		resultLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace,
+			Name: "request_to_result_seconds", Help: "From the request's stream timestamp to its result being stored.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}, []string{"status"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "messages_held", Help: "Messages pulled and not yet answered (bounded by MaxAckPending)."}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "requests_in_flight", Help: "HTTP requests to Bybit under way (bounded by WORKER_CONCURRENCY)."}),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "consumer_pending_messages", Help: "Requests in the stream not yet delivered to any worker (the consumer's NumPending)."}),
+		oldestAge: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "oldest_held_request_age_seconds", Help: "Age of the oldest request this process holds without a result."}),
+		clockOffset: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "clock_offset_seconds", Help: "Bybit's clock minus the local clock, as last measured."}),
+		banPauses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
+			Name: "ip_ban_pauses_total", Help: "Pauses started by an IP-ban 403 (access too frequent)."}),
+		banned: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "ip_banned", Help: "1 while every request is paused by an IP ban."}),
+	}
+	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
+		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
+		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned)
+	return m
+}
+
+// categoryLabel keeps the label bounded: an invalid request may name anything.
+func categoryLabel(c string) string {
+	for _, known := range messages.Categories {
+		if c == known {
+			return c
+		}
+	}
+	return "none"
+}
+
+func (m *Metrics) observeRequest(endpoint, category string, d time.Duration, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = bybit.ClassOf(err).String()
+	}
+	m.requests.WithLabelValues(endpoint, categoryLabel(category), outcome).Inc()
+	m.exchangeLatency.WithLabelValues(endpoint).Observe(d.Seconds())
+	if err != nil && bybit.ClassOf(err) == bybit.ClassRateLimited {
+		m.rateLimited.WithLabelValues(categoryLabel(category)).Inc()
+	}
+}
+
+func (m *Metrics) observeBudget(endpoint, category string, rl bybit.RateLimit) {
+	if rl.Known {
+		m.budgetRemaining.WithLabelValues(endpoint, categoryLabel(category)).Set(float64(rl.Remaining))
+	}
+}
+
+func (m *Metrics) observeResult(r messages.Result, stored time.Time) {
+	m.results.WithLabelValues(string(r.Status), categoryLabel(r.Category)).Inc()
+	if !r.RequestTime.IsZero() {
+		m.resultLatency.WithLabelValues(string(r.Status)).Observe(stored.Sub(r.RequestTime).Seconds())
+	}
+}
+
+// sampleLoop refreshes the gauges that are read rather than counted: the
+// consumer's backlog, the oldest held request, the clock offset, the ban.
+func (w *Worker) sampleLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		w.sample(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Worker) sample(ctx context.Context) {
+	m := w.metrics
+	n, _ := w.held.len()
+	m.held.Set(float64(n))
+	var oldest time.Time
+	for _, j := range w.held.snapshot() {
+		if oldest.IsZero() || j.requestTime.Before(oldest) {
+			oldest = j.requestTime
+		}
+	}
+	if oldest.IsZero() {
+		m.oldestAge.Set(0)
+	} else {
+		m.oldestAge.Set(w.now().Sub(oldest).Seconds())
+	}
+	if off, ok := w.client.ClockOffset(); ok {
+		m.clockOffset.Set(off.Seconds())
+	}
+	if w.gate.bannedUntil().IsZero() {
+		m.banned.Set(0)
+	} else {
+		m.banned.Set(1)
+	}
+	ictx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if info, err := w.cons.Info(ictx); err == nil {
+		m.backlog.Set(float64(info.NumPending))
+	}
+}

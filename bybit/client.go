@@ -8,6 +8,7 @@ package bybit
 import (
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,10 +49,12 @@ const maxBody = 1 << 20
 type Options struct {
 	// BaseURL is the scheme and host, e.g. TestnetURL. Required.
 	BaseURL string
-	// APIKey and APISecret are an HMAC key pair issued by Bybit. Required
-	// for signed endpoints.
-	APIKey    string
-	APISecret Secret
+	// APIKey identifies the key. With it, exactly one of APISecret (an HMAC
+	// key issued by Bybit) or RSAPrivateKey (a self-generated key registered
+	// with Bybit) signs requests.
+	APIKey        string
+	APISecret     Secret
+	RSAPrivateKey *rsa.PrivateKey
 	// RecvWindow is sent as X-BAPI-RECV-WINDOW. Default 5s.
 	RecvWindow time.Duration
 	// HTTPClient is shared by every call; default: a keep-alive client with
@@ -67,7 +70,7 @@ type Options struct {
 type Client struct {
 	baseURL    string
 	apiKey     string
-	signer     hmacSigner
+	signer     signer
 	recvWindow int64
 	http       *http.Client
 	now        func() time.Time
@@ -102,10 +105,17 @@ func NewClient(o Options) (*Client, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	var sg signer = hmacSigner{secret: []byte(o.APISecret)}
+	switch {
+	case o.RSAPrivateKey != nil && !o.APISecret.IsZero():
+		return nil, errors.New("bybit: set either APISecret or RSAPrivateKey, not both")
+	case o.RSAPrivateKey != nil:
+		sg = rsaSigner{key: o.RSAPrivateKey}
+	}
 	return &Client{
 		baseURL:    strings.TrimRight(o.BaseURL, "/"),
 		apiKey:     o.APIKey,
-		signer:     hmacSigner{secret: []byte(o.APISecret)},
+		signer:     sg,
 		recvWindow: o.RecvWindow.Milliseconds(),
 		http:       o.HTTPClient,
 		now:        o.Now,

@@ -6,8 +6,11 @@
 package bybittest
 
 import (
+	"crypto"
 	"crypto/hmac"
+	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -29,7 +32,10 @@ const (
 // Account is an API key the simulator accepts.
 type Account struct {
 	APIKey string
-	Secret string
+	// Secret verifies HMAC signatures; RSAPublicKey, when set, verifies RSA
+	// ones instead.
+	Secret       string
+	RSAPublicKey *rsa.PublicKey
 	// UID groups keys of one account: they share its rate limits.
 	UID string
 	// ReadOnly keys answer 10005 to a cancel.
@@ -352,13 +358,26 @@ func (e *Exchange) authenticate(r *http.Request, payload []byte) (Account, int, 
 		return acct, 10002, fmt.Sprintf("invalid request, please check your server timestamp or recv_window param. req_timestamp[%d],server_timestamp[%d],recv_window[%d]", ts, server, recv)
 	}
 	origin := tsHeader + key + recvHeader + string(payload)
-	mac := hmac.New(sha256.New, []byte(acct.Secret))
-	mac.Write([]byte(origin))
-	want := hex.EncodeToString(mac.Sum(nil))
-	if !hmac.Equal([]byte(want), []byte(r.Header.Get("X-BAPI-SIGN"))) {
+	if !verify(acct, origin, r.Header.Get("X-BAPI-SIGN")) {
 		return acct, 10004, "error sign! origin_string[" + origin + "]"
 	}
 	return acct, 0, ""
+}
+
+// verify checks a signature: hex HMAC-SHA256 with the secret, or base64 RSA
+// PKCS#1 v1.5 over SHA-256 with the registered public key.
+func verify(acct Account, origin, sig string) bool {
+	if acct.RSAPublicKey != nil {
+		raw, err := base64.StdEncoding.DecodeString(sig)
+		if err != nil {
+			return false
+		}
+		sum := sha256.Sum256([]byte(origin))
+		return rsa.VerifyPKCS1v15(acct.RSAPublicKey, crypto.SHA256, sum[:], raw) == nil
+	}
+	mac := hmac.New(sha256.New, []byte(acct.Secret))
+	mac.Write([]byte(origin))
+	return hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(sig))
 }
 
 func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {

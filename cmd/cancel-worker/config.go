@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rsa"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,6 +46,17 @@ func (s setting) flagName() string {
 // settings is the configuration contract of `cancel-worker run`.
 var settings = []setting{
 	{env: "NATS_URL", def: "nats://127.0.0.1:4222", usage: "NATS servers, comma-separated"},
+	{env: "NATS_CREDS", def: "", usage: "NATS .creds file (user JWT and nkey seed)"},
+	{env: "NATS_NKEY", def: "", usage: "NATS nkey seed file"},
+	{env: "NATS_USER", def: "", usage: "NATS user (with NATS_PASSWORD or NATS_PASSWORD_FILE)"},
+	{env: "NATS_PASSWORD", secret: true, usage: "NATS password (environment only)"},
+	{env: "NATS_PASSWORD_FILE", secret: true, usage: "file holding the NATS password (environment only)"},
+	{env: "NATS_TOKEN", secret: true, usage: "NATS token (environment only)"},
+	{env: "NATS_TOKEN_FILE", secret: true, usage: "file holding the NATS token (environment only)"},
+	{env: "NATS_CA", def: "", usage: "CA certificate file that signs the NATS servers' certificates"},
+	{env: "NATS_CERT", def: "", usage: "client certificate file for NATS TLS (with NATS_KEY)"},
+	{env: "NATS_KEY", def: "", usage: "client key file for NATS TLS (with NATS_CERT)"},
+	{env: "NATS_CONNECTION_NAME", def: "", usage: "connection name shown by the server (default cancel-worker@<hostname>)"},
 	{env: "NATS_STREAM", def: "ORDERS", usage: "stream holding the cancel subject and the results"},
 	{env: "NATS_CONSUMER", def: "cancel-worker", usage: "durable pull consumer; several worker processes may share it"},
 	{env: "NATS_CANCEL_SUBJECT", def: "orders.cancel", usage: "input subject"},
@@ -58,6 +70,7 @@ var settings = []setting{
 	{env: "BYBIT_API_KEY", def: "", usage: "Bybit API key (HMAC)"},
 	{env: "BYBIT_API_SECRET", secret: true, usage: "Bybit API secret (environment only)"},
 	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
+	{env: "BYBIT_RSA_PRIVATE_KEY_FILE", secret: true, usage: "PEM file (PKCS#1 or PKCS#8) of a self-generated RSA key registered with Bybit, instead of a secret (environment only)"},
 	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet or demo"},
 	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
@@ -238,12 +251,50 @@ func readSecret(env lookupEnv, name string) (bybit.Secret, error) {
 	return bybit.Secret(direct), nil
 }
 
+// natsConfig is how to connect to NATS.
+type natsConfig struct {
+	url      string
+	name     string
+	creds    string
+	nkey     string
+	user     string
+	password bybit.Secret
+	token    bybit.Secret
+	ca       string
+	cert     string
+	key      string
+}
+
+// readSecrets reads the NATS password and token and checks that the
+// authentication settings make sense together.
+func (n *natsConfig) readSecrets(env lookupEnv) error {
+	var err error
+	if n.password, err = readSecret(env, "NATS_PASSWORD"); err != nil {
+		return err
+	}
+	if n.token, err = readSecret(env, "NATS_TOKEN"); err != nil {
+		return err
+	}
+	switch {
+	case n.user != "" && n.password.IsZero():
+		return errors.New("NATS_PASSWORD: must be set (or NATS_PASSWORD_FILE) with NATS_USER")
+	case n.user == "" && !n.password.IsZero():
+		return errors.New("NATS_USER: must be set with NATS_PASSWORD")
+	case (n.cert == "") != (n.key == ""):
+		return errors.New("NATS_CERT: NATS_CERT and NATS_KEY go together")
+	case n.creds != "" && n.nkey != "":
+		return errors.New("NATS_NKEY: set NATS_CREDS or NATS_NKEY, not both")
+	}
+	return nil
+}
+
 // runConfig is everything `run` needs.
 type runConfig struct {
-	natsURL    string
+	nats       natsConfig
 	worker     worker.Config
 	apiKey     string
 	apiSecret  bybit.Secret
+	rsaKey     *rsa.PrivateKey
 	baseURL    string
 	recvWindow time.Duration
 	timeout    time.Duration
@@ -255,7 +306,10 @@ type runConfig struct {
 func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	p := &parser{v: v}
 	var rc runConfig
-	rc.natsURL = p.str("NATS_URL")
+	rc.nats = natsConfig{
+		url: p.str("NATS_URL"), name: p.str("NATS_CONNECTION_NAME"), creds: p.str("NATS_CREDS"), nkey: p.str("NATS_NKEY"),
+		user: p.str("NATS_USER"), ca: p.str("NATS_CA"), cert: p.str("NATS_CERT"), key: p.str("NATS_KEY"),
+	}
 	rc.worker = worker.Config{
 		Stream:          p.str("NATS_STREAM"),
 		Consumer:        p.str("NATS_CONSUMER"),
@@ -300,18 +354,32 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	if p.err != nil {
 		return rc, p.err
 	}
+	if err := rc.nats.readSecrets(env); err != nil {
+		return rc, err
+	}
 	secret, err := readSecret(env, "BYBIT_API_SECRET")
 	if err != nil {
 		return rc, err
 	}
 	rc.apiSecret = secret
+	if file := env.get("BYBIT_RSA_PRIVATE_KEY_FILE"); file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: cannot read %s: %v", file, errors.Unwrap(err))
+		}
+		if rc.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
+			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: %s: %v", file, err)
+		}
+	}
 	switch {
-	case rc.apiKey == "" && secret.IsZero():
-		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE)")
+	case !secret.IsZero() && rc.rsaKey != nil:
+		return rc, errors.New("BYBIT_RSA_PRIVATE_KEY_FILE: set either an HMAC secret (BYBIT_API_SECRET or BYBIT_API_SECRET_FILE) or an RSA key, not both")
+	case rc.apiKey == "" && secret.IsZero() && rc.rsaKey == nil:
+		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE)")
 	case rc.apiKey == "":
-		return rc, errors.New("BYBIT_API_KEY: must be set with BYBIT_API_SECRET")
-	case secret.IsZero():
-		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE) with BYBIT_API_KEY")
+		return rc, errors.New("BYBIT_API_KEY: must be set with the secret or RSA key")
+	case secret.IsZero() && rc.rsaKey == nil:
+		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
 	}
 	return rc, nil
 }

@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -108,13 +110,13 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 	log.Info("configuration", v.effective(env)...)
 	rc.worker.Logger = log
 
-	nc, err := connectNATS(rc.natsURL, log)
+	nc, err := connectNATS(rc.nats, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	client, err := bybit.NewClient(bybit.Options{
-		BaseURL: rc.baseURL, APIKey: rc.apiKey, APISecret: rc.apiSecret,
+		BaseURL: rc.baseURL, APIKey: rc.apiKey, APISecret: rc.apiSecret, RSAPrivateKey: rc.rsaKey,
 		RecvWindow: rc.recvWindow, Timeout: rc.timeout,
 	})
 	if err != nil {
@@ -186,13 +188,18 @@ func runOn(ctx context.Context, nc *nats.Conn, w *worker.Worker, log *slog.Logge
 }
 
 // connectNATS connects with reconnects forever, logging each disconnect and
-// reconnect once.
-func connectNATS(url string, log *slog.Logger) (*nats.Conn, error) {
-	host, _ := os.Hostname()
-	nc, err := nats.Connect(url,
-		nats.Name("cancel-worker@"+host),
+// reconnect once. A connection refused at start for bad credentials or an
+// untrusted certificate is an error that says which, without the secret.
+func connectNATS(c natsConfig, log *slog.Logger) (*nats.Conn, error) {
+	name := c.name
+	if name == "" {
+		host, _ := os.Hostname()
+		name = "cancel-worker@" + host
+	}
+	opts := []nats.Option{
+		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("NATS disconnected", "error", err)
@@ -200,11 +207,72 @@ func connectNATS(url string, log *slog.Logger) (*nats.Conn, error) {
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("NATS reconnected", "server", c.ConnectedUrlRedacted())
 		}),
-	)
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("NATS error", "error", err)
+		}),
+	}
+	if c.creds != "" {
+		opts = append(opts, nats.UserCredentials(c.creds))
+	}
+	if c.nkey != "" {
+		opt, err := nats.NkeyOptionFromSeed(c.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY: %s is not an nkey seed file: %v", c.nkey, errors.Unwrap(err))
+		}
+		opts = append(opts, opt)
+	}
+	if c.user != "" {
+		opts = append(opts, nats.UserInfo(c.user, c.password.Reveal()))
+	}
+	if !c.token.IsZero() {
+		opts = append(opts, nats.Token(c.token.Reveal()))
+	}
+	if c.ca != "" {
+		opts = append(opts, nats.RootCAs(c.ca))
+	}
+	if c.cert != "" {
+		opts = append(opts, nats.ClientCert(c.cert, c.key))
+	}
+	nc, err := nats.Connect(c.url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("NATS_URL: connect to %s: %w", redactURLs(url), err)
+		return nil, natsConnectError(c, err)
 	}
 	return nc, nil
+}
+
+// natsConnectError says which setting to look at.
+func natsConnectError(c natsConfig, err error) error {
+	where := redactURLs(c.url)
+	var unknownCA x509.UnknownAuthorityError
+	var invalidCert x509.CertificateInvalidError
+	var hostErr x509.HostnameError
+	var opErr *net.OpError
+	// crypto/tls reports the server's TLS alerts (e.g. "certificate
+	// required") as a net.OpError with Op "remote error".
+	remoteTLS := errors.As(err, &opErr) && opErr.Op == "remote error"
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+		var which string
+		switch {
+		case c.creds != "":
+			which = "NATS_CREDS"
+		case c.nkey != "":
+			which = "NATS_NKEY"
+		case c.user != "":
+			which = "NATS_USER/NATS_PASSWORD"
+		case !c.token.IsZero():
+			which = "NATS_TOKEN"
+		default:
+			which = "no credentials were given (NATS_USER, NATS_TOKEN, NATS_CREDS or NATS_NKEY)"
+		}
+		return fmt.Errorf("NATS_URL: %s refused the credentials (authorization violation): check %s", where, which)
+	case errors.As(err, &unknownCA), errors.As(err, &invalidCert), errors.As(err, &hostErr):
+		return fmt.Errorf("NATS_CA: the certificate of %s is not trusted: %v", where, err)
+	case remoteTLS, errors.As(err, new(*tls.CertificateVerificationError)),
+		errors.Is(err, nats.ErrSecureConnRequired), errors.Is(err, nats.ErrSecureConnWanted):
+		return fmt.Errorf("NATS_CA: TLS with %s failed (check NATS_CA, NATS_CERT and NATS_KEY): %v", where, err)
+	}
+	return fmt.Errorf("NATS_URL: connect to %s: %w", where, err)
 }
 
 // redactURLs hides passwords in nats://user:pass@host URLs.

@@ -35,6 +35,9 @@ type Cancel struct {
 	OrderLinkID string `json:"orderLinkId,omitempty"`
 	// OrderFilter is spot only: Order, tpslOrder or StopOrder.
 	OrderFilter string `json:"orderFilter,omitempty"`
+	// Account names the Bybit account (of the accounts file) that owns the
+	// order; empty means the default account.
+	Account string `json:"account,omitempty"`
 	// RequestID is the caller's correlation id; it is echoed, not trusted to
 	// be unique.
 	RequestID string `json:"requestId,omitempty"`
@@ -54,6 +57,7 @@ func DecodeCancel(data []byte) (Cancel, error) {
 		"orderId":     &c.OrderID,
 		"orderLinkId": &c.OrderLinkID,
 		"orderFilter": &c.OrderFilter,
+		"account":     &c.Account,
 		"requestId":   &c.RequestID,
 		"replayOf":    &c.ReplayOf,
 		"replayOfSeq": &c.ReplayOfSeq,
@@ -80,7 +84,7 @@ func (c Cancel) Validate() error {
 		return invalidf("one of orderId or orderLinkId is required")
 	}
 	for _, f := range [...]struct{ name, v string }{
-		{"orderId", c.OrderID}, {"orderLinkId", c.OrderLinkID}, {"requestId", c.RequestID}, {"replayOf", c.ReplayOf},
+		{"orderId", c.OrderID}, {"orderLinkId", c.OrderLinkID}, {"requestId", c.RequestID}, {"replayOf", c.ReplayOf}, {"account", c.Account},
 	} {
 		if err := validateID(f.name, f.v); err != nil {
 			return err

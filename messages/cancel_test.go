@@ -44,6 +44,10 @@ func TestDecodeCancelAcceptsBybitShapes(t *testing.T) {
 			`{"category":"linear","symbol":"BTCUSDT","orderId":"1","requestId":"r-1.replay","replayOf":"r-1","replayOfSeq":42}`,
 			Cancel{Category: "linear", Symbol: "BTCUSDT", OrderID: "1", RequestID: "r-1.replay", ReplayOf: "r-1", ReplayOfSeq: 42},
 		},
+		"account": {
+			`{"category":"linear","symbol":"BTCUSDT","orderId":"1","account":"hedge"}`,
+			Cancel{Category: "linear", Symbol: "BTCUSDT", OrderID: "1", Account: "hedge"},
+		},
 		"white space around": {
 			" \n{\"category\":\"linear\",\"symbol\":\"BTCUSDT\",\"orderId\":\"1\"}\n ",
 			Cancel{Category: "linear", Symbol: "BTCUSDT", OrderID: "1"},

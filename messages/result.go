@@ -43,6 +43,7 @@ type Result struct {
 	Symbol      string `json:"symbol,omitempty"`
 	OrderID     string `json:"orderId,omitempty"`
 	OrderLinkID string `json:"orderLinkId,omitempty"`
+	Account     string `json:"account,omitempty"`
 
 	// RetCode and RetMsg are Bybit's answer, when there was one.
 	RetCode *int   `json:"retCode,omitempty"`
@@ -89,6 +90,7 @@ func NewResult(c Cancel, requestID string, seq uint64, requestTime time.Time) Re
 		Symbol:      c.Symbol,
 		OrderID:     c.OrderID,
 		OrderLinkID: c.OrderLinkID,
+		Account:     c.Account,
 		RequestTime: requestTime,
 		ReplayOf:    c.ReplayOf,
 		ReplayOfSeq: c.ReplayOfSeq,

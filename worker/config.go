@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
 
 // Rate is N requests per Per. The zero Rate means unlimited.
@@ -31,6 +33,17 @@ func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 	}
+}
+
+// Account is one Bybit account the worker cancels for.
+type Account struct {
+	Client *bybit.Client
+	// Limits override Config.Limits for this account ("endpoint/category").
+	Limits map[string]int
+	// LimitGroup names the Bybit UID whose budgets this account's keys
+	// share: accounts with the same group share their pacers. Empty: the
+	// account's own name.
+	LimitGroup string
 }
 
 // Config is everything the worker needs besides its connections. Defaults are
@@ -85,6 +98,10 @@ type Config struct {
 	// fleets spread over several IPs (false).
 	BanRelease bool
 
+	// Accounts are the Bybit accounts besides the default one (the client
+	// passed to New), by the name a request's account field uses.
+	Accounts map[string]Account
+
 	Logger *slog.Logger
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
@@ -136,6 +153,14 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency))
+	}
+	for name, a := range c.Accounts {
+		if name == "" || name == DefaultAccount {
+			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account name %q is reserved", name))
+		}
+		if a.Client == nil {
+			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q has no client", name))
+		}
 	}
 	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
 		if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {

@@ -18,12 +18,13 @@ type laneKey struct {
 // lane is the queue of one (account, category) and the budget its requests
 // spend. Retries go to the front: they were first.
 type lane struct {
-	key    laneKey
-	pacer  *pacer
-	mu     sync.Mutex
-	queue  []*job
-	wake   chan struct{}
-	closed bool
+	key     laneKey
+	account *account
+	pacer   *pacer
+	mu      sync.Mutex
+	queue   []*job
+	wake    chan struct{}
+	closed  bool
 	// rlBackoff paces retries after a 10006 that carried no reset time
 	// (guarded by mu).
 	rlBackoff *backoff.ExponentialBackOff

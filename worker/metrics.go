@@ -69,7 +69,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		oldestAge: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "oldest_held_request_age_seconds", Help: "Age of the oldest request this process holds without a result."}),
 		clockOffset: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
-			Name: "clock_offset_seconds", Help: "Bybit's clock minus the local clock, as last measured."}),
+			Name: "clock_offset_seconds", Help: "Bybit's clock minus the local clock, as last measured (the largest of the accounts')."}),
 		banPauses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
 			Name: "ip_ban_pauses_total", Help: "Pauses started by an IP-ban 403 (access too frequent)."}),
 		banned: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
@@ -146,9 +146,13 @@ func (w *Worker) sample(ctx context.Context) {
 	} else {
 		m.oldestAge.Set(w.now().Sub(oldest).Seconds())
 	}
-	if off, ok := w.client.ClockOffset(); ok {
-		m.clockOffset.Set(off.Seconds())
+	var worst time.Duration
+	for _, a := range w.accounts {
+		if off, ok := a.client.ClockOffset(); ok && off.Abs() >= worst.Abs() {
+			worst = off
+		}
 	}
+	m.clockOffset.Set(worst.Seconds())
 	if w.gate.bannedUntil().IsZero() {
 		m.banned.Set(0)
 	} else {

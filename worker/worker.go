@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,11 +39,12 @@ const maxFetch = 256
 
 // Worker processes cancel requests. Create it with New and start it with Run.
 type Worker struct {
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
-	js     jetstream.JetStream
-	client *bybit.Client
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+	js  jetstream.JetStream
+	// accounts by name; DefaultAccount is the client passed to New.
+	accounts map[string]*account
 
 	consumer ConsumerSettings
 	cons     jetstream.Consumer
@@ -56,6 +59,7 @@ type Worker struct {
 
 	lanesMu sync.Mutex
 	lanes   map[laneKey]*lane
+	pacers  map[string]*pacer // by limit group/endpoint/category
 	laneWG  sync.WaitGroup
 
 	// sendCtx carries exchange calls and result publishes. A stop signal does
@@ -65,9 +69,6 @@ type Worker struct {
 	stopping   chan struct{}
 	stopped    atomic.Bool
 	jobs       sync.WaitGroup
-
-	syncMu   sync.Mutex
-	lastSync time.Time
 
 	stats   Stats
 	metrics *Metrics
@@ -83,8 +84,20 @@ type Stats struct {
 	RateLimited atomic.Int64
 }
 
+// account is a configured account and its clock-resync state.
+type account struct {
+	name   string
+	client *bybit.Client
+	limits map[string]int
+	group  string
+
+	syncMu   sync.Mutex
+	lastSync time.Time
+}
+
 // New checks the configuration and prepares a worker. client sends the
-// cancels of the default account.
+// cancels of the default account (nil: there is none, and every request must
+// name one of cfg.Accounts).
 func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -101,13 +114,30 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
+	accounts := map[string]*account{}
+	if client != nil {
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount}
+	}
+	for name, a := range cfg.Accounts {
+		limits := maps.Clone(cfg.Limits)
+		maps.Copy(limits, a.Limits)
+		group := a.LimitGroup
+		if group == "" {
+			group = name
+		}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group}
+	}
+	if len(accounts) == 0 {
+		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
+	}
 	return &Worker{
+		accounts: accounts,
+		pacers:   map[string]*pacer{},
 		metrics:  NewMetrics(cfg.Registerer),
 		cfg:      cfg,
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		js:       js,
-		client:   client,
 		held:     newHeldSet(),
 		answered: newSeqMemory(memorySize),
 		released: newSeqMemory(memorySize),
@@ -130,8 +160,10 @@ func (w *Worker) Ready() (bool, string) {
 	case !w.gate.bannedUntil().IsZero():
 		return false, "paused by a Bybit IP ban until " + w.gate.bannedUntil().UTC().Format(time.RFC3339)
 	}
-	if _, ok := w.client.ClockOffset(); !ok {
-		return false, "clock offset to Bybit not measured"
+	for _, a := range w.accounts {
+		if _, ok := a.client.ClockOffset(); !ok {
+			return false, "clock offset to Bybit not measured for account " + a.name
+		}
 	}
 	return true, "ready"
 }
@@ -153,15 +185,18 @@ func (w *Worker) Setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := Preflight(ctx, w.client, w.log); err != nil {
-		return err
+	for _, name := range slices.Sorted(maps.Keys(w.accounts)) {
+		a := w.accounts[name]
+		if err := Preflight(ctx, a.client, w.log.With("account", name)); err != nil {
+			return fmt.Errorf("account %s: %w", name, err)
+		}
+		a.lastSync = w.now()
 	}
 	w.cons, w.consumer = cons, settings
 	w.maxHeld = cons.CachedInfo().Config.MaxAckPending
 	if w.maxHeld <= 0 {
 		w.maxHeld = w.cfg.MaxAckPending
 	}
-	w.lastSync = w.now()
 	return nil
 }
 
@@ -340,7 +375,21 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	j.req = req
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
-	l := w.lane(laneKey{account: DefaultAccount, category: req.Category})
+	name := req.Account
+	if name == "" {
+		name = DefaultAccount
+	}
+	acct, ok := w.accounts[name]
+	if !ok {
+		err := fmt.Errorf("%w: unknown account %q", messages.ErrInvalid, req.Account)
+		if req.Account == "" {
+			err = fmt.Errorf("%w: no account given and no default account is configured", messages.ErrInvalid)
+		}
+		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
+		go w.finish(j, decision{action: actFinish, result: r})
+		return
+	}
+	l := w.lane(acct, req.Category)
 	j.lane = l
 	if !l.push(j, false) {
 		w.release(j, 0, "shutdown")
@@ -369,14 +418,23 @@ func (w *Worker) sendCtxOr(ctx context.Context) context.Context {
 	return ctx
 }
 
-// lane returns the queue of key, starting its dispatcher on first use.
-func (w *Worker) lane(key laneKey) *lane {
+// lane returns the queue of an (account, category), starting its dispatcher
+// on first use. Accounts of one limit group (one Bybit UID) share a pacer.
+func (w *Worker) lane(a *account, category string) *lane {
+	key := laneKey{account: a.name, category: category}
 	w.lanesMu.Lock()
 	defer w.lanesMu.Unlock()
 	if l, ok := w.lanes[key]; ok {
 		return l
 	}
-	l := newLane(key, newPacer(Rate{N: w.cfg.Limits["cancel/"+key.category], Per: time.Second}, w.now))
+	budget := "cancel/" + category
+	p, ok := w.pacers[a.group+"/"+budget]
+	if !ok {
+		p = newPacer(Rate{N: a.limits[budget], Per: time.Second}, w.now)
+		w.pacers[a.group+"/"+budget] = p
+	}
+	l := newLane(key, p)
+	l.account = a
 	w.lanes[key] = l
 	w.laneWG.Add(1)
 	go w.dispatch(l)
@@ -474,7 +532,7 @@ func (w *Worker) send(j *job, l *lane, probe bool, done func()) {
 	w.stats.Requests.Add(1)
 	w.metrics.inFlight.Inc()
 	start := time.Now()
-	res, err := w.client.CancelOrder(w.sendCtx, bybit.CancelOrderRequest{
+	res, err := l.account.client.CancelOrder(w.sendCtx, bybit.CancelOrderRequest{
 		Category:    j.req.Category,
 		Symbol:      j.req.Symbol,
 		OrderID:     j.req.OrderID,
@@ -520,7 +578,7 @@ func (w *Worker) apply(j *job, d decision, err error) {
 			j.lane.pacer.blockUntil(d.rateLimitReset)
 			w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
 		case bybit.ClassClockSkew:
-			w.resync(j.sentAt)
+			w.resync(j.lane.account, j.sentAt)
 		case bybit.ClassIPBan:
 			if w.cfg.BanRelease {
 				w.releaseAllQueued(w.cfg.BanPause)
@@ -582,20 +640,21 @@ func (w *Worker) releaseAllQueued(delay time.Duration) {
 	}
 }
 
-// resync measures the clock offset again unless that happened after since.
-func (w *Worker) resync(since time.Time) {
-	w.syncMu.Lock()
-	defer w.syncMu.Unlock()
-	if w.lastSync.After(since) {
+// resync measures an account's clock offset again unless that happened
+// after since (concurrent 10002s resync once).
+func (w *Worker) resync(a *account, since time.Time) {
+	a.syncMu.Lock()
+	defer a.syncMu.Unlock()
+	if a.lastSync.After(since) {
 		return
 	}
-	off, err := w.client.SyncClock(w.sendCtx)
+	off, err := a.client.SyncClock(w.sendCtx)
 	if err != nil {
-		w.log.Warn("clock resync failed", "error", err)
+		w.log.Warn("clock resync failed", "account", a.name, "error", err)
 		return
 	}
-	w.lastSync = w.now()
-	w.log.Info("clock resynced with Bybit", "offset", off)
+	a.lastSync = w.now()
+	w.log.Info("clock resynced with Bybit", "account", a.name, "offset", off)
 }
 
 // release gives a message back for another delivery.

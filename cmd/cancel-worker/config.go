@@ -71,6 +71,7 @@ var settings = []setting{
 	{env: "BYBIT_API_SECRET", secret: true, usage: "Bybit API secret (environment only)"},
 	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
 	{env: "BYBIT_RSA_PRIVATE_KEY_FILE", secret: true, usage: "PEM file (PKCS#1 or PKCS#8) of a self-generated RSA key registered with Bybit, instead of a secret (environment only)"},
+	{env: "BYBIT_ACCOUNTS_FILE", def: "", usage: "JSON or YAML file of named accounts (key, secret or secret file or RSA key file, base URL, limits, limit group) that requests pick with their account field"},
 	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet or demo"},
 	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
@@ -290,12 +291,15 @@ func (n *natsConfig) readSecrets(env lookupEnv) error {
 
 // runConfig is everything `run` needs.
 type runConfig struct {
-	nats       natsConfig
-	worker     worker.Config
-	apiKey     string
-	apiSecret  bybit.Secret
-	rsaKey     *rsa.PrivateKey
-	baseURL    string
+	nats      natsConfig
+	worker    worker.Config
+	apiKey    string
+	apiSecret bybit.Secret
+	rsaKey    *rsa.PrivateKey
+	baseURL   string
+	// accounts are those of BYBIT_ACCOUNTS_FILE; "default" among them is
+	// the default account when BYBIT_API_KEY is not set.
+	accounts   map[string]accountCreds
 	recvWindow time.Duration
 	timeout    time.Duration
 	logLevel   slog.Level
@@ -371,15 +375,28 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: %s: %v", file, err)
 		}
 	}
+	envCreds := rc.apiKey != "" || !secret.IsZero() || rc.rsaKey != nil
+	accountsFile := p.str("BYBIT_ACCOUNTS_FILE")
 	switch {
 	case !secret.IsZero() && rc.rsaKey != nil:
 		return rc, errors.New("BYBIT_RSA_PRIVATE_KEY_FILE: set either an HMAC secret (BYBIT_API_SECRET or BYBIT_API_SECRET_FILE) or an RSA key, not both")
-	case rc.apiKey == "" && secret.IsZero() && rc.rsaKey == nil:
-		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE)")
+	case !envCreds && accountsFile == "":
+		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE), or BYBIT_ACCOUNTS_FILE")
+	case !envCreds:
 	case rc.apiKey == "":
 		return rc, errors.New("BYBIT_API_KEY: must be set with the secret or RSA key")
 	case secret.IsZero() && rc.rsaKey == nil:
 		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
+	}
+	if accountsFile != "" {
+		accts, err := readAccountsFile(accountsFile, rc.baseURL)
+		if err != nil {
+			return rc, err
+		}
+		if _, ok := accts[worker.DefaultAccount]; ok && envCreds {
+			return rc, errors.New("BYBIT_ACCOUNTS_FILE: account \"default\" is also given by BYBIT_API_KEY: keep one")
+		}
+		rc.accounts = accts
 	}
 	return rc, nil
 }

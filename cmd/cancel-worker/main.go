@@ -115,12 +115,26 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		return err
 	}
 	defer nc.Close()
-	client, err := bybit.NewClient(bybit.Options{
-		BaseURL: rc.baseURL, APIKey: rc.apiKey, APISecret: rc.apiSecret, RSAPrivateKey: rc.rsaKey,
-		RecvWindow: rc.recvWindow, Timeout: rc.timeout,
-	})
-	if err != nil {
-		return err
+	var client *bybit.Client
+	if rc.apiKey != "" {
+		client, err = accountCreds{apiKey: rc.apiKey, secret: rc.apiSecret, rsaKey: rc.rsaKey, baseURL: rc.baseURL}.client(rc)
+		if err != nil {
+			return err
+		}
+	}
+	for name, a := range rc.accounts {
+		c, err := a.client(rc)
+		if err != nil {
+			return fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %w", name, err)
+		}
+		if name == worker.DefaultAccount {
+			client = c
+			continue
+		}
+		if rc.worker.Accounts == nil {
+			rc.worker.Accounts = map[string]worker.Account{}
+		}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

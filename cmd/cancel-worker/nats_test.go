@@ -220,3 +220,10 @@ func TestRSAKeyFileSignsTheWorkersRequests(t *testing.T) {
 	err = run(context.Background(), nil, envFunc(s.env), &logs, &logs)
 	require.ErrorContains(t, err, "BYBIT_RSA_PRIVATE_KEY_FILE")
 }
+
+func writeFileIn(t *testing.T, dir, name, data string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte(data), 0o600))
+	return p
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+)
+
+// accountEntry is one account of BYBIT_ACCOUNTS_FILE (JSON or YAML).
+type accountEntry struct {
+	APIKey            string         `yaml:"apiKey"`
+	APISecret         bybit.Secret   `yaml:"apiSecret"`
+	APISecretFile     string         `yaml:"apiSecretFile"`
+	RSAPrivateKeyFile string         `yaml:"rsaPrivateKeyFile"`
+	BaseURL           string         `yaml:"baseUrl"`
+	Limits            map[string]int `yaml:"limits"`
+	LimitGroup        string         `yaml:"limitGroup"`
+}
+
+// accountCreds is an account resolved from the file: its key, its signer
+// material and its options.
+type accountCreds struct {
+	apiKey     string
+	secret     bybit.Secret
+	rsaKey     *rsa.PrivateKey
+	baseURL    string
+	limits     map[string]int
+	limitGroup string
+}
+
+// readAccountsFile reads BYBIT_ACCOUNTS_FILE. Errors name the file and the
+// account, never a secret.
+func readAccountsFile(path, defaultBaseURL string) (map[string]accountCreds, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: cannot read %s: %v", path, errors.Unwrap(err))
+	}
+	var file struct {
+		Accounts map[string]accountEntry `yaml:"accounts"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&file); err != nil {
+		// yaml's messages quote the offending line number and field name,
+		// not values.
+		return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: %s: %s", path, scrubYAMLError(err))
+	}
+	if len(file.Accounts) == 0 {
+		return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: %s has no accounts (want accounts: {name: {apiKey: ..., apiSecretFile: ...}})", path)
+	}
+	out := map[string]accountCreds{}
+	names := make([]string, 0, len(file.Accounts))
+	for name := range file.Accounts {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		e := file.Accounts[name]
+		fail := func(format string, args ...any) error {
+			return fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %s", name, fmt.Sprintf(format, args...))
+		}
+		if strings.TrimSpace(name) == "" {
+			return nil, fail("an account needs a name")
+		}
+		if e.APIKey == "" {
+			return nil, fail("apiKey is required")
+		}
+		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, limits: e.Limits, limitGroup: e.LimitGroup}
+		sources := 0
+		for _, set := range []bool{!e.APISecret.IsZero(), e.APISecretFile != "", e.RSAPrivateKeyFile != ""} {
+			if set {
+				sources++
+			}
+		}
+		if sources != 1 {
+			return nil, fail("set exactly one of apiSecret, apiSecretFile or rsaPrivateKeyFile")
+		}
+		if e.APISecretFile != "" {
+			b, err := os.ReadFile(relativeTo(path, e.APISecretFile))
+			if err != nil {
+				return nil, fail("cannot read apiSecretFile %s: %v", e.APISecretFile, errors.Unwrap(err))
+			}
+			c.secret = bybit.Secret(strings.TrimRight(string(b), "\r\n"))
+		}
+		if e.RSAPrivateKeyFile != "" {
+			b, err := os.ReadFile(relativeTo(path, e.RSAPrivateKeyFile))
+			if err != nil {
+				return nil, fail("cannot read rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, errors.Unwrap(err))
+			}
+			if c.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
+				return nil, fail("rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, err)
+			}
+		}
+		if c.baseURL == "" {
+			c.baseURL = defaultBaseURL
+		}
+		for k, v := range e.Limits {
+			if _, known := worker.DefaultLimits()[k]; !known || v < 0 {
+				return nil, fail("limits: %q is not endpoint/category with a limit of 0 or more", k)
+			}
+		}
+		out[name] = c
+	}
+	return out, nil
+}
+
+func relativeTo(file, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(file), p)
+}
+
+// scrubYAMLError keeps yaml's position and kind of error but drops quoted
+// values, which could be a secret on a malformed line.
+func scrubYAMLError(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, 0, len(te.Errors))
+		for _, m := range te.Errors {
+			if i := strings.Index(m, "`"); i >= 0 {
+				m = m[:i] + "(value hidden)"
+			}
+			msgs = append(msgs, m)
+		}
+		return strings.Join(msgs, "; ")
+	}
+	s := err.Error()
+	if i := strings.Index(s, "`"); i >= 0 {
+		s = s[:i] + "(value hidden)"
+	}
+	return s
+}
+
+func (c accountCreds) client(rc runConfig) (*bybit.Client, error) {
+	return bybit.NewClient(bybit.Options{
+		BaseURL: c.baseURL, APIKey: c.apiKey, APISecret: c.secret, RSAPrivateKey: c.rsaKey,
+		RecvWindow: rc.recvWindow, Timeout: rc.timeout,
+	})
+}

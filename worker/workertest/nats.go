@@ -17,6 +17,9 @@ type NATSOptions struct {
 	StoreDir string
 	// Port is the client port; -1 picks a free one.
 	Port int
+	// ConfigFile, when set, is a nats-server configuration file the options
+	// start from (accounts, users, permissions).
+	ConfigFile string
 	// Configure may adjust the options before the server starts (auth,
 	// TLS, clustering).
 	Configure func(*server.Options)
@@ -32,14 +35,14 @@ func StartNATS(o NATSOptions) (*server.Server, error) {
 	if o.Port == 0 {
 		o.Port = -1
 	}
-	opts := &server.Options{
-		Host:      "127.0.0.1",
-		Port:      o.Port,
-		JetStream: true,
-		StoreDir:  o.StoreDir,
-		NoLog:     true,
-		NoSigs:    true,
+	opts := &server.Options{}
+	if o.ConfigFile != "" {
+		var err error
+		if opts, err = server.ProcessConfigFile(o.ConfigFile); err != nil {
+			return nil, fmt.Errorf("nats-server config: %w", err)
+		}
 	}
+	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", o.Port, true, o.StoreDir, true, true
 	if o.Configure != nil {
 		o.Configure(opts)
 	}

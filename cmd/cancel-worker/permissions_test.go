@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+)
+
+// The README's permissions example is run as written: the worker works with
+// its permissions, the risk engine can publish cancels but not results, and a
+// reader can read results.
+func TestREADMEPermissionsExample(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	block := regexp.MustCompile("(?s)An\\s+example to adapt.*?```\\n(accounts \\{.*?)```").FindSubmatch(readme)
+	require.NotNil(t, block, "the README's permissions example")
+	conf := "RISK_PASSWORD: risk-pw\nWORKER_PASSWORD: worker-pw\nREADER_PASSWORD: reader-pw\n" + string(block[1])
+	confFile := filepath.Join(t.TempDir(), "nats.conf")
+	require.NoError(t, os.WriteFile(confFile, []byte(conf), 0o600))
+	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir(), ConfigFile: confFile})
+	require.NoError(t, err)
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	url := strings.Replace(ns.ClientURL(), "nats://", "", 1)
+
+	// The stack gives the simulated exchange and the worker's environment;
+	// its own nats-server is not used here.
+	s := newStack(t, bybittest.Options{}, nil)
+	s.env["NATS_URL"] = "nats://" + url
+	s.env["NATS_USER"], s.env["NATS_PASSWORD"] = "cancel-worker", "worker-pw"
+	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-1"})
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, envFunc(s.env), &logs, &logs) }()
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "worker started") }, waitFor, 10*time.Millisecond, "%s", &logs)
+
+	risk, err := nats.Connect("nats://"+url, nats.UserInfo("risk-engine", "risk-pw"))
+	require.NoError(t, err)
+	defer risk.Close()
+	rjs, err := jetstream.New(risk)
+	require.NoError(t, err)
+	_, err = rjs.Publish(context.Background(), "orders.cancel", []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"perm-1"}`))
+	require.NoError(t, err, "the risk engine publishes cancels")
+	pctx, pcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_, err = rjs.Publish(pctx, "orders.cancel.ack", []byte(`{"forged":true}`))
+	pcancel()
+	require.Error(t, err, "the risk engine cannot publish results")
+
+	reader, err := nats.Connect("nats://"+url, nats.UserInfo("reader", "reader-pw"))
+	require.NoError(t, err)
+	defer reader.Close()
+	readJS, err := jetstream.New(reader)
+	require.NoError(t, err)
+	var got messages.Result
+	require.Eventually(t, func() bool {
+		c, err := readJS.OrderedConsumer(context.Background(), "ORDERS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"orders.cancel.ack"}})
+		if err != nil {
+			return false
+		}
+		m, err := c.Next(jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return false
+		}
+		got, err = messages.DecodeResult(m.Data())
+		return err == nil
+	}, waitFor, 50*time.Millisecond, "%s", &logs)
+	require.Equal(t, messages.StatusCancelled, got.Status)
+	require.Equal(t, "perm-1", got.OrderID)
+	cancel()
+	require.NoError(t, <-done)
+}

@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -32,23 +31,7 @@ func TestMain(m *testing.M) {
 // that ends early is success, and only a hang reaches it.
 const waitFor = 30 * time.Second
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = workertest.LogBuffer
 
 // env is one test's world: an embedded nats-server, a simulated exchange, a
 // subscriber that collects every result, and the worker's configuration.

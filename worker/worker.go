@@ -660,8 +660,9 @@ func (w *Worker) resync(a *account, since time.Time) {
 // release gives a message back for another delivery.
 func (w *Worker) release(j *job, delay time.Duration, reason string) {
 	defer w.jobs.Done()
-	if w.lastDelivery(j) && reason != "shutdown" {
-		// Nothing would redeliver it: answer it instead.
+	if w.lastDelivery(j) {
+		// Nothing would redeliver it: answer it instead, so that it is
+		// accounted for.
 		w.jobs.Add(1)
 		w.finish(j, w.failed(j, "released on the consumer's last delivery: "+reason))
 		return

@@ -17,7 +17,6 @@ type job struct {
 	seq         uint64
 	deliveries  uint64
 	requestTime time.Time
-	received    time.Time
 	req         messages.Cancel
 	requestID   string
 	lane        *lane

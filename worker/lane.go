@@ -103,12 +103,6 @@ func (l *lane) close() []*job {
 	return q
 }
 
-func (l *lane) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.queue)
-}
-
 // banGate stops every request of the process during an IP ban. After the
 // pause, one request (the probe) goes through and decides whether to resume.
 type banGate struct {

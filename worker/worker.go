@@ -79,8 +79,6 @@ type Worker struct {
 type Stats struct {
 	Received    atomic.Int64
 	Redelivered atomic.Int64
-	Results     atomic.Int64
-	Requests    atomic.Int64
 	RateLimited atomic.Int64
 }
 
@@ -339,7 +337,6 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		seq:         seq,
 		deliveries:  meta.NumDelivered,
 		requestTime: meta.Timestamp,
-		received:    w.now(),
 		msg:         msg,
 	}
 	if cur, added := w.held.add(j); !added {
@@ -529,7 +526,6 @@ func (w *Worker) endProbe(probe, banned bool) {
 func (w *Worker) send(j *job, l *lane, probe bool, done func()) {
 	j.attempts++
 	j.sentAt = w.now()
-	w.stats.Requests.Add(1)
 	w.metrics.inFlight.Inc()
 	start := time.Now()
 	res, err := l.account.client.CancelOrder(w.sendCtx, bybit.CancelOrderRequest{
@@ -732,7 +728,6 @@ func (w *Worker) finish(j *job, d decision) {
 		w.log.Warn("publish result failed; retrying", w.jobAttrs(j, "error", err)...)
 		_ = sleepCtx(ctx, pubRetry.NextBackOff())
 	}
-	w.stats.Results.Add(1)
 	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
 

@@ -32,6 +32,7 @@ func (r Rate) String() string {
 func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
+		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
 	}
 }
 
@@ -89,6 +90,12 @@ type Config struct {
 	// Limits per second keyed "endpoint/category" (BYBIT_LIMITS; default
 	// DefaultLimits). A missing key or 0 is unlimited.
 	Limits map[string]int
+	// LimitShare is the fraction of each budget this process may use when
+	// several replicas share an account (BYBIT_LIMIT_SHARE, 1).
+	LimitShare float64
+	// Batch sends waiting cancels of one category through cancel-batch
+	// alongside single cancels, spending both budgets (BYBIT_BATCH, true).
+	Batch bool
 	// IPLimit is the process's ceiling on all requests to Bybit
 	// (BYBIT_IP_LIMIT, 500/5s).
 	IPLimit Rate
@@ -150,6 +157,9 @@ func (c Config) Validate() error {
 	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		errs = append(errs, fmt.Errorf("NATS_STREAM_REPLICAS must be 1 to 5, not %d", c.StreamReplicas))
+	}
+	if c.LimitShare < 0 || c.LimitShare > 1 {
+		errs = append(errs, fmt.Errorf("BYBIT_LIMIT_SHARE must be in (0, 1], not %v", c.LimitShare))
 	}
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency))

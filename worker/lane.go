@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
 
 // laneKey names a queue: held cancels wait per (account, category), so a
@@ -20,11 +22,15 @@ type laneKey struct {
 type lane struct {
 	key     laneKey
 	account *account
-	pacer   *pacer
-	mu      sync.Mutex
-	queue   []*job
-	wake    chan struct{}
-	closed  bool
+	// single and batch are the budgets of the two endpoints; batch is nil
+	// when batching is off.
+	single   *pacer
+	batch    *pacer
+	maxBatch int
+	mu       sync.Mutex
+	queue    []*job
+	wake     chan struct{}
+	closed   bool
 	// rlBackoff paces retries after a 10006 that carried no reset time
 	// (guarded by mu).
 	rlBackoff *backoff.ExponentialBackOff
@@ -44,12 +50,80 @@ func (l *lane) resetRateLimitBackoff() {
 	l.rlBackoff.Reset()
 }
 
-func newLane(key laneKey, p *pacer) *lane {
+func newLane(key laneKey, a *account, single, batch *pacer) *lane {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 200 * time.Millisecond
 	b.MaxInterval = 2 * time.Second
 	b.MaxElapsedTime = 0
-	return &lane{key: key, pacer: p, wake: make(chan struct{}, 1), rlBackoff: b}
+	return &lane{key: key, account: a, single: single, batch: batch, maxBatch: bybit.MaxBatch(key.category),
+		wake: make(chan struct{}, 1), rlBackoff: b}
+}
+
+// unit is what one exchange call answers: a held cancel and any other held
+// cancels of the same order, coalesced so the order is cancelled once.
+type unit struct {
+	jobs []*job
+}
+
+func (u *unit) primary() *job { return u.jobs[0] }
+
+// waitWork blocks until the lane has queued work; false once ctx ends.
+func (l *lane) waitWork(ctx context.Context) bool {
+	for {
+		l.mu.Lock()
+		n := len(l.queue)
+		l.mu.Unlock()
+		if n > 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-l.wake:
+		}
+	}
+}
+
+// batchable counts the distinct orders waiting that a batch may carry
+// (cancels with an orderFilter go alone).
+func (l *lane) batchable() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seen := map[string]bool{}
+	for _, j := range l.queue {
+		if j.req.OrderFilter == "" {
+			seen[j.req.OrderKey()] = true
+		}
+	}
+	return len(seen)
+}
+
+// take removes up to n units from the front of the queue; batch takes only
+// cancels without an orderFilter. Every queued cancel of a taken order joins
+// its unit, so one order never appears twice in a request.
+func (l *lane) take(n int, batch bool) []*unit {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var units []*unit
+	byKey := map[string]*unit{}
+	kept := l.queue[:0]
+	for _, j := range l.queue {
+		key := j.req.OrderKey()
+		if u, ok := byKey[key]; ok {
+			u.jobs = append(u.jobs, j)
+			continue
+		}
+		if len(units) < n && (!batch || j.req.OrderFilter == "") {
+			u := &unit{jobs: []*job{j}}
+			byKey[key] = u
+			units = append(units, u)
+			continue
+		}
+		kept = append(kept, j)
+	}
+	clear(l.queue[len(kept):])
+	l.queue = kept
+	return units
 }
 
 // push queues j; it returns false if the lane is closed (the worker stops),
@@ -71,26 +145,6 @@ func (l *lane) push(j *job, front bool) bool {
 	default:
 	}
 	return true
-}
-
-// pop waits for the next job; nil once ctx ends.
-func (l *lane) pop(ctx context.Context) *job {
-	for {
-		l.mu.Lock()
-		if len(l.queue) > 0 {
-			j := l.queue[0]
-			l.queue[0] = nil
-			l.queue = l.queue[1:]
-			l.mu.Unlock()
-			return j
-		}
-		l.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-l.wake:
-		}
-	}
 }
 
 // close stops the lane and returns what was still queued.

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,45 +39,111 @@ func newPacer(r Rate, now func() time.Time) *pacer {
 	return &pacer{limit: r.N, window: r.Per, now: now, changed: make(chan struct{})}
 }
 
+// shareOf is the part of a documented limit one of several replicas may use
+// (BYBIT_LIMIT_SHARE); never less than one request per window.
+func shareOf(limit int, share float64) int {
+	if limit <= 0 || share <= 0 || share >= 1 {
+		return limit
+	}
+	return max(1, int(float64(limit)*share))
+}
+
 // unlimited pacers let everything through at once.
 func (p *pacer) unlimited() bool { return p == nil || p.limit <= 0 }
 
 // acquire waits until a request may be sent and returns the function that
 // records its answer time, and how long it waited.
 func (p *pacer) acquire(ctx context.Context) (release func(), waited time.Duration, err error) {
-	if p.unlimited() {
-		return func() {}, 0, nil
-	}
 	start := p.now()
 	for {
-		p.mu.Lock()
-		now := p.now()
-		p.pruneLocked(now)
-		var wait time.Duration
-		switch {
-		case now.Before(p.blocked):
-			wait = p.blocked.Sub(now)
-		case len(p.slots) < p.limit:
-			s := &slot{}
-			p.slots = append(p.slots, s)
-			p.mu.Unlock()
-			return func() { p.free(s) }, now.Sub(start), nil
-		default:
-			wait = p.nextExpiryLocked(now) // 0: every slot is in flight
+		if got := p.reserve(1); len(got) == 1 {
+			return func() { p.answered(got) }, p.now().Sub(start), nil
+		} else if got != nil { // unlimited
+			return func() {}, 0, nil
 		}
-		changed := p.changed
-		p.mu.Unlock()
-
+		_, wait, changed := p.room()
 		if err := sleepOrChange(ctx, wait, changed); err != nil {
 			return nil, p.now().Sub(start), err
 		}
 	}
 }
 
-func (p *pacer) free(s *slot) {
+// unlimitedRoom stands for "as many as asked" from an unlimited pacer.
+const unlimitedRoom = 1 << 30
+
+// room reports how many requests may go now; when none, how long until one
+// may (0: when an answer arrives), and a channel closed at the next change.
+func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
+	if p.unlimited() {
+		return unlimitedRoom, 0, nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s.done, s.at = true, p.now()
+	now := p.now()
+	p.pruneLocked(now)
+	switch {
+	case now.Before(p.blocked):
+		return 0, p.blocked.Sub(now), p.changed
+	case len(p.slots) < p.limit:
+		return p.limit - len(p.slots), 0, p.changed
+	}
+	return 0, p.nextExpiryLocked(now), p.changed
+}
+
+// reserve takes up to n slots that are free now; none if the budget is spent
+// or blocked. An unlimited pacer returns an empty, non-nil slice.
+func (p *pacer) reserve(n int) []*slot {
+	if p.unlimited() {
+		return []*slot{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	p.pruneLocked(now)
+	if now.Before(p.blocked) {
+		return nil
+	}
+	n = min(n, p.limit-len(p.slots))
+	if n <= 0 {
+		return nil
+	}
+	got := make([]*slot, n)
+	for i := range got {
+		got[i] = &slot{}
+		p.slots = append(p.slots, got[i])
+	}
+	return got
+}
+
+// answered dates reserved slots by their answer: they expire a window later.
+func (p *pacer) answered(slots []*slot) {
+	if len(slots) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	for _, s := range slots {
+		s.done, s.at = true, now
+	}
+	p.wakeLocked()
+}
+
+// unreserve gives back slots that were never used.
+func (p *pacer) unreserve(slots []*slot) {
+	if len(slots) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kept := p.slots[:0]
+	for _, s := range p.slots {
+		if !slices.Contains(slots, s) {
+			kept = append(kept, s)
+		}
+	}
+	clear(p.slots[len(kept):])
+	p.slots = kept
 	p.wakeLocked()
 }
 

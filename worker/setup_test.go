@@ -76,7 +76,7 @@ func setup(t *testing.T, exOpts bybittest.Options) *env {
 		AckWait: 5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
 		DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 5 * time.Second,
-		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute,
+		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
 		Logger: newTestLogger(e.logs),
 	}
 	// Requests may be published before the worker starts.
@@ -239,7 +239,7 @@ func (e *env) settled() {
 func (e *env) requestsWith(code int) int {
 	n := 0
 	for _, q := range e.ex.Requests() {
-		if q.Path == "/v5/order/cancel" && q.RetCode == code {
+		if isCancel(q) && q.RetCode == code {
 			n++
 		}
 	}
@@ -253,9 +253,15 @@ func newTestLogger(w *syncBuffer) *slog.Logger {
 func (e *env) cancelRequests() int {
 	n := 0
 	for _, q := range e.ex.Requests() {
-		if q.Path == "/v5/order/cancel" {
+		if isCancel(q) {
 			n++
 		}
 	}
 	return n
+}
+
+// isCancel reports whether a log entry is one order's cancel, by either
+// endpoint.
+func isCancel(q bybittest.Request) bool {
+	return q.Path == "/v5/order/cancel" || q.Path == "/v5/order/cancel-batch"
 }

@@ -424,23 +424,30 @@ func (w *Worker) lane(a *account, category string) *lane {
 	if l, ok := w.lanes[key]; ok {
 		return l
 	}
-	budget := "cancel/" + category
-	p, ok := w.pacers[a.group+"/"+budget]
-	if !ok {
-		p = newPacer(Rate{N: a.limits[budget], Per: time.Second}, w.now)
-		w.pacers[a.group+"/"+budget] = p
+	pacerOf := func(endpoint string) *pacer {
+		budget := endpoint + "/" + category
+		p, ok := w.pacers[a.group+"/"+budget]
+		if !ok {
+			p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
+			w.pacers[a.group+"/"+budget] = p
+		}
+		return p
 	}
-	l := newLane(key, p)
-	l.account = a
+	var batch *pacer
+	if w.cfg.Batch {
+		batch = pacerOf("cancel-batch")
+	}
+	l := newLane(key, a, pacerOf("cancel"), batch)
 	w.lanes[key] = l
 	w.laneWG.Add(1)
 	go w.dispatch(l)
 	return l
 }
 
-// dispatch takes work off one lane as budget allows: the ban gate, the
-// lane's rate limit, the process-wide IP limit, then one of the
-// WORKER_CONCURRENCY request slots.
+// dispatch takes work off one lane as budget allows: the ban gate, then the
+// single-cancel budget or, when that is spent, the batch budget (both are
+// spent, so a burst drains at their sum), then the process-wide IP limit and
+// one of the WORKER_CONCURRENCY request slots.
 func (w *Worker) dispatch(l *lane) {
 	defer w.laneWG.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -452,60 +459,158 @@ func (w *Worker) dispatch(l *lane) {
 		case <-ctx.Done():
 		}
 	}()
-	for {
-		j := l.pop(ctx)
-		if j == nil {
-			return
-		}
-		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
-			msg := fmt.Sprintf("older than WORKER_MAX_AGE (%v) before it could be sent", w.cfg.MaxAge)
-			if j.lastErr != nil {
-				msg += "; last error: " + j.lastErr.Error()
-			}
-			go w.finish(j, w.failed(j, msg))
-			continue
-		}
+	for l.waitWork(ctx) {
 		probe, err := w.gate.wait(ctx)
 		if err != nil {
-			l.push(j, true)
 			return
 		}
-		releaseLane, _, err := l.pacer.acquire(ctx)
-		if err != nil {
+		p, slots, units := w.nextRequest(l)
+		if len(units) == 0 {
 			w.endProbe(probe, false)
-			l.push(j, true)
-			return
+			if w.waitBudget(ctx, l) != nil {
+				return
+			}
+			continue
+		}
+		units = w.dropExpired(units)
+		if len(units) == 0 {
+			p.unreserve(slots)
+			w.endProbe(probe, false)
+			continue
+		}
+		if len(slots) > len(units) {
+			p.unreserve(slots[len(units):])
+			slots = slots[:len(units)]
+		}
+		giveBack := func() {
+			p.unreserve(slots)
+			w.endProbe(probe, false)
+			w.requeueUnits(units)
 		}
 		releaseIP, _, err := w.ipPacer.acquire(ctx)
 		if err != nil {
-			releaseLane()
-			w.endProbe(probe, false)
-			l.push(j, true)
+			giveBack()
 			return
 		}
 		select {
 		case w.slots <- struct{}{}:
 		case <-ctx.Done():
-			releaseLane()
 			releaseIP()
-			w.endProbe(probe, false)
-			l.push(j, true)
+			giveBack()
 			return
 		}
 		if !probe && w.gate.closed() {
 			// A ban began while this request waited for its slot.
-			releaseLane()
 			releaseIP()
 			<-w.slots
-			l.push(j, true)
+			giveBack()
 			continue
 		}
-		// Everything between entering the lane and now was waiting for
-		// budget (the lane's, the IP's, a ban's or a request slot).
-		waited := time.Since(j.queuedAt)
-		j.rateLimitWait += waited
-		w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
-		go w.send(j, l, probe, func() { releaseLane(); releaseIP(); <-w.slots })
+		for _, u := range units {
+			for _, j := range u.jobs {
+				// Everything between entering the lane and now was waiting
+				// for budget (the lane's, the IP's, a ban's or a slot).
+				waited := time.Since(j.queuedAt)
+				j.rateLimitWait += waited
+				w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
+			}
+		}
+		w.metrics.inFlight.Inc()
+		done := func() { p.answered(slots); releaseIP(); <-w.slots; w.metrics.inFlight.Dec() }
+		if p == l.batch {
+			go w.sendBatch(l, units, probe, done)
+		} else {
+			go w.sendSingle(l, units[0], probe, done)
+		}
+	}
+}
+
+// nextRequest reserves budget for the next request of the lane: a single
+// cancel while that budget lasts, else a batch sized to the batch budget
+// left. It returns no units when both budgets are spent.
+func (w *Worker) nextRequest(l *lane) (*pacer, []*slot, []*unit) {
+	if got := l.single.reserve(1); got != nil {
+		units := l.take(1, false)
+		if len(units) == 0 {
+			l.single.unreserve(got)
+		}
+		return l.single, got, units
+	}
+	if l.batch == nil {
+		return nil, nil, nil
+	}
+	n := min(l.batchable(), l.maxBatch)
+	if n == 0 {
+		return nil, nil, nil
+	}
+	got := l.batch.reserve(n)
+	if got == nil {
+		return nil, nil, nil
+	}
+	if len(got) > 0 { // a limited budget: no more orders than it has room for
+		n = len(got)
+	}
+	return l.batch, got, l.take(n, true)
+}
+
+// waitBudget waits until either of the lane's budgets may have room.
+func (w *Worker) waitBudget(ctx context.Context, l *lane) error {
+	_, wait, changed := l.single.room()
+	var bChanged <-chan struct{}
+	if l.batch != nil {
+		_, bWait, bc := l.batch.room()
+		if wait == 0 || (bWait > 0 && bWait < wait) {
+			wait = bWait
+		}
+		bChanged = bc
+	}
+	var timer <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer:
+	case <-changed:
+	case <-bChanged:
+	}
+	return nil
+}
+
+// dropExpired answers failed the cancels older than WORKER_MAX_AGE.
+func (w *Worker) dropExpired(units []*unit) []*unit {
+	kept := units[:0]
+	for _, u := range units {
+		jobs := u.jobs[:0]
+		for _, j := range u.jobs {
+			if w.now().Sub(j.requestTime) <= w.cfg.MaxAge {
+				jobs = append(jobs, j)
+				continue
+			}
+			msg := fmt.Sprintf("older than WORKER_MAX_AGE (%v) before it could be sent", w.cfg.MaxAge)
+			if j.lastErr != nil {
+				msg += "; last error: " + j.lastErr.Error()
+			}
+			go w.finish(j, w.failed(j, msg))
+		}
+		if len(jobs) > 0 {
+			u.jobs = jobs
+			kept = append(kept, u)
+		}
+	}
+	return kept
+}
+
+func (w *Worker) requeueUnits(units []*unit) {
+	for _, u := range units {
+		for _, j := range u.jobs {
+			if !j.lane.push(j, true) {
+				w.release(j, 0, "shutdown")
+			}
+		}
 	}
 }
 
@@ -522,40 +627,81 @@ func (w *Worker) endProbe(probe, banned bool) {
 	}
 }
 
-// send makes one exchange attempt and acts on its outcome.
-func (w *Worker) send(j *job, l *lane, probe bool, done func()) {
-	j.attempts++
-	j.sentAt = w.now()
-	w.metrics.inFlight.Inc()
+func toRequest(c messages.Cancel) bybit.CancelOrderRequest {
+	return bybit.CancelOrderRequest{Category: c.Category, Symbol: c.Symbol, OrderID: c.OrderID, OrderLinkID: c.OrderLinkID, OrderFilter: c.OrderFilter}
+}
+
+// sendSingle makes one POST /v5/order/cancel for a unit and acts on it.
+func (w *Worker) sendSingle(l *lane, u *unit, probe bool, done func()) {
+	w.markSent(u)
 	start := time.Now()
-	res, err := l.account.client.CancelOrder(w.sendCtx, bybit.CancelOrderRequest{
-		Category:    j.req.Category,
-		Symbol:      j.req.Symbol,
-		OrderID:     j.req.OrderID,
-		OrderLinkID: j.req.OrderLinkID,
-		OrderFilter: j.req.OrderFilter,
-	})
-	if err != nil && bybit.ClassOf(err) == bybit.ClassIPBan {
+	res, err := l.account.client.CancelOrder(w.sendCtx, toRequest(u.primary().req))
+	rl := res.RateLimit
+	if err != nil {
+		rl, _ = bybit.RateLimitOf(err)
+	}
+	w.afterRequest(l, l.single, "cancel", probe, start, rl, err, done)
+	w.settle(l.single, u, res, err)
+}
+
+// sendBatch makes one POST /v5/order/cancel-batch and maps each order's
+// answer back to its unit by position.
+func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
+	reqs := make([]bybit.CancelOrderRequest, len(units))
+	for i, u := range units {
+		w.markSent(u)
+		reqs[i] = toRequest(u.primary().req)
+	}
+	start := time.Now()
+	res, err := l.account.client.CancelBatch(w.sendCtx, l.key.category, reqs)
+	rl := res.RateLimit
+	if err != nil {
+		rl, _ = bybit.RateLimitOf(err)
+	}
+	w.afterRequest(l, l.batch, "cancel-batch", probe, start, rl, err, done)
+	for i, u := range units {
+		if err != nil { // the whole request failed: every order shares it
+			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
+			continue
+		}
+		it := res.Items[i]
+		w.settle(l.batch, u, bybit.CancelOrderResult{OrderID: it.OrderID, OrderLinkID: it.OrderLinkID, Time: res.Time, RateLimit: res.RateLimit}, it.Err)
+	}
+}
+
+func (w *Worker) markSent(u *unit) {
+	now := w.now()
+	for _, j := range u.jobs {
+		j.attempts++
+		j.sentAt = now
+	}
+}
+
+// afterRequest is the bookkeeping every exchange request shares.
+func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
+	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
+	if banned {
 		// Close the gate before the slot is freed, so that no request
 		// waiting for the slot slips out during the ban.
 		w.startBan(err)
 	}
 	done()
-	w.metrics.inFlight.Dec()
-	w.metrics.observeRequest("cancel", l.key.category, time.Since(start), err)
-	rl := res.RateLimit
-	if err != nil {
-		rl, _ = bybit.RateLimitOf(err)
-	}
-	l.pacer.observe(rl)
-	w.metrics.observeBudget("cancel", l.key.category, rl)
-	d := w.decide(j, res, err)
-	w.endProbe(probe, d.class == bybit.ClassIPBan)
-	w.apply(j, d, err)
+	w.metrics.observeRequest(endpoint, l.key.category, time.Since(start), err)
+	p.observe(rl)
+	w.metrics.observeBudget(endpoint, l.key.category, rl)
+	w.endProbe(probe, banned)
 }
 
-// apply carries out a decision.
-func (w *Worker) apply(j *job, d decision, err error) {
+// settle decides and acts for every cancel of a unit: they share the
+// exchange's answer.
+func (w *Worker) settle(p *pacer, u *unit, res bybit.CancelOrderResult, err error) {
+	for _, j := range u.jobs {
+		w.apply(j, p, w.decide(j, res, err), err)
+	}
+}
+
+// apply carries out a decision; p is the budget the attempt spent.
+func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
 	switch d.action {
 	case actFinish:
 		if err == nil {
@@ -571,7 +717,7 @@ func (w *Worker) apply(j *job, d decision, err error) {
 		switch d.class {
 		case bybit.ClassRateLimited:
 			w.stats.RateLimited.Add(1)
-			j.lane.pacer.blockUntil(d.rateLimitReset)
+			p.blockUntil(d.rateLimitReset)
 			w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
 		case bybit.ClassClockSkew:
 			w.resync(j.lane.account, j.sentAt)

@@ -78,10 +78,11 @@ func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
 	for _, omitReset := range []bool{false, true} {
 		t.Run(fmt.Sprintf("omitResetHeader=%v", omitReset), func(t *testing.T) {
 			t.Parallel()
-			e := setup(t, bybittest.Options{AutoCreate: true, OmitResetHeader: omitReset, Limits: map[string]int{"cancel/linear": 5}})
-			// The worker believes in a higher limit than the exchange
+			e := setup(t, bybittest.Options{AutoCreate: true, OmitResetHeader: omitReset,
+				Limits: map[string]int{"cancel/linear": 5, "cancel-batch/linear": 5}})
+			// The worker believes in higher limits than the exchange
 			// enforces, so only 10006 answers can pace it.
-			e.cfg.Limits = map[string]int{"cancel/linear": 100}
+			e.cfg.Limits = map[string]int{"cancel/linear": 100, "cancel-batch/linear": 100}
 			const n = 15
 			for i := range n {
 				e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
@@ -213,7 +214,7 @@ func TestIPBanPausesEveryRequest(t *testing.T) {
 	}
 	var cancels []bybittest.Request
 	for _, q := range e.ex.Requests() {
-		if q.Path == "/v5/order/cancel" {
+		if isCancel(q) {
 			cancels = append(cancels, q)
 		}
 	}

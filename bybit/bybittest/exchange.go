@@ -50,6 +50,7 @@ type Account struct {
 func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
+		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
 	}
 }
 
@@ -287,6 +288,8 @@ func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveQueryAPI(w, r)
 	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel":
 		e.serveCancel(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel-batch":
+		e.serveCancelBatch(w, r)
 	default:
 		e.writeEnvelope(w, r, Request{}, 10017, "route not found", nil, nil)
 	}
@@ -506,6 +509,100 @@ func (e *Exchange) serveCancel(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	e.writeEnvelope(w, r, q, code, msg, result, h)
+}
+
+type batchBody struct {
+	Category string       `json:"category"`
+	Request  []cancelBody `json:"request"`
+}
+
+// serveCancelBatch applies Bybit's batch accounting: each order spends one
+// unit of the batch budget (separate from single cancels'), orders past the
+// budget fail one by one with 10006, and the top-level retCode stays 0.
+func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		e.writeEnvelope(w, r, Request{}, 10001, "unreadable body", nil, nil)
+		return
+	}
+	var b batchBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
+		return
+	}
+	acct, code, msg := e.authenticate(r, body)
+	if code != 0 {
+		e.writeEnvelope(w, r, Request{Category: b.Category}, code, msg, nil, nil)
+		return
+	}
+	max := 20
+	if b.Category == "spot" {
+		max = 10
+	}
+	if len(b.Request) == 0 || len(b.Request) > max {
+		e.writeEnvelope(w, r, Request{Category: b.Category}, 10001, fmt.Sprintf("params error: request must hold 1 to %d orders", max), nil, nil)
+		return
+	}
+	first := b.Request[0]
+	first.Category = b.Category
+	fault, faulty := e.nextFault(first)
+	if faulty && !fault.Apply {
+		if e.serveFault(w, r, Request{Category: b.Category, Symbol: first.Symbol, OrderID: first.OrderID, OrderLinkID: first.OrderLinkID}, fault) {
+			return
+		}
+	}
+	type item struct {
+		Category    string `json:"category"`
+		Symbol      string `json:"symbol"`
+		OrderID     string `json:"orderId"`
+		OrderLinkID string `json:"orderLinkId"`
+	}
+	type ext struct {
+		Code int    `json:"code"`
+		Msg  string `json:"msg"`
+	}
+	var items []item
+	var exts []ext
+	var h http.Header
+	// Each order is logged as its own entry, so that the log reads the same
+	// whichever endpoint carried a cancel.
+	for _, c := range b.Request {
+		c.Category = b.Category
+		q := Request{Category: c.Category, Symbol: c.Symbol, OrderID: c.OrderID, OrderLinkID: c.OrderLinkID, HTTPStatus: http.StatusOK}
+		var ok bool
+		h, ok = e.takeBudget(acct.UID, "cancel-batch", c.Category)
+		code, msg, res := 10006, "Too many visits!", map[string]string(nil)
+		if ok {
+			var result any
+			code, msg, result = e.cancelOne(c)
+			if m, isMap := result.(map[string]string); isMap {
+				res = m
+			}
+		}
+		it := item{Category: c.Category, Symbol: c.Symbol}
+		if res != nil {
+			it.OrderID, it.OrderLinkID = res["orderId"], res["orderLinkId"]
+		}
+		if code == 0 {
+			msg = "OK"
+		}
+		items = append(items, it)
+		exts = append(exts, ext{Code: code, Msg: msg})
+		q.RetCode = code
+		e.record(r, q)
+	}
+	if faulty && fault.Apply && e.serveFault(w, r, Request{Category: b.Category, Symbol: first.Symbol, OrderID: first.OrderID}, fault) {
+		return
+	}
+	e.mu.Lock()
+	now := e.nowLocked()
+	e.mu.Unlock()
+	for k, v := range h {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(envelope{RetCode: 0, RetMsg: "OK", Result: map[string]any{"list": items},
+		RetExtInfo: map[string]any{"list": exts}, Time: now.UnixMilli()})
 }
 
 // serveFault answers with the fault; false means the fault only delayed the

@@ -77,7 +77,9 @@ var settings = []setting{
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
 	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
-	{env: "BYBIT_LIMITS", def: "", usage: "per-second limits overriding Bybit's documented ones, e.g. cancel/linear=20,cancel/spot=30"},
+	{env: "BYBIT_LIMITS", def: "", usage: "per-second limits overriding Bybit's documented ones, e.g. cancel/linear=20,cancel-batch/linear=20"},
+	{env: "BYBIT_LIMIT_SHARE", def: "1", usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
+	{env: "BYBIT_BATCH", def: "true", usage: "also send waiting cancels through cancel-batch, spending both budgets"},
 	{env: "BYBIT_BAN_PAUSE", def: "10m", usage: "how long every request stops after an IP-ban 403"},
 	{env: "BYBIT_BAN_RELEASE", def: "false", usage: "release held messages to other replicas during an IP ban"},
 	{env: "WORKER_CONCURRENCY", def: "16", usage: "HTTP requests in flight"},
@@ -185,6 +187,14 @@ func (p *parser) boolean(name string) bool {
 		p.fail(name, "%q is not true or false", p.v[name])
 	}
 	return b
+}
+
+func (p *parser) fraction(name string) float64 {
+	f, err := strconv.ParseFloat(p.v[name], 64)
+	if err != nil || f <= 0 || f > 1 {
+		p.fail(name, "%q is not a fraction in (0, 1]", p.v[name])
+	}
+	return f
 }
 
 // rate parses "N/duration" or "off".
@@ -331,6 +341,8 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		ShutdownTimeout: p.duration("WORKER_SHUTDOWN_TIMEOUT"),
 		Limits:          p.limits("BYBIT_LIMITS"),
 		IPLimit:         p.rate("BYBIT_IP_LIMIT"),
+		LimitShare:      p.fraction("BYBIT_LIMIT_SHARE"),
+		Batch:           p.boolean("BYBIT_BATCH"),
 		BanPause:        p.duration("BYBIT_BAN_PAUSE"),
 		BanRelease:      p.boolean("BYBIT_BAN_RELEASE"),
 	}

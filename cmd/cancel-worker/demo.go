@@ -47,7 +47,7 @@ func startSim(ex *bybittest.Exchange, addr string) (string, func(), error) {
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limit is 10/s)")
+	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limits are 10/s single and 10/s batch)")
 	logLevel := fs.String("log-level", "warn", "the worker's log level (its lines go to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -77,7 +77,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer stopSim()
 
 	script := demoScript(ex, *burst)
-	fmt.Fprintf(stdout, "demo: nats-server %s (JetStream, temp store), simulated Bybit %s (limits: linear/inverse/option 10/s, spot 20/s)\n",
+	fmt.Fprintf(stdout, "demo: nats-server %s (JetStream, temp store), simulated Bybit %s (limits per endpoint: linear/inverse/option 10/s, spot 20/s)\n",
 		ns.ClientURL(), baseURL)
 
 	nc, err := nats.Connect(ns.ClientURL(), nats.Name("cancel-worker-demo"))
@@ -174,7 +174,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		want[r.expect]++
 	}
 	fmt.Fprintf(stdout, "\nsummary: %d requests, %d results in %s: %s\n", len(script), len(script), elapsed.Round(time.Millisecond), formatCounts(counts))
-	fmt.Fprintf(stdout, "rate limits: the %d-cancel linear burst at 10/s waited up to %s for budget; the exchange answered 10006 %d times\n",
+	fmt.Fprintf(stdout, "rate limits: the %d-cancel linear burst (10/s single + 10/s batch) waited up to %s for budget; the exchange answered 10006 %d times\n",
 		*burst, waited.Round(time.Millisecond), limited)
 	for s, n := range want {
 		if counts[s] != n {
@@ -192,7 +192,7 @@ func demoWorkerConfig(log *slog.Logger) worker.Config {
 		AckWait: 5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
 		DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 20 * time.Second,
-		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute,
+		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
 		Logger: log,
 	}
 }

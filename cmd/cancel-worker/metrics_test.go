@@ -104,6 +104,7 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, bybittest.Options{AutoCreate: true, Limits: map[string]int{"cancel/linear": 2}}, nil)
 	s.env["BYBIT_LIMITS"] = "cancel/linear=50" // more than the exchange allows: it answers 10006
+	s.env["BYBIT_BATCH"] = "false"             // one exchange request per order: counts compare 1:1
 	base, _, stop := startWorker(t, s.env)
 	code, _ := get(t, base+"/healthz")
 	require.Equal(t, http.StatusOK, code)
@@ -155,7 +156,7 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 	allowed := map[string]*regexp.Regexp{
 		"status":   regexp.MustCompile(`^(cancelled|not_open|rejected|invalid|failed)$`),
 		"category": regexp.MustCompile(`^(spot|linear|inverse|option|none)$`),
-		"endpoint": regexp.MustCompile(`^cancel$`),
+		"endpoint": regexp.MustCompile(`^(cancel|cancel-batch)$`),
 		"outcome":  regexp.MustCompile(`^(ok|not_open|rate_limited|clock_skew|transient|ip_ban|permanent)$`),
 		"reason":   regexp.MustCompile(`^(rate_limited|clock_skew|transient|ip_ban|retry_budget)$`),
 	}

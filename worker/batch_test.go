@@ -1,0 +1,144 @@
+package worker_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// With the single-cancel budget nearly spent, waiting cancels go out in
+// batches; each order's answer maps back to its own request, a partly failed
+// batch included.
+func TestBatchAnswersMapBackPerRequest(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.cfg.Limits = map[string]int{"cancel/linear": 1, "cancel-batch/linear": 10} // the exchange's batch limit
+	want := map[uint64]messages.Status{}
+	orderOf := map[uint64]string{}
+	for i := range 16 {
+		if i%4 == 3 { // not open: unknown to the exchange
+			seq := e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("gone-", i)}, "")
+			want[seq] = messages.StatusNotOpen
+			continue
+		}
+		o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderLinkID: fmt.Sprint("link-", i)})
+		seq := e.publish(cancelBody(o, i%2 == 0, ""), "")
+		want[seq] = messages.StatusCancelled
+		orderOf[seq] = o.OrderID
+	}
+	e.start()
+	got := e.waitResults(len(want))
+	for seq, status := range want {
+		r := got[seq]
+		require.Equal(t, status, r.Status, "%+v", r)
+		require.False(t, r.Ambiguous)
+		if status == messages.StatusCancelled {
+			require.Equal(t, orderOf[seq], r.OrderID, "the batch item's orderId belongs to this request")
+		} else {
+			require.Equal(t, 110001, *r.RetCode)
+		}
+	}
+	batched := 0
+	for _, q := range e.ex.Requests() {
+		if q.Path == "/v5/order/cancel-batch" {
+			batched++
+		}
+	}
+	require.GreaterOrEqual(t, batched, 10, "the batch budget carried most of the burst")
+	require.Zero(t, e.requestsWith(10006))
+	e.settled()
+	require.EqualValues(t, len(want), e.storedResults())
+}
+
+// The exchange allows fewer batch orders than the worker believes: the items
+// past the budget come back 10006 one by one and are requeued, not failed.
+func TestBatchItemsAnswered10006AreRequeued(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{AutoCreate: true, Limits: map[string]int{"cancel/linear": 1, "cancel-batch/linear": 3}})
+	e.cfg.Limits = map[string]int{"cancel/linear": 1, "cancel-batch/linear": 20}
+	const n = 12
+	for i := range n {
+		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
+	}
+	e.start()
+	got := e.waitResults(n)
+	for _, r := range got {
+		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+		require.False(t, r.Ambiguous, "an item answered 10006 was not applied")
+	}
+	require.Positive(t, e.requestsWith(10006))
+	e.settled()
+	require.EqualValues(t, n, e.storedResults())
+}
+
+// Held cancels of the same order are sent once and all answered from it.
+func TestDuplicateCancelsAreCoalesced(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	// The first cancel spends the only request of the window, so the three
+	// duplicates are all held together when budget returns.
+	e.cfg.Limits = map[string]int{"cancel/spot": 1}
+	e.cfg.Batch = false
+	e.publish(cancelBody(e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"}), false, "spend"), "")
+	o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT", OrderLinkID: "dup-1"})
+	seqs := []uint64{
+		e.publish(cancelBody(o, true, "first"), ""),
+		e.publish(cancelBody(o, true, "second"), ""),
+		e.publish(cancelBody(o, true, "third"), ""),
+	}
+	e.start()
+	got := e.waitResults(len(seqs) + 1)
+	for _, s := range seqs {
+		require.Equal(t, messages.StatusCancelled, got[s].Status, "%+v", got[s])
+		require.Equal(t, o.OrderID, got[s].OrderID)
+	}
+	require.Equal(t, 2, e.cancelRequests(), "one exchange call answered all three duplicates")
+}
+
+// A batch whose answer is lost after Bybit applied it: every order in it is
+// retried and ends not_open, marked ambiguous.
+func TestLostBatchResponseIsAmbiguousForEveryItem(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.cfg.Limits = map[string]int{"cancel/inverse": 1, "cancel-batch/inverse": 10}
+	var seqs []uint64
+	var first bybittest.Order
+	for i := range 6 {
+		o := e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"})
+		if i == 1 {
+			first = o
+		}
+		seqs = append(seqs, e.publish(cancelBody(o, false, ""), ""))
+	}
+	// The first order goes alone (single budget); the fault matches the
+	// batch, whose first item is the second order.
+	e.ex.InjectFault(bybittest.Fault{
+		Match: func(_, _, orderID, _ string) bool { return orderID == first.OrderID },
+		Apply: true, Hangup: true,
+	})
+	e.start()
+	got := e.waitResults(len(seqs))
+	lost := 0
+	for _, s := range seqs {
+		r := got[s]
+		switch r.Status {
+		case messages.StatusNotOpen: // it was in the batch whose answer was lost
+			require.True(t, r.Ambiguous, "%+v", r)
+			lost++
+		case messages.StatusCancelled:
+			require.False(t, r.Ambiguous, "%+v", r)
+		default:
+			t.Fatalf("unexpected %+v", r)
+		}
+	}
+	require.GreaterOrEqual(t, lost, 1)
+	for _, r := range got {
+		if r.OrderID == first.OrderID {
+			require.Equal(t, messages.StatusNotOpen, r.Status)
+		}
+	}
+}

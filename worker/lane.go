@@ -29,6 +29,10 @@ type lane struct {
 	maxBatch int
 	mu       sync.Mutex
 	queue    []*job
+	// keys counts the queued cancels per order, filtered those with an
+	// orderFilter (guarded by mu).
+	keys     map[string]int
+	filtered int
 	wake     chan struct{}
 	closed   bool
 	// rlBackoff paces retries after a 10006 that carried no reset time
@@ -56,7 +60,7 @@ func newLane(key laneKey, a *account, single, batch *pacer) *lane {
 	b.MaxInterval = 2 * time.Second
 	b.MaxElapsedTime = 0
 	return &lane{key: key, account: a, single: single, batch: batch, maxBatch: bybit.MaxBatch(key.category),
-		wake: make(chan struct{}, 1), rlBackoff: b}
+		wake: make(chan struct{}, 1), rlBackoff: b, keys: map[string]int{}}
 }
 
 // unit is what one exchange call answers: a held cancel and any other held
@@ -84,46 +88,72 @@ func (l *lane) waitWork(ctx context.Context) bool {
 	}
 }
 
-// batchable counts the distinct orders waiting that a batch may carry
-// (cancels with an orderFilter go alone).
+// batchable counts the cancels waiting that a batch may carry (those with an
+// orderFilter go alone). Duplicates count once each here; take folds them
+// into one unit, and the caller gives back budget it reserved in excess.
 func (l *lane) batchable() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	seen := map[string]bool{}
-	for _, j := range l.queue {
-		if j.req.OrderFilter == "" {
-			seen[j.req.OrderKey()] = true
-		}
-	}
-	return len(seen)
+	return len(l.queue) - l.filtered
 }
 
 // take removes up to n units from the front of the queue; batch takes only
 // cancels without an orderFilter. Every queued cancel of a taken order joins
-// its unit, so one order never appears twice in a request.
+// its unit, so one order never appears twice in a request. It costs O(taken)
+// unless duplicates are queued.
 func (l *lane) take(n int, batch bool) []*unit {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var units []*unit
-	byKey := map[string]*unit{}
-	kept := l.queue[:0]
-	for _, j := range l.queue {
-		key := j.req.OrderKey()
-		if u, ok := byKey[key]; ok {
-			u.jobs = append(u.jobs, j)
+	var skipped []*job
+	i := 0
+	for ; i < len(l.queue) && len(units) < n; i++ {
+		j := l.queue[i]
+		if batch && j.req.OrderFilter != "" {
+			skipped = append(skipped, j)
 			continue
 		}
-		if len(units) < n && (!batch || j.req.OrderFilter == "") {
-			u := &unit{jobs: []*job{j}}
-			byKey[key] = u
-			units = append(units, u)
-			continue
-		}
-		kept = append(kept, j)
+		l.forgetLocked(j)
+		units = append(units, &unit{jobs: []*job{j}})
 	}
-	clear(l.queue[len(kept):])
-	l.queue = kept
+	rest := l.queue[i:]
+	for _, u := range units {
+		key := u.primary().req.OrderKey()
+		if l.keys[key] == 0 {
+			continue
+		}
+		kept := rest[:0]
+		for _, j := range rest {
+			if j.req.OrderKey() == key {
+				u.jobs = append(u.jobs, j)
+				l.forgetLocked(j)
+				continue
+			}
+			kept = append(kept, j)
+		}
+		clear(rest[len(kept):])
+		rest = kept
+	}
+	clear(l.queue[:i])
+	l.queue = append(skipped, rest...)
 	return units
+}
+
+func (l *lane) rememberLocked(j *job) {
+	l.keys[j.req.OrderKey()]++
+	if j.req.OrderFilter != "" {
+		l.filtered++
+	}
+}
+
+func (l *lane) forgetLocked(j *job) {
+	key := j.req.OrderKey()
+	if l.keys[key]--; l.keys[key] <= 0 {
+		delete(l.keys, key)
+	}
+	if j.req.OrderFilter != "" {
+		l.filtered--
+	}
 }
 
 // push queues j; it returns false if the lane is closed (the worker stops),
@@ -135,6 +165,7 @@ func (l *lane) push(j *job, front bool) bool {
 		return false
 	}
 	j.queuedAt = time.Now()
+	l.rememberLocked(j)
 	if front {
 		l.queue = append([]*job{j}, l.queue...)
 	} else {
@@ -150,10 +181,17 @@ func (l *lane) push(j *job, front bool) bool {
 // close stops the lane and returns what was still queued.
 func (l *lane) close() []*job {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.closed = true
+	l.mu.Unlock()
+	return l.drain()
+}
+
+// drain empties the queue and returns what it held.
+func (l *lane) drain() []*job {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	q := l.queue
-	l.queue = nil
+	l.queue, l.keys, l.filtered = nil, map[string]int{}, 0
 	return q
 }
 

@@ -772,11 +772,7 @@ func (w *Worker) releaseAllQueued(delay time.Duration) {
 	}
 	w.lanesMu.Unlock()
 	for _, l := range lanes {
-		l.mu.Lock()
-		q := l.queue
-		l.queue = nil
-		l.mu.Unlock()
-		for _, j := range q {
+		for _, j := range l.drain() {
 			w.release(j, delay, "ip_ban")
 		}
 	}

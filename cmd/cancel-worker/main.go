@@ -5,6 +5,7 @@
 //	cancel-worker [run]   the worker, configured by environment variables or flags
 //	cancel-worker demo    a self-contained scenario: embedded NATS, simulated Bybit, the worker
 //	cancel-worker sim     the simulated exchange alone, for a local stack
+//	cancel-worker bench   a burst drained against the simulated exchange, measured
 package main
 
 import (
@@ -53,6 +54,7 @@ Commands:
   run    the worker (the default), configured by environment variables or flags
   demo   a scripted scenario against an embedded nats-server and a simulated Bybit
   sim    the simulated Bybit exchange alone (for a local stack)
+  bench  drain a burst against the simulated exchange and report drain time against the ideal
 
 Run 'cancel-worker <command> --help' for a command's flags.
 `
@@ -70,6 +72,8 @@ func run(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 		return runDemo(ctx, args, stdout, stderr)
 	case "sim":
 		return runSim(ctx, args, stderr)
+	case "bench":
+		return runBench(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,328 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+)
+
+// benchOptions are the flags of `cancel-worker bench`.
+type benchOptions struct {
+	n           int
+	categories  []string
+	limit       int
+	latency     time.Duration
+	batch       bool
+	noLimit     bool
+	replicas    int
+	concurrency int
+	rate        int
+}
+
+// benchResult is what one run measured.
+type benchResult struct {
+	drain, ideal    time.Duration
+	limited         int
+	p50, p99        time.Duration
+	peakRSS         int64
+	results         int
+	throughput      float64
+	budgetPerSecond int
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o benchOptions
+	var cats string
+	fs.IntVar(&o.n, "n", 600, "cancels to publish")
+	fs.StringVar(&cats, "categories", "linear", "categories, comma-separated; the cancels are split evenly")
+	fs.IntVar(&o.limit, "limit", 10, "per-endpoint limit per second of each category, at the exchange and in the worker")
+	fs.DurationVar(&o.latency, "latency", 0, "simulated exchange latency per request")
+	fs.BoolVar(&o.batch, "batch", true, "send through cancel-batch too")
+	fs.BoolVar(&o.noLimit, "no-limit", false, "no rate limits anywhere (raw throughput of the worker)")
+	fs.IntVar(&o.replicas, "replicas", 1, "worker processes (in-process) sharing the durable consumer, each with BYBIT_LIMIT_SHARE=1/replicas")
+	fs.IntVar(&o.concurrency, "concurrency", 16, "WORKER_CONCURRENCY of each replica")
+	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o.categories = strings.Split(cats, ",")
+	for _, c := range o.categories {
+		if !slices.Contains(messages.Categories, c) {
+			return fmt.Errorf("--categories: %q is not one of spot, linear, inverse, option", c)
+		}
+	}
+	if o.n < 1 || o.replicas < 1 || o.limit < 1 {
+		return errors.New("--n, --replicas and --limit must be at least 1")
+	}
+	res, err := bench(ctx, o, stdout)
+	if err != nil {
+		return err
+	}
+	mode := fmt.Sprintf("%d/s per endpoint", o.limit)
+	if o.noLimit {
+		mode = "no limit"
+	}
+	fmt.Fprintf(stdout, "\n| N | categories | budgets | batch | replicas | latency | drain | ideal | ratio | throughput | 10006 | p50 | p99 | peak RSS |\n")
+	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	ideal, ratio := "—", "—"
+	if !o.noLimit {
+		ideal = res.ideal.Round(time.Millisecond).String()
+		ratio = fmt.Sprintf("%.3f", res.drain.Seconds()/max(res.ideal.Seconds(), 1e-9))
+	}
+	fmt.Fprintf(stdout, "| %d | %s | %s | %v | %d | %v | %v | %s | %s | %.0f/s | %d | %v | %v | %.0f MB |\n",
+		o.n, strings.Join(o.categories, ","), mode, o.batch && !o.noLimit, o.replicas, o.latency,
+		res.drain.Round(time.Millisecond), ideal, ratio, res.throughput, res.limited,
+		res.p50.Round(10*time.Microsecond), res.p99.Round(10*time.Microsecond), float64(res.peakRSS)/1e6)
+	return nil
+}
+
+// bench runs the worker exactly as in production (file storage, DoubleAck,
+// result PubAcks) against the simulated exchange verifying every signature.
+func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult, error) {
+	store, err := os.MkdirTemp("", "cancel-worker-bench-")
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer os.RemoveAll(store)
+	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	limits := map[string]int{}
+	if !o.noLimit {
+		for _, c := range o.categories {
+			limits["cancel/"+c] = o.limit
+			limits["cancel-batch/"+c] = o.limit
+		}
+	}
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Limits: limits, Latency: o.latency})
+	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer stopSim()
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := demoWorkerConfig(log)
+	cfg.Batch = o.batch
+	cfg.Concurrency = o.concurrency
+	cfg.LimitShare = 1 / float64(o.replicas)
+	cfg.MaxAckPending = max(1000, o.n)
+	cfg.Limits = limits
+	if !o.noLimit {
+		cfg.Limits = worker.DefaultLimits()
+		for k := range limits {
+			cfg.Limits[k] = o.limit
+		}
+	}
+
+	wctx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	var wg sync.WaitGroup
+	errs := make(chan error, o.replicas)
+	for range o.replicas {
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			return benchResult{}, err
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return benchResult{}, err
+		}
+		client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+		if err != nil {
+			return benchResult{}, err
+		}
+		w, err := worker.New(cfg, js, client)
+		if err != nil {
+			return benchResult{}, err
+		}
+		if err := w.Setup(ctx); err != nil {
+			return benchResult{}, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.Run(wctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return benchResult{}, err
+	}
+	var count atomic.Int64
+	latencies := make([]time.Duration, 0, o.n)
+	var latMu sync.Mutex
+	done := make(chan struct{})
+	reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
+	if err != nil {
+		return benchResult{}, err
+	}
+	var lastResult atomic.Int64
+	cc, err := reader.Consume(func(m jetstream.Msg) {
+		var r struct {
+			RequestTime time.Time `json:"requestTime"`
+		}
+		meta, err := m.Metadata()
+		if err != nil || json.Unmarshal(m.Data(), &r) != nil {
+			return
+		}
+		latMu.Lock()
+		latencies = append(latencies, meta.Timestamp.Sub(r.RequestTime))
+		latMu.Unlock()
+		lastResult.Store(meta.Timestamp.UnixNano())
+		if count.Add(1) == int64(o.n) {
+			close(done)
+		}
+	})
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer cc.Stop()
+
+	fmt.Fprintf(progress, "bench: %d cancels over %s, %d replica(s), exchange latency %v\n", o.n, strings.Join(o.categories, ","), o.replicas, o.latency)
+	start := time.Now()
+	publishErr := make(chan error, 1)
+	go func() { publishErr <- publishBench(ctx, js, cfg.CancelSubject, o) }()
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case err := <-publishErr:
+			if err != nil {
+				return benchResult{}, err
+			}
+		case err := <-errs:
+			return benchResult{}, fmt.Errorf("worker stopped: %w", err)
+		case <-tick.C:
+			n := count.Load()
+			el := time.Since(start)
+			fmt.Fprintf(progress, "  %6.1fs  %6d/%d results  %7.0f/s\n", el.Seconds(), n, o.n, float64(n)/el.Seconds())
+		case <-ctx.Done():
+			return benchResult{}, ctx.Err()
+		}
+	}
+	drain := time.Unix(0, lastResult.Load()).Sub(start)
+	stopWorkers()
+	wg.Wait()
+
+	res := benchResult{drain: drain, results: o.n, throughput: float64(o.n) / drain.Seconds(), peakRSS: peakRSS()}
+	for _, q := range ex.Requests() {
+		if q.RetCode == 10006 {
+			res.limited++
+		}
+	}
+	slices.Sort(latencies)
+	res.p50 = latencies[len(latencies)/2]
+	res.p99 = latencies[min(len(latencies)-1, len(latencies)*99/100)]
+	// The ideal drain of N cancels with a budget B a second fully available
+	// at the start is (N − B) / B; the categories drain in parallel.
+	budget := o.limit
+	if o.batch {
+		budget *= 2
+	}
+	perCat := (o.n + len(o.categories) - 1) / len(o.categories)
+	res.ideal = time.Duration(float64(max(perCat-budget, 0)) / float64(budget) * float64(time.Second))
+	res.budgetPerSecond = budget
+	return res, nil
+}
+
+// publishBench publishes the cancels, all at once (asynchronously, waiting
+// for every PubAck) or at a steady rate.
+func publishBench(ctx context.Context, js jetstream.JetStream, subject string, o benchOptions) error {
+	body := func(i int) []byte {
+		c := o.categories[i%len(o.categories)]
+		symbol := "BTCUSDT"
+		if c == "option" {
+			symbol = "BTC-27DEC24-100000-C"
+		}
+		return []byte(`{"category":"` + c + `","symbol":"` + symbol + `","orderId":"bench-` + strconv.Itoa(i) + `"}`)
+	}
+	if o.rate > 0 {
+		t := time.NewTicker(time.Second / time.Duration(o.rate))
+		defer t.Stop()
+		for i := range o.n {
+			if _, err := js.Publish(ctx, subject, body(i)); err != nil {
+				return err
+			}
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	futures := make([]jetstream.PubAckFuture, 0, o.n)
+	for i := range o.n {
+		f, err := js.PublishAsync(subject, body(i))
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// peakRSS is the process's peak resident set (VmHWM), in bytes; the bench runs
+// the embedded nats-server and the simulator in the same process, so it is an
+// upper bound of the worker's own.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

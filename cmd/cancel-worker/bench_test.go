@@ -1,0 +1,21 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The benchmark runs end to end on a small burst: every cancel gets a result,
+// and the worker paces itself so the exchange never answers 10006.
+func TestBenchRunsAndReportsItsTable(t *testing.T) {
+	t.Parallel()
+	var out, errOut syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, run(ctx, []string{"bench", "--n", "60", "--limit", "20", "--categories", "linear,spot"}, envFunc(nil), &out, &errOut), "%s", &errOut)
+	row := regexp.MustCompile(`(?m)^\| 60 \| linear,spot \| 20/s per endpoint \| true \| 1 \| 0s \| [^|]+ \| [^|]+ \| [0-9.]+ \| [0-9]+/s \| 0 \|`)
+	require.Regexp(t, row, out.String())
+}

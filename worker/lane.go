@@ -135,7 +135,10 @@ func (l *lane) take(n int, batch bool) []*unit {
 		rest = kept
 	}
 	clear(l.queue[:i])
-	l.queue = append(skipped, rest...)
+	if len(skipped) > 0 { // rare: only batches step over orderFilter cancels
+		rest = append(skipped, rest...)
+	}
+	l.queue = rest
 	return units
 }
 

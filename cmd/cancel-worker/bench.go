@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,8 +65,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.replicas, "replicas", 1, "worker processes (in-process) sharing the durable consumer, each with BYBIT_LIMIT_SHARE=1/replicas")
 	fs.IntVar(&o.concurrency, "concurrency", 16, "WORKER_CONCURRENCY of each replica")
 	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	o.categories = strings.Split(cats, ",")
 	for _, c := range o.categories {

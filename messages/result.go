@@ -44,6 +44,12 @@ type Result struct {
 	OrderID     string `json:"orderId,omitempty"`
 	OrderLinkID string `json:"orderLinkId,omitempty"`
 	Account     string `json:"account,omitempty"`
+	// BaseCoin and SettleCoin echo a cancel-all's scope.
+	BaseCoin   string `json:"baseCoin,omitempty"`
+	SettleCoin string `json:"settleCoin,omitempty"`
+	// Orders lists what a cancel-all cancelled (also when a later call of
+	// its repeat loop failed).
+	Orders []OrderRef `json:"orders,omitempty"`
 
 	// RetCode and RetMsg are Bybit's answer, when there was one.
 	RetCode *int   `json:"retCode,omitempty"`
@@ -94,6 +100,15 @@ func NewResult(c Cancel, requestID string, seq uint64, requestTime time.Time) Re
 		RequestTime: requestTime,
 		ReplayOf:    c.ReplayOf,
 		ReplayOfSeq: c.ReplayOfSeq,
+	}
+}
+
+// NewCancelAllResult starts the result of a cancel-all request.
+func NewCancelAllResult(c CancelAll, requestID string, seq uint64, requestTime time.Time) Result {
+	return Result{
+		RequestID: requestID, RequestSeq: seq, Category: c.Category, Symbol: c.Symbol,
+		BaseCoin: c.BaseCoin, SettleCoin: c.SettleCoin, Account: c.Account, RequestTime: requestTime,
+		ReplayOf: c.ReplayOf, ReplayOfSeq: c.ReplayOfSeq,
 	}
 }
 

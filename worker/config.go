@@ -57,6 +57,9 @@ type Config struct {
 	Consumer string
 	// CancelSubject is the input (NATS_CANCEL_SUBJECT, orders.cancel).
 	CancelSubject string
+	// CancelAllSubject is the cancel-all input (NATS_CANCEL_ALL_SUBJECT,
+	// orders.cancel-all).
+	CancelAllSubject string
 	// AckSubject receives cancels the exchange acknowledged
 	// (NATS_ACK_SUBJECT, orders.cancel.ack).
 	AckSubject string
@@ -129,10 +132,11 @@ func (c Config) Validate() error {
 	need(c.Stream, "NATS_STREAM")
 	need(c.Consumer, "NATS_CONSUMER")
 	need(c.CancelSubject, "NATS_CANCEL_SUBJECT")
+	need(c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT")
 	need(c.AckSubject, "NATS_ACK_SUBJECT")
 	need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
 	subjects := map[string]string{}
-	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
+	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
 		if prev, dup := subjects[s[0]]; dup && s[0] != "" {
 			errs = append(errs, fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
 		}

@@ -18,8 +18,10 @@ type job struct {
 	deliveries  uint64
 	requestTime time.Time
 	req         messages.Cancel
-	requestID   string
-	lane        *lane
+	// all is set instead of req for a cancel-all request.
+	all       *messages.CancelAll
+	requestID string
+	lane      *lane
 
 	mu   sync.Mutex
 	msg  jetstream.Msg

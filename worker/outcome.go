@@ -159,5 +159,8 @@ func newRetryBackoff() *backoff.ExponentialBackOff {
 }
 
 func (w *Worker) baseResult(j *job) messages.Result {
+	if j.all != nil {
+		return messages.NewCancelAllResult(*j.all, j.requestID, j.seq, j.requestTime)
+	}
 	return messages.NewResult(j.req, j.requestID, j.seq, j.requestTime)
 }

@@ -23,13 +23,13 @@ func TestCreatedStreamAndConsumerAreTaggedAndConfigured(t *testing.T) {
 	require.Equal(t, jetstream.FileStorage, cfg.Storage)
 	require.Equal(t, worker.StreamMaxAge, cfg.MaxAge)
 	require.Equal(t, time.Hour, cfg.Duplicates)
-	require.ElementsMatch(t, []string{"orders.cancel", "orders.cancel.ack", "orders.cancel.rejected"}, cfg.Subjects)
+	require.ElementsMatch(t, []string{"orders.cancel", "orders.cancel-all", "orders.cancel.ack", "orders.cancel.rejected"}, cfg.Subjects)
 	require.Equal(t, worker.ManagedValue, cfg.Metadata[worker.ManagedKey])
 
 	cons, settings, err := worker.EnsureConsumer(ctx, e.js, e.cfg)
 	require.NoError(t, err)
 	cc := cons.CachedInfo().Config
-	require.Equal(t, []string{"orders.cancel"}, cc.FilterSubjects)
+	require.Equal(t, []string{"orders.cancel", "orders.cancel-all"}, cc.FilterSubjects)
 	require.Equal(t, jetstream.AckExplicitPolicy, cc.AckPolicy)
 	require.Empty(t, cc.BackOff)
 	require.Equal(t, 1000, cc.MaxAckPending)
@@ -55,7 +55,7 @@ func TestOperatorStreamIsCheckedNotChanged(t *testing.T) {
 	e.cfg.Stream = "OPS"
 	_, err := e.js.CreateStream(ctx, jetstream.StreamConfig{Name: "OPS", Subjects: []string{"ops.>"}, Duplicates: 2 * time.Hour})
 	require.NoError(t, err)
-	e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "ops.cancel", "ops.cancel.ack", "other.rejected"
+	e.cfg.CancelSubject, e.cfg.CancelAllSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "ops.cancel", "ops.cancel-all", "ops.cancel.ack", "other.rejected"
 	_, err = worker.EnsureStream(ctx, e.js, e.cfg)
 	require.ErrorContains(t, err, "does not capture other.rejected")
 	require.ErrorContains(t, err, "nats stream edit OPS")
@@ -68,7 +68,7 @@ func TestOperatorStreamIsCheckedNotChanged(t *testing.T) {
 	_, err = e.js.CreateStream(ctx, jetstream.StreamConfig{Name: "SHORT", Subjects: []string{"short.>"}, Duplicates: 10 * time.Minute})
 	require.NoError(t, err)
 	e.cfg.Stream = "SHORT"
-	e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "short.cancel", "short.ack", "short.rejected"
+	e.cfg.CancelSubject, e.cfg.CancelAllSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "short.cancel", "short.cancel-all", "short.ack", "short.rejected"
 	_, err = worker.EnsureStream(ctx, e.js, e.cfg)
 	require.ErrorContains(t, err, "(10m0s) must be at least WORKER_MAX_AGE (50m0s)")
 }
@@ -77,14 +77,15 @@ func TestOperatorConsumerIsCheckedNotChanged(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	ctx := context.Background()
+	inputs := []string{"orders.cancel", "orders.cancel-all"}
 	cases := map[string]struct {
 		cfg  jetstream.ConsumerConfig
 		want string
 	}{
-		"backoff":    {jetstream.ConsumerConfig{FilterSubject: "orders.cancel", AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: 5, BackOff: []time.Duration{time.Second}}, "BackOff"},
-		"filter":     {jetstream.ConsumerConfig{FilterSubject: "orders.cancel.ack", AckPolicy: jetstream.AckExplicitPolicy}, "must filter exactly"},
-		"ack all":    {jetstream.ConsumerConfig{FilterSubject: "orders.cancel", AckPolicy: jetstream.AckAllPolicy}, "explicit acks"},
-		"acceptable": {jetstream.ConsumerConfig{FilterSubject: "orders.cancel", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 9 * time.Second, MaxDeliver: 3}, ""},
+		"backoff":    {jetstream.ConsumerConfig{FilterSubjects: inputs, AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: 5, BackOff: []time.Duration{time.Second}}, "BackOff"},
+		"filter":     {jetstream.ConsumerConfig{FilterSubject: "orders.cancel", AckPolicy: jetstream.AckExplicitPolicy}, "must filter exactly"},
+		"ack all":    {jetstream.ConsumerConfig{FilterSubjects: inputs, AckPolicy: jetstream.AckAllPolicy}, "explicit acks"},
+		"acceptable": {jetstream.ConsumerConfig{FilterSubjects: inputs, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 9 * time.Second, MaxDeliver: 3}, ""},
 	}
 	for name, tc := range cases {
 		tc.cfg.Durable = "ops-" + strings.ReplaceAll(name, " ", "-")

@@ -308,7 +308,11 @@ func (w *Worker) pull(ctx context.Context) {
 	}
 }
 
+// sleepCtx waits for d, or until ctx ends.
 func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
 	return sleepOrChange(ctx, d, nil)
 }
 
@@ -363,7 +367,14 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	if h := msg.Headers(); h != nil {
 		msgID = h.Get(nats.MsgIdHdr)
 	}
-	req, err := messages.DecodeCancel(msg.Data())
+	var req messages.Cancel
+	var all messages.CancelAll
+	if msg.Subject() == w.cfg.CancelAllSubject {
+		all, err = messages.DecodeCancelAll(msg.Data())
+		req = messages.Cancel{Category: all.Category, Account: all.Account, RequestID: all.RequestID}
+	} else {
+		req, err = messages.DecodeCancel(msg.Data())
+	}
 	if err != nil {
 		j.requestID = messages.RequestID(lenientRequestID(msg.Data()), msgID, w.cfg.Stream, seq)
 		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
@@ -372,6 +383,9 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	j.req = req
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
+	if msg.Subject() == w.cfg.CancelAllSubject {
+		j.all = &all
+	}
 	name := req.Account
 	if name == "" {
 		name = DefaultAccount
@@ -388,6 +402,10 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	l := w.lane(acct, req.Category)
 	j.lane = l
+	if j.all != nil {
+		go w.cancelAll(j, acct)
+		return
+	}
 	if !l.push(j, false) {
 		w.release(j, 0, "shutdown")
 	}
@@ -424,24 +442,27 @@ func (w *Worker) lane(a *account, category string) *lane {
 	if l, ok := w.lanes[key]; ok {
 		return l
 	}
-	pacerOf := func(endpoint string) *pacer {
-		budget := endpoint + "/" + category
-		p, ok := w.pacers[a.group+"/"+budget]
-		if !ok {
-			p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
-			w.pacers[a.group+"/"+budget] = p
-		}
-		return p
-	}
 	var batch *pacer
 	if w.cfg.Batch {
-		batch = pacerOf("cancel-batch")
+		batch = w.pacerForLocked(a, "cancel-batch", category)
 	}
-	l := newLane(key, a, pacerOf("cancel"), batch)
+	l := newLane(key, a, w.pacerForLocked(a, "cancel", category), batch)
 	w.lanes[key] = l
 	w.laneWG.Add(1)
 	go w.dispatch(l)
 	return l
+}
+
+// pacerForLocked returns the budget of an (account's limit group, endpoint,
+// category); lanesMu is held.
+func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
+	budget := endpoint + "/" + category
+	p, ok := w.pacers[a.group+"/"+budget]
+	if !ok {
+		p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
+		w.pacers[a.group+"/"+budget] = p
+	}
+	return p
 }
 
 // dispatch takes work off one lane as budget allows: the ban gate, then the

@@ -17,7 +17,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -51,6 +53,7 @@ func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
+		"cancel-all/linear": 10, "cancel-all/inverse": 10, "cancel-all/option": 1, "cancel-all/spot": 20,
 	}
 }
 
@@ -131,8 +134,10 @@ type Exchange struct {
 	faults   []Fault
 	banned   bool
 	offset   time.Duration
-	nextID   int
-	limits   map[string]int
+	// cancelAllFails makes cancel-all answer success "0".
+	cancelAllFails bool
+	nextID         int
+	limits         map[string]int
 }
 
 // New returns an exchange with an empty book.
@@ -290,6 +295,8 @@ func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveCancel(w, r)
 	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel-batch":
 		e.serveCancelBatch(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel-all":
+		e.serveCancelAll(w, r)
 	default:
 		e.writeEnvelope(w, r, Request{}, 10017, "route not found", nil, nil)
 	}
@@ -603,6 +610,84 @@ func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(envelope{RetCode: 0, RetMsg: "OK", Result: map[string]any{"list": items},
 		RetExtInfo: map[string]any{"list": exts}, Time: now.UnixMilli()})
+}
+
+// SetCancelAllFails makes cancel-all answer retCode 0 with success "0".
+func (e *Exchange) SetCancelAllFails(fail bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cancelAllFails = fail
+}
+
+// serveCancelAll cancels every open order of the category matching symbol,
+// baseCoin (a symbol prefix) or settleCoin (a suffix); futures at most 500 a
+// call, as on Bybit.
+func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		e.writeEnvelope(w, r, Request{}, 10001, "unreadable body", nil, nil)
+		return
+	}
+	var b struct {
+		Category   string `json:"category"`
+		Symbol     string `json:"symbol"`
+		BaseCoin   string `json:"baseCoin"`
+		SettleCoin string `json:"settleCoin"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
+		return
+	}
+	q := Request{Category: b.Category, Symbol: b.Symbol}
+	acct, code, msg := e.authenticate(r, body)
+	if code != 0 {
+		e.writeEnvelope(w, r, q, code, msg, nil, nil)
+		return
+	}
+	futures := b.Category == "linear" || b.Category == "inverse"
+	if futures && b.Symbol == "" && b.BaseCoin == "" && b.SettleCoin == "" {
+		e.writeEnvelope(w, r, q, 10001, "params error: symbol, baseCoin or settleCoin is required", nil, nil)
+		return
+	}
+	if fault, faulty := e.nextFault(cancelBody{Category: b.Category, Symbol: b.Symbol}); faulty && e.serveFault(w, r, q, fault) {
+		return
+	}
+	h, ok := e.takeBudget(acct.UID, "cancel-all", b.Category)
+	if !ok {
+		e.writeEnvelope(w, r, q, 10006, "Too many visits!", nil, h)
+		return
+	}
+	e.mu.Lock()
+	if e.cancelAllFails {
+		e.mu.Unlock()
+		e.writeEnvelope(w, r, q, 0, "cancel all failed: try again", map[string]any{"list": []any{}, "success": "0"}, h)
+		return
+	}
+	var list []map[string]string
+	ids := make([]string, 0, len(e.books[b.Category]))
+	for id := range e.books[b.Category] {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		o := e.books[b.Category][id]
+		if o.Status != "New" && o.Status != "PartiallyFilled" {
+			continue
+		}
+		if (b.Symbol != "" && o.Symbol != b.Symbol) || !strings.HasPrefix(o.Symbol, b.BaseCoin) || !strings.HasSuffix(o.Symbol, b.SettleCoin) {
+			continue
+		}
+		if futures && len(list) == 500 {
+			break
+		}
+		o.Status = "Cancelled"
+		list = append(list, map[string]string{"orderId": o.OrderID, "orderLinkId": o.OrderLinkID})
+	}
+	e.mu.Unlock()
+	if list == nil {
+		list = []map[string]string{}
+	}
+	e.writeEnvelope(w, r, q, 0, "OK", map[string]any{"list": list, "success": "1"}, h)
 }
 
 // serveFault answers with the fault; false means the fault only delayed the

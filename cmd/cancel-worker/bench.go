@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -38,6 +39,7 @@ type benchOptions struct {
 	replicas    int
 	concurrency int
 	rate        int
+	inProcess   bool
 }
 
 // benchResult is what one run measured.
@@ -64,6 +66,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&o.noLimit, "no-limit", false, "no rate limits anywhere (raw throughput of the worker)")
 	fs.IntVar(&o.replicas, "replicas", 1, "worker processes (in-process) sharing the durable consumer, each with BYBIT_LIMIT_SHARE=1/replicas")
 	fs.IntVar(&o.concurrency, "concurrency", 16, "WORKER_CONCURRENCY of each replica")
+	fs.BoolVar(&o.inProcess, "in-process", false, "run the workers inside the bench process instead of as `cancel-worker run` processes (peak RSS then covers everything)")
 	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
@@ -157,32 +160,45 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	defer stopWorkers()
 	var wg sync.WaitGroup
 	errs := make(chan error, o.replicas)
-	for range o.replicas {
-		nc, err := nats.Connect(ns.ClientURL())
-		if err != nil {
+	var procs []*exec.Cmd
+	if o.inProcess {
+		for range o.replicas {
+			nc, err := nats.Connect(ns.ClientURL())
+			if err != nil {
+				return benchResult{}, err
+			}
+			defer nc.Close()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return benchResult{}, err
+			}
+			client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+			if err != nil {
+				return benchResult{}, err
+			}
+			w, err := worker.New(cfg, js, client)
+			if err != nil {
+				return benchResult{}, err
+			}
+			if err := w.Setup(ctx); err != nil {
+				return benchResult{}, err
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := w.Run(wctx); err != nil {
+					errs <- err
+				}
+			}()
+		}
+	} else {
+		if procs, err = startBenchWorkers(ctx, o, cfg, ns.ClientURL(), baseURL); err != nil {
 			return benchResult{}, err
 		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return benchResult{}, err
-		}
-		client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
-		if err != nil {
-			return benchResult{}, err
-		}
-		w, err := worker.New(cfg, js, client)
-		if err != nil {
-			return benchResult{}, err
-		}
-		if err := w.Setup(ctx); err != nil {
-			return benchResult{}, err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := w.Run(wctx); err != nil {
-				errs <- err
+		defer func() {
+			for _, p := range procs {
+				_ = p.Process.Kill()
+				_ = p.Wait()
 			}
 		}()
 	}
@@ -253,10 +269,19 @@ wait:
 		}
 	}
 	drain := time.Unix(0, lastResult.Load()).Sub(start)
+	// Peak RSS of the worker: the largest replica process, or (in-process)
+	// the whole bench, nats-server and simulator included.
+	var rss int64
+	for _, p := range procs {
+		rss = max(rss, peakRSS(strconv.Itoa(p.Process.Pid)))
+	}
+	if len(procs) == 0 {
+		rss = peakRSS("self")
+	}
 	stopWorkers()
 	wg.Wait()
 
-	res := benchResult{drain: drain, results: o.n, throughput: float64(o.n) / drain.Seconds(), peakRSS: peakRSS()}
+	res := benchResult{drain: drain, results: o.n, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss}
 	for _, q := range ex.Requests() {
 		if q.RetCode == 10006 {
 			res.limited++
@@ -323,11 +348,72 @@ func publishBench(ctx context.Context, js jetstream.JetStream, subject string, o
 	return nil
 }
 
-// peakRSS is the process's peak resident set (VmHWM), in bytes; the bench runs
-// the embedded nats-server and the simulator in the same process, so it is an
-// upper bound of the worker's own.
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
+// startBenchWorkers runs the replicas as `cancel-worker run` processes, as in
+// production, configured through the environment.
+func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, natsURL, baseURL string) ([]*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var limits []string
+	for k, v := range cfg.Limits {
+		limits = append(limits, fmt.Sprintf("%s=%d", k, v))
+	}
+	if o.noLimit {
+		limits = limits[:0]
+		for k := range worker.DefaultLimits() {
+			limits = append(limits, k+"=0")
+		}
+	}
+	env := append(os.Environ(),
+		"NATS_URL="+natsURL, "BYBIT_BASE_URL="+baseURL,
+		"BYBIT_API_KEY="+bybittest.DemoAPIKey, "BYBIT_API_SECRET="+bybittest.DemoAPISecret,
+		"BYBIT_IP_LIMIT=off", "BYBIT_LIMITS="+strings.Join(limits, ","),
+		"BYBIT_BATCH="+strconv.FormatBool(cfg.Batch), "BYBIT_LIMIT_SHARE="+strconv.FormatFloat(cfg.LimitShare, 'f', -1, 64),
+		"WORKER_CONCURRENCY="+strconv.Itoa(cfg.Concurrency), "NATS_MAX_ACK_PENDING="+strconv.Itoa(cfg.MaxAckPending),
+		"HTTP_ADDR=", "LOG_LEVEL=warn")
+	var procs []*exec.Cmd
+	for range o.replicas {
+		cmd := exec.CommandContext(ctx, self, "run")
+		cmd.Env = env
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return procs, err
+		}
+		procs = append(procs, cmd)
+	}
+	// Wait until the consumer exists: the workers create it.
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return procs, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return procs, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer)
+		if err == nil {
+			if ci, err := info.Info(ctx); err == nil && ci.NumWaiting >= o.replicas {
+				return procs, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return procs, errors.New("bench: the workers did not bind the consumer in 30s")
+		}
+		select {
+		case <-ctx.Done():
+			return procs, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// peakRSS is a process's peak resident set (VmHWM), in bytes.
+func peakRSS(pid string) int64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}

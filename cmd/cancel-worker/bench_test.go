@@ -15,7 +15,7 @@ func TestBenchRunsAndReportsItsTable(t *testing.T) {
 	var out, errOut syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	require.NoError(t, run(ctx, []string{"bench", "--n", "60", "--limit", "20", "--categories", "linear,spot"}, envFunc(nil), &out, &errOut), "%s", &errOut)
+	require.NoError(t, run(ctx, []string{"bench", "--in-process", "--n", "60", "--limit", "20", "--categories", "linear,spot"}, envFunc(nil), &out, &errOut), "%s", &errOut)
 	row := regexp.MustCompile(`(?m)^\| 60 \| linear,spot \| 20/s per endpoint \| true \| 1 \| 0s \| [^|]+ \| [^|]+ \| [0-9.]+ \| [0-9]+/s \| 0 \|`)
 	require.Regexp(t, row, out.String())
 }

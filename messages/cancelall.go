@@ -1,0 +1,92 @@
+package messages
+
+// CancelAll is the body of a message on the cancel-all subject: cancel every
+// open order of a category, narrowed by symbol, baseCoin or settleCoin.
+type CancelAll struct {
+	Category   string `json:"category"`
+	Symbol     string `json:"symbol,omitempty"`
+	BaseCoin   string `json:"baseCoin,omitempty"`
+	SettleCoin string `json:"settleCoin,omitempty"`
+	// OrderFilter: linear/inverse Order, StopOrder or OpenOrder; spot
+	// Order, tpslOrder, StopOrder, OcoOrder or BidirectionalTpslOrder.
+	OrderFilter string `json:"orderFilter,omitempty"`
+	// StopOrderType is only for linear/inverse with OrderFilter StopOrder.
+	StopOrderType string `json:"stopOrderType,omitempty"`
+	Account       string `json:"account,omitempty"`
+	RequestID     string `json:"requestId,omitempty"`
+	ReplayOf      string `json:"replayOf,omitempty"`
+	ReplayOfSeq   uint64 `json:"replayOfSeq,omitempty"`
+}
+
+var cancelAllFilters = map[string]map[string]bool{
+	CategoryLinear:  {"Order": true, "StopOrder": true, "OpenOrder": true},
+	CategoryInverse: {"Order": true, "StopOrder": true, "OpenOrder": true},
+	CategorySpot:    {"Order": true, "tpslOrder": true, "StopOrder": true, "OcoOrder": true, "BidirectionalTpslOrder": true},
+	CategoryOption:  {},
+}
+
+// DecodeCancelAll strictly decodes and validates a cancel-all request.
+func DecodeCancelAll(data []byte) (CancelAll, error) {
+	var c CancelAll
+	err := decodeObject(data, map[string]any{
+		"category":      &c.Category,
+		"symbol":        &c.Symbol,
+		"baseCoin":      &c.BaseCoin,
+		"settleCoin":    &c.SettleCoin,
+		"orderFilter":   &c.OrderFilter,
+		"stopOrderType": &c.StopOrderType,
+		"account":       &c.Account,
+		"requestId":     &c.RequestID,
+		"replayOf":      &c.ReplayOf,
+		"replayOfSeq":   &c.ReplayOfSeq,
+	})
+	if err != nil {
+		return CancelAll{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return CancelAll{}, err
+	}
+	return c, nil
+}
+
+// Validate applies Bybit's rules for cancel-all per category.
+func (c CancelAll) Validate() error {
+	if err := validateCategory(c.Category); err != nil {
+		return err
+	}
+	if c.Symbol != "" {
+		if err := validateSymbol(c.Symbol); err != nil {
+			return err
+		}
+	}
+	for _, f := range [...]struct{ name, v string }{
+		{"baseCoin", c.BaseCoin}, {"settleCoin", c.SettleCoin}, {"account", c.Account},
+		{"requestId", c.RequestID}, {"replayOf", c.ReplayOf},
+	} {
+		if err := validateID(f.name, f.v); err != nil {
+			return err
+		}
+	}
+	futures := c.Category == CategoryLinear || c.Category == CategoryInverse
+	if futures && c.Symbol == "" && c.BaseCoin == "" && c.SettleCoin == "" {
+		return invalidf("a %s cancel-all needs one of symbol, baseCoin or settleCoin", c.Category)
+	}
+	if c.OrderFilter != "" && !cancelAllFilters[c.Category][c.OrderFilter] {
+		return invalidf("orderFilter %q is not valid for a %s cancel-all", truncate(c.OrderFilter, 32), c.Category)
+	}
+	if c.StopOrderType != "" {
+		if !futures || c.OrderFilter != "StopOrder" {
+			return invalidf("stopOrderType is valid only on linear or inverse with orderFilter StopOrder")
+		}
+		if c.StopOrderType != "Stop" {
+			return invalidf("stopOrderType %q is not Stop", truncate(c.StopOrderType, 32))
+		}
+	}
+	return nil
+}
+
+// OrderRef names one order a cancel-all cancelled.
+type OrderRef struct {
+	OrderID     string `json:"orderId"`
+	OrderLinkID string `json:"orderLinkId"`
+}

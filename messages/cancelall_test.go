@@ -1,0 +1,43 @@
+package messages
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestDecodeCancelAllPerCategory(t *testing.T) {
+	t.Parallel()
+	valid := []string{
+		`{"category":"linear","symbol":"BTCUSDT"}`,
+		`{"category":"inverse","baseCoin":"BTC"}`,
+		`{"category":"linear","settleCoin":"USDT","orderFilter":"StopOrder","stopOrderType":"Stop"}`,
+		`{"category":"linear","symbol":"BTCUSDT","orderFilter":"OpenOrder"}`,
+		`{"category":"spot"}`,
+		`{"category":"spot","orderFilter":"tpslOrder","requestId":"kill-1","account":"hedge"}`,
+		`{"category":"option"}`,
+		`{"category":"option","baseCoin":"ETH"}`,
+	}
+	for _, body := range valid {
+		_, err := DecodeCancelAll([]byte(body))
+		require.NoError(t, err, body)
+	}
+	invalid := map[string]string{
+		`{"category":"linear"}`:                                                                           "needs one of symbol, baseCoin or settleCoin",
+		`{"category":"inverse","orderFilter":"Order"}`:                                                    "needs one of",
+		`{"category":"spot","orderFilter":"OpenOrder"}`:                                                   "not valid for a spot cancel-all",
+		`{"category":"linear","symbol":"BTCUSDT","orderFilter":"tpslOrder"}`:                              "not valid for a linear cancel-all",
+		`{"category":"option","orderFilter":"Order"}`:                                                     "not valid for a option cancel-all",
+		`{"category":"linear","symbol":"BTCUSDT","stopOrderType":"Stop"}`:                                 "stopOrderType is valid only",
+		`{"category":"spot","orderFilter":"StopOrder","stopOrderType":"Stop"}`:                            "stopOrderType is valid only",
+		`{"category":"linear","symbol":"BTCUSDT","orderFilter":"StopOrder","stopOrderType":"TakeProfit"}`: "is not Stop",
+		`{"category":"linear","symbol":"btcusdt"}`:                                                        "lower-case",
+		`{"category":"linear","symbol":"BTCUSDT","orderId":"1"}`:                                          `unknown field "orderId"`,
+		`{"category":"futures","symbol":"BTCUSDT"}`:                                                       "not one of",
+	}
+	for body, want := range invalid {
+		_, err := DecodeCancelAll([]byte(body))
+		require.ErrorIs(t, err, ErrInvalid, body)
+		require.ErrorContains(t, err, want, body)
+	}
+}

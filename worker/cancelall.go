@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// cancelAll carries out one cancel-all request: calls to
+// POST /v5/order/cancel-all, repeated for futures while an answer comes back
+// full (500 orders), each paced by the cancel-all budget and the IP limit.
+// One result lists every order cancelled, also when a later call failed.
+func (w *Worker) cancelAll(j *job, a *account) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-w.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	w.lanesMu.Lock()
+	p := w.pacerForLocked(a, "cancel-all", j.all.Category)
+	w.lanesMu.Unlock()
+	futures := j.all.Category == messages.CategoryLinear || j.all.Category == messages.CategoryInverse
+	req := bybit.CancelAllRequest{
+		Category: j.all.Category, Symbol: j.all.Symbol, BaseCoin: j.all.BaseCoin, SettleCoin: j.all.SettleCoin,
+		OrderFilter: j.all.OrderFilter, StopOrderType: j.all.StopOrderType,
+	}
+	var orders []messages.OrderRef
+	queued := time.Now()
+	for {
+		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
+			d := w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish")
+			d.result.Orders = orders
+			w.finish(j, d)
+			return
+		}
+		res, sent, err := w.cancelAllCall(ctx, j, a, p, req)
+		j.rateLimitWait += time.Since(queued)
+		if !sent {
+			// Stopping before this call went out. Orders an earlier call
+			// cancelled are found cancelled by the redelivery's calls.
+			w.release(j, 0, "shutdown")
+			return
+		}
+		if err == nil {
+			for _, o := range res.Orders {
+				orders = append(orders, messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID})
+			}
+			if futures && len(res.Orders) >= bybit.MaxCancelAll {
+				queued = time.Now()
+				continue // more may be left
+			}
+			r := w.baseResult(j)
+			r.Status = messages.StatusCancelled
+			r.RetCode = new(0)
+			r.ExchangeTime = res.Time
+			r.Orders = orders
+			w.finish(j, decision{action: actFinish, result: r})
+			return
+		}
+		d := w.decide(j, bybit.CancelOrderResult{}, err)
+		switch d.action {
+		case actFinish:
+			d.result.Orders = orders
+			w.finish(j, d)
+			return
+		case actRelease:
+			w.metrics.retries.WithLabelValues(d.reason).Inc()
+			w.release(j, d.delay, d.reason)
+			return
+		}
+		w.metrics.retries.WithLabelValues(d.reason).Inc()
+		switch d.class {
+		case bybit.ClassRateLimited:
+			w.stats.RateLimited.Add(1)
+			p.blockUntil(d.rateLimitReset)
+		case bybit.ClassClockSkew:
+			w.resync(a, j.sentAt)
+		}
+		if sleepCtx(ctx, d.delay) != nil {
+			w.release(j, 0, "shutdown")
+			return
+		}
+		queued = time.Now()
+	}
+}
+
+// cancelAllCall waits for budget and makes one call; sent is false when the
+// worker stopped first.
+func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer, req bybit.CancelAllRequest) (bybit.CancelAllResult, bool, error) {
+	probe, err := w.gate.wait(ctx)
+	if err != nil {
+		return bybit.CancelAllResult{}, false, nil
+	}
+	release, _, err := p.acquire(ctx)
+	if err != nil {
+		w.endProbe(probe, false)
+		return bybit.CancelAllResult{}, false, nil
+	}
+	releaseIP, _, err := w.ipPacer.acquire(ctx)
+	if err != nil {
+		release()
+		w.endProbe(probe, false)
+		return bybit.CancelAllResult{}, false, nil
+	}
+	select {
+	case w.slots <- struct{}{}:
+	case <-ctx.Done():
+		release()
+		releaseIP()
+		w.endProbe(probe, false)
+		return bybit.CancelAllResult{}, false, nil
+	}
+	w.metrics.inFlight.Inc()
+	j.attempts++
+	j.sentAt = w.now()
+	start := time.Now()
+	res, err := a.client.CancelAll(w.sendCtx, req)
+	rl := res.RateLimit
+	if err != nil {
+		rl, _ = bybit.RateLimitOf(err)
+	}
+	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
+	if banned {
+		w.startBan(err)
+	}
+	release()
+	releaseIP()
+	<-w.slots
+	w.metrics.inFlight.Dec()
+	w.metrics.observeRequest("cancel-all", j.all.Category, time.Since(start), err)
+	p.observe(rl)
+	w.metrics.observeBudget("cancel-all", j.all.Category, rl)
+	w.endProbe(probe, banned)
+	return res, true, err
+}

@@ -40,13 +40,16 @@ type benchOptions struct {
 	concurrency int
 	rate        int
 	inProcess   bool
+	plot        string
 }
 
 // benchResult is what one run measured.
 type benchResult struct {
-	drain, ideal    time.Duration
-	limited         int
-	p50, p99        time.Duration
+	drain, ideal time.Duration
+	limited      int
+	p50, p99     time.Duration
+	// resultAt is when each result was stored, from the burst's start.
+	resultAt        []time.Duration
 	peakRSS         int64
 	results         int
 	throughput      float64
@@ -68,6 +71,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.concurrency, "concurrency", 16, "WORKER_CONCURRENCY of each replica")
 	fs.BoolVar(&o.inProcess, "in-process", false, "run the workers inside the bench process instead of as `cancel-worker run` processes (peak RSS then covers everything)")
 	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
+	fs.StringVar(&o.plot, "plot", "", "draw cumulative results over time against the ideal to this .svg or .png file")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -99,6 +103,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	mode := fmt.Sprintf("%d/s per endpoint", o.limit)
 	if o.noLimit {
 		mode = "no limit"
+	}
+	if o.plot != "" {
+		title := fmt.Sprintf("%d cancels, %s, %s, batch %v", o.n, strings.Join(o.categories, ","), mode, o.batch && !o.noLimit)
+		budget := res.budgetPerSecond
+		if o.noLimit {
+			budget = 0
+		}
+		if err := plotDrain(o.plot, res.resultAt, (o.n+len(o.categories)-1)/len(o.categories)*len(o.categories), budget*len(o.categories), title); err != nil {
+			return fmt.Errorf("--plot: %w", err)
+		}
+		fmt.Fprintf(stdout, "plot written to %s\n", o.plot)
 	}
 	fmt.Fprintf(stdout, "\n| N | categories | budgets | batch | replicas | latency | drain | ideal | ratio | throughput | 10006 | p50 | p99 | peak RSS |\n")
 	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -214,6 +229,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	}
 	var count atomic.Int64
 	latencies := make([]time.Duration, 0, o.n)
+	resultTimes := make([]time.Time, 0, o.n)
 	var latMu sync.Mutex
 	done := make(chan struct{})
 	reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
@@ -231,6 +247,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		}
 		latMu.Lock()
 		latencies = append(latencies, meta.Timestamp.Sub(r.RequestTime))
+		resultTimes = append(resultTimes, meta.Timestamp)
 		latMu.Unlock()
 		lastResult.Store(meta.Timestamp.UnixNano())
 		if count.Add(1) == int64(o.n) {
@@ -286,6 +303,9 @@ wait:
 		if q.RetCode == 10006 {
 			res.limited++
 		}
+	}
+	for _, t := range resultTimes {
+		res.resultAt = append(res.resultAt, t.Sub(start))
 	}
 	slices.Sort(latencies)
 	res.p50 = latencies[len(latencies)/2]

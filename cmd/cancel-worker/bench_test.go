@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 
@@ -15,7 +17,11 @@ func TestBenchRunsAndReportsItsTable(t *testing.T) {
 	var out, errOut syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	require.NoError(t, run(ctx, []string{"bench", "--in-process", "--n", "60", "--limit", "20", "--categories", "linear,spot"}, envFunc(nil), &out, &errOut), "%s", &errOut)
+	plotFile := filepath.Join(t.TempDir(), "drain.svg")
+	require.NoError(t, run(ctx, []string{"bench", "--in-process", "--n", "60", "--limit", "20", "--categories", "linear,spot", "--plot", plotFile}, envFunc(nil), &out, &errOut), "%s", &errOut)
+	svg, err := os.ReadFile(plotFile)
+	require.NoError(t, err)
+	require.Contains(t, string(svg), "<svg")
 	row := regexp.MustCompile(`(?m)^\| 60 \| linear,spot \| 20/s per endpoint \| true \| 1 \| 0s \| [^|]+ \| [^|]+ \| [0-9.]+ \| [0-9]+/s \| 0 \|`)
 	require.Regexp(t, row, out.String())
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
@@ -141,4 +142,34 @@ func TestLostBatchResponseIsAmbiguousForEveryItem(t *testing.T) {
 			require.Equal(t, messages.StatusNotOpen, r.Status)
 		}
 	}
+}
+
+// Another client of the same account (another key of the UID) spent most of
+// the window before the worker started: Bybit's X-Bapi-Limit-Status on the
+// worker's first answer says so, and the worker slows down instead of
+// running into 10006.
+func TestHeadersOfAnotherClientKeepTheWorkerUnderTheLimit(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{AutoCreate: true, Accounts: []bybittest.Account{
+		{APIKey: bybittest.DemoAPIKey, Secret: bybittest.DemoAPISecret, UID: "shared"},
+		{APIKey: "other-key", Secret: "other-secret", UID: "shared"},
+	}})
+	e.cfg.Batch = false
+	e.cfg.Concurrency = 1 // the worker learns from each answer before the next request
+	other, err := bybit.NewClient(bybit.Options{BaseURL: e.srv.URL, APIKey: "other-key", APISecret: "other-secret"})
+	require.NoError(t, err)
+	e.start()
+	for i := range 7 {
+		_, err := other.CancelOrder(t.Context(), bybit.CancelOrderRequest{Category: "linear", Symbol: "BTCUSDT", OrderID: fmt.Sprint("other-", i)})
+		require.NoError(t, err)
+	}
+	const n = 20
+	for i := range n {
+		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("mine-", i)}, "")
+	}
+	got := e.waitResults(n)
+	for _, r := range got {
+		require.Equal(t, messages.StatusCancelled, r.Status)
+	}
+	require.Zero(t, e.requestsWith(10006), "the headers kept the worker inside the shared budget")
 }

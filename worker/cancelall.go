@@ -129,12 +129,12 @@ func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer
 	if banned {
 		w.startBan(err)
 	}
+	p.observe(rl, 1)
 	release()
 	releaseIP()
 	<-w.slots
 	w.metrics.inFlight.Dec()
 	w.metrics.observeRequest("cancel-all", j.all.Category, time.Since(start), err)
-	p.observe(rl)
 	w.metrics.observeBudget("cancel-all", j.all.Category, rl)
 	w.endProbe(probe, banned)
 	return res, true, err

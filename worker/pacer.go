@@ -20,8 +20,14 @@ import (
 // by arrival, somewhere in between) can never see more than the limit in any
 // window.
 type pacer struct {
+	// off: no limit at all; fixed at creation (limit itself may be lowered
+	// by the headers, under mu).
+	off    bool
 	limit  int
 	window time.Duration
+	// share is BYBIT_LIMIT_SHARE for a budget of Bybit's; 0 for the IP
+	// limit, which no header reports.
+	share float64
 	now    func() time.Time
 
 	mu      sync.Mutex
@@ -36,7 +42,7 @@ type slot struct {
 }
 
 func newPacer(r Rate, now func() time.Time) *pacer {
-	return &pacer{limit: r.N, window: r.Per, now: now, changed: make(chan struct{})}
+	return &pacer{limit: r.N, window: r.Per, off: r.Unlimited(), now: now, changed: make(chan struct{})}
 }
 
 // shareOf is the part of a documented limit one of several replicas may use
@@ -49,7 +55,7 @@ func shareOf(limit int, share float64) int {
 }
 
 // unlimited pacers let everything through at once.
-func (p *pacer) unlimited() bool { return p == nil || p.limit <= 0 }
+func (p *pacer) unlimited() bool { return p == nil || p.off }
 
 // acquire waits until a request may be sent and returns the function that
 // records its answer time, and how long it waited.
@@ -193,11 +199,14 @@ func (p *pacer) blockUntil(t time.Time) {
 	}
 }
 
-// observe follows Bybit's headers: when Bybit says fewer requests are left
-// than this pacer counts (another client, or another replica, spends the same
-// budget), the difference is booked as answered now, so this process slows
-// down before Bybit answers 10006. An exhausted window blocks until its reset.
-func (p *pacer) observe(rl bybit.RateLimit) {
+// observe follows Bybit's headers. Bybit has seen limit − Remaining requests
+// in its window; of this pacer's, it has seen those already answered and the
+// `own` requests of the answer being observed (in-flight and reserved ones
+// are not there yet). When Bybit counts more, another client (or replica)
+// spends the same budget, and the difference is booked as answered now, so
+// this process slows down before Bybit answers 10006. An exhausted window
+// blocks until its reset.
+func (p *pacer) observe(rl bybit.RateLimit, own int) {
 	if p.unlimited() || !rl.Known {
 		return
 	}
@@ -205,10 +214,21 @@ func (p *pacer) observe(rl bybit.RateLimit) {
 	defer p.mu.Unlock()
 	now := p.now()
 	p.pruneLocked(now)
-	if extra := (p.limit - len(p.slots)) - rl.Remaining; extra > 0 {
-		for range extra {
-			p.slots = append(p.slots, &slot{done: true, at: now})
+	seen := own
+	for _, s := range p.slots {
+		if s.done {
+			seen++
 		}
+	}
+	if rl.Limit > 0 && p.share > 0 {
+		// Bybit knows the account's real limit: follow it down (never up:
+		// a lower BYBIT_LIMITS may be deliberate).
+		p.limit = min(p.limit, shareOf(rl.Limit, p.share))
+	}
+	// Only what exceeds the other replicas' shares is booked: Remaining
+	// below this process's share of the window means someone overspends.
+	for range (p.limit - rl.Remaining) - seen {
+		p.slots = append(p.slots, &slot{done: true, at: now})
 	}
 	if rl.Remaining == 0 && rl.Reset.After(now) && rl.Reset.After(p.blocked) {
 		p.blocked = rl.Reset

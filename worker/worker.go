@@ -460,6 +460,7 @@ func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
 	p, ok := w.pacers[a.group+"/"+budget]
 	if !ok {
 		p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
+		p.share = w.cfg.LimitShare
 		w.pacers[a.group+"/"+budget] = p
 	}
 	return p
@@ -661,7 +662,7 @@ func (w *Worker) sendSingle(l *lane, u *unit, probe bool, done func()) {
 	if err != nil {
 		rl, _ = bybit.RateLimitOf(err)
 	}
-	w.afterRequest(l, l.single, "cancel", probe, start, rl, err, done)
+	w.afterRequest(l, l.single, "cancel", 1, probe, start, rl, err, done)
 	w.settle(l.single, u, res, err)
 }
 
@@ -679,7 +680,7 @@ func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
 	if err != nil {
 		rl, _ = bybit.RateLimitOf(err)
 	}
-	w.afterRequest(l, l.batch, "cancel-batch", probe, start, rl, err, done)
+	w.afterRequest(l, l.batch, "cancel-batch", len(units), probe, start, rl, err, done)
 	for i, u := range units {
 		if err != nil { // the whole request failed: every order shares it
 			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
@@ -699,16 +700,18 @@ func (w *Worker) markSent(u *unit) {
 }
 
 // afterRequest is the bookkeeping every exchange request shares.
-func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
+func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, orders int, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
 	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
 	if banned {
 		// Close the gate before the slot is freed, so that no request
 		// waiting for the slot slips out during the ban.
 		w.startBan(err)
 	}
+	// Book what the headers say before the slot is freed, so the next
+	// request already counts with it.
+	p.observe(rl, orders)
 	done()
 	w.metrics.observeRequest(endpoint, l.key.category, time.Since(start), err)
-	p.observe(rl)
 	w.metrics.observeBudget(endpoint, l.key.category, rl)
 	w.endProbe(probe, banned)
 }

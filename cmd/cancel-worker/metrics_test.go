@@ -102,9 +102,8 @@ func value(families map[string]*dto.MetricFamily, name string, want map[string]s
 
 func TestMetricsMatchWhatHappened(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, bybittest.Options{AutoCreate: true, Limits: map[string]int{"cancel/linear": 2}}, nil)
-	s.env["BYBIT_LIMITS"] = "cancel/linear=50" // more than the exchange allows: it answers 10006
-	s.env["BYBIT_BATCH"] = "false"             // one exchange request per order: counts compare 1:1
+	s := newStack(t, bybittest.Options{AutoCreate: true}, nil)
+	s.env["BYBIT_BATCH"] = "false" // one exchange request per order: counts compare 1:1
 	base, _, stop := startWorker(t, s.env)
 	code, _ := get(t, base+"/healthz")
 	require.Equal(t, http.StatusOK, code)
@@ -113,6 +112,11 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 		Match:   func(category, _, _, _ string) bool { return category == "spot" },
 		RetCode: 170145, RetMsg: "This order type does not support cancellation",
 	})
+	linearOnly := func(category, _, _, _ string) bool { return category == "linear" }
+	s.ex.InjectFault( // the exchange says the UID limit is exceeded, twice
+		bybittest.Fault{Match: linearOnly, RetCode: 10006, RetMsg: "Too many visits!"},
+		bybittest.Fault{Match: linearOnly, RetCode: 10006, RetMsg: "Too many visits!"},
+	)
 	const linear = 6
 	for i := range linear {
 		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"m-%d"}`, i)))

@@ -129,7 +129,7 @@ func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer
 	if banned {
 		w.startBan(err)
 	}
-	p.observe(rl, 1)
+	p.observe(rl, start)
 	release()
 	releaseIP()
 	<-w.slots

@@ -28,7 +28,7 @@ type pacer struct {
 	// share is BYBIT_LIMIT_SHARE for a budget of Bybit's; 0 for the IP
 	// limit, which no header reports.
 	share float64
-	now    func() time.Time
+	now   func() time.Time
 
 	mu      sync.Mutex
 	slots   []*slot
@@ -37,6 +37,7 @@ type pacer struct {
 }
 
 type slot struct {
+	sent bool // the request went out (a reserved slot may wait for a request slot)
 	done bool
 	at   time.Time
 }
@@ -63,6 +64,7 @@ func (p *pacer) acquire(ctx context.Context) (release func(), waited time.Durati
 	start := p.now()
 	for {
 		if got := p.reserve(1); len(got) == 1 {
+			p.markSent(got)
 			return func() { p.answered(got) }, p.now().Sub(start), nil
 		} else if got != nil { // unlimited
 			return func() {}, 0, nil
@@ -119,6 +121,18 @@ func (p *pacer) reserve(n int) []*slot {
 		p.slots = append(p.slots, got[i])
 	}
 	return got
+}
+
+// markSent records that the requests of these slots went out.
+func (p *pacer) markSent(slots []*slot) {
+	if len(slots) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range slots {
+		s.sent = true
+	}
 }
 
 // answered dates reserved slots by their answer: they expire a window later.
@@ -199,27 +213,29 @@ func (p *pacer) blockUntil(t time.Time) {
 	}
 }
 
-// observe follows Bybit's headers. Bybit has seen limit − Remaining requests
-// in its window; of this pacer's, it has seen those already answered and the
-// `own` requests of the answer being observed (in-flight and reserved ones
-// are not there yet). When Bybit counts more, another client (or replica)
-// spends the same budget, and the difference is booked as answered now, so
-// this process slows down before Bybit answers 10006. An exhausted window
-// blocks until its reset.
-func (p *pacer) observe(rl bybit.RateLimit, own int) {
+// observe follows Bybit's headers of a request sent at sentAt. Bybit had
+// seen limit − Remaining requests in its window when it answered; this
+// process counts its requests that can have been in that window: those sent
+// and not answered, and those answered less than a window before sentAt
+// (counting from now instead would forget requests that expired here after
+// Bybit counted them). When Bybit saw more, another client (or replica)
+// spends the same budget, and the difference is booked as answered now,
+// before the next request goes out, so this process slows down instead of
+// running into 10006. An exhausted window blocks until its reset.
+func (p *pacer) observe(rl bybit.RateLimit, sentAt time.Time) {
 	if p.unlimited() || !rl.Known {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
-	p.pruneLocked(now)
-	seen := own
+	seen := 0
 	for _, s := range p.slots {
-		if s.done {
+		if (s.sent && !s.done) || (s.done && sentAt.Sub(s.at) < p.window) {
 			seen++
 		}
 	}
+	p.pruneLocked(now)
 	if rl.Limit > 0 && p.share > 0 {
 		// Bybit knows the account's real limit: follow it down (never up:
 		// a lower BYBIT_LIMITS may be deliberate).

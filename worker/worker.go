@@ -538,6 +538,7 @@ func (w *Worker) dispatch(l *lane) {
 			}
 		}
 		w.metrics.inFlight.Inc()
+		p.markSent(slots)
 		done := func() { p.answered(slots); releaseIP(); <-w.slots; w.metrics.inFlight.Dec() }
 		if p == l.batch {
 			go w.sendBatch(l, units, probe, done)
@@ -662,7 +663,7 @@ func (w *Worker) sendSingle(l *lane, u *unit, probe bool, done func()) {
 	if err != nil {
 		rl, _ = bybit.RateLimitOf(err)
 	}
-	w.afterRequest(l, l.single, "cancel", 1, probe, start, rl, err, done)
+	w.afterRequest(l, l.single, "cancel", probe, start, rl, err, done)
 	w.settle(l.single, u, res, err)
 }
 
@@ -680,7 +681,7 @@ func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
 	if err != nil {
 		rl, _ = bybit.RateLimitOf(err)
 	}
-	w.afterRequest(l, l.batch, "cancel-batch", len(units), probe, start, rl, err, done)
+	w.afterRequest(l, l.batch, "cancel-batch", probe, start, rl, err, done)
 	for i, u := range units {
 		if err != nil { // the whole request failed: every order shares it
 			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
@@ -700,7 +701,7 @@ func (w *Worker) markSent(u *unit) {
 }
 
 // afterRequest is the bookkeeping every exchange request shares.
-func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, orders int, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
+func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
 	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
 	if banned {
 		// Close the gate before the slot is freed, so that no request
@@ -709,7 +710,7 @@ func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, orders int, pr
 	}
 	// Book what the headers say before the slot is freed, so the next
 	// request already counts with it.
-	p.observe(rl, orders)
+	p.observe(rl, start)
 	done()
 	w.metrics.observeRequest(endpoint, l.key.category, time.Since(start), err)
 	w.metrics.observeBudget(endpoint, l.key.category, rl)

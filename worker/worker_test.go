@@ -78,7 +78,7 @@ func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
 	for _, omitReset := range []bool{false, true} {
 		t.Run(fmt.Sprintf("omitResetHeader=%v", omitReset), func(t *testing.T) {
 			t.Parallel()
-			e := setup(t, bybittest.Options{AutoCreate: true, OmitResetHeader: omitReset,
+			e := setup(t, bybittest.Options{AutoCreate: true, OmitResetHeader: omitReset, OmitLimitHeader: true,
 				Limits: map[string]int{"cancel/linear": 5, "cancel-batch/linear": 5}})
 			// The worker believes in higher limits than the exchange
 			// enforces, so only 10006 answers can pace it.

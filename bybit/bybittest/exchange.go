@@ -72,6 +72,9 @@ type Options struct {
 	ClockOffset time.Duration
 	// OmitResetHeader leaves X-Bapi-Limit-Reset-Timestamp off 10006 answers.
 	OmitResetHeader bool
+	// OmitLimitHeader leaves X-Bapi-Limit off every answer, so a client
+	// cannot learn the limit from it.
+	OmitLimitHeader bool
 	// AutoCreate answers a cancel of an unknown order as if it were open
 	// (the benchmark's book has no bottom). Off: unknown orders are not open.
 	AutoCreate bool
@@ -430,7 +433,9 @@ func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool
 		cut++
 	}
 	times = times[cut:]
-	h.Set("X-Bapi-Limit", strconv.Itoa(limit))
+	if !e.opts.OmitLimitHeader {
+		h.Set("X-Bapi-Limit", strconv.Itoa(limit))
+	}
 	if len(times) >= limit {
 		e.windows[key] = times
 		h.Set("X-Bapi-Limit-Status", "0")

@@ -13,15 +13,8 @@ import (
 // full (500 orders), each paced by the cancel-all budget and the IP limit.
 // One result lists every order cancelled, also when a later call failed.
 func (w *Worker) cancelAll(j *job, a *account) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := w.untilStopping()
 	defer cancel()
-	go func() {
-		select {
-		case <-w.stopping:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	w.lanesMu.Lock()
 	p := w.pacerForLocked(a, "cancel-all", j.all.Category)
 	w.lanesMu.Unlock()

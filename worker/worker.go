@@ -453,6 +453,20 @@ func (w *Worker) lane(a *account, category string) *lane {
 	return l
 }
 
+// untilStopping is a context that ends when the worker starts to stop (the
+// send context outlives that, for requests already sent).
+func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(w.sendCtx)
+	go func() {
+		select {
+		case <-w.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // pacerForLocked returns the budget of an (account's limit group, endpoint,
 // category); lanesMu is held.
 func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
@@ -472,15 +486,8 @@ func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
 // one of the WORKER_CONCURRENCY request slots.
 func (w *Worker) dispatch(l *lane) {
 	defer w.laneWG.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := w.untilStopping()
 	defer cancel()
-	go func() {
-		select {
-		case <-w.stopping:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for l.waitWork(ctx) {
 		probe, err := w.gate.wait(ctx)
 		if err != nil {

@@ -286,7 +286,7 @@ func natsConnectError(c natsConfig, err error) error {
 		return fmt.Errorf("NATS_URL: %s refused the credentials (authorization violation): check %s", where, which)
 	case errors.As(err, &unknownCA), errors.As(err, &invalidCert), errors.As(err, &hostErr):
 		return fmt.Errorf("NATS_CA: the certificate of %s is not trusted: %v", where, err)
-	case remoteTLS, errors.As(err, new(*tls.CertificateVerificationError)),
+	case remoteTLS, errors.Is(err, nats.ErrTLS), errors.As(err, new(*tls.CertificateVerificationError)),
 		errors.Is(err, nats.ErrSecureConnRequired), errors.Is(err, nats.ErrSecureConnWanted):
 		return fmt.Errorf("NATS_CA: TLS with %s failed (check NATS_CA, NATS_CERT and NATS_KEY): %v", where, err)
 	}

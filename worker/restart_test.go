@@ -1,0 +1,127 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+)
+
+// The broker is shut down mid-burst and restarted on the same store and port:
+// the worker reconnects by itself, every request gets exactly one result, and
+// every order that was open ends cancelled — a result that could not be
+// published while the broker was down is retried, not replaced by a later
+// not_open.
+func TestBrokerRestartMidBurst(t *testing.T) {
+	t.Parallel()
+	store := t.TempDir()
+	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	require.NoError(t, err)
+	port := ns.Addr().(*net.TCPAddr).Port
+	url := ns.ClientURL()
+	current := ns
+	t.Cleanup(func() { current.Shutdown(); current.WaitForShutdown() })
+
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: 100 * time.Millisecond})
+	e := setup(t, bybittest.Options{}) // for its configuration and logger; its own broker is not used
+	srvURL := startExchange(t, ex)
+
+	connect := func() (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		return nc, js
+	}
+	_, wjs := connect()
+	_, tjs := connect()
+	cfg := e.cfg
+	client, err := bybit.NewClient(bybit.Options{BaseURL: srvURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+	require.NoError(t, err)
+	w, err := worker.New(cfg, wjs, client)
+	require.NoError(t, err)
+	require.NoError(t, w.Setup(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+
+	const n = 40
+	for i := range n {
+		_, err := tjs.Publish(context.Background(), cfg.CancelSubject, []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"r-%d"}`, i)))
+		require.NoError(t, err)
+	}
+	results := func() []messages.Result {
+		c, err := tjs.OrderedConsumer(context.Background(), cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
+		if err != nil {
+			return nil
+		}
+		var out []messages.Result
+		for {
+			b, err := c.FetchNoWait(1000)
+			if err != nil {
+				return out
+			}
+			got := 0
+			for m := range b.Messages() {
+				r, err := messages.DecodeResult(m.Data())
+				require.NoError(t, err)
+				out = append(out, r)
+				got++
+			}
+			if got == 0 {
+				return out
+			}
+		}
+	}
+	require.Eventually(t, func() bool { return len(results()) >= 5 }, waitFor, 10*time.Millisecond)
+
+	current.Shutdown()
+	current.WaitForShutdown()
+	// While the broker is down the worker keeps cancelling what it holds
+	// and cannot publish: wait until the exchange has applied more.
+	applied := func() int {
+		c := 0
+		for _, q := range ex.Requests() {
+			if q.RetCode == 0 && q.OrderID != "" {
+				c++
+			}
+		}
+		return c
+	}
+	base := applied()
+	require.Eventually(t, func() bool { return applied() > base }, waitFor, 10*time.Millisecond)
+	current, err = workertest.StartNATS(workertest.NATSOptions{StoreDir: store, Port: port})
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return len(results()) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
+	perSeq := map[uint64]int{}
+	for _, r := range results() {
+		perSeq[r.RequestSeq]++
+		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	}
+	require.Len(t, perSeq, n)
+	for seq, c := range perSeq {
+		require.Equal(t, 1, c, "request %d", seq)
+	}
+}
+
+func startExchange(t *testing.T, ex *bybittest.Exchange) string {
+	t.Helper()
+	srv := httptest.NewServer(ex)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}

@@ -1,0 +1,163 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// A three-node JetStream cluster with the stream at R3 and two workers on one
+// durable consumer: the stream leader, then the server a worker is connected
+// to, are shut down mid-burst; the workers carry on through the other nodes
+// and every request gets exactly one result, every order cancelled.
+func TestClusterFailoverWithTwoWorkers(t *testing.T) {
+	t.Parallel()
+	const nodes = 3
+	clientPorts, routePorts := make([]int, nodes), make([]int, nodes)
+	var routes, urls []string
+	for i := range nodes {
+		clientPorts[i], routePorts[i] = freePort(t), freePort(t)
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", routePorts[i]))
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i]))
+	}
+	servers := map[string]*server.Server{}
+	stores := map[string]string{}
+	start := func(i int) {
+		name := fmt.Sprintf("n%d", i+1)
+		if stores[name] == "" {
+			stores[name] = t.TempDir()
+		}
+		s, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: stores[name], Port: clientPorts[i], Configure: func(o *server.Options) {
+			o.ServerName = name
+			o.Cluster = server.ClusterOpts{Name: "failover", Host: "127.0.0.1", Port: routePorts[i]}
+			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		}})
+		require.NoError(t, err)
+		servers[name] = s
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	}
+	for i := range nodes {
+		start(i)
+	}
+	url := strings.Join(urls, ",")
+
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: 50 * time.Millisecond})
+	srvURL := startExchange(t, ex)
+	e := setup(t, bybittest.Options{}) // for its configuration and logger; its own broker is not used
+	cfg := e.cfg
+	cfg.StreamReplicas = 3
+
+	connect := func() (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		return nc, js
+	}
+	_, tjs := connect()
+	require.Eventually(t, func() bool { // the cluster elects its meta leader
+		_, err := worker.EnsureStream(context.Background(), tjs, cfg)
+		return err == nil
+	}, waitFor, 100*time.Millisecond)
+
+	var conns []*nats.Conn
+	for range 2 {
+		nc, wjs := connect()
+		conns = append(conns, nc)
+		client, err := bybit.NewClient(bybit.Options{BaseURL: srvURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+		require.NoError(t, err)
+		w, err := worker.New(cfg, wjs, client)
+		require.NoError(t, err)
+		require.NoError(t, w.Setup(context.Background()))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+
+	const n = 60
+	for i := range n {
+		require.Eventually(t, func() bool {
+			_, err := tjs.Publish(context.Background(), cfg.CancelSubject, []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"f-%d"}`, i)))
+			return err == nil
+		}, waitFor, 50*time.Millisecond)
+	}
+	results := func() []messages.Result {
+		c, err := tjs.OrderedConsumer(context.Background(), cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
+		if err != nil {
+			return nil
+		}
+		var out []messages.Result
+		for {
+			b, err := c.FetchNoWait(1000)
+			if err != nil {
+				return out
+			}
+			got := 0
+			for m := range b.Messages() {
+				r, err := messages.DecodeResult(m.Data())
+				require.NoError(t, err)
+				out = append(out, r)
+				got++
+			}
+			if got == 0 {
+				return out
+			}
+		}
+	}
+	require.Eventually(t, func() bool { return len(results()) >= 10 }, waitFor, 20*time.Millisecond)
+
+	stream, err := tjs.Stream(context.Background(), cfg.Stream)
+	require.NoError(t, err)
+	info, err := stream.Info(context.Background())
+	require.NoError(t, err)
+	leader := info.Cluster.Leader
+	require.NotEmpty(t, leader)
+	servers[leader].Shutdown()
+	servers[leader].WaitForShutdown()
+	require.Eventually(t, func() bool { return len(results()) >= 25 }, waitFor, 20*time.Millisecond, "%s", e.logs)
+
+	// The old leader comes back (an R3 stream needs two of three nodes),
+	// then the server the first worker is connected to goes down.
+	var leaderIndex int
+	_, err = fmt.Sscanf(leader, "n%d", &leaderIndex)
+	require.NoError(t, err)
+	start(leaderIndex - 1)
+	name := conns[0].ConnectedServerName()
+	require.NotEmpty(t, name)
+	servers[name].Shutdown()
+	servers[name].WaitForShutdown()
+	require.Eventually(t, func() bool { return len(results()) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
+	perSeq := map[uint64]int{}
+	for _, r := range results() {
+		perSeq[r.RequestSeq]++
+		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	}
+	require.Len(t, perSeq, n)
+	for seq, c := range perSeq {
+		require.Equal(t, 1, c, "request %d", seq)
+	}
+}

@@ -69,14 +69,7 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 	cfg := e.cfg
 	cfg.StreamReplicas = 3
 
-	connect := func() (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-		require.NoError(t, err)
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		require.NoError(t, err)
-		return nc, js
-	}
+	connect := func() (*nats.Conn, jetstream.JetStream) { return connectForFailover(t, url) }
 	_, tjs := connect()
 	require.Eventually(t, func() bool { // the cluster elects its meta leader
 		_, err := worker.EnsureStream(context.Background(), tjs, cfg)
@@ -105,29 +98,7 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 			return err == nil
 		}, waitFor, 50*time.Millisecond)
 	}
-	results := func() []messages.Result {
-		c, err := tjs.OrderedConsumer(context.Background(), cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
-		if err != nil {
-			return nil
-		}
-		var out []messages.Result
-		for {
-			b, err := c.FetchNoWait(1000)
-			if err != nil {
-				return out
-			}
-			got := 0
-			for m := range b.Messages() {
-				r, err := messages.DecodeResult(m.Data())
-				require.NoError(t, err)
-				out = append(out, r)
-				got++
-			}
-			if got == 0 {
-				return out
-			}
-		}
-	}
+	results := func() []messages.Result { return storedResultsOf(t, tjs, cfg) }
 	require.Eventually(t, func() bool { return len(results()) >= 10 }, waitFor, 20*time.Millisecond)
 
 	stream, err := tjs.Stream(context.Background(), cfg.Stream)
@@ -151,13 +122,5 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 	servers[name].Shutdown()
 	servers[name].WaitForShutdown()
 	require.Eventually(t, func() bool { return len(results()) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
-	perSeq := map[uint64]int{}
-	for _, r := range results() {
-		perSeq[r.RequestSeq]++
-		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
-	}
-	require.Len(t, perSeq, n)
-	for seq, c := range perSeq {
-		require.Equal(t, 1, c, "request %d", seq)
-	}
+	requireOneCancelledResultEach(t, results(), n)
 }

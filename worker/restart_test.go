@@ -38,14 +38,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	e := setup(t, bybittest.Options{}) // for its configuration and logger; its own broker is not used
 	srvURL := startExchange(t, ex)
 
-	connect := func() (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-		require.NoError(t, err)
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		require.NoError(t, err)
-		return nc, js
-	}
+	connect := func() (*nats.Conn, jetstream.JetStream) { return connectForFailover(t, url) }
 	_, wjs := connect()
 	_, tjs := connect()
 	cfg := e.cfg
@@ -64,29 +57,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 		_, err := tjs.Publish(context.Background(), cfg.CancelSubject, []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"r-%d"}`, i)))
 		require.NoError(t, err)
 	}
-	results := func() []messages.Result {
-		c, err := tjs.OrderedConsumer(context.Background(), cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
-		if err != nil {
-			return nil
-		}
-		var out []messages.Result
-		for {
-			b, err := c.FetchNoWait(1000)
-			if err != nil {
-				return out
-			}
-			got := 0
-			for m := range b.Messages() {
-				r, err := messages.DecodeResult(m.Data())
-				require.NoError(t, err)
-				out = append(out, r)
-				got++
-			}
-			if got == 0 {
-				return out
-			}
-		}
-	}
+	results := func() []messages.Result { return storedResultsOf(t, tjs, cfg) }
 	require.Eventually(t, func() bool { return len(results()) >= 5 }, waitFor, 10*time.Millisecond)
 
 	current.Shutdown()
@@ -108,15 +79,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	require.NoError(t, err)
 
 	require.Eventually(t, func() bool { return len(results()) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
-	perSeq := map[uint64]int{}
-	for _, r := range results() {
-		perSeq[r.RequestSeq]++
-		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
-	}
-	require.Len(t, perSeq, n)
-	for seq, c := range perSeq {
-		require.Equal(t, 1, c, "request %d", seq)
-	}
+	requireOneCancelledResultEach(t, results(), n)
 }
 
 func startExchange(t *testing.T, ex *bybittest.Exchange) string {

@@ -265,3 +265,55 @@ func (e *env) cancelRequests() int {
 func isCancel(q bybittest.Request) bool {
 	return q.Path == "/v5/order/cancel" || q.Path == "/v5/order/cancel-batch"
 }
+
+// storedResultsOf reads every result stored in the stream, as a user would.
+func storedResultsOf(t *testing.T, js jetstream.JetStream, cfg worker.Config) []messages.Result {
+	t.Helper()
+	c, err := js.OrderedConsumer(context.Background(), cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
+	if err != nil {
+		return nil
+	}
+	var out []messages.Result
+	for {
+		b, err := c.FetchNoWait(1000)
+		if err != nil {
+			return out
+		}
+		got := 0
+		for m := range b.Messages() {
+			r, err := messages.DecodeResult(m.Data())
+			require.NoError(t, err)
+			out = append(out, r)
+			got++
+		}
+		if got == 0 {
+			return out
+		}
+	}
+}
+
+// connectForFailover connects with reconnects forever, as the command does.
+func connectForFailover(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return nc, js
+}
+
+// requireOneCancelledResultEach checks the promise after a failure: n
+// requests, exactly one result each, every order cancelled.
+func requireOneCancelledResultEach(t *testing.T, results []messages.Result, n int) {
+	t.Helper()
+	perSeq := map[uint64]int{}
+	for _, r := range results {
+		perSeq[r.RequestSeq]++
+		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	}
+	require.Len(t, perSeq, n)
+	for seq, c := range perSeq {
+		require.Equal(t, 1, c, "request %d", seq)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -41,6 +44,7 @@ type benchOptions struct {
 	rate        int
 	inProcess   bool
 	plot        string
+	killAfter   time.Duration
 }
 
 // benchResult is what one run measured.
@@ -50,6 +54,7 @@ type benchResult struct {
 	p50, p99     time.Duration
 	// resultAt is when each result was stored, from the burst's start.
 	resultAt        []time.Duration
+	kill            *killReport
 	peakRSS         int64
 	results         int
 	throughput      float64
@@ -71,6 +76,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.concurrency, "concurrency", 16, "WORKER_CONCURRENCY of each replica")
 	fs.BoolVar(&o.inProcess, "in-process", false, "run the workers inside the bench process instead of as `cancel-worker run` processes (peak RSS then covers everything)")
 	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
+	fs.DurationVar(&o.killAfter, "kill-after", 0, "SIGKILL the first replica this long after the burst is published (needs --replicas 2 or more) and report recovery")
 	fs.StringVar(&o.plot, "plot", "", "draw cumulative results over time against the ideal to this .svg or .png file")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
@@ -96,6 +102,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.n < 1 || o.replicas < 1 || o.limit < 1 {
 		return errors.New("--n, --replicas and --limit must be at least 1")
 	}
+	if o.killAfter > 0 && (o.replicas < 2 || o.inProcess) {
+		return errors.New("--kill-after needs --replicas 2 or more, run as processes")
+	}
 	res, err := bench(ctx, o, stdout)
 	if err != nil {
 		return err
@@ -114,6 +123,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--plot: %w", err)
 		}
 		fmt.Fprintf(stdout, "plot written to %s\n", o.plot)
+	}
+	if k := res.kill; k != nil {
+		fmt.Fprintf(stdout, "\n| replicas | AckWait | killed after | held at kill | redeliveries while all alive | last redelivery after kill | every result after kill | duplicated results |\n")
+		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(stdout, "| %d | %v | %v | %.0f | %.0f | %v | %v | %d |\n", o.replicas, k.ackWait, o.killAfter, k.heldAtKill,
+			k.aliveRedeliveries, k.lastRedelivery.Round(time.Millisecond), k.allResults.Round(time.Millisecond), k.duplicates)
 	}
 	fmt.Fprintf(stdout, "\n| N | categories | budgets | batch | replicas | latency | drain | ideal | ratio | throughput | 10006 | p50 | p99 | peak RSS |\n")
 	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -176,6 +191,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	var wg sync.WaitGroup
 	errs := make(chan error, o.replicas)
 	var procs []*exec.Cmd
+	var metricsURLs []string
 	if o.inProcess {
 		for range o.replicas {
 			nc, err := nats.Connect(ns.ClientURL())
@@ -207,7 +223,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 			}()
 		}
 	} else {
-		if procs, err = startBenchWorkers(ctx, o, cfg, ns.ClientURL(), baseURL); err != nil {
+		if procs, metricsURLs, err = startBenchWorkers(ctx, o, cfg, ns.ClientURL(), baseURL); err != nil {
 			return benchResult{}, err
 		}
 		defer func() {
@@ -230,6 +246,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	var count atomic.Int64
 	latencies := make([]time.Duration, 0, o.n)
 	resultTimes := make([]time.Time, 0, o.n)
+	perSeq := make(map[uint64]int, o.n)
 	var latMu sync.Mutex
 	done := make(chan struct{})
 	reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject}})
@@ -240,12 +257,14 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	cc, err := reader.Consume(func(m jetstream.Msg) {
 		var r struct {
 			RequestTime time.Time `json:"requestTime"`
+			RequestSeq  uint64    `json:"requestSeq"`
 		}
 		meta, err := m.Metadata()
 		if err != nil || json.Unmarshal(m.Data(), &r) != nil {
 			return
 		}
 		latMu.Lock()
+		perSeq[r.RequestSeq]++
 		latencies = append(latencies, meta.Timestamp.Sub(r.RequestTime))
 		resultTimes = append(resultTimes, meta.Timestamp)
 		latMu.Unlock()
@@ -266,11 +285,42 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var killAt <-chan time.Time
+	if o.killAfter > 0 {
+		kt := time.NewTimer(o.killAfter)
+		defer kt.Stop()
+		killAt = kt.C
+	}
+	var killed time.Time
+	var kr killReport
+	var lastRedeliveries float64
+	var lastRedeliveryAt time.Time
+	poll := time.NewTicker(20 * time.Millisecond)
+	defer poll.Stop()
 wait:
 	for {
 		select {
 		case <-done:
 			break wait
+		case <-killAt:
+			for _, u := range metricsURLs {
+				kr.aliveRedeliveries += counterOf(u, "cancel_worker_redeliveries_total")
+			}
+			kr.heldAtKill = counterOf(metricsURLs[0], "cancel_worker_messages_received_total") - counterOf(metricsURLs[0], "cancel_worker_results_total")
+			_ = procs[0].Process.Kill()
+			killed = time.Now()
+			fmt.Fprintf(progress, "  killed replica 1 (SIGKILL) holding about %.0f messages\n", kr.heldAtKill)
+		case <-poll.C:
+			if killed.IsZero() {
+				continue
+			}
+			var red float64
+			for _, u := range metricsURLs[1:] {
+				red += counterOf(u, "cancel_worker_redeliveries_total")
+			}
+			if red > lastRedeliveries {
+				lastRedeliveries, lastRedeliveryAt = red, time.Now()
+			}
 		case err := <-publishErr:
 			if err != nil {
 				return benchResult{}, err
@@ -286,6 +336,23 @@ wait:
 		}
 	}
 	drain := time.Unix(0, lastResult.Load()).Sub(start)
+	var kill *killReport
+	if !killed.IsZero() {
+		for _, u := range metricsURLs[1:] { // a redelivery may land after the last poll
+			if red := counterOf(u, "cancel_worker_redeliveries_total"); red > lastRedeliveries {
+				lastRedeliveries, lastRedeliveryAt = red, time.Now()
+			}
+		}
+		kr.lastRedelivery = lastRedeliveryAt.Sub(killed)
+		kr.allResults = time.Unix(0, lastResult.Load()).Sub(killed)
+		latMu.Lock()
+		for _, c := range perSeq {
+			kr.duplicates += c - 1
+		}
+		latMu.Unlock()
+		kr.ackWait = cfg.AckWait
+		kill = &kr
+	}
 	// Peak RSS of the worker: the largest replica process, or (in-process)
 	// the whole bench, nats-server and simulator included.
 	var rss int64
@@ -298,7 +365,7 @@ wait:
 	stopWorkers()
 	wg.Wait()
 
-	res := benchResult{drain: drain, results: o.n, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss}
+	res := benchResult{drain: drain, results: o.n, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill}
 	for _, q := range ex.Requests() {
 		if q.RetCode == 10006 {
 			res.limited++
@@ -370,10 +437,10 @@ func publishBench(ctx context.Context, js jetstream.JetStream, subject string, o
 
 // startBenchWorkers runs the replicas as `cancel-worker run` processes, as in
 // production, configured through the environment.
-func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, natsURL, baseURL string) ([]*exec.Cmd, error) {
+func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, natsURL, baseURL string) ([]*exec.Cmd, []string, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var limits []string
 	for k, v := range cfg.Limits {
@@ -391,44 +458,90 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 		"BYBIT_IP_LIMIT=off", "BYBIT_LIMITS="+strings.Join(limits, ","),
 		"BYBIT_BATCH="+strconv.FormatBool(cfg.Batch), "BYBIT_LIMIT_SHARE="+strconv.FormatFloat(cfg.LimitShare, 'f', -1, 64),
 		"WORKER_CONCURRENCY="+strconv.Itoa(cfg.Concurrency), "NATS_MAX_ACK_PENDING="+strconv.Itoa(cfg.MaxAckPending),
-		"HTTP_ADDR=", "LOG_LEVEL=warn")
+		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LOG_FORMAT=json")
 	var procs []*exec.Cmd
+	var logs []*workertest.LogBuffer
 	for range o.replicas {
 		cmd := exec.CommandContext(ctx, self, "run")
 		cmd.Env = env
-		cmd.Stderr = os.Stderr
+		lb := &workertest.LogBuffer{}
+		cmd.Stderr = lb
 		if err := cmd.Start(); err != nil {
-			return procs, err
+			return procs, nil, err
 		}
 		procs = append(procs, cmd)
+		logs = append(logs, lb)
 	}
 	// Wait until the consumer exists: the workers create it.
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
-		return procs, err
+		return procs, nil, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return procs, err
+		return procs, nil, err
 	}
+	addrRe := regexp.MustCompile(`"msg":"serving /metrics, /healthz and /readyz".*"addr":"([^"]+)"`)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		var urls []string
+		for _, lb := range logs {
+			if m := addrRe.FindStringSubmatch(lb.String()); m != nil {
+				urls = append(urls, "http://"+m[1])
+			}
+		}
 		info, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer)
-		if err == nil {
+		if err == nil && len(urls) == len(procs) {
 			if ci, err := info.Info(ctx); err == nil && ci.NumWaiting >= o.replicas {
-				return procs, nil
+				return procs, urls, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return procs, errors.New("bench: the workers did not bind the consumer in 30s")
+			for _, lb := range logs {
+				fmt.Fprint(os.Stderr, lb.String())
+			}
+			return procs, nil, errors.New("bench: the workers did not bind the consumer in 30s")
 		}
 		select {
 		case <-ctx.Done():
-			return procs, ctx.Err()
+			return procs, nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// killReport is what --kill-after measured.
+type killReport struct {
+	ackWait           time.Duration
+	heldAtKill        float64
+	aliveRedeliveries float64
+	lastRedelivery    time.Duration // from the kill
+	allResults        time.Duration // from the kill
+	duplicates        int
+}
+
+// counterOf scrapes one worker's /metrics for the sum of a counter or gauge.
+func counterOf(url, name string) float64 {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // peakRSS is a process's peak resident set (VmHWM), in bytes.

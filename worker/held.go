@@ -40,12 +40,6 @@ type job struct {
 	backoff        *backoff.ExponentialBackOff
 }
 
-func (j *job) currentMsg() jetstream.Msg {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.msg
-}
-
 // heldSet is every message this process holds, keyed by stream sequence. One
 // ticker heartbeats all of them, wherever they wait.
 type heldSet struct {

@@ -61,7 +61,14 @@ func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) erro
 	case !ok:
 		return fmt.Errorf("API key %s has no trade permission (ContractTrade Order, Spot SpotTrade or Options OptionsTrade)", client.APIKey())
 	}
-	log.Info("API key checked", "apiKey", client.APIKey(), "trades", strings.Join(markets, ","))
+	attrs := []any{"apiKey", client.APIKey(), "trades", strings.Join(markets, ",")}
+	if !info.ExpiresAt.IsZero() {
+		attrs = append(attrs, "expiresAt", info.ExpiresAt)
+		if time.Until(info.ExpiresAt) < 7*24*time.Hour {
+			log.Warn("API key expires within a week", "apiKey", client.APIKey(), "expiresAt", info.ExpiresAt)
+		}
+	}
+	log.Info("API key checked", attrs...)
 	return nil
 }
 

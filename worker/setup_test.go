@@ -140,20 +140,6 @@ func (e *env) start() *running {
 	return r
 }
 
-// wait stops the worker and returns Run's error.
-func (r *running) wait(t *testing.T) error {
-	t.Helper()
-	r.stop()
-	select {
-	case err := <-r.done:
-		r.done <- err // for the cleanup
-		return err
-	case <-time.After(waitFor):
-		t.Fatal("worker did not stop")
-		return nil
-	}
-}
-
 // publish puts a request on the cancel subject and returns its stream sequence.
 func (e *env) publish(body any, msgID string) uint64 {
 	e.t.Helper()

@@ -253,13 +253,6 @@ func (e *Exchange) SetClockOffset(d time.Duration) {
 	e.offset = d
 }
 
-// SetLimit changes one "endpoint/category" limit; 0 removes it.
-func (e *Exchange) SetLimit(key string, perWindow int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.limits[key] = perWindow
-}
-
 func (e *Exchange) nowLocked() time.Time { return time.Now().Add(e.offset) }
 
 type envelope struct {

@@ -56,7 +56,6 @@ type benchResult struct {
 	resultAt        []time.Duration
 	kill            *killReport
 	peakRSS         int64
-	results         int
 	throughput      float64
 	budgetPerSecond int
 }
@@ -365,7 +364,7 @@ wait:
 	stopWorkers()
 	wg.Wait()
 
-	res := benchResult{drain: drain, results: o.n, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill}
+	res := benchResult{drain: drain, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill}
 	for _, q := range ex.Requests() {
 		if q.RetCode == 10006 {
 			res.limited++

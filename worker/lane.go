@@ -233,7 +233,7 @@ func (g *banGate) wait(ctx context.Context) (probe bool, err error) {
 		}
 		changed := g.changed
 		g.mu.Unlock()
-		if err := sleepOrChange(ctx, d, changed); err != nil {
+		if err := sleepOrChange(ctx, d, changed, nil); err != nil {
 			return false, err
 		}
 	}
@@ -249,7 +249,7 @@ func (g *banGate) waitOpen(ctx context.Context) error {
 		if open {
 			return nil
 		}
-		if err := sleepOrChange(ctx, 0, changed); err != nil {
+		if err := sleepOrChange(ctx, 0, changed, nil); err != nil {
 			return err
 		}
 	}

@@ -70,7 +70,7 @@ func (p *pacer) acquire(ctx context.Context) (release func(), waited time.Durati
 			return func() {}, 0, nil
 		}
 		_, wait, changed := p.room()
-		if err := sleepOrChange(ctx, wait, changed); err != nil {
+		if err := sleepOrChange(ctx, wait, changed, nil); err != nil {
 			return nil, p.now().Sub(start), err
 		}
 	}
@@ -251,9 +251,9 @@ func (p *pacer) observe(rl bybit.RateLimit, sentAt time.Time) {
 	}
 }
 
-// sleepOrChange waits for d (forever if d is 0), for changed to close, or for
-// ctx to end.
-func sleepOrChange(ctx context.Context, d time.Duration, changed <-chan struct{}) error {
+// sleepOrChange waits for d (forever if d is 0), for either channel to close
+// (a nil channel never does), or for ctx to end.
+func sleepOrChange(ctx context.Context, d time.Duration, changed, alsoChanged <-chan struct{}) error {
 	var timer <-chan time.Time
 	if d > 0 {
 		t := time.NewTimer(d)
@@ -265,6 +265,7 @@ func sleepOrChange(ctx context.Context, d time.Duration, changed <-chan struct{}
 		return ctx.Err()
 	case <-timer:
 	case <-changed:
+	case <-alsoChanged:
 	}
 	return nil
 }

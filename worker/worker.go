@@ -313,7 +313,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
-	return sleepOrChange(ctx, d, nil)
+	return sleepOrChange(ctx, d, nil, nil)
 }
 
 // accept takes one delivered message into the worker.
@@ -594,20 +594,7 @@ func (w *Worker) waitBudget(ctx context.Context, l *lane) error {
 		}
 		bChanged = bc
 	}
-	var timer <-chan time.Time
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		timer = t.C
-	}
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer:
-	case <-changed:
-	case <-bChanged:
-	}
-	return nil
+	return sleepOrChange(ctx, wait, changed, bChanged)
 }
 
 // dropExpired answers failed the cancels older than WORKER_MAX_AGE.

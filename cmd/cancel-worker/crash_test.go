@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,16 +19,7 @@ func TestKill9MidBurstThenRestart(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, bybittest.Options{AutoCreate: true, Latency: 150 * time.Millisecond}, nil)
 	s.env["NATS_ACK_WAIT"] = "2s" // how soon the dead process's messages come back
-	start := func() (*exec.Cmd, *syncBuffer) {
-		var logs syncBuffer
-		cmd := exec.Command(binary, "run")
-		cmd.Env = s.environ()
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		require.NoError(t, cmd.Start())
-		require.Eventually(t, func() bool { return strings.Contains(logs.String(), "worker started") }, waitFor, 10*time.Millisecond, "%s", &logs)
-		return cmd, &logs
-	}
-	cmd, _ := start()
+	cmd, _ := s.startBinary()
 	const n = 40
 	for i := range n {
 		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"crash-%d"}`, i)))
@@ -52,8 +41,7 @@ func TestKill9MidBurstThenRestart(t *testing.T) {
 	}
 	require.Less(t, len(before), n, "the kill came mid-burst")
 
-	cmd, logs := start()
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	_, logs := s.startBinary()
 	require.Eventually(t, func() bool { return len(s.results()) >= n }, waitFor, 20*time.Millisecond, "%s", logs)
 	perSeq := map[uint64]int{}
 	for _, r := range s.results() {

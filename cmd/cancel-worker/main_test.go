@@ -203,6 +203,26 @@ func (s *stack) environ() []string {
 	return out
 }
 
+// startBinary runs `cancel-worker run` on the stack and waits until it has
+// bound its consumer; the process is killed at the end of the test if it
+// still runs.
+func (s *stack) startBinary() (*exec.Cmd, *syncBuffer) {
+	s.t.Helper()
+	var logs syncBuffer
+	cmd := exec.Command(binary, "run")
+	cmd.Env = s.environ()
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	require.NoError(s.t, cmd.Start())
+	s.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	require.Eventually(s.t, func() bool { return strings.Contains(logs.String(), "worker started") }, waitFor, 10*time.Millisecond, "%s", &logs)
+	return cmd, &logs
+}
+
 // results reads every result stored in the stream.
 func (s *stack) results() []messages.Result {
 	s.t.Helper()
@@ -322,16 +342,7 @@ func TestSecretsNeverReachTheLogs(t *testing.T) {
 func TestSIGTERMMidBurstLosesNothing(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, bybittest.Options{AutoCreate: true, Latency: 150 * time.Millisecond}, nil)
-	start := func() (*exec.Cmd, *syncBuffer) {
-		var logs syncBuffer
-		cmd := exec.Command(binary, "run")
-		cmd.Env = s.environ()
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		require.NoError(t, cmd.Start())
-		return cmd, &logs
-	}
-	cmd, logs := start()
-	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "worker started") }, waitFor, 10*time.Millisecond, "%s", logs)
+	cmd, logs := s.startBinary()
 	const n = 40
 	for i := range n {
 		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"burst-%d"}`, i)))
@@ -359,7 +370,7 @@ func TestSIGTERMMidBurstLosesNothing(t *testing.T) {
 	}
 	require.Equal(t, len(first), sent, "every request that was sent got its result before the exit")
 
-	cmd, logs = start()
+	cmd, logs = s.startBinary()
 	require.Eventually(t, func() bool { return len(s.results()) >= n }, waitFor, 20*time.Millisecond, "%s", logs)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, cmd.Wait())

@@ -160,7 +160,7 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 	allowed := map[string]*regexp.Regexp{
 		"status":   regexp.MustCompile(`^(cancelled|not_open|rejected|invalid|failed)$`),
 		"category": regexp.MustCompile(`^(spot|linear|inverse|option|none)$`),
-		"endpoint": regexp.MustCompile(`^(cancel|cancel-batch)$`),
+		"endpoint": regexp.MustCompile(`^(cancel|cancel-batch|cancel-all)$`),
 		"outcome":  regexp.MustCompile(`^(ok|not_open|rate_limited|clock_skew|transient|ip_ban|permanent)$`),
 		"reason":   regexp.MustCompile(`^(rate_limited|clock_skew|transient|ip_ban|retry_budget)$`),
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,22 +24,10 @@ func TestTwoWorkersOneKilledMidBurst(t *testing.T) {
 	s.env["BYBIT_LIMIT_SHARE"] = "0.5"
 	s.env["HTTP_ADDR"] = "127.0.0.1:0"
 	start := func() (*exec.Cmd, *syncBuffer, string) {
-		var logs syncBuffer
-		cmd := exec.Command(binary, "run")
-		cmd.Env = s.environ()
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		require.NoError(t, cmd.Start())
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		var addr string
-		require.Eventually(t, func() bool {
-			m := httpAddrRe.FindStringSubmatch(logs.String())
-			if m != nil && strings.Contains(logs.String(), "worker started") {
-				addr = m[1]
-				return true
-			}
-			return false
-		}, waitFor, 10*time.Millisecond, "%s", &logs)
-		return cmd, &logs, "http://" + addr
+		cmd, logs := s.startBinary()
+		m := httpAddrRe.FindStringSubmatch(logs.String())
+		require.NotNil(t, m, "%s", logs)
+		return cmd, logs, "http://" + m[1]
 	}
 	victim, _, victimURL := start()
 	_, survivorLogs, survivorURL := start()

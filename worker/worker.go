@@ -923,6 +923,9 @@ func (w *Worker) logOutcome(j *job, r messages.Result) {
 	if r.RetCode != nil {
 		attrs = append(attrs, "retCode", *r.RetCode)
 	}
+	if j.all != nil {
+		attrs = append(attrs, "cancelAll", true, "orders", len(r.Orders))
+	}
 	switch r.Status {
 	case messages.StatusInvalid:
 		attrs = append(attrs, "error", r.Error)

@@ -6,7 +6,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -376,7 +375,7 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		req, err = messages.DecodeCancel(msg.Data())
 	}
 	if err != nil {
-		j.requestID = messages.RequestID(lenientRequestID(msg.Data()), msgID, w.cfg.Stream, seq)
+		j.requestID = messages.RequestID(messages.LenientEcho(msg.Data()).RequestID, msgID, w.cfg.Stream, seq)
 		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
 		go w.finish(j, decision{action: actFinish, result: r})
 		return
@@ -409,21 +408,6 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	if !l.push(j, false) {
 		w.release(j, 0, "shutdown")
 	}
-}
-
-// lenientRequestID digs the requestId out of a body that failed strict
-// decoding, so that even an invalid request's result can be correlated.
-func lenientRequestID(data []byte) string {
-	var v struct {
-		RequestID any `json:"requestId"`
-	}
-	if json.Unmarshal(data, &v) != nil {
-		return ""
-	}
-	if s, ok := v.RequestID.(string); ok && len(s) <= messages.MaxIDLen {
-		return s
-	}
-	return ""
 }
 
 func (w *Worker) sendCtxOr(ctx context.Context) context.Context {

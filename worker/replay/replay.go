@@ -1,0 +1,346 @@
+// Package replay reads the worker's stream after the fact: it joins every
+// request with its result by the request's stream sequence, tells requests
+// that will never be answered from those still on their way, summarises the
+// timeline, and republishes what was left undone as new, traceable requests.
+//
+// It reads with an ordered consumer, so the worker's durable consumer is not
+// touched; it only reads that consumer's ack floor.
+package replay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// Config says where the worker keeps requests and results.
+type Config struct {
+	Stream   string
+	Consumer string
+
+	CancelSubject    string
+	CancelAllSubject string
+	AckSubject       string
+	RejectedSubject  string
+}
+
+func (c Config) subjects() []string {
+	return []string{c.CancelSubject, c.CancelAllSubject, c.AckSubject, c.RejectedSubject}
+}
+
+// Window selects requests by stream sequence and by stream time; zero values
+// leave that side open. Results are looked for past the window's end.
+type Window struct {
+	Since, Until   time.Time
+	FromSeq, ToSeq uint64
+}
+
+func (w Window) contains(seq uint64, t time.Time) bool {
+	return (w.FromSeq == 0 || seq >= w.FromSeq) && (w.ToSeq == 0 || seq <= w.ToSeq) &&
+		(w.Since.IsZero() || !t.Before(w.Since)) && (w.Until.IsZero() || !t.After(w.Until))
+}
+
+// Filter narrows the requests shown; an empty field matches everything.
+// OrderID matches orderId or orderLinkId, and a cancel-all whose result lists
+// the order.
+type Filter struct {
+	Category  string
+	Symbol    string
+	RequestID string
+	OrderID   string
+}
+
+func (f Filter) matches(r *Row) bool {
+	if f.Category != "" && r.Category != f.Category || f.Symbol != "" && r.Symbol != f.Symbol {
+		return false
+	}
+	if f.RequestID != "" && r.RequestID != f.RequestID {
+		return false
+	}
+	if f.OrderID == "" || r.OrderID == f.OrderID || r.OrderLinkID == f.OrderID {
+		return true
+	}
+	if r.result != nil {
+		for _, o := range r.result.Orders {
+			if o.OrderID == f.OrderID || o.OrderLinkID == f.OrderID {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// States of a request that has no result: the worker's consumer has acked or
+// terminated it (it will never get one), or it is still waiting for delivery
+// or held by a worker.
+const (
+	StateUnanswered = "unanswered"
+	StatePending    = "pending"
+)
+
+// Row is one request and what became of it.
+type Row struct {
+	Seq         uint64    `json:"seq"`
+	Subject     string    `json:"subject"`
+	RequestTime time.Time `json:"requestTime"`
+	RequestID   string    `json:"requestId"`
+	Category    string    `json:"category,omitempty"`
+	Symbol      string    `json:"symbol,omitempty"`
+	OrderID     string    `json:"orderId,omitempty"`
+	OrderLinkID string    `json:"orderLinkId,omitempty"`
+	Account     string    `json:"account,omitempty"`
+	// Status is the result's status, or unanswered or pending.
+	Status string `json:"status"`
+
+	RetCode         *int       `json:"retCode,omitempty"`
+	RetMsg          string     `json:"retMsg,omitempty"`
+	Ambiguous       bool       `json:"ambiguous"`
+	Attempts        int        `json:"attempts"`
+	RateLimitWaitMs int64      `json:"rateLimitWaitMs"`
+	Orders          int        `json:"orders,omitempty"`
+	ResultSeq       uint64     `json:"resultSeq,omitempty"`
+	ResultTime      *time.Time `json:"resultTime,omitempty"`
+	// LatencyMs is publish→result: the result's stream time minus the
+	// request's.
+	LatencyMs *float64 `json:"latencyMs,omitempty"`
+	Error     string   `json:"error,omitempty"`
+	LastError string   `json:"lastError,omitempty"`
+
+	// ReplayOf and ReplayOfSeq are set on a request the replay tool resent.
+	ReplayOf    string `json:"replayOf,omitempty"`
+	ReplayOfSeq uint64 `json:"replayOfSeq,omitempty"`
+	// Replays are the resends of this request found in the stream, oldest
+	// first, each with its own outcome.
+	Replays []Replay `json:"replays,omitempty"`
+
+	data   []byte
+	result *messages.Result
+}
+
+// Replay is a resend of a request and what became of it.
+type Replay struct {
+	Seq       uint64   `json:"seq"`
+	RequestID string   `json:"requestId"`
+	Status    string   `json:"status"`
+	RetCode   *int     `json:"retCode,omitempty"`
+	LatencyMs *float64 `json:"latencyMs,omitempty"`
+}
+
+// Latency is publish→result; ok is false without a result.
+func (r *Row) Latency() (time.Duration, bool) {
+	if r.LatencyMs == nil {
+		return 0, false
+	}
+	return time.Duration(*r.LatencyMs * float64(time.Millisecond)), true
+}
+
+// AnsweredByReplay reports whether a resend of the request has a result.
+func (r *Row) AnsweredByReplay() (Replay, bool) {
+	for i := len(r.Replays) - 1; i >= 0; i-- {
+		if rp := r.Replays[i]; rp.Status != StateUnanswered && rp.Status != StatePending {
+			return rp, true
+		}
+	}
+	return Replay{}, false
+}
+
+// Report is the outcome of a Read.
+type Report struct {
+	// Rows are the requests in the window that pass the filter, in stream
+	// order.
+	Rows []*Row
+	// Warnings say what limits the report (e.g. a missing consumer).
+	Warnings []string
+	// AckFloor is the worker consumer's ack floor (stream sequence) when
+	// the read began.
+	AckFloor uint64
+	// ReadTo is the last stream sequence read.
+	ReadTo uint64
+	// ReadAt is when the read began.
+	ReadAt time.Time
+}
+
+// Read scans the stream from the window's start to its current end.
+func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, filter Filter) (*Report, error) {
+	rep := &Report{ReadAt: time.Now()}
+	// The consumer's state first, then the stream's end: a request at or
+	// below this ack floor was answered (if ever) before its ack, so its
+	// result is below the end read next.
+	floor, consumerKnown, err := ackFloor(ctx, js, cfg)
+	if err != nil {
+		return nil, err
+	}
+	rep.AckFloor = floor
+	if !consumerKnown {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("consumer %s not found: requests without a result are reported pending (a worker that creates it is delivered every stored request)", cfg.Consumer))
+	}
+	stream, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Stream, err)
+	}
+	last := stream.CachedInfo().State.LastSeq
+	if win.FromSeq > last {
+		return rep, nil
+	}
+
+	oc := jetstream.OrderedConsumerConfig{FilterSubjects: cfg.subjects(), DeliverPolicy: jetstream.DeliverAllPolicy}
+	switch {
+	case win.FromSeq > 0:
+		oc.DeliverPolicy, oc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, win.FromSeq
+	case !win.Since.IsZero():
+		// The server's search by time can start one message late when a
+		// message's time equals the start; begin a second early and let
+		// the window decide.
+		start := win.Since.Add(-time.Second)
+		oc.DeliverPolicy, oc.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	}
+	cons, err := js.OrderedConsumer(ctx, cfg.Stream, oc)
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+	}
+
+	var all []*Row // every request kept: in the window, or a resend of one
+	bySeq := map[uint64]*Row{}
+	inWindow := map[uint64]bool{}
+	for done, waited := false, false; !done; {
+		// Take what is there; if nothing is, wait once before concluding
+		// that the stream holds nothing more for these subjects.
+		batch, err := cons.FetchNoWait(1000)
+		if waited {
+			batch, err = cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			meta, err := msg.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+			}
+			seq := meta.Sequence.Stream
+			rep.ReadTo = seq
+			if seq >= last || meta.NumPending == 0 {
+				done = true
+			}
+			switch msg.Subject() {
+			case cfg.AckSubject, cfg.RejectedSubject:
+				res, err := messages.DecodeResult(msg.Data())
+				if err != nil {
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("result at sequence %d is not a result: %v", seq, err))
+					continue
+				}
+				if row := bySeq[res.RequestSeq]; row != nil && row.result == nil {
+					row.setResult(&res, seq, meta.Timestamp)
+				}
+			default:
+				row := newRow(cfg, msg, seq, meta.Timestamp)
+				switch {
+				case win.contains(seq, meta.Timestamp):
+					inWindow[seq] = true
+				case row.ReplayOfSeq != 0 && bySeq[row.ReplayOfSeq] != nil:
+				default:
+					continue
+				}
+				all = append(all, row)
+				bySeq[seq] = row
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+		}
+		if n == 0 {
+			if waited {
+				break
+			}
+			waited = true
+			continue
+		}
+		waited = false
+	}
+
+	for _, row := range all {
+		if row.result == nil {
+			row.Status = StatePending
+			if consumerKnown && row.Seq <= floor {
+				row.Status = StateUnanswered
+			}
+		}
+	}
+	for _, row := range all {
+		if orig := bySeq[row.ReplayOfSeq]; row.ReplayOfSeq != 0 && orig != nil && orig != row {
+			orig.Replays = append(orig.Replays, Replay{
+				Seq: row.Seq, RequestID: row.RequestID, Status: row.Status, RetCode: row.RetCode, LatencyMs: row.LatencyMs,
+			})
+		}
+	}
+	for _, row := range all {
+		if inWindow[row.Seq] && filter.matches(row) {
+			rep.Rows = append(rep.Rows, row)
+		}
+	}
+	return rep, nil
+}
+
+// ackFloor reads the stream sequence at or below which the worker's consumer
+// has acked or terminated every message.
+func ackFloor(ctx context.Context, js jetstream.JetStream, cfg Config) (uint64, bool, error) {
+	cons, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return 0, false, nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return 0, false, fmt.Errorf("stream %s not found", cfg.Stream)
+	case err != nil:
+		return 0, false, fmt.Errorf("consumer %s: %w", cfg.Consumer, err)
+	}
+	return cons.CachedInfo().AckFloor.Stream, true, nil
+}
+
+func newRow(cfg Config, msg jetstream.Msg, seq uint64, at time.Time) *Row {
+	data := slices.Clone(msg.Data())
+	echo := messages.LenientEcho(data)
+	var msgID string
+	if h := msg.Headers(); h != nil {
+		msgID = h.Get(nats.MsgIdHdr)
+	}
+	row := &Row{
+		Seq: seq, Subject: msg.Subject(), RequestTime: at.UTC(),
+		RequestID: messages.RequestID(echo.RequestID, msgID, cfg.Stream, seq),
+		Category:  echo.Category, Symbol: echo.Symbol, OrderID: echo.OrderID, OrderLinkID: echo.OrderLinkID, Account: echo.Account,
+		data: data,
+	}
+	if c, err := decodeRequest(cfg, row.Subject, data); err == nil {
+		row.ReplayOf, row.ReplayOfSeq = c.replayOf, c.replayOfSeq
+	}
+	return row
+}
+
+func (r *Row) setResult(res *messages.Result, seq uint64, at time.Time) {
+	r.result = res
+	r.Status = string(res.Status)
+	r.RetCode, r.RetMsg = res.RetCode, res.RetMsg
+	r.Ambiguous, r.Attempts, r.RateLimitWaitMs = res.Ambiguous, res.Attempts, res.RateLimitWaitMs
+	r.Orders = len(res.Orders)
+	r.Error, r.LastError = res.Error, res.LastError
+	r.ResultSeq = seq
+	t := at.UTC()
+	r.ResultTime = &t
+	ms := float64(at.Sub(r.RequestTime)) / float64(time.Millisecond)
+	r.LatencyMs = &ms
+	// The worker's reading of the request wins over the lenient one.
+	if r.Category == "" {
+		r.Category = res.Category
+	}
+	if r.Symbol == "" {
+		r.Symbol = res.Symbol
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -92,16 +93,26 @@ var settings = []setting{
 	{env: "LOG_FORMAT", def: "text", usage: "text (colour on a terminal) or json"},
 }
 
+// replaySettings are the settings `cancel-worker replay` reads: how to reach
+// NATS and where the worker keeps its messages.
+var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
+	switch s.env {
+	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS":
+		return true
+	}
+	return !strings.HasPrefix(s.env, "NATS_")
+})
+
 // values is the resolved configuration: env name -> value.
 type values map[string]string
 
 // parseSettings resolves every setting from flags, the environment and the
 // defaults. It returns flag.ErrHelp after printing usage for -h/--help.
-func parseSettings(name string, args []string, env lookupEnv, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
+func parseSettings(name string, list []setting, args []string, env lookupEnv, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	flags := map[string]*string{}
-	for _, s := range settings {
+	for _, s := range list {
 		if s.secret {
 			continue
 		}
@@ -112,7 +123,7 @@ func parseSettings(name string, args []string, env lookupEnv, out io.Writer, ext
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: cancel-worker %s [flags]\n\nEvery flag has an environment twin; flags win. Secrets are read only from the environment:\n", name)
-		for _, s := range settings {
+		for _, s := range list {
 			if s.secret {
 				fmt.Fprintf(out, "  %-24s %s\n", s.env, s.usage)
 			}
@@ -129,7 +140,7 @@ func parseSettings(name string, args []string, env lookupEnv, out io.Writer, ext
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	v := values{}
-	for _, s := range settings {
+	for _, s := range list {
 		switch {
 		case !s.secret && set[s.flagName()]:
 			v[s.env] = *flags[s.env]
@@ -300,6 +311,13 @@ func (n *natsConfig) readSecrets(env lookupEnv) error {
 	return nil
 }
 
+func (p *parser) natsConfig() natsConfig {
+	return natsConfig{
+		url: p.str("NATS_URL"), name: p.str("NATS_CONNECTION_NAME"), creds: p.str("NATS_CREDS"), nkey: p.str("NATS_NKEY"),
+		user: p.str("NATS_USER"), ca: p.str("NATS_CA"), cert: p.str("NATS_CERT"), key: p.str("NATS_KEY"),
+	}
+}
+
 // runConfig is everything `run` needs.
 type runConfig struct {
 	nats      natsConfig
@@ -321,10 +339,7 @@ type runConfig struct {
 func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	p := &parser{v: v}
 	var rc runConfig
-	rc.nats = natsConfig{
-		url: p.str("NATS_URL"), name: p.str("NATS_CONNECTION_NAME"), creds: p.str("NATS_CREDS"), nkey: p.str("NATS_NKEY"),
-		user: p.str("NATS_USER"), ca: p.str("NATS_CA"), cert: p.str("NATS_CERT"), key: p.str("NATS_KEY"),
-	}
+	rc.nats = p.natsConfig()
 	rc.worker = worker.Config{
 		Stream:           p.str("NATS_STREAM"),
 		Consumer:         p.str("NATS_CONSUMER"),

@@ -6,6 +6,7 @@
 //	cancel-worker demo    a self-contained scenario: embedded NATS, simulated Bybit, the worker
 //	cancel-worker sim     the simulated exchange alone, for a local stack
 //	cancel-worker bench   a burst drained against the simulated exchange, measured
+//	cancel-worker replay  requests joined with their results from the stream; resend what was left undone
 package main
 
 import (
@@ -51,10 +52,11 @@ func main() {
 const usage = `Usage: cancel-worker [command] [flags]
 
 Commands:
-  run    the worker (the default), configured by environment variables or flags
-  demo   a scripted scenario against an embedded nats-server and a simulated Bybit
-  sim    the simulated Bybit exchange alone (for a local stack)
-  bench  drain a burst against the simulated exchange and report drain time against the ideal
+  run     the worker (the default), configured by environment variables or flags
+  demo    a scripted scenario against an embedded nats-server and a simulated Bybit
+  sim     the simulated Bybit exchange alone (for a local stack)
+  bench   drain a burst against the simulated exchange and report drain time against the ideal
+  replay  read requests and results back from the stream for incident review; --resend finishes what was left undone
 
 Run 'cancel-worker <command> --help' for a command's flags.
 `
@@ -74,6 +76,8 @@ func run(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 		return runSim(ctx, args, stderr)
 	case "bench":
 		return runBench(ctx, args, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, args, env, os.Stdin, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -99,7 +103,7 @@ func isTerminal(w io.Writer) bool {
 }
 
 func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writer) error {
-	v, err := parseSettings("run", args, env, stderr, nil)
+	v, err := parseSettings("run", settings, args, env, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -220,7 +224,9 @@ func connectNATS(c natsConfig, log *slog.Logger) (*nats.Conn, error) {
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("NATS disconnected", "error", err)
+			if err != nil { // nil: our own Close
+				log.Warn("NATS disconnected", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("NATS reconnected", "server", c.ConnectedUrlRedacted())

@@ -118,12 +118,18 @@ func TestHelpShowsNoSecret(t *testing.T) {
 	t.Parallel()
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	require.NoError(t, os.WriteFile(secretFile, []byte(testSecret+"\n"), 0o600))
-	for _, args := range [][]string{{"--help"}, {"run", "-h"}, {"demo", "--help"}, {"sim", "--help"}} {
+	for _, args := range [][]string{{"--help"}, {"run", "-h"}, {"demo", "--help"}, {"sim", "--help"}, {"replay", "--help"}} {
 		cmd := exec.Command(binary, args...)
-		cmd.Env = append(os.Environ(), "BYBIT_API_SECRET="+testSecret, "BYBIT_API_KEY=key-id", "BYBIT_API_SECRET_FILE="+secretFile)
+		cmd.Env = append(os.Environ(), "BYBIT_API_SECRET="+testSecret, "BYBIT_API_KEY=key-id", "BYBIT_API_SECRET_FILE="+secretFile, "NATS_PASSWORD="+testSecret)
 		out, _ := cmd.CombinedOutput()
 		require.NotContains(t, string(out), testSecret, "%v", args)
 		require.NotContains(t, string(out), "key-id", "--help shows defaults, not values from the environment")
+		if args[0] == "replay" {
+			require.Contains(t, string(out), "-since")
+			require.Contains(t, string(out), "NATS_PASSWORD")
+			require.NotContains(t, string(out), "-nats-password")
+			continue
+		}
 		if args[0] != "demo" && args[0] != "sim" {
 			require.Contains(t, string(out), "-nats-url")
 			require.Contains(t, string(out), "BYBIT_API_SECRET")

@@ -67,8 +67,8 @@ var statusColors = map[string]color.Color{
 
 // plotTimeline draws a replay as two aligned panels over the same time axis:
 // requests and results published (cumulative), and each request's
-// publish→result latency by status, with requests that have no result
-// marked along the top.
+// publish→result latency by status at the time of the result, with requests
+// that have no result marked along the top.
 func plotTimeline(file string, rows []*replay.Row) error {
 	format := strings.TrimPrefix(strings.ToLower(filepath.Ext(file)), ".")
 	if format != "png" && format != "svg" {
@@ -91,11 +91,13 @@ func plotTimeline(file string, rows []*replay.Row) error {
 		}
 	}
 	for _, r := range rows {
-		y := maxLat * 1.1 // no result: marked above every latency
+		// A result is placed when it was published; a request without
+		// one, when it was published, above every latency.
+		xy := plotter.XY{X: secs(r.RequestTime), Y: maxLat * 1.1}
 		if r.LatencyMs != nil {
-			y = *r.LatencyMs
+			xy = plotter.XY{X: secs(*r.ResultTime), Y: *r.LatencyMs}
 		}
-		byStatus[r.Status] = append(byStatus[r.Status], plotter.XY{X: secs(r.RequestTime), Y: y})
+		byStatus[r.Status] = append(byStatus[r.Status], xy)
 	}
 
 	flow := plot.New()
@@ -125,10 +127,10 @@ func plotTimeline(file string, rows []*replay.Row) error {
 		flow.Add(line)
 		flow.Legend.Add(series.name, line)
 	}
-	flow.Legend.Top, flow.Legend.Left = true, true
+	flow.Legend.Top, flow.Legend.Left = false, false
 
 	lat := plot.New()
-	lat.X.Label.Text = "seconds since the first request"
+	lat.X.Label.Text = "seconds since the first request (latency: when the result was published; no result: when the request was, marked at the top)"
 	lat.Y.Label.Text = "publish→result latency (ms)"
 	lat.Add(plotter.NewGrid())
 	for _, status := range append(slices.Clone(replay.StatusOrder), otherStatuses(byStatus)...) {
@@ -152,7 +154,7 @@ func plotTimeline(file string, rows []*replay.Row) error {
 		lat.Add(sc)
 		lat.Legend.Add(fmt.Sprintf("%s (%d)", status, len(xys)), sc)
 	}
-	lat.Legend.Top, lat.Legend.Left = true, true
+	lat.Legend.Top, lat.Legend.Left = true, false
 	// One time axis for both panels.
 	lo, hi := min(flow.X.Min, lat.X.Min), max(flow.X.Max, lat.X.Max)
 	flow.X.Min, flow.X.Max, lat.X.Min, lat.X.Max = lo, hi, lo, hi

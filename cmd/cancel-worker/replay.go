@@ -169,7 +169,7 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 		fmt.Fprintln(out, "nothing to resend")
 		return nil
 	case !f.yes:
-		fmt.Fprintf(out, "Publish these %d requests? They will be sent to Bybit. Type yes to publish: ", len(plan))
+		fmt.Fprintf(out, "Publish the %d above? They will be sent to Bybit. Type yes to publish: ", len(plan))
 		answer, _ := bufio.NewReader(stdin).ReadString('\n')
 		if a := strings.TrimSpace(strings.ToLower(answer)); a != "yes" && a != "y" {
 			fmt.Fprintln(out, "not confirmed: nothing published")
@@ -180,6 +180,6 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 	if err != nil {
 		return fmt.Errorf("%w (%d published before the error)", err, got.New)
 	}
-	fmt.Fprintf(out, "published %d new requests; %d were already in the stream (the same resend inside its duplicate window)\n", got.New, got.Duplicates)
+	fmt.Fprintf(out, "published %d new, %d already in the stream (the same resend inside its duplicate window adds nothing)\n", got.New, got.Duplicates)
 	return nil
 }

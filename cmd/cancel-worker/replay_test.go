@@ -146,7 +146,7 @@ func TestReplayAndResendFinishWhatWasLeftUndone(t *testing.T) {
 
 	out, _, err = s.replayCmd("yes\n", "--resend")
 	require.NoError(t, err)
-	require.Contains(t, out, "published 1 new requests; 0 were already in the stream")
+	require.Contains(t, out, "published 1 new, 0 already in the stream")
 	require.Equal(t, before+1, s.streamMessages())
 
 	// The worker answers the waiting request and the resend.

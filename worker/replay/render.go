@@ -41,12 +41,12 @@ func WriteSummary(w io.Writer, s Summary) error {
 		_, err := fmt.Fprintln(w, "no requests in the window")
 		return err
 	}
-	fmt.Fprintf(w, "%d requests from %s to %s: %s\n", s.Requests, s.First.UTC().Format(TimeFormat), s.Last.UTC().Format(TimeFormat), CountsText(s.ByStatus))
+	fmt.Fprintf(w, "%s from %s to %s: %s\n", plural(s.Requests, "request"), s.First.UTC().Format(TimeFormat), s.Last.UTC().Format(TimeFormat), CountsText(s.ByStatus))
 	fmt.Fprintf(w, "answered by a replay: %d; still open (unanswered or failed, no replay answered): %d\n", s.AnsweredByReplay, s.Open)
 	if p := s.LatencyMs; p != nil {
 		fmt.Fprintf(w, "publish→result latency (%d answered): p50 %s, p95 %s, p99 %s, max %s\n", p.N, msText(p.P50), msText(p.P95), msText(p.P99), msText(p.Max))
 	}
-	fmt.Fprintf(w, "waiting on rate limits: %d requests, %s in all, longest %s\n", s.RateLimit.Requests, msText(float64(s.RateLimit.TotalMs)), msText(float64(s.RateLimit.MaxMs)))
+	fmt.Fprintf(w, "waiting on rate limits: %s, %s in all, longest %s\n", plural(s.RateLimit.Requests, "request"), msText(float64(s.RateLimit.TotalMs)), msText(float64(s.RateLimit.MaxMs)))
 	if len(s.Gaps) > 0 {
 		fmt.Fprintln(w, "longest gaps with requests waiting and no result published:")
 		for _, g := range s.Gaps {
@@ -142,6 +142,13 @@ func (r *Row) note() string {
 		parts = append(parts, cut(r.RetMsg, 80))
 	}
 	return strings.Join(parts, "; ")
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 func dash(s string) string {

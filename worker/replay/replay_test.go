@@ -255,7 +255,7 @@ func TestReplayJoinsEveryRequestWithWhatBecameOfIt(t *testing.T) {
 	require.Contains(t, table.String(), "10 requests from ")
 	require.Contains(t, table.String(), "cancelled 2, not_open 1, rejected 1, invalid 1, failed 1, unanswered 2, pending 2")
 	require.Contains(t, table.String(), "publish→result latency (6 answered): p50 ")
-	require.Contains(t, table.String(), "waiting on rate limits: 1 requests, 250ms in all, longest 250ms")
+	require.Contains(t, table.String(), "waiting on rate limits: 1 request, 250ms in all, longest 250ms")
 	require.Contains(t, table.String(), "longest gaps with requests waiting")
 	for _, want := range [][]string{
 		{"r-not-open", "spot", "ETHUSDT", "link:l-2", "not_open", "110001", "yes", "2"},

@@ -54,6 +54,7 @@ func DefaultLimits() map[string]int {
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
 		"cancel-all/linear": 10, "cancel-all/inverse": 10, "cancel-all/option": 1, "cancel-all/spot": 20,
+		"order-realtime": 50, "order-history": 50,
 	}
 }
 
@@ -86,8 +87,24 @@ type Order struct {
 	Symbol      string
 	OrderID     string
 	OrderLinkID string
-	// Status is New, Cancelled or Filled.
+	// Status is New, Cancelled or Filled (or any orderStatus set by
+	// SetOrderStatus).
 	Status string
+	// UID owns the order: its updates are pushed to the private streams of
+	// that UID's keys. Empty: to every private stream.
+	UID string
+	// FillOnCancel: the order fills just before a cancel lands; the cancel
+	// is still answered retCode 0 (Bybit accepted the request) and the
+	// order's final state is Filled.
+	FillOnCancel bool
+	// NotRecent: GET /v5/order/realtime no longer lists it (closed long
+	// ago); Forgotten: /v5/order/history does not either.
+	NotRecent bool
+	Forgotten bool
+	// CancelType and UpdatedTime (ms) are what the private stream and the
+	// lookups report.
+	CancelType  string
+	UpdatedTime int64
 }
 
 // Request is one entry of the exchange's request log.
@@ -141,6 +158,7 @@ type Exchange struct {
 	cancelAllFails bool
 	nextID         int
 	limits         map[string]int
+	private        privateState
 }
 
 // New returns an exchange with an empty book.
@@ -191,6 +209,9 @@ func (e *Exchange) addLocked(o Order) *Order {
 	if o.Status == "" {
 		o.Status = "New"
 	}
+	if o.UpdatedTime == 0 {
+		o.UpdatedTime = e.nowLocked().UnixMilli()
+	}
 	p := &o
 	if e.books[o.Category] == nil {
 		e.books[o.Category] = map[string]*Order{}
@@ -220,6 +241,7 @@ func (e *Exchange) SetOrderStatus(category, orderID, status string) {
 	defer e.mu.Unlock()
 	if o, ok := e.books[category][orderID]; ok {
 		o.Status = status
+		e.changedLocked(o)
 	}
 }
 
@@ -293,6 +315,10 @@ func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveCancelBatch(w, r)
 	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel-all":
 		e.serveCancelAll(w, r)
+	case r.Method == http.MethodGet && (r.URL.Path == "/v5/order/realtime" || r.URL.Path == "/v5/order/history"):
+		e.serveOrderLookup(w, r)
+	case r.URL.Path == "/v5/private":
+		e.servePrivate(w, r)
 	default:
 		e.writeEnvelope(w, r, Request{}, 10017, "route not found", nil, nil)
 	}
@@ -413,7 +439,11 @@ func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {
 func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	limit := e.limits[endpoint+"/"+category]
+	name := endpoint
+	if category != "" {
+		name += "/" + category
+	}
+	limit := e.limits[name]
 	now := e.nowLocked()
 	h := http.Header{}
 	if limit <= 0 {
@@ -678,7 +708,7 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 		if futures && len(list) == 500 {
 			break
 		}
-		o.Status = "Cancelled"
+		e.cancelLocked(o)
 		list = append(list, map[string]string{"orderId": o.OrderID, "orderLinkId": o.OrderLinkID})
 	}
 	e.mu.Unlock()
@@ -759,7 +789,7 @@ func (e *Exchange) cancelOne(b cancelBody) (int, string, any) {
 	if o.Status != "New" && o.Status != "PartiallyFilled" {
 		return notFound, "Order does not exist.", nil
 	}
-	o.Status = "Cancelled"
+	e.cancelLocked(o)
 	return 0, "OK", map[string]string{"orderId": o.OrderID, "orderLinkId": o.OrderLinkID}
 }
 

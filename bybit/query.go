@@ -1,0 +1,117 @@
+package bybit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Final order statuses: the order will not change again.
+var finalStatuses = map[string]bool{
+	"Cancelled": true, "PartiallyFilledCanceled": true, "Filled": true, "Deactivated": true, "Rejected": true,
+}
+
+// FinalStatus reports whether an orderStatus is one an order never leaves.
+func FinalStatus(s string) bool { return finalStatuses[s] }
+
+// Order is an order's state as Bybit reports it, over REST or the private
+// WebSocket.
+type Order struct {
+	Category    string `json:"category"`
+	Symbol      string `json:"symbol"`
+	OrderID     string `json:"orderId"`
+	OrderLinkID string `json:"orderLinkId"`
+	OrderStatus string `json:"orderStatus"`
+	CancelType  string `json:"cancelType"`
+	// UpdatedTime is Bybit's update time (ms); Bybit sends it as a string.
+	UpdatedTime Millis `json:"updatedTime"`
+}
+
+// Millis is a time in ms that Bybit sends as a string ("" or a number are
+// read too).
+type Millis int64
+
+// UnmarshalJSON reads "1672364262457", 1672364262457 or "".
+func (m *Millis) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	if s == "" || s == "null" {
+		*m = 0
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("bybit: time %s is not milliseconds", b)
+	}
+	*m = Millis(n)
+	return nil
+}
+
+// OrderQuery names one order: Category and Symbol, and OrderID or
+// OrderLinkID.
+type OrderQuery struct {
+	Category    string
+	Symbol      string
+	OrderID     string
+	OrderLinkID string
+}
+
+func (q OrderQuery) encode() string {
+	v := url.Values{"category": {q.Category}, "limit": {"1"}}
+	if q.Symbol != "" {
+		v.Set("symbol", q.Symbol)
+	}
+	if q.OrderID != "" {
+		v.Set("orderId", q.OrderID)
+	} else {
+		v.Set("orderLinkId", q.OrderLinkID)
+	}
+	return v.Encode()
+}
+
+// Endpoint names of the order lookups (as in the rate limits).
+const (
+	EndpointOrderRealtime = "/v5/order/realtime"
+	EndpointOrderHistory  = "/v5/order/history"
+)
+
+// OpenOrRecentOrder asks GET /v5/order/realtime (open orders and recently
+// closed ones), signed over the query string. found is false when Bybit does
+// not list the order.
+func (c *Client) OpenOrRecentOrder(ctx context.Context, q OrderQuery) (Order, bool, error) {
+	return c.lookup(ctx, EndpointOrderRealtime, q)
+}
+
+// HistoricOrder asks GET /v5/order/history.
+func (c *Client) HistoricOrder(ctx context.Context, q OrderQuery) (Order, bool, error) {
+	return c.lookup(ctx, EndpointOrderHistory, q)
+}
+
+func (c *Client) lookup(ctx context.Context, path string, q OrderQuery) (Order, bool, error) {
+	if q.Category == "" || (q.OrderID == "" && q.OrderLinkID == "") {
+		return Order{}, false, fmt.Errorf("bybit: %s needs a category and an orderId or orderLinkId", path)
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, q.encode(), nil, true)
+	if err != nil {
+		return Order{}, false, err
+	}
+	var out struct {
+		Category string  `json:"category"`
+		List     []Order `json:"list"`
+	}
+	if err := json.Unmarshal(resp.Result, &out); err != nil {
+		return Order{}, false, &HTTPError{StatusCode: http.StatusOK, Body: "unreadable " + path + " result: " + err.Error()}
+	}
+	for _, o := range out.List {
+		if (q.OrderID != "" && o.OrderID == q.OrderID) || (q.OrderID == "" && o.OrderLinkID == q.OrderLinkID) {
+			if o.Category == "" {
+				o.Category = q.Category
+			}
+			return o, true, nil
+		}
+	}
+	return Order{}, false, nil
+}

@@ -57,12 +57,18 @@ type OrderQuery struct {
 	Symbol      string
 	OrderID     string
 	OrderLinkID string
+	// BaseCoin and SettleCoin narrow a lookup without a symbol (an order
+	// a cancel-all cancelled).
+	BaseCoin   string
+	SettleCoin string
 }
 
 func (q OrderQuery) encode() string {
 	v := url.Values{"category": {q.Category}, "limit": {"1"}}
-	if q.Symbol != "" {
-		v.Set("symbol", q.Symbol)
+	for k, val := range map[string]string{"symbol": q.Symbol, "baseCoin": q.BaseCoin, "settleCoin": q.SettleCoin} {
+		if val != "" {
+			v.Set(k, val)
+		}
 	}
 	if q.OrderID != "" {
 		v.Set("orderId", q.OrderID)

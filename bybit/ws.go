@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -58,6 +59,9 @@ type OrderStreamOptions struct {
 type OrderStream struct {
 	c *Client
 	o OrderStreamOptions
+
+	mu    sync.Mutex
+	first *websocket.Conn // from Connect, for Run to go on with
 }
 
 // OrderStream prepares the private order stream of the client's key.
@@ -85,6 +89,34 @@ func (s *OrderStream) Check(ctx context.Context) error {
 		return err
 	}
 	return conn.Close(websocket.StatusNormalClosure, "")
+}
+
+// Connect connects, authenticates and subscribes, and keeps the connection
+// for Run to go on with: updates that arrive in between are not lost. It
+// says clearly when the key is refused (*AuthError). Close releases the
+// connection if Run is not called.
+func (s *OrderStream) Connect(ctx context.Context) error {
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.first != nil {
+		s.first.CloseNow()
+	}
+	s.first = conn
+	return nil
+}
+
+// Close releases a connection Connect made that Run did not take.
+func (s *OrderStream) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.first != nil {
+		s.first.CloseNow()
+		s.first = nil
+	}
 }
 
 // Run keeps the stream up until ctx ends, reconnecting with exponential
@@ -169,11 +201,18 @@ func (s *OrderStream) connect(ctx context.Context) (*websocket.Conn, error) {
 	return conn, nil
 }
 
-// session runs one connection until it drops or ctx ends.
+// session runs one connection (Connect's, or a new one) until it drops or
+// ctx ends.
 func (s *OrderStream) session(ctx context.Context) error {
-	conn, err := s.connect(ctx)
-	if err != nil {
-		return err
+	s.mu.Lock()
+	conn := s.first
+	s.first = nil
+	s.mu.Unlock()
+	if conn == nil {
+		var err error
+		if conn, err = s.connect(ctx); err != nil {
+			return err
+		}
 	}
 	defer conn.CloseNow()
 	s.o.OnState(true, nil)

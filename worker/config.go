@@ -33,8 +33,16 @@ func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
+		// The confirmation lookups: per UID, all categories together.
+		LookupRealtime: 50, LookupHistory: 50,
 	}
 }
+
+// Limit keys of the confirmation lookups.
+const (
+	LookupRealtime = "order-realtime"
+	LookupHistory  = "order-history"
+)
 
 // Account is one Bybit account the worker cancels for.
 type Account struct {
@@ -45,6 +53,9 @@ type Account struct {
 	// share: accounts with the same group share their pacers. Empty: the
 	// account's own name.
 	LimitGroup string
+	// WSURL is the account's private WebSocket for confirmations; empty:
+	// confirmations use the REST lookups only.
+	WSURL string
 }
 
 // Config is everything the worker needs besides its connections. Defaults are
@@ -111,6 +122,19 @@ type Config struct {
 	// Accounts are the Bybit accounts besides the default one (the client
 	// passed to New), by the name a request's account field uses.
 	Accounts map[string]Account
+	// WSURL is the default account's private WebSocket (BYBIT_WS_URL, the
+	// BYBIT_ENV preset); empty: REST lookups only.
+	WSURL string
+
+	// Confirm follows every acknowledged cancel (and every ambiguous
+	// not_open) to the order's final state (CONFIRM, true).
+	Confirm bool
+	// ConfirmedSubject receives one confirmation per order
+	// (NATS_CONFIRMED_SUBJECT, orders.cancel.confirmed).
+	ConfirmedSubject string
+	// ConfirmTimeout is how long a confirmation waits for the private
+	// stream before it asks the REST lookups (CONFIRM_TIMEOUT, 5s).
+	ConfirmTimeout time.Duration
 
 	Logger *slog.Logger
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
@@ -175,6 +199,15 @@ func (c Config) Validate() error {
 		if a.Client == nil {
 			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q has no client", name))
 		}
+	}
+	if c.Confirm {
+		need(c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT")
+		for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
+			if s[0] == c.ConfirmedSubject && s[0] != "" {
+				errs = append(errs, fmt.Errorf("%s and NATS_CONFIRMED_SUBJECT are both %q: every subject must differ", s[1], s[0]))
+			}
+		}
+		positive(c.ConfirmTimeout, "CONFIRM_TIMEOUT")
 	}
 	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
 		if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {

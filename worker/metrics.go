@@ -31,6 +31,10 @@ type Metrics struct {
 	clockOffset     prometheus.Gauge
 	banPauses       prometheus.Counter
 	banned          prometheus.Gauge
+	confirmations   *prometheus.CounterVec
+	confirmLatency  *prometheus.HistogramVec
+	streamUp        *prometheus.GaugeVec
+	streamDrops     *prometheus.CounterVec
 }
 
 const namespace = "cancel_worker"
@@ -74,10 +78,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ip_ban_pauses_total", Help: "Pauses started by an IP-ban 403 (access too frequent)."}),
 		banned: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "ip_banned", Help: "1 while every request is paused by an IP ban."}),
+		confirmations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "confirmations_total", Help: "Confirmations published, by the order status observed and how it was learnt."}, []string{"order_status", "confirmed_by"}),
+		confirmLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace,
+			Name: "ack_to_confirmation_seconds", Help: "From a result being stored to its order's confirmation.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"confirmed_by"}),
+		streamUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "private_stream_up", Help: "1 while the account's private order stream is authenticated and subscribed."}, []string{"account"}),
+		streamDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "private_stream_drops_total", Help: "Private order stream connections lost or refused."}, []string{"account"}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
-		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned)
+		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
+		m.confirmations, m.confirmLatency, m.streamUp, m.streamDrops)
 	return m
 }
 
@@ -107,6 +121,22 @@ func (m *Metrics) observeBudget(endpoint, category string, rl bybit.RateLimit) {
 	if rl.Known {
 		m.budgetRemaining.WithLabelValues(endpoint, categoryLabel(category)).Set(float64(rl.Remaining))
 	}
+}
+
+// orderStatusLabel keeps the label to Bybit's order statuses.
+func orderStatusLabel(s string) string {
+	switch s {
+	case "New", "PartiallyFilled", "Untriggered", "Rejected", "PartiallyFilledCanceled", "Filled", "Cancelled", "Triggered", "Deactivated":
+		return s
+	case "":
+		return "none"
+	}
+	return "other"
+}
+
+func (m *Metrics) observeConfirmation(c messages.Confirmation) {
+	m.confirmations.WithLabelValues(orderStatusLabel(c.OrderStatus), c.ConfirmedBy).Inc()
+	m.confirmLatency.WithLabelValues(c.ConfirmedBy).Observe(float64(c.AckToConfirmMs) / 1000)
 }
 
 func (m *Metrics) observeResult(r messages.Result, stored time.Time) {

@@ -26,7 +26,17 @@ const dupeMargin = 5 * time.Minute
 
 func (c Config) inputSubjects() []string  { return []string{c.CancelSubject, c.CancelAllSubject} }
 func (c Config) resultSubjects() []string { return []string{c.AckSubject, c.RejectedSubject} }
-func (c Config) streamSubjects() []string { return append(c.inputSubjects(), c.resultSubjects()...) }
+func (c Config) streamSubjects() []string {
+	subjects := append(c.inputSubjects(), c.resultSubjects()...)
+	if c.Confirm {
+		subjects = append(subjects, c.ConfirmedSubject)
+	}
+	return subjects
+}
+
+// ConfirmConsumer is the name of the durable consumer that drives
+// confirmations.
+func (c Config) ConfirmConsumer() string { return c.Consumer + "-confirm" }
 
 // EnsureStream creates the stream if it is missing (Config.Validate has
 // checked its duplicate window), brings a stream the

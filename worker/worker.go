@@ -72,6 +72,8 @@ type Worker struct {
 	stats   Stats
 	metrics *Metrics
 	ready   atomic.Bool
+	// confirm follows acknowledged cancels (Config.Confirm); nil when off.
+	confirm *confirmer
 }
 
 // Stats are counters a caller (the demo, tests) can read while the worker runs.
@@ -87,6 +89,7 @@ type account struct {
 	client *bybit.Client
 	limits map[string]int
 	group  string
+	wsURL  string
 
 	syncMu   sync.Mutex
 	lastSync time.Time
@@ -113,7 +116,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
@@ -122,12 +125,12 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
 	}
-	return &Worker{
+	w := &Worker{
 		accounts: accounts,
 		pacers:   map[string]*pacer{},
 		metrics:  NewMetrics(cfg.Registerer),
@@ -143,7 +146,11 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		slots:    make(chan struct{}, cfg.Concurrency),
 		lanes:    map[laneKey]*lane{},
 		stopping: make(chan struct{}),
-	}, nil
+	}
+	if cfg.Confirm {
+		w.confirm = newConfirmer(w)
+	}
+	return w, nil
 }
 
 // Ready reports whether the worker can process requests now, and if not,
@@ -189,11 +196,16 @@ func (w *Worker) Setup(ctx context.Context) error {
 		}
 		a.lastSync = w.now()
 	}
-	w.cons, w.consumer = cons, settings
 	w.maxHeld = cons.CachedInfo().Config.MaxAckPending
 	if w.maxHeld <= 0 {
 		w.maxHeld = w.cfg.MaxAckPending
 	}
+	if w.confirm != nil {
+		if err := w.confirm.setup(ctx); err != nil {
+			return err
+		}
+	}
+	w.cons, w.consumer = cons, settings
 	return nil
 }
 
@@ -219,9 +231,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(sampleDone)
 		w.sampleLoop(hbCtx)
 	}()
+	confirmDone := make(chan struct{})
+	go func() {
+		defer close(confirmDone)
+		if w.confirm != nil {
+			w.confirm.run(ctx)
+		}
+	}()
 	w.ready.Store(true)
 	w.log.Info("worker started", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
-		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld)
+		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld,
+		"confirm", w.confirm != nil)
 	w.pull(ctx)
 
 	// Stop: no more pulling; lanes stop dispatching and give back what waits.
@@ -240,6 +260,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.lanesMu.Unlock()
 	w.jobs.Wait()
+	<-confirmDone
 	stopHB()
 	<-hbDone
 	<-sampleDone
@@ -851,27 +872,17 @@ func (w *Worker) finish(j *job, d decision) {
 		subject = w.cfg.AckSubject
 	}
 	ctx := w.sendCtx
-	pubRetry := newRetryBackoff()
-	for {
-		_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
-			jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(w.cfg.Stream))
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			// The result may or may not be stored: the redelivery finds out
-			// (the Nats-Msg-Id keeps it from being stored twice).
-			w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
-			j.mu.Lock()
-			j.done = true
-			msg := j.msg
-			j.mu.Unlock()
-			_ = msg.Nak()
-			w.held.remove(j)
-			return
-		}
-		w.log.Warn("publish result failed; retrying", w.jobAttrs(j, "error", err)...)
-		_ = sleepCtx(ctx, pubRetry.NextBackOff())
+	if err := w.publish(ctx, subject, data, r.MsgID()); err != nil {
+		// The result may or may not be stored: the redelivery finds out
+		// (the Nats-Msg-Id keeps it from being stored twice).
+		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+		j.mu.Lock()
+		j.done = true
+		msg := j.msg
+		j.mu.Unlock()
+		_ = msg.Nak()
+		w.held.remove(j)
+		return
 	}
 	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
@@ -895,6 +906,21 @@ func (w *Worker) finish(j *job, d decision) {
 	}
 	w.held.remove(j)
 	w.logOutcome(j, r)
+}
+
+// publish stores a message in the stream with its Nats-Msg-Id, waiting for
+// the PubAck and retrying until ctx ends.
+func (w *Worker) publish(ctx context.Context, subject string, data []byte, msgID string) error {
+	retry := newRetryBackoff()
+	for {
+		_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+			jetstream.WithMsgID(msgID), jetstream.WithExpectStream(w.cfg.Stream))
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		w.log.Warn("publish failed; retrying", "subject", subject, "msgId", msgID, "error", err)
+		_ = sleepCtx(ctx, retry.NextBackOff())
+	}
 }
 
 func (w *Worker) logOutcome(j *job, r messages.Result) {

@@ -23,6 +23,7 @@ type accountEntry struct {
 	APISecretFile     string         `yaml:"apiSecretFile"`
 	RSAPrivateKeyFile string         `yaml:"rsaPrivateKeyFile"`
 	BaseURL           string         `yaml:"baseUrl"`
+	WSURL             string         `yaml:"wsUrl"`
 	Limits            map[string]int `yaml:"limits"`
 	LimitGroup        string         `yaml:"limitGroup"`
 }
@@ -34,13 +35,14 @@ type accountCreds struct {
 	secret     bybit.Secret
 	rsaKey     *rsa.PrivateKey
 	baseURL    string
+	wsURL      string
 	limits     map[string]int
 	limitGroup string
 }
 
 // readAccountsFile reads BYBIT_ACCOUNTS_FILE. Errors name the file and the
 // account, never a secret.
-func readAccountsFile(path, defaultBaseURL string) (map[string]accountCreds, error) {
+func readAccountsFile(path, defaultBaseURL, defaultWSURL string) (map[string]accountCreds, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: cannot read %s: %v", path, errors.Unwrap(err))
@@ -75,7 +77,7 @@ func readAccountsFile(path, defaultBaseURL string) (map[string]accountCreds, err
 		if e.APIKey == "" {
 			return nil, fail("apiKey is required")
 		}
-		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, limits: e.Limits, limitGroup: e.LimitGroup}
+		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, wsURL: e.WSURL, limits: e.Limits, limitGroup: e.LimitGroup}
 		sources := 0
 		for _, set := range []bool{!e.APISecret.IsZero(), e.APISecretFile != "", e.RSAPrivateKeyFile != ""} {
 			if set {
@@ -100,6 +102,14 @@ func readAccountsFile(path, defaultBaseURL string) (map[string]accountCreds, err
 			if c.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
 				return nil, fail("rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, err)
 			}
+		}
+		switch {
+		case c.wsURL != "" && !strings.HasPrefix(c.wsURL, "ws://") && !strings.HasPrefix(c.wsURL, "wss://"):
+			return nil, fail("wsUrl %q must start with ws:// or wss://", c.wsURL)
+		case c.wsURL == "" && c.baseURL != "":
+			c.wsURL = wsURLOf(c.baseURL)
+		case c.wsURL == "":
+			c.wsURL = defaultWSURL
 		}
 		if c.baseURL == "" {
 			c.baseURL = defaultBaseURL

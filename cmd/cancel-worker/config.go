@@ -76,6 +76,7 @@ var settings = []setting{
 	{env: "BYBIT_ACCOUNTS_FILE", def: "", usage: "JSON or YAML file of named accounts (key, secret or secret file or RSA key file, base URL, limits, limit group) that requests pick with their account field"},
 	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet or demo"},
 	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
+	{env: "BYBIT_WS_URL", def: "", usage: "private WebSocket for confirmations; default: the BYBIT_ENV preset, or ws(s)://<BYBIT_BASE_URL host>/v5/private when that is set"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
 	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
@@ -84,6 +85,9 @@ var settings = []setting{
 	{env: "BYBIT_BATCH", def: "true", usage: "also send waiting cancels through cancel-batch, spending both budgets"},
 	{env: "BYBIT_BAN_PAUSE", def: "10m", usage: "how long every request stops after an IP-ban 403"},
 	{env: "BYBIT_BAN_RELEASE", def: "false", usage: "release held messages to other replicas during an IP ban"},
+	{env: "CONFIRM", def: "true", usage: "follow every acknowledged cancel to the order's final state (private WebSocket, then REST)"},
+	{env: "CONFIRM_TIMEOUT", def: "5s", usage: "how long a confirmation waits for the private WebSocket before asking REST"},
+	{env: "NATS_CONFIRMED_SUBJECT", def: "orders.cancel.confirmed", usage: "confirmations: one message per order of an acknowledged cancel"},
 	{env: "WORKER_CONCURRENCY", def: "16", usage: "HTTP requests in flight"},
 	{env: "WORKER_RETRY_BUDGET", def: "2m", usage: "in-process retrying of transient failures per delivery"},
 	{env: "WORKER_MAX_AGE", def: "50m", usage: "request age after which it is answered failed"},
@@ -253,6 +257,18 @@ func (p *parser) limits(name string) map[string]int {
 	return out
 }
 
+// wsURLOf is the private WebSocket on the host of a base URL (the simulator
+// serves both).
+func wsURLOf(baseURL string) string {
+	for _, env := range []string{"mainnet", "testnet", "demo"} {
+		if u, _ := bybit.BaseURLFor(env); strings.TrimRight(baseURL, "/") == u {
+			ws, _ := bybit.WSURLFor(env)
+			return ws
+		}
+	}
+	return "ws" + strings.TrimPrefix(strings.TrimRight(baseURL, "/"), "http") + "/v5/private"
+}
+
 // secret reads NAME or NAME_FILE (not both). Its value never appears in an
 // error.
 func readSecret(env lookupEnv, name string) (bybit.Secret, error) {
@@ -362,6 +378,9 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		Batch:            p.boolean("BYBIT_BATCH"),
 		BanPause:         p.duration("BYBIT_BAN_PAUSE"),
 		BanRelease:       p.boolean("BYBIT_BAN_RELEASE"),
+		Confirm:          p.boolean("CONFIRM"),
+		ConfirmTimeout:   p.duration("CONFIRM_TIMEOUT"),
+		ConfirmedSubject: p.str("NATS_CONFIRMED_SUBJECT"),
 	}
 	rc.apiKey = p.str("BYBIT_API_KEY")
 	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")
@@ -375,6 +394,17 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		rc.baseURL = u
 	} else if !strings.HasPrefix(rc.baseURL, "http://") && !strings.HasPrefix(rc.baseURL, "https://") {
 		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", rc.baseURL)
+	}
+	rc.worker.WSURL = p.str("BYBIT_WS_URL")
+	switch {
+	case rc.worker.WSURL != "":
+		if !strings.HasPrefix(rc.worker.WSURL, "ws://") && !strings.HasPrefix(rc.worker.WSURL, "wss://") {
+			p.fail("BYBIT_WS_URL", "%q must start with ws:// or wss://", rc.worker.WSURL)
+		}
+	case p.str("BYBIT_BASE_URL") != "":
+		rc.worker.WSURL = wsURLOf(rc.baseURL)
+	default:
+		rc.worker.WSURL, _ = bybit.WSURLFor(p.str("BYBIT_ENV"))
 	}
 	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
 		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
@@ -418,7 +448,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
 	}
 	if accountsFile != "" {
-		accts, err := readAccountsFile(accountsFile, rc.baseURL)
+		accts, err := readAccountsFile(accountsFile, rc.baseURL, rc.worker.WSURL)
 		if err != nil {
 			return rc, err
 		}

@@ -136,13 +136,13 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 			return fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %w", name, err)
 		}
 		if name == worker.DefaultAccount {
-			client = c
+			client, rc.worker.WSURL = c, a.wsURL
 			continue
 		}
 		if rc.worker.Accounts == nil {
 			rc.worker.Accounts = map[string]worker.Account{}
 		}
-		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -158,11 +158,14 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 
 	// No label takes unbounded values: every label is one of a known few.
 	allowed := map[string]*regexp.Regexp{
-		"status":   regexp.MustCompile(`^(cancelled|not_open|rejected|invalid|failed)$`),
-		"category": regexp.MustCompile(`^(spot|linear|inverse|option|none)$`),
-		"endpoint": regexp.MustCompile(`^(cancel|cancel-batch|cancel-all)$`),
-		"outcome":  regexp.MustCompile(`^(ok|not_open|rate_limited|clock_skew|transient|ip_ban|permanent)$`),
-		"reason":   regexp.MustCompile(`^(rate_limited|clock_skew|transient|ip_ban|retry_budget)$`),
+		"status":       regexp.MustCompile(`^(cancelled|not_open|rejected|invalid|failed)$`),
+		"category":     regexp.MustCompile(`^(spot|linear|inverse|option|none)$`),
+		"endpoint":     regexp.MustCompile(`^(cancel|cancel-batch|cancel-all|order-realtime|order-history)$`),
+		"order_status": regexp.MustCompile(`^(New|PartiallyFilled|Untriggered|Rejected|PartiallyFilledCanceled|Filled|Cancelled|Triggered|Deactivated|none|other)$`),
+		"confirmed_by": regexp.MustCompile(`^(websocket|rest|unknown)$`),
+		"account":      regexp.MustCompile(`^default$`), // the accounts configured, here one
+		"outcome":      regexp.MustCompile(`^(ok|not_open|rate_limited|clock_skew|transient|ip_ban|permanent)$`),
+		"reason":       regexp.MustCompile(`^(rate_limited|clock_skew|transient|ip_ban|retry_budget)$`),
 	}
 	for name, fam := range f {
 		if !strings.HasPrefix(name, "cancel_worker_") {

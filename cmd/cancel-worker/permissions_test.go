@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -64,21 +65,35 @@ func TestREADMEPermissionsExample(t *testing.T) {
 	defer reader.Close()
 	readJS, err := jetstream.New(reader)
 	require.NoError(t, err)
-	var got messages.Result
-	require.Eventually(t, func() bool {
-		c, err := readJS.OrderedConsumer(context.Background(), "ORDERS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"orders.cancel.ack"}})
-		if err != nil {
-			return false
-		}
-		m, err := c.Next(jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			return false
-		}
-		got, err = messages.DecodeResult(m.Data())
-		return err == nil
-	}, waitFor, 50*time.Millisecond, "%s", &logs)
+	first := func(subject string) []byte {
+		var data []byte
+		require.Eventually(t, func() bool {
+			c, err := readJS.OrderedConsumer(context.Background(), "ORDERS", jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+			if err != nil {
+				return false
+			}
+			m, err := c.Next(jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				return false
+			}
+			data = m.Data()
+			return true
+		}, waitFor, 50*time.Millisecond, "%s", &logs)
+		return data
+	}
+	got, err := messages.DecodeResult(first("orders.cancel.ack"))
+	require.NoError(t, err)
 	require.Equal(t, messages.StatusCancelled, got.Status)
 	require.Equal(t, "perm-1", got.OrderID)
+	confirmation, err := messages.DecodeConfirmation(first("orders.cancel.confirmed"))
+	require.NoError(t, err)
+	require.Equal(t, "Cancelled", confirmation.OrderStatus, "the worker publishes confirmations")
+
+	// The reader can review the stream with replay.
+	env := map[string]string{"NATS_URL": "nats://" + url, "NATS_USER": "reader", "NATS_PASSWORD": "reader-pw"}
+	var out, errOut bytes.Buffer
+	require.NoError(t, runReplay(context.Background(), nil, envFunc(env), strings.NewReader(""), &out, &errOut), errOut.String())
+	require.Contains(t, out.String(), "cancelled 1")
 	cancel()
 	require.NoError(t, <-done)
 }

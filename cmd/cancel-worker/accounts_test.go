@@ -73,6 +73,34 @@ accounts:
 	require.NotContains(t, logs.String(), "arb-inline-secret")
 }
 
+func TestAccountsFileWebSocketURLs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := writeFileIn(t, dir, "accounts.yaml", `accounts:
+  own:
+    apiKey: k1
+    apiSecret: s1
+    wsUrl: wss://stream.example/v5/private
+  sim:
+    apiKey: k2
+    apiSecret: s2
+    baseUrl: http://127.0.0.1:8080
+  preset:
+    apiKey: k3
+    apiSecret: s3
+    baseUrl: https://api.bybit.com
+  plain:
+    apiKey: k4
+    apiSecret: s4
+`)
+	accts, err := readAccountsFile(file, "https://api-testnet.bybit.com", "wss://stream-testnet.bybit.com/v5/private")
+	require.NoError(t, err)
+	require.Equal(t, "wss://stream.example/v5/private", accts["own"].wsURL)
+	require.Equal(t, "ws://127.0.0.1:8080/v5/private", accts["sim"].wsURL)
+	require.Equal(t, "wss://stream.bybit.com/v5/private", accts["preset"].wsURL)
+	require.Equal(t, "wss://stream-testnet.bybit.com/v5/private", accts["plain"].wsURL)
+}
+
 func TestAccountsFileErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -86,6 +114,7 @@ func TestAccountsFileErrors(t *testing.T) {
 		"bad limit":       {"accounts:\n  a:\n    apiKey: k\n    apiSecret: s\n    limits: {cancel/perp: 3}\n", "limits"},
 		"json works too":  {`{"accounts": {"a": {"apiKey": "k", "apiSecretFile": "missing.secret"}}}`, "cannot read apiSecretFile"},
 		"bad type hidden": {"accounts:\n  a:\n    apiKey: [k]\n    apiSecret: super-hidden-secret\n", "BYBIT_ACCOUNTS_FILE"},
+		"bad ws url":      {"accounts:\n  a:\n    apiKey: k\n    apiSecret: s\n    wsUrl: https://stream.bybit.com\n", "wsUrl \"https://stream.bybit.com\" must start with ws:// or wss://"},
 	} {
 		env := map[string]string{}
 		for k, v := range base {

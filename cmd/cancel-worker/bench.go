@@ -45,6 +45,8 @@ type benchOptions struct {
 	inProcess   bool
 	plot        string
 	killAfter   time.Duration
+	confirm     bool
+	pushDelay   time.Duration
 }
 
 // benchResult is what one run measured.
@@ -58,6 +60,15 @@ type benchResult struct {
 	peakRSS         int64
 	throughput      float64
 	budgetPerSecond int
+	confirm         *confirmReport
+}
+
+// confirmReport is what --confirm measured: from each result being stored
+// to its order's confirmation.
+type confirmReport struct {
+	n, byWebSocket, byREST, unknown int
+	p50, p99, max                   time.Duration
+	all                             time.Duration // from the burst's start to the last confirmation
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -77,6 +88,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
 	fs.DurationVar(&o.killAfter, "kill-after", 0, "SIGKILL the first replica this long after the burst is published (needs --replicas 2 or more) and report recovery")
 	fs.StringVar(&o.plot, "plot", "", "draw cumulative results over time against the ideal to this .svg or .png file")
+	fs.BoolVar(&o.confirm, "confirm", false, "also confirm every cancel (CONFIRM=true) and report ack→confirmation latency")
+	fs.DurationVar(&o.pushDelay, "push-delay", 0, "with --confirm: the simulated exchange pushes each order update this long after the cancel")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -129,6 +142,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "| %d | %v | %v | %.0f | %.0f | %v | %v | %d |\n", o.replicas, k.ackWait, o.killAfter, k.heldAtKill,
 			k.aliveRedeliveries, k.lastRedelivery.Round(time.Millisecond), k.allResults.Round(time.Millisecond), k.duplicates)
 	}
+	if c := res.confirm; c != nil {
+		fmt.Fprintf(stdout, "\n| confirmations | by websocket | by rest | unknown | push delay | ack→confirmation p50 | p99 | max | last confirmation |\n")
+		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(stdout, "| %d | %d | %d | %d | %v | %v | %v | %v | %v |\n", c.n, c.byWebSocket, c.byREST, c.unknown, o.pushDelay,
+			c.p50.Round(10*time.Microsecond), c.p99.Round(10*time.Microsecond), c.max.Round(10*time.Microsecond), c.all.Round(time.Millisecond))
+	}
 	fmt.Fprintf(stdout, "\n| N | categories | budgets | batch | replicas | latency | drain | ideal | ratio | throughput | 10006 | p50 | p99 | peak RSS |\n")
 	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ideal, ratio := "—", "—"
@@ -165,6 +184,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		}
 	}
 	ex := bybittest.New(bybittest.Options{AutoCreate: true, Limits: limits, Latency: o.latency})
+	ex.SetPushDelay(o.pushDelay)
 	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
 	if err != nil {
 		return benchResult{}, err
@@ -177,6 +197,8 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	cfg.Concurrency = o.concurrency
 	cfg.LimitShare = 1 / float64(o.replicas)
 	cfg.MaxAckPending = max(1000, o.n)
+	cfg.Confirm = o.confirm
+	cfg.WSURL = wsURLOf(baseURL)
 	cfg.Limits = limits
 	if !o.noLimit {
 		cfg.Limits = worker.DefaultLimits()
@@ -276,6 +298,14 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		return benchResult{}, err
 	}
 	defer cc.Stop()
+	confirmed := newConfirmTally(o.n)
+	if o.confirm {
+		stop, err := confirmed.read(ctx, js, cfg)
+		if err != nil {
+			return benchResult{}, err
+		}
+		defer stop()
+	}
 
 	fmt.Fprintf(progress, "bench: %d cancels over %s, %d replica(s), exchange latency %v\n", o.n, strings.Join(o.categories, ","), o.replicas, o.latency)
 	start := time.Now()
@@ -334,6 +364,15 @@ wait:
 			return benchResult{}, ctx.Err()
 		}
 	}
+	if o.confirm {
+		select {
+		case <-confirmed.done:
+		case <-time.After(time.Minute):
+			return benchResult{}, fmt.Errorf("bench: %d of %d confirmations after a minute", confirmed.count(), o.n)
+		case <-ctx.Done():
+			return benchResult{}, ctx.Err()
+		}
+	}
 	drain := time.Unix(0, lastResult.Load()).Sub(start)
 	var kill *killReport
 	if !killed.IsZero() {
@@ -365,6 +404,9 @@ wait:
 	wg.Wait()
 
 	res := benchResult{drain: drain, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill}
+	if o.confirm {
+		res.confirm = confirmed.report(start)
+	}
 	for _, q := range ex.Requests() {
 		if q.RetCode == 10006 {
 			res.limited++
@@ -457,7 +499,8 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 		"BYBIT_IP_LIMIT=off", "BYBIT_LIMITS="+strings.Join(limits, ","),
 		"BYBIT_BATCH="+strconv.FormatBool(cfg.Batch), "BYBIT_LIMIT_SHARE="+strconv.FormatFloat(cfg.LimitShare, 'f', -1, 64),
 		"WORKER_CONCURRENCY="+strconv.Itoa(cfg.Concurrency), "NATS_MAX_ACK_PENDING="+strconv.Itoa(cfg.MaxAckPending),
-		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LOG_FORMAT=json")
+		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LOG_FORMAT=json",
+		"CONFIRM="+strconv.FormatBool(cfg.Confirm), "BYBIT_WS_URL="+cfg.WSURL)
 	var procs []*exec.Cmd
 	var logs []*workertest.LogBuffer
 	for range o.replicas {
@@ -556,4 +599,72 @@ func peakRSS(pid string) int64 {
 		}
 	}
 	return 0
+}
+
+// confirmTally collects the confirmations of a bench run.
+type confirmTally struct {
+	want int
+	done chan struct{}
+
+	mu   sync.Mutex
+	got  []messages.Confirmation
+	last time.Time
+}
+
+func newConfirmTally(want int) *confirmTally {
+	return &confirmTally{want: want, done: make(chan struct{})}
+}
+
+func (t *confirmTally) read(ctx context.Context, js jetstream.JetStream, cfg worker.Config) (func(), error) {
+	reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.ConfirmedSubject}})
+	if err != nil {
+		return nil, err
+	}
+	cc, err := reader.Consume(func(m jetstream.Msg) {
+		c, err := messages.DecodeConfirmation(m.Data())
+		meta, merr := m.Metadata()
+		if err != nil || merr != nil {
+			return
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.got = append(t.got, c)
+		t.last = meta.Timestamp
+		if len(t.got) == t.want {
+			close(t.done)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cc.Stop, nil
+}
+
+func (t *confirmTally) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.got)
+}
+
+func (t *confirmTally) report(start time.Time) *confirmReport {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := &confirmReport{n: len(t.got), all: t.last.Sub(start)}
+	lat := make([]time.Duration, 0, len(t.got))
+	for _, c := range t.got {
+		switch c.ConfirmedBy {
+		case messages.ConfirmedByWebSocket:
+			r.byWebSocket++
+		case messages.ConfirmedByREST:
+			r.byREST++
+		default:
+			r.unknown++
+		}
+		lat = append(lat, c.ConfirmedAt.Sub(c.AckTime))
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		r.p50, r.p99, r.max = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)], lat[len(lat)-1]
+	}
+	return r
 }

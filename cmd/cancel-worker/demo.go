@@ -8,10 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +50,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limits are 10/s single and 10/s batch)")
 	logLevel := fs.String("log-level", "warn", "the worker's log level (its lines go to stderr)")
+	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "how long after a cancel the simulated exchange pushes the order's update (Bybit cancels asynchronously)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -70,6 +72,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 
 	ex := bybittest.New(bybittest.Options{})
+	ex.SetPushDelay(*pushDelay)
 	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -86,6 +89,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer nc.Close()
 	cfg := demoWorkerConfig(log)
+	cfg.Confirm, cfg.WSURL = true, wsURLOf(baseURL)
 	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
 	if err != nil {
 		return err
@@ -121,6 +125,20 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer cc.Stop()
+	confirmations := make(chan messages.Confirmation, len(script))
+	confReader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.ConfirmedSubject}})
+	if err != nil {
+		return err
+	}
+	ccc, err := confReader.Consume(func(m jetstream.Msg) {
+		if c, err := messages.DecodeConfirmation(m.Data()); err == nil {
+			confirmations <- c
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer ccc.Stop()
 
 	wctx, stopWorker := context.WithCancel(ctx)
 	defer stopWorker()
@@ -128,7 +146,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	go func() { workerDone <- w.Run(wctx) }()
 
 	start := time.Now()
-	fmt.Fprintf(stdout, "publishing %d requests: one per category by orderId and orderLinkId, a burst of %d linear cancels, 2 invalid messages, 1 cancel of an order that is not open\n\n",
+	fmt.Fprintf(stdout, "publishing %d requests: one per category by orderId and orderLinkId, 1 for an order that fills before its cancel lands, a burst of %d linear cancels, 2 invalid messages, 1 cancel of an order that is not open\n\n",
 		len(script), *burst)
 	for _, r := range script {
 		m := &nats.Msg{Subject: cfg.CancelSubject, Data: []byte(r.body), Header: nats.Header{}}
@@ -142,22 +160,45 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	counts := map[messages.Status]int{}
+	orderStatus := map[string]int{}
+	wantConfirmed := 0
+	for _, r := range script {
+		if r.expect == messages.StatusCancelled {
+			wantConfirmed++
+		}
+	}
 	var waited time.Duration
-	for got := 0; got < len(script); got++ {
+	var elapsed time.Duration
+	var confLatency []time.Duration
+	confirmedBy := map[string]int{}
+	var filled []string
+	for got, confirmed := 0, 0; got < len(script) || confirmed < wantConfirmed; {
 		select {
 		case r := <-results:
+			got++
 			counts[r.Status]++
 			waited = max(waited, time.Duration(r.RateLimitWaitMs)*time.Millisecond)
 			fmt.Fprintln(stdout, formatResult(time.Since(start), r))
+			if got == len(script) {
+				elapsed = time.Since(start)
+			}
+		case c := <-confirmations:
+			confirmed++
+			orderStatus[c.OrderStatus]++
+			confirmedBy[c.ConfirmedBy]++
+			confLatency = append(confLatency, c.ConfirmedAt.Sub(c.AckTime))
+			if c.OrderStatus == "Filled" {
+				filled = append(filled, c.RequestID)
+			}
+			fmt.Fprintln(stdout, formatConfirmation(time.Since(start), c))
 		case <-time.After(30 * time.Second):
-			return fmt.Errorf("demo: only %d of %d results after 30s", got, len(script))
+			return fmt.Errorf("demo: only %d of %d results and %d of %d confirmations after 30s", got, len(script), confirmed, wantConfirmed)
 		case err := <-workerDone:
 			return fmt.Errorf("demo: worker stopped early: %v", err)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	elapsed := time.Since(start)
 	stopWorker()
 	if err := <-workerDone; err != nil {
 		return err
@@ -176,13 +217,28 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "\nsummary: %d requests, %d results in %s: %s\n", len(script), len(script), elapsed.Round(time.Millisecond), formatCounts(counts))
 	fmt.Fprintf(stdout, "rate limits: the %d-cancel linear burst (10/s single + 10/s batch) waited up to %s for budget; the exchange answered 10006 %d times\n",
 		*burst, waited.Round(time.Millisecond), limited)
+	slices.Sort(confLatency)
+	fmt.Fprintf(stdout, "confirmations: %d (%s), by %s; ack→confirmation p50 %s, max %s (order updates pushed %s after each cancel)\n",
+		len(confLatency), formatCountsOf(orderStatus), formatCountsOf(confirmedBy),
+		confLatency[len(confLatency)/2].Round(time.Millisecond), confLatency[len(confLatency)-1].Round(time.Millisecond), *pushDelay)
+	if len(filled) > 0 {
+		fmt.Fprintf(stdout, "filled before the cancel landed (accepted, yet not cancelled): %s\n", strings.Join(filled, ", "))
+	}
 	for s, n := range want {
 		if counts[s] != n {
 			return fmt.Errorf("demo: expected %s, got %s", formatCounts(want), formatCounts(counts))
 		}
 	}
-	fmt.Fprintln(stdout, "every request got exactly the result the scenario expects")
+	if want := map[string]int{"Cancelled": wantConfirmed - 1, "Filled": 1}; !maps.Equal(orderStatus, want) {
+		return fmt.Errorf("demo: expected confirmations %s, got %s", formatCountsOf(want), formatCountsOf(orderStatus))
+	}
+	fmt.Fprintln(stdout, "every request got exactly the result and the confirmation the scenario expects")
 	return nil
+}
+
+func formatConfirmation(at time.Duration, c messages.Confirmation) string {
+	return fmt.Sprintf("+%6.3fs  confirmed  %-7s %-22s orderId=%-36s %-9s by %-9s %4dms after the ack  requestId=%s",
+		at.Seconds(), c.Category, c.Symbol, c.OrderID, c.OrderStatus, c.ConfirmedBy, c.AckToConfirmMs, c.RequestID)
 }
 
 func demoWorkerConfig(log *slog.Logger) worker.Config {
@@ -193,6 +249,7 @@ func demoWorkerConfig(log *slog.Logger) worker.Config {
 		DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 20 * time.Second,
 		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
+		ConfirmedSubject: "orders.cancel.confirmed", ConfirmTimeout: 5 * time.Second,
 		Logger: log,
 	}
 }
@@ -215,6 +272,8 @@ func demoScript(ex *bybittest.Exchange, burst int) []demoRequest {
 	add(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderLinkID: "demo-linear-link-1"}, true, "demo-linear-by-link", "")
 	add(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"}, false, "demo-inverse-by-id", "")
 	add(bybittest.Order{Category: "option", Symbol: "BTC-27DEC24-100000-C", OrderLinkID: "demo-option-link-1"}, true, "demo-option-by-link", "")
+	// Accepted, but it fills before the cancel lands: the confirmation says Filled.
+	add(bybittest.Order{Category: "spot", Symbol: "ETHUSDT", FillOnCancel: true}, false, "demo-fills-first", "")
 	for i := range burst {
 		add(bybittest.Order{Category: "linear", Symbol: "ETHUSDT"}, false, fmt.Sprintf("demo-burst-%02d", i+1), "")
 	}
@@ -246,14 +305,18 @@ func formatResult(at time.Duration, r messages.Result) string {
 }
 
 func formatCounts(c map[messages.Status]int) string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, string(k))
+	m := make(map[string]int, len(c))
+	for k, v := range c {
+		m[string(k)] = v
 	}
-	sort.Strings(keys)
+	return formatCountsOf(m)
+}
+
+func formatCountsOf(c map[string]int) string {
+	keys := slices.Sorted(maps.Keys(c))
 	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%s %d", k, c[messages.Status(k)]))
+		parts = append(parts, fmt.Sprintf("%s %d", k, c[k]))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -263,16 +326,18 @@ func runSim(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	latency := fs.Duration("latency", 0, "delay of every answer")
+	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "delay of each order update on the private WebSocket after its cancel")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency})
+	ex.SetPushDelay(*pushDelay)
 	url, stop, err := startSim(ex, *addr)
 	if err != nil {
 		return fmt.Errorf("sim: %w", err)
 	}
 	defer stop()
-	fmt.Fprintf(stderr, "simulated Bybit at %s (key %s; every cancel of an unknown order succeeds once)\n", url, bybittest.DemoAPIKey)
+	fmt.Fprintf(stderr, "simulated Bybit at %s, private WebSocket %s (key %s; every cancel of an unknown order succeeds once)\n", url, wsURLOf(url), bybittest.DemoAPIKey)
 	<-ctx.Done()
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return nil

@@ -90,6 +90,10 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"both secret sources":   {env: map[string]string{"BYBIT_API_SECRET_FILE": "/nonexistent"}, want: "BYBIT_API_SECRET and BYBIT_API_SECRET_FILE"},
 		"unreadable secret":     {env: map[string]string{"BYBIT_API_SECRET": "", "BYBIT_API_SECRET_FILE": "/nonexistent/secret"}, want: "BYBIT_API_SECRET_FILE"},
 		"dupe window too short": {env: map[string]string{"NATS_DUPLICATE_WINDOW": "10m"}, want: "NATS_DUPLICATE_WINDOW (10m0s) must be at least WORKER_MAX_AGE (50m0s)"},
+		"bad ws url":            {env: map[string]string{"BYBIT_WS_URL": "https://stream.bybit.com/v5/private"}, want: "BYBIT_WS_URL"},
+		"bad confirm":           {env: map[string]string{"CONFIRM": "maybe"}, want: "CONFIRM"},
+		"bad confirm timeout":   {env: map[string]string{"CONFIRM_TIMEOUT": "5"}, want: "CONFIRM_TIMEOUT"},
+		"confirmed is an input": {env: map[string]string{"NATS_CONFIRMED_SUBJECT": "orders.cancel"}, want: "NATS_CANCEL_SUBJECT and NATS_CONFIRMED_SUBJECT"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -156,8 +160,9 @@ func TestDemoRunsTheScenario(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	require.NoError(t, run(ctx, []string{"demo"}, envFunc(nil), &out, &errOut), "%s\n%s", out.String(), errOut.String())
-	require.Contains(t, out.String(), "every request got exactly the result the scenario expects")
-	require.Contains(t, out.String(), "cancelled 29, invalid 2, not_open 1")
+	require.Contains(t, out.String(), "every request got exactly the result and the confirmation the scenario expects")
+	require.Contains(t, out.String(), "cancelled 30, invalid 2, not_open 1")
+	require.Contains(t, out.String(), "confirmations: 30 (Cancelled 29, Filled 1), by websocket 30")
 	require.Contains(t, out.String(), "BTC-27DEC24-100000-C")
 }
 

@@ -19,6 +19,7 @@ func TestKill9MidBurstThenRestart(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, bybittest.Options{AutoCreate: true, Latency: 150 * time.Millisecond}, nil)
 	s.env["NATS_ACK_WAIT"] = "2s" // how soon the dead process's messages come back
+	s.env["CONFIRM_TIMEOUT"] = "1s"
 	cmd, _ := s.startBinary()
 	const n = 40
 	for i := range n {
@@ -65,4 +66,15 @@ func TestKill9MidBurstThenRestart(t *testing.T) {
 		require.True(t, ok)
 		require.Equal(t, "Cancelled", o.Status)
 	}
+
+	// Every result (cancelled, or not_open and ambiguous) gets exactly one
+	// confirmation, though the killed process held some of them.
+	var confs map[string][]messages.Confirmation
+	require.Eventually(t, func() bool { confs = s.confirmations(); return len(confs) >= n }, waitFor, 20*time.Millisecond, "%s", logs)
+	for _, r := range s.results() {
+		c := confs[messages.ConfirmedMsgID(r.RequestSeq, r.OrderID, "")]
+		require.Len(t, c, 1, "request %d", r.RequestSeq)
+		require.Equal(t, "Cancelled", c[0].OrderStatus)
+	}
+	require.Len(t, confs, n)
 }

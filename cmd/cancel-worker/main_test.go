@@ -262,6 +262,33 @@ func (s *stack) results() []messages.Result {
 	}
 }
 
+// confirmations reads every confirmation stored, with its Nats-Msg-Id.
+func (s *stack) confirmations() map[string][]messages.Confirmation {
+	s.t.Helper()
+	c, err := s.js.OrderedConsumer(context.Background(), "ORDERS", jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"orders.cancel.confirmed"},
+	})
+	if err != nil {
+		return nil
+	}
+	out := map[string][]messages.Confirmation{}
+	for {
+		batch, err := c.FetchNoWait(1000)
+		require.NoError(s.t, err)
+		n := 0
+		for m := range batch.Messages() {
+			conf, err := messages.DecodeConfirmation(m.Data())
+			require.NoError(s.t, err)
+			id := m.Headers().Get(nats.MsgIdHdr)
+			out[id] = append(out[id], conf)
+			n++
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
+
 func TestKeyCheckAtStartUp(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, bybittest.Options{Accounts: []bybittest.Account{

@@ -156,6 +156,16 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 	require.Zero(t, value(f, "cancel_worker_requests_in_flight", nil))
 	require.Zero(t, value(f, "cancel_worker_ip_ban_pauses_total", nil))
 
+	// Confirmations: one per cancelled order, over the private stream.
+	require.Eventually(t, func() bool { return len(s.confirmations()) == linear }, waitFor, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return value(scrape(t, base), "cancel_worker_confirmations_total", map[string]string{"order_status": "Cancelled", "confirmed_by": "websocket"}) == linear
+	}, waitFor, 20*time.Millisecond)
+	f = scrape(t, base)
+	require.EqualValues(t, linear, value(f, "cancel_worker_ack_to_confirmation_seconds", nil))
+	require.EqualValues(t, 1, value(f, "cancel_worker_private_stream_up", map[string]string{"account": "default"}))
+	require.Zero(t, value(f, "cancel_worker_private_stream_drops_total", nil))
+
 	// No label takes unbounded values: every label is one of a known few.
 	allowed := map[string]*regexp.Regexp{
 		"status":       regexp.MustCompile(`^(cancelled|not_open|rejected|invalid|failed)$`),

@@ -29,13 +29,13 @@ const recentUpdates = 1 << 16
 // durable consumer on the result subjects drives it, so a crash loses no
 // pending confirmation.
 type confirmer struct {
-	w       *Worker
-	cons    jetstream.Consumer
-	ackWait time.Duration
-	book    *orderBook
-	streams map[string]*accountStream // by account name
-	held    *heldSet
-	work    sync.WaitGroup
+	w        *Worker
+	cons     jetstream.Consumer
+	settings ConsumerSettings
+	book     *orderBook
+	streams  map[string]*accountStream // by account name
+	held     *heldSet
+	work     sync.WaitGroup
 }
 
 // accountStream is one account's private order stream.
@@ -114,10 +114,14 @@ func (c *confirmer) setup(ctx context.Context) error {
 		return fmt.Errorf("look up consumer %s: %w", cfg.ConfirmConsumer(), err)
 	}
 	info := cons.CachedInfo().Config
-	if !sameSet(append(info.FilterSubjects, info.FilterSubject), append(cfg.resultSubjects(), "")) {
-		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), info.FilterSubjects, cfg.resultSubjects())
+	filters := info.FilterSubjects
+	if info.FilterSubject != "" {
+		filters = []string{info.FilterSubject}
 	}
-	c.cons, c.ackWait = cons, settingsOf(info).AckWait
+	if !sameSet(filters, cfg.resultSubjects()) {
+		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
+	}
+	c.cons, c.settings = cons, settingsOf(info)
 	// Subscribed before the first cancel is pulled, so that no update of
 	// this process's cancels is missed; run goes on with these connections.
 	for name, as := range c.streams {
@@ -163,7 +167,7 @@ func (c *confirmer) run(ctx context.Context) {
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		t := time.NewTicker(max(c.ackWait/3, 10*time.Millisecond))
+		t := time.NewTicker(max(c.settings.AckWait/3, 10*time.Millisecond))
 		defer t.Stop()
 		for {
 			select {
@@ -256,7 +260,7 @@ func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result
 		name = DefaultAccount
 	}
 	a := c.w.accounts[name]
-	lastDelivery := c.w.consumer.MaxDeliver > 0 && j.deliveries >= uint64(c.w.consumer.MaxDeliver)
+	lastDelivery := c.settings.MaxDeliver > 0 && j.deliveries >= uint64(c.settings.MaxDeliver)
 	var wg sync.WaitGroup
 	var failed atomic.Bool
 	for _, ref := range r.ConfirmTargets() {

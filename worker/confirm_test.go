@@ -3,8 +3,10 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,4 +296,54 @@ func TestConfirmOffPublishesNoConfirmation(t *testing.T) {
 	require.Zero(t, e.ex.PrivateAuths())
 	_, err := e.js.Consumer(context.Background(), e.cfg.Stream, e.cfg.ConfirmConsumer())
 	require.ErrorIs(t, err, jetstream.ErrConsumerNotFound)
+}
+
+// failLookups answers the first n order lookups with an HTML 502.
+func (e *env) failLookups(n int32) *atomic.Int32 {
+	var seen atomic.Int32
+	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v5/order/realtime" && seen.Add(1) <= n {
+			http.Error(w, "<html>502 Bad Gateway</html>", http.StatusBadGateway)
+			return
+		}
+		e.ex.ServeHTTP(w, r)
+	})
+	return &seen
+}
+
+// A private stream that cannot be reached, and lookups that fail for a
+// while: the result is released and confirmed over REST once they work.
+func TestFailingLookupsAreRetriedOnALaterDelivery(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withConfirm(200 * time.Millisecond)
+	e.cfg.WSURL = "ws://127.0.0.1:1/v5/private" // nothing listens there
+	seen := e.failLookups(4)
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	e.start()
+	seq := e.publish(cancelBody(o, false, ""), "")
+	conf := e.waitConfirmations(1)[messages.ConfirmedMsgID(seq, o.OrderID, "")]
+	require.Equal(t, "Cancelled", conf.OrderStatus)
+	require.Equal(t, messages.ConfirmedByREST, conf.ConfirmedBy)
+	require.Equal(t, int32(5), seen.Load(), "three failed lookups on the first delivery, one failed and one good on the next")
+	require.Contains(t, e.logs.String(), "private order stream not reachable at start")
+	require.Contains(t, e.logs.String(), "order lookup failed")
+}
+
+func TestOnTheLastDeliveryAnOrderWhoseLookupsFailIsReportedUnknown(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withConfirm(200 * time.Millisecond)
+	e.cfg.WSURL = "ws://127.0.0.1:1/v5/private"
+	e.cfg.MaxDeliver = 1
+	e.failLookups(1000)
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	e.start()
+	seq := e.publish(cancelBody(o, false, ""), "")
+	conf := e.waitConfirmations(1)[messages.ConfirmedMsgID(seq, o.OrderID, "")]
+	require.Equal(t, messages.ConfirmedByUnknown, conf.ConfirmedBy)
+	require.Empty(t, conf.OrderStatus)
+	require.False(t, conf.Final)
+	require.Contains(t, conf.Error, "gave up on the consumer's last delivery")
+	require.Contains(t, conf.Error, "502")
 }

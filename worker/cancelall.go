@@ -86,38 +86,57 @@ func (w *Worker) cancelAll(j *job, a *account) {
 // cancelAllCall waits for budget and makes one call; sent is false when the
 // worker stopped first.
 func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer, req bybit.CancelAllRequest) (bybit.CancelAllResult, bool, error) {
+	var res bybit.CancelAllResult
+	sent, err := w.paced(ctx, p, true, "cancel-all", j.all.Category, func() (bybit.RateLimit, error) {
+		j.attempts++
+		j.sentAt = w.now()
+		var err error
+		res, err = a.client.CancelAll(w.sendCtx, req)
+		rl := res.RateLimit
+		if err != nil {
+			rl, _ = bybit.RateLimitOf(err)
+		}
+		return rl, err
+	})
+	if !sent {
+		return bybit.CancelAllResult{}, false, nil
+	}
+	return res, true, err
+}
+
+// paced makes one exchange call once the ban gate, the budget p, the IP limit
+// and (with slot) one of the WORKER_CONCURRENCY request slots allow; sent is
+// false when ctx ended first. It books the answer's rate-limit state, starts
+// an IP-ban pause, ends a ban probe and counts the request.
+func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, category string, call func() (bybit.RateLimit, error)) (sent bool, err error) {
 	probe, err := w.gate.wait(ctx)
 	if err != nil {
-		return bybit.CancelAllResult{}, false, nil
+		return false, err
 	}
 	release, _, err := p.acquire(ctx)
 	if err != nil {
 		w.endProbe(probe, false)
-		return bybit.CancelAllResult{}, false, nil
+		return false, err
 	}
 	releaseIP, _, err := w.ipPacer.acquire(ctx)
 	if err != nil {
 		release()
 		w.endProbe(probe, false)
-		return bybit.CancelAllResult{}, false, nil
+		return false, err
 	}
-	select {
-	case w.slots <- struct{}{}:
-	case <-ctx.Done():
-		release()
-		releaseIP()
-		w.endProbe(probe, false)
-		return bybit.CancelAllResult{}, false, nil
+	if slot {
+		select {
+		case w.slots <- struct{}{}:
+		case <-ctx.Done():
+			release()
+			releaseIP()
+			w.endProbe(probe, false)
+			return false, ctx.Err()
+		}
+		w.metrics.inFlight.Inc()
 	}
-	w.metrics.inFlight.Inc()
-	j.attempts++
-	j.sentAt = w.now()
 	start := time.Now()
-	res, err := a.client.CancelAll(w.sendCtx, req)
-	rl := res.RateLimit
-	if err != nil {
-		rl, _ = bybit.RateLimitOf(err)
-	}
+	rl, err := call()
 	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
 	if banned {
 		w.startBan(err)
@@ -125,10 +144,12 @@ func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer
 	p.observe(rl, start)
 	release()
 	releaseIP()
-	<-w.slots
-	w.metrics.inFlight.Dec()
-	w.metrics.observeRequest("cancel-all", j.all.Category, time.Since(start), err)
-	w.metrics.observeBudget("cancel-all", j.all.Category, rl)
+	if slot {
+		<-w.slots
+		w.metrics.inFlight.Dec()
+	}
+	w.metrics.observeRequest(endpoint, category, time.Since(start), err)
+	w.metrics.observeBudget(endpoint, category, rl)
 	w.endProbe(probe, banned)
-	return res, true, err
+	return true, err
 }

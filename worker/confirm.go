@@ -409,47 +409,24 @@ func fill(conf *messages.Confirmation, o bybit.Order, by string) {
 // process-wide IP limit, respecting an IP ban.
 func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q bybit.OrderQuery) (bybit.Order, bool, error) {
 	w := c.w
-	probe, err := w.gate.wait(ctx)
-	if err != nil {
-		return bybit.Order{}, false, err
-	}
 	w.lanesMu.Lock()
-	p, ok := w.pacers[a.group+"/"+endpoint]
-	if !ok {
-		p = newPacer(Rate{N: shareOf(a.limits[endpoint], w.cfg.LimitShare), Per: time.Second}, w.now)
-		p.share = w.cfg.LimitShare
-		w.pacers[a.group+"/"+endpoint] = p
-	}
+	p := w.budgetLocked(a, endpoint)
 	w.lanesMu.Unlock()
-	release, _, err := p.acquire(ctx)
-	if err != nil {
-		w.endProbe(probe, false)
-		return bybit.Order{}, false, err
-	}
-	releaseIP, _, err := w.ipPacer.acquire(ctx)
-	if err != nil {
-		release()
-		w.endProbe(probe, false)
-		return bybit.Order{}, false, err
-	}
-	start := time.Now()
 	var o bybit.Order
 	var found bool
-	if endpoint == LookupRealtime {
-		o, found, err = a.client.OpenOrRecentOrder(ctx, q)
-	} else {
-		o, found, err = a.client.HistoricOrder(ctx, q)
+	sent, err := w.paced(ctx, p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
+		var err error
+		if endpoint == LookupRealtime {
+			o, found, err = a.client.OpenOrRecentOrder(ctx, q)
+		} else {
+			o, found, err = a.client.HistoricOrder(ctx, q)
+		}
+		rl, _ := bybit.RateLimitOf(err)
+		return rl, err
+	})
+	if !sent && err == nil {
+		err = ctx.Err()
 	}
-	rl, _ := bybit.RateLimitOf(err)
-	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
-	if banned {
-		w.startBan(err)
-	}
-	p.observe(rl, start)
-	release()
-	releaseIP()
-	w.endProbe(probe, banned)
-	w.metrics.observeRequest(endpoint, q.Category, time.Since(start), err)
 	return o, found, err
 }
 

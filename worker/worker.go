@@ -475,7 +475,12 @@ func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {
 // pacerForLocked returns the budget of an (account's limit group, endpoint,
 // category); lanesMu is held.
 func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
-	budget := endpoint + "/" + category
+	return w.budgetLocked(a, endpoint+"/"+category)
+}
+
+// budgetLocked returns the pacer of one of an account's limits (a key of
+// Config.Limits), shared by its limit group; lanesMu is held.
+func (w *Worker) budgetLocked(a *account, budget string) *pacer {
 	p, ok := w.pacers[a.group+"/"+budget]
 	if !ok {
 		p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)

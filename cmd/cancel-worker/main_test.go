@@ -237,54 +237,47 @@ func (s *stack) startBinary() (*exec.Cmd, *syncBuffer) {
 // results reads every result stored in the stream.
 func (s *stack) results() []messages.Result {
 	s.t.Helper()
-	ctx := context.Background()
-	c, err := s.js.OrderedConsumer(ctx, "ORDERS", jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"orders.cancel.ack", "orders.cancel.rejected"},
-	})
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil // the worker has not created it yet
-	}
-	require.NoError(s.t, err)
 	var out []messages.Result
-	for {
-		batch, err := c.FetchNoWait(1000)
+	s.readAll([]string{"orders.cancel.ack", "orders.cancel.rejected"}, func(m jetstream.Msg) {
+		r, err := messages.DecodeResult(m.Data())
 		require.NoError(s.t, err)
-		n := 0
-		for m := range batch.Messages() {
-			r, err := messages.DecodeResult(m.Data())
-			require.NoError(s.t, err)
-			out = append(out, r)
-			n++
-		}
-		if n == 0 {
-			return out
-		}
-	}
+		out = append(out, r)
+	})
+	return out
 }
 
 // confirmations reads every confirmation stored, with its Nats-Msg-Id.
 func (s *stack) confirmations() map[string][]messages.Confirmation {
 	s.t.Helper()
-	c, err := s.js.OrderedConsumer(context.Background(), "ORDERS", jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"orders.cancel.confirmed"},
-	})
-	if err != nil {
-		return nil
-	}
 	out := map[string][]messages.Confirmation{}
+	s.readAll([]string{"orders.cancel.confirmed"}, func(m jetstream.Msg) {
+		conf, err := messages.DecodeConfirmation(m.Data())
+		require.NoError(s.t, err)
+		id := m.Headers().Get(nats.MsgIdHdr)
+		out[id] = append(out[id], conf)
+	})
+	return out
+}
+
+// readAll hands every message stored on subjects to each, in stream order
+// (nothing when the worker has not created the stream yet).
+func (s *stack) readAll(subjects []string, each func(jetstream.Msg)) {
+	s.t.Helper()
+	c, err := s.js.OrderedConsumer(context.Background(), "ORDERS", jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return
+	}
+	require.NoError(s.t, err)
 	for {
 		batch, err := c.FetchNoWait(1000)
 		require.NoError(s.t, err)
 		n := 0
 		for m := range batch.Messages() {
-			conf, err := messages.DecodeConfirmation(m.Data())
-			require.NoError(s.t, err)
-			id := m.Headers().Get(nats.MsgIdHdr)
-			out[id] = append(out[id], conf)
+			each(m)
 			n++
 		}
 		if n == 0 {
-			return out
+			return
 		}
 	}
 }

@@ -129,20 +129,16 @@ type request struct {
 func decodeRequest(cfg Config, subject string, data []byte) (request, error) {
 	if subject == cfg.CancelAllSubject {
 		c, err := messages.DecodeCancelAll(data)
-		if err != nil {
-			return request{}, err
-		}
-		return request{c.ReplayOf, c.ReplayOfSeq, func(id, of string, seq uint64) ([]byte, error) {
-			c.RequestID, c.ReplayOf, c.ReplayOfSeq = id, of, seq
-			return json.Marshal(c)
-		}}, nil
+		return requestOf(&c, &c.RequestID, &c.ReplayOf, &c.ReplayOfSeq), err
 	}
 	c, err := messages.DecodeCancel(data)
-	if err != nil {
-		return request{}, err
-	}
-	return request{c.ReplayOf, c.ReplayOfSeq, func(id, of string, seq uint64) ([]byte, error) {
-		c.RequestID, c.ReplayOf, c.ReplayOfSeq = id, of, seq
-		return json.Marshal(c)
-	}}, nil
+	return requestOf(&c, &c.RequestID, &c.ReplayOf, &c.ReplayOfSeq), err
+}
+
+// requestOf wraps a decoded body and pointers to its id fields.
+func requestOf[T any](body *T, requestID, replayOf *string, replayOfSeq *uint64) request {
+	return request{*replayOf, *replayOfSeq, func(id, of string, seq uint64) ([]byte, error) {
+		*requestID, *replayOf, *replayOfSeq = id, of, seq
+		return json.Marshal(body)
+	}}
 }

@@ -167,16 +167,7 @@ func (c *confirmer) run(ctx context.Context) {
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		t := time.NewTicker(max(c.settings.AckWait/3, 10*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				c.held.heartbeat()
-			}
-		}
+		c.held.heartbeatLoop(ctx, c.settings.AckWait)
 	}()
 
 	retry := newRetryBackoff()

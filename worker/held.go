@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -80,6 +81,21 @@ func (h *heldSet) len() (int, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.jobs), h.changed
+}
+
+// heartbeatLoop heartbeats every held message at a third of ackWait until
+// ctx ends.
+func (h *heldSet) heartbeatLoop(ctx context.Context, ackWait time.Duration) {
+	t := time.NewTicker(max(ackWait/3, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h.heartbeat()
+		}
+	}
 }
 
 func (h *heldSet) snapshot() []*job {

@@ -270,18 +270,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // heartbeatLoop keeps every held message alive with one ticker, at a third of
 // AckWait, wherever it waits (queue, rate limit, backoff, PubAck).
-func (w *Worker) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(max(w.consumer.AckWait/3, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			w.held.heartbeat()
-		}
-	}
-}
+func (w *Worker) heartbeatLoop(ctx context.Context) { w.held.heartbeatLoop(ctx, w.consumer.AckWait) }
 
 // pull fetches messages while fewer than MaxAckPending are held, and not at
 // all during an IP ban.

@@ -23,6 +23,7 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
@@ -233,7 +234,15 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: expected confirmations %s, got %s", formatCountsOf(want), formatCountsOf(orderStatus))
 	}
 	fmt.Fprintln(stdout, "every request got exactly the result and the confirmation the scenario expects")
-	return nil
+
+	// What `cancel-worker replay` says of this stream, for incident review.
+	rep, err := replay.Read(ctx, js, replay.Config{Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject,
+		CancelAllSubject: cfg.CancelAllSubject, AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject}, replay.Window{}, replay.Filter{})
+	if err != nil {
+		return fmt.Errorf("demo: replay: %w", err)
+	}
+	fmt.Fprintln(stdout, "\nreplay of this stream (the summary `cancel-worker replay` prints after its table):")
+	return replay.WriteSummary(stdout, replay.Summarise(rep.Rows))
 }
 
 func formatConfirmation(at time.Duration, c messages.Confirmation) string {

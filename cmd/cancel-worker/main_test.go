@@ -164,6 +164,8 @@ func TestDemoRunsTheScenario(t *testing.T) {
 	require.Contains(t, out.String(), "cancelled 30, invalid 2, not_open 1")
 	require.Contains(t, out.String(), "confirmations: 30 (Cancelled 29, Filled 1), by websocket 30")
 	require.Contains(t, out.String(), "BTC-27DEC24-100000-C")
+	require.Contains(t, out.String(), "replay of this stream")
+	require.Contains(t, out.String(), "answered by a replay: 0; still open (unanswered or failed, no replay answered): 0")
 }
 
 // stack is an embedded nats-server and a simulated exchange for the tests

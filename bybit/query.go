@@ -84,40 +84,47 @@ const (
 	EndpointOrderHistory  = "/v5/order/history"
 )
 
+// Lookup is the answer of an order lookup.
+type Lookup struct {
+	Order Order
+	// Found is false when Bybit does not list the order.
+	Found     bool
+	RateLimit RateLimit
+}
+
 // OpenOrRecentOrder asks GET /v5/order/realtime (open orders and recently
-// closed ones), signed over the query string. found is false when Bybit does
-// not list the order.
-func (c *Client) OpenOrRecentOrder(ctx context.Context, q OrderQuery) (Order, bool, error) {
+// closed ones), signed over the query string.
+func (c *Client) OpenOrRecentOrder(ctx context.Context, q OrderQuery) (Lookup, error) {
 	return c.lookup(ctx, EndpointOrderRealtime, q)
 }
 
 // HistoricOrder asks GET /v5/order/history.
-func (c *Client) HistoricOrder(ctx context.Context, q OrderQuery) (Order, bool, error) {
+func (c *Client) HistoricOrder(ctx context.Context, q OrderQuery) (Lookup, error) {
 	return c.lookup(ctx, EndpointOrderHistory, q)
 }
 
-func (c *Client) lookup(ctx context.Context, path string, q OrderQuery) (Order, bool, error) {
+func (c *Client) lookup(ctx context.Context, path string, q OrderQuery) (Lookup, error) {
 	if q.Category == "" || (q.OrderID == "" && q.OrderLinkID == "") {
-		return Order{}, false, fmt.Errorf("bybit: %s needs a category and an orderId or orderLinkId", path)
+		return Lookup{}, fmt.Errorf("bybit: %s needs a category and an orderId or orderLinkId", path)
 	}
 	resp, err := c.do(ctx, http.MethodGet, path, q.encode(), nil, true)
 	if err != nil {
-		return Order{}, false, err
+		return Lookup{}, err
 	}
 	var out struct {
 		Category string  `json:"category"`
 		List     []Order `json:"list"`
 	}
 	if err := json.Unmarshal(resp.Result, &out); err != nil {
-		return Order{}, false, &HTTPError{StatusCode: http.StatusOK, Body: "unreadable " + path + " result: " + err.Error()}
+		return Lookup{RateLimit: resp.RateLimit}, &HTTPError{StatusCode: http.StatusOK, Body: "unreadable " + path + " result: " + err.Error(), RateLimit: resp.RateLimit}
 	}
 	for _, o := range out.List {
 		if (q.OrderID != "" && o.OrderID == q.OrderID) || (q.OrderID == "" && o.OrderLinkID == q.OrderLinkID) {
 			if o.Category == "" {
 				o.Category = q.Category
 			}
-			return o, true, nil
+			return Lookup{Order: o, Found: true, RateLimit: resp.RateLimit}, nil
 		}
 	}
-	return Order{}, false, nil
+	return Lookup{RateLimit: resp.RateLimit}, nil
 }

@@ -403,22 +403,23 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q b
 	w.lanesMu.Lock()
 	p := w.budgetLocked(a, endpoint)
 	w.lanesMu.Unlock()
-	var o bybit.Order
-	var found bool
+	var res bybit.Lookup
 	sent, err := w.paced(ctx, p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
 		var err error
 		if endpoint == LookupRealtime {
-			o, found, err = a.client.OpenOrRecentOrder(ctx, q)
+			res, err = a.client.OpenOrRecentOrder(ctx, q)
 		} else {
-			o, found, err = a.client.HistoricOrder(ctx, q)
+			res, err = a.client.HistoricOrder(ctx, q)
 		}
-		rl, _ := bybit.RateLimitOf(err)
-		return rl, err
+		if rl, ok := bybit.RateLimitOf(err); ok {
+			return rl, err
+		}
+		return res.RateLimit, err
 	})
 	if !sent && err == nil {
 		err = ctx.Err()
 	}
-	return o, found, err
+	return res.Order, res.Found, err
 }
 
 // orderBook keeps the latest update of recent orders per account, by

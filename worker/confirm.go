@@ -328,33 +328,17 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 	var lastErr error
 	for round := 1; ; round++ {
 		// The stream: an update may have come before the ack did.
-		deadline := time.NewTimer(c.w.cfg.ConfirmTimeout)
-		for {
-			o, seen, changed := c.book.get(a.name, r.Category, conf.OrderID, conf.OrderLinkID)
-			if seen && bybit.FinalStatus(o.OrderStatus) {
-				deadline.Stop()
-				fill(conf, o, messages.ConfirmedByWebSocket)
-				return nil
-			}
-			if as == nil || !as.up.Load() {
-				c.book.drop(changed)
-				break
-			}
-			select {
-			case <-changed:
-				continue
-			case <-deadline.C:
-			case <-ctx.Done():
-				deadline.Stop()
-				c.book.drop(changed)
-				return ctx.Err()
-			}
-			c.book.drop(changed)
-			break
+		o, final, err := c.streamFinal(ctx, as, a.name, r.Category, conf.OrderID, conf.OrderLinkID)
+		switch {
+		case err != nil:
+			return err
+		case final:
+			fill(conf, o, messages.ConfirmedByWebSocket)
+			return nil
 		}
-		deadline.Stop()
 
-		o, found, err := c.lookup(ctx, a, LookupRealtime, q)
+		var found bool
+		o, found, err = c.lookup(ctx, a, LookupRealtime, q)
 		if err == nil && !found {
 			o, found, err = c.lookup(ctx, a, LookupHistory, q)
 		}
@@ -377,6 +361,35 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 			if round >= confirmLookRounds {
 				return fmt.Errorf("order lookups failed %d times, last: %w", round, lastErr)
 			}
+		}
+	}
+}
+
+// streamFinal returns the order's final update from the private stream: one
+// kept from before, or one that comes within ConfirmTimeout while the stream
+// is up. final is false when none did.
+func (c *confirmer) streamFinal(ctx context.Context, as *accountStream, account, category, orderID, orderLinkID string) (o bybit.Order, final bool, err error) {
+	deadline := time.NewTimer(c.w.cfg.ConfirmTimeout)
+	defer deadline.Stop()
+	for {
+		o, seen, changed, release := c.book.watch(account, category, orderID, orderLinkID)
+		if seen && bybit.FinalStatus(o.OrderStatus) {
+			release()
+			return o, true, nil
+		}
+		if as == nil || !as.up.Load() {
+			release()
+			return bybit.Order{}, false, nil
+		}
+		select {
+		case <-changed:
+			release()
+		case <-deadline.C:
+			release()
+			return bybit.Order{}, false, nil
+		case <-ctx.Done():
+			release()
+			return bybit.Order{}, false, ctx.Err()
 		}
 	}
 }
@@ -424,17 +437,23 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q b
 
 // orderBook keeps the latest update of recent orders per account, by
 // orderId and by orderLinkId, bounded (oldest forgotten first), and wakes
-// whoever waits for an order.
+// whoever watches an order.
 type orderBook struct {
 	mu      sync.Mutex
 	orders  map[string]bybit.Order
 	ring    []string
 	next    int
-	waiters map[string]chan struct{}
+	waiters map[string]*waiter
+}
+
+// waiter is a channel closed at an order's next update, and how many watch it.
+type waiter struct {
+	ch chan struct{}
+	n  int
 }
 
 func newOrderBook(n int) *orderBook {
-	return &orderBook{orders: make(map[string]bybit.Order, n), ring: make([]string, n), waiters: map[string]chan struct{}{}}
+	return &orderBook{orders: make(map[string]bybit.Order, n), ring: make([]string, n), waiters: map[string]*waiter{}}
 }
 
 func bookKeys(account, category, orderID, orderLinkID string) []string {
@@ -462,45 +481,39 @@ func (b *orderBook) put(account string, o bybit.Order) {
 			b.next = (b.next + 1) % len(b.ring)
 		}
 		b.orders[k] = o
-		if ch, ok := b.waiters[k]; ok {
-			close(ch)
+		if wt, ok := b.waiters[k]; ok {
+			close(wt.ch)
 			delete(b.waiters, k)
 		}
 	}
 }
 
-// get returns the latest update of an order (by orderId when known, else by
-// orderLinkId), and a channel closed at its next update.
-func (b *orderBook) get(account, category, orderID, orderLinkID string) (bybit.Order, bool, <-chan struct{}) {
+// watch returns the latest update of an order (by orderId when known, else
+// by orderLinkId), a channel closed at its next update, and the release the
+// watcher calls when it stops watching.
+func (b *orderBook) watch(account, category, orderID, orderLinkID string) (bybit.Order, bool, <-chan struct{}, func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	keys := bookKeys(account, category, orderID, orderLinkID)
-	for _, k := range keys {
-		if o, ok := b.orders[k]; ok {
-			return o, true, b.waiterLocked(k)
+	k := keys[0]
+	o, seen := b.orders[k]
+	for _, alt := range keys[1:] {
+		if !seen {
+			k = alt
+			o, seen = b.orders[alt]
 		}
 	}
-	return bybit.Order{}, false, b.waiterLocked(keys[0])
-}
-
-// drop forgets a waiter channel nobody waits on any more (it is closed and
-// forgotten anyway at the order's next update).
-func (b *orderBook) drop(ch <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for k, c := range b.waiters {
-		if c == ch {
-			delete(b.waiters, k)
-			return
-		}
-	}
-}
-
-func (b *orderBook) waiterLocked(k string) chan struct{} {
-	ch, ok := b.waiters[k]
+	wt, ok := b.waiters[k]
 	if !ok {
-		ch = make(chan struct{})
-		b.waiters[k] = ch
+		wt = &waiter{ch: make(chan struct{})}
+		b.waiters[k] = wt
 	}
-	return ch
+	wt.n++
+	return o, seen, wt.ch, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if wt.n--; wt.n == 0 && b.waiters[k] == wt {
+			delete(b.waiters, k)
+		}
+	}
 }

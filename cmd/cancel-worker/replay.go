@@ -157,7 +157,7 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 		out = stderr
 	}
 	fmt.Fprintln(out)
-	plan, skipped := replay.Plan(cfg, rep.Rows, f.includeReject)
+	plan, skipped := replay.Plan(rep.Rows, f.includeReject)
 	if err := replay.WritePlan(out, plan, skipped, f.dryRun); err != nil {
 		return err
 	}

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -120,7 +119,9 @@ type Row struct {
 	// first, each with its own outcome.
 	Replays []Replay `json:"replays,omitempty"`
 
-	data   []byte
+	// req is the strictly decoded body (reqErr why it is not a request).
+	req    request
+	reqErr error
 	result *messages.Result
 }
 
@@ -306,7 +307,7 @@ func ackFloor(ctx context.Context, js jetstream.JetStream, cfg Config) (uint64, 
 }
 
 func newRow(cfg Config, msg jetstream.Msg, seq uint64, at time.Time) *Row {
-	data := slices.Clone(msg.Data())
+	data := msg.Data()
 	echo := messages.LenientEcho(data)
 	var msgID string
 	if h := msg.Headers(); h != nil {
@@ -316,11 +317,9 @@ func newRow(cfg Config, msg jetstream.Msg, seq uint64, at time.Time) *Row {
 		Seq: seq, Subject: msg.Subject(), RequestTime: at.UTC(),
 		RequestID: messages.RequestID(echo.RequestID, msgID, cfg.Stream, seq),
 		Category:  echo.Category, Symbol: echo.Symbol, OrderID: echo.OrderID, OrderLinkID: echo.OrderLinkID, Account: echo.Account,
-		data: data,
 	}
-	if c, err := decodeRequest(cfg, row.Subject, data); err == nil {
-		row.ReplayOf, row.ReplayOfSeq = c.replayOf, c.replayOfSeq
-	}
+	row.req, row.reqErr = decodeRequest(cfg, row.Subject, data)
+	row.ReplayOf, row.ReplayOfSeq = row.req.replayOf, row.req.replayOfSeq
 	return row
 }
 

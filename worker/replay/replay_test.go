@@ -363,7 +363,7 @@ func TestResendRepublishesTheUnansweredAndFailedOnceAndClosesTheGap(t *testing.T
 	h := mixedHistory(t)
 	ctx := context.Background()
 	rep := read(t, h.js, replay.Window{}, replay.Filter{})
-	plan, skipped := replay.Plan(cfg, rep.Rows, false)
+	plan, skipped := replay.Plan(rep.Rows, false)
 	var planned []string
 	for _, p := range plan {
 		planned = append(planned, p.Original.RequestID)
@@ -389,7 +389,7 @@ func TestResendRepublishesTheUnansweredAndFailedOnceAndClosesTheGap(t *testing.T
 	require.Contains(t, reasons["r-rejected"], "--include-rejected")
 	require.Len(t, reasons, 4)
 
-	withRejected, _ := replay.Plan(cfg, rep.Rows, true)
+	withRejected, _ := replay.Plan(rep.Rows, true)
 	require.Len(t, withRejected, 5)
 
 	var dry bytes.Buffer
@@ -407,7 +407,7 @@ func TestResendRepublishesTheUnansweredAndFailedOnceAndClosesTheGap(t *testing.T
 	// Resent but not yet answered: they are pending, and a second plan does
 	// not resend them again.
 	rep = read(t, h.js, replay.Window{ToSeq: h.seqs["r-waiting"]}, replay.Filter{})
-	plan2, skipped2 := replay.Plan(cfg, rep.Rows, false)
+	plan2, skipped2 := replay.Plan(rep.Rows, false)
 	require.Empty(t, plan2)
 	require.Len(t, skipped2, 7)
 
@@ -471,7 +471,7 @@ func TestResendOfACancelAllAndOfAnUnreadableBody(t *testing.T) {
 		return err == nil && info.AckFloor.Stream == 3
 	}, waitFor, 10*time.Millisecond)
 	rep := read(t, h.js, replay.Window{}, replay.Filter{})
-	plan, skipped := replay.Plan(cfg, rep.Rows, false)
+	plan, skipped := replay.Plan(rep.Rows, false)
 	require.Len(t, plan, 2)
 	require.Equal(t, cfg.CancelAllSubject, plan[0].Subject)
 	all, err := messages.DecodeCancelAll(plan[0].Body)

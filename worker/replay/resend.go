@@ -57,7 +57,7 @@ func cut(s string, n int) string {
 // and rejected and not_open ones when includeRejected. Pending requests (the
 // worker may still answer them), requests already resent, and bodies that are
 // not valid requests are skipped with the reason.
-func Plan(cfg Config, rows []*Row, includeRejected bool) ([]Resend, []Skip) {
+func Plan(rows []*Row, includeRejected bool) ([]Resend, []Skip) {
 	var plan []Resend
 	var skipped []Skip
 	for _, r := range rows {
@@ -79,13 +79,12 @@ func Plan(cfg Config, rows []*Row, includeRejected bool) ([]Resend, []Skip) {
 			skipped = append(skipped, Skip{r, fmt.Sprintf("already resent as sequence %d (%s)", last.Seq, last.Status)})
 			continue
 		}
-		req, err := decodeRequest(cfg, r.Subject, r.data)
-		if err != nil {
-			skipped = append(skipped, Skip{r, "not a valid request: " + err.Error()})
+		if r.reqErr != nil {
+			skipped = append(skipped, Skip{r, "not a valid request: " + r.reqErr.Error()})
 			continue
 		}
 		id := resendRequestID(r.RequestID, r.Seq)
-		body, err := req.rebuild(id, cut(r.RequestID, messages.MaxIDLen), r.Seq)
+		body, err := r.req.rebuild(id, cut(r.RequestID, messages.MaxIDLen), r.Seq)
 		if err != nil {
 			skipped = append(skipped, Skip{r, err.Error()})
 			continue

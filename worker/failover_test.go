@@ -122,5 +122,5 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 	servers[name].Shutdown()
 	servers[name].WaitForShutdown()
 	require.Eventually(t, func() bool { return len(results()) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
-	requireOneCancelledResultEach(t, results(), n)
+	requireOneCancelledResultEach(t, ex, results(), n)
 }

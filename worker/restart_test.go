@@ -79,7 +79,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	require.NoError(t, err)
 
 	require.Eventually(t, func() bool { return len(results()) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
-	requireOneCancelledResultEach(t, results(), n)
+	requireOneCancelledResultEach(t, ex, results(), n)
 }
 
 func startExchange(t *testing.T, ex *bybittest.Exchange) string {

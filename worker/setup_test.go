@@ -185,7 +185,7 @@ func (e *env) waitResults(n int) map[uint64]messages.Result {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		return len(e.results) >= n
-	}, waitFor, 5*time.Millisecond, "waiting for %d results", n)
+	}, waitFor, 5*time.Millisecond, "waiting for %d results\n%s", n, e.logs)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := map[uint64]messages.Result{}
@@ -290,13 +290,23 @@ func connectForFailover(t *testing.T, url string) (*nats.Conn, jetstream.JetStre
 }
 
 // requireOneCancelledResultEach checks the promise after a failure: n
-// requests, exactly one result each, every order cancelled.
-func requireOneCancelledResultEach(t *testing.T, results []messages.Result, n int) {
+// requests, exactly one result each, every order cancelled at the exchange.
+// A result is cancelled, or — when a delivery whose answer was lost with the
+// failure had already cancelled the order, and a redelivery found it gone —
+// not_open and marked ambiguous.
+func requireOneCancelledResultEach(t *testing.T, ex *bybittest.Exchange, results []messages.Result, n int) {
 	t.Helper()
 	perSeq := map[uint64]int{}
 	for _, r := range results {
 		perSeq[r.RequestSeq]++
-		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+		if r.Status == messages.StatusNotOpen {
+			require.True(t, r.Ambiguous && r.Deliveries > 1, "not_open only after a redelivery, and ambiguous: %+v", r)
+		} else {
+			require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+		}
+		o, ok := ex.Order(r.Category, r.OrderID)
+		require.True(t, ok, "%+v", r)
+		require.Equal(t, "Cancelled", o.Status, "%+v", r)
 	}
 	require.Len(t, perSeq, n)
 	for seq, c := range perSeq {

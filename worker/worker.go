@@ -582,12 +582,21 @@ func (w *Worker) nextRequest(l *lane) (*pacer, []*slot, []*unit) {
 	return l.batch, got, l.take(n, true)
 }
 
-// waitBudget waits until either of the lane's budgets may have room.
+// waitBudget waits until either of the lane's budgets may have room. A
+// budget that has room again by now (a slot was answered or expired since
+// nextRequest found it full) returns at once: its change has already
+// happened and will not be signalled again.
 func (w *Worker) waitBudget(ctx context.Context, l *lane) error {
-	_, wait, changed := l.single.room()
+	free, wait, changed := l.single.room()
+	if free > 0 {
+		return ctx.Err()
+	}
 	var bChanged <-chan struct{}
 	if l.batch != nil {
-		_, bWait, bc := l.batch.room()
+		bFree, bWait, bc := l.batch.room()
+		if bFree > 0 && l.batchable() > 0 {
+			return ctx.Err()
+		}
 		if wait == 0 || (bWait > 0 && bWait < wait) {
 			wait = bWait
 		}

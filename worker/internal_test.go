@@ -1,7 +1,9 @@
 package worker
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -53,4 +55,20 @@ func (b *orderBook) watching() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.waiters)
+}
+
+// A budget that frees up between the dispatcher finding it full and asking
+// how long to wait has already signalled its change: waitBudget must return
+// at once instead of waiting for a change that will not come (a lane stalled
+// this way under load, with requests queued and budget free).
+func TestWaitBudgetReturnsWhenRoomFreedInBetween(t *testing.T) {
+	single := newPacer(Rate{N: 1, Per: time.Hour}, time.Now)
+	got := single.reserve(1)
+	require.Len(t, got, 1)
+	require.Nil(t, single.reserve(1), "full")
+	single.unreserve(got) // the change happens here, before anyone waits
+	l := &lane{single: single}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, (&Worker{}).waitBudget(ctx, l), "waited for a change that had already happened")
 }

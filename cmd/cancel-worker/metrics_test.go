@@ -138,9 +138,13 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 		}
 	}
 	require.Positive(t, limited, "the scenario must include rate-limited answers")
-	// Counters are updated before the result is published; scrape once all
-	// results are in.
-	f := scrape(t, base)
+	// A result is counted once it is stored, so the counters may trail the
+	// stream for a moment: scrape until every result is counted.
+	var f map[string]*dto.MetricFamily
+	require.Eventually(t, func() bool {
+		f = scrape(t, base)
+		return value(f, "cancel_worker_results_total", nil) == linear+2 && value(f, "cancel_worker_request_to_result_seconds", nil) == linear+2
+	}, waitFor, 20*time.Millisecond)
 	require.EqualValues(t, linear+2, value(f, "cancel_worker_messages_received_total", nil))
 	require.EqualValues(t, linear, value(f, "cancel_worker_results_total", map[string]string{"status": "cancelled", "category": "linear"}))
 	require.EqualValues(t, 1, value(f, "cancel_worker_results_total", map[string]string{"status": "rejected", "category": "spot"}))

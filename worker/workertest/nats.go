@@ -51,9 +51,9 @@ func StartNATS(o NATSOptions) (*server.Server, error) {
 		return nil, fmt.Errorf("nats-server: %w", err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
+	if !s.ReadyForConnections(30 * time.Second) {
 		s.Shutdown()
-		return nil, errors.New("nats-server did not become ready in 10s")
+		return nil, errors.New("nats-server did not become ready in 30s")
 	}
 	return s, nil
 }

@@ -23,6 +23,7 @@ type replayFlags struct {
 	filter                replay.Filter
 	format, plot          string
 	resend, includeReject bool
+	includeCancelAll      bool
 	yes, dryRun           bool
 }
 
@@ -39,6 +40,7 @@ func (f *replayFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.plot, "plot", "", "also draw a timeline chart to this .svg or .png file")
 	fs.BoolVar(&f.resend, "resend", false, "republish the unanswered and failed requests shown, as new requests")
 	fs.BoolVar(&f.includeReject, "include-rejected", false, "with --resend: also the rejected and not_open ones")
+	fs.BoolVar(&f.includeCancelAll, "include-cancel-all", false, "with --resend: also cancel-all requests (a cancel-all resent now also cancels every order placed since)")
 	fs.BoolVar(&f.yes, "yes", false, "with --resend: publish without asking")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "with --resend: print the NATS messages it would publish and publish nothing")
 }
@@ -81,8 +83,8 @@ func (f *replayFlags) check() error {
 	switch {
 	case f.format != "table" && f.format != "json":
 		return fmt.Errorf("--format %q is not table or json", f.format)
-	case !f.resend && (f.yes || f.dryRun || f.includeReject):
-		return errors.New("--yes, --dry-run and --include-rejected go with --resend")
+	case !f.resend && (f.yes || f.dryRun || f.includeReject || f.includeCancelAll):
+		return errors.New("--yes, --dry-run, --include-rejected and --include-cancel-all go with --resend")
 	case f.yes && f.dryRun:
 		return errors.New("--dry-run publishes nothing; drop --yes")
 	}
@@ -157,7 +159,7 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 		out = stderr
 	}
 	fmt.Fprintln(out)
-	plan, skipped := replay.Plan(rep.Rows, f.includeReject)
+	plan, skipped := replay.Plan(rep.Rows, replay.PlanOptions{IncludeRejected: f.includeReject, IncludeCancelAll: f.includeCancelAll})
 	if err := replay.WritePlan(out, plan, skipped, f.dryRun); err != nil {
 		return err
 	}

@@ -179,6 +179,8 @@ func TestReplayFlagErrors(t *testing.T) {
 		"--nats-url nats://127.0.0.1:1": "NATS_URL",
 		"--nats-ack-wait 5s":            "flag provided but not defined",
 		"--resend --include-rejected --yes --nats-url nats://127.0.0.1:1": "NATS_URL",
+		"--include-cancel-all": "go with --resend",
+		"--resend --include-cancel-all --yes --nats-url nats://127.0.0.1:1": "NATS_URL",
 	} {
 		var out bytes.Buffer
 		err := runReplay(context.Background(), strings.Fields(args), envFunc(nil), strings.NewReader(""), &out, &out)

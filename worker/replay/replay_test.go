@@ -363,7 +363,7 @@ func TestResendRepublishesTheUnansweredAndFailedOnceAndClosesTheGap(t *testing.T
 	h := mixedHistory(t)
 	ctx := context.Background()
 	rep := read(t, h.js, replay.Window{}, replay.Filter{})
-	plan, skipped := replay.Plan(rep.Rows, false)
+	plan, skipped := replay.Plan(rep.Rows, replay.PlanOptions{})
 	var planned []string
 	for _, p := range plan {
 		planned = append(planned, p.Original.RequestID)
@@ -389,7 +389,7 @@ func TestResendRepublishesTheUnansweredAndFailedOnceAndClosesTheGap(t *testing.T
 	require.Contains(t, reasons["r-rejected"], "--include-rejected")
 	require.Len(t, reasons, 4)
 
-	withRejected, _ := replay.Plan(rep.Rows, true)
+	withRejected, _ := replay.Plan(rep.Rows, replay.PlanOptions{IncludeRejected: true})
 	require.Len(t, withRejected, 5)
 
 	var dry bytes.Buffer
@@ -407,7 +407,7 @@ func TestResendRepublishesTheUnansweredAndFailedOnceAndClosesTheGap(t *testing.T
 	// Resent but not yet answered: they are pending, and a second plan does
 	// not resend them again.
 	rep = read(t, h.js, replay.Window{ToSeq: h.seqs["r-waiting"]}, replay.Filter{})
-	plan2, skipped2 := replay.Plan(rep.Rows, false)
+	plan2, skipped2 := replay.Plan(rep.Rows, replay.PlanOptions{})
 	require.Empty(t, plan2)
 	require.Len(t, skipped2, 7)
 
@@ -471,7 +471,8 @@ func TestResendOfACancelAllAndOfAnUnreadableBody(t *testing.T) {
 		return err == nil && info.AckFloor.Stream == 3
 	}, waitFor, 10*time.Millisecond)
 	rep := read(t, h.js, replay.Window{}, replay.Filter{})
-	plan, skipped := replay.Plan(rep.Rows, false)
+	// Cancel-alls are resent only when asked for (TestResendSkipsCancelAllsUnlessAskedFor).
+	plan, skipped := replay.Plan(rep.Rows, replay.PlanOptions{IncludeCancelAll: true})
 	require.Len(t, plan, 2)
 	require.Equal(t, cfg.CancelAllSubject, plan[0].Subject)
 	all, err := messages.DecodeCancelAll(plan[0].Body)
@@ -517,4 +518,43 @@ func TestReplayReadsPastOneBatchAndJoinsResultsPublishedOutOfOrder(t *testing.T)
 	s := replay.Summarise(rep.Rows)
 	require.Equal(t, map[string]int{"cancelled": n}, s.ByStatus)
 	require.Equal(t, uint64(2*n), rep.ReadTo)
+}
+
+// A cancel-all resent hours later also cancels every order placed since: a
+// failed or unanswered one is resent only when asked for by name, and the
+// plan says which were skipped and why.
+func TestResendSkipsCancelAllsUnlessAskedFor(t *testing.T) {
+	h := newHistory(t)
+	h.publish(cfg.CancelAllSubject, `{"category":"linear","settleCoin":"USDT","requestId":"kill-failed"}`)
+	h.publish(cfg.CancelAllSubject, `{"category":"spot","requestId":"kill-lost"}`)
+	h.publish(cfg.CancelSubject, `{"category":"linear","symbol":"BTCUSDT","orderId":"x","requestId":"one"}`)
+	h.work(answer(messages.StatusFailed, nil), ackOnly, answer(messages.StatusFailed, nil))
+	require.Eventually(t, func() bool {
+		info, err := h.cons.Info(context.Background())
+		return err == nil && info.AckFloor.Stream == 3
+	}, waitFor, 10*time.Millisecond)
+	rep := read(t, h.js, replay.Window{}, replay.Filter{})
+
+	plan, skipped := replay.Plan(rep.Rows, replay.PlanOptions{})
+	require.Len(t, plan, 1)
+	require.Equal(t, "one", plan[0].Original.RequestID, "a single cancel is resent as before")
+	reasons := map[string]string{}
+	for _, s := range skipped {
+		reasons[s.Row.RequestID] = s.Reason
+	}
+	require.Len(t, reasons, 2)
+	for _, id := range []string{"kill-failed", "kill-lost"} {
+		require.Contains(t, reasons[id], "--include-cancel-all", id)
+		require.Contains(t, reasons[id], "every order placed since", id)
+	}
+	var out bytes.Buffer
+	require.NoError(t, replay.WritePlan(&out, plan, skipped, false))
+	require.Contains(t, out.String(), "skip sequence "+itoa(h.seqs["kill-lost"])+" (kill-lost): unanswered cancel-all:")
+	require.Contains(t, out.String(), "1 to resend, 2 skipped")
+
+	plan, skipped = replay.Plan(rep.Rows, replay.PlanOptions{IncludeCancelAll: true})
+	require.Len(t, plan, 3, "asked for by name, they are resent")
+	require.Empty(t, skipped)
+	require.Equal(t, cfg.CancelAllSubject, plan[0].Subject)
+	require.Equal(t, "kill-failed/resend-"+itoa(h.seqs["kill-failed"]), plan[0].RequestID)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,18 +54,28 @@ func cut(s string, n int) string {
 	return s
 }
 
+// PlanOptions widen what Plan picks.
+type PlanOptions struct {
+	// IncludeRejected also picks rejected and not_open requests.
+	IncludeRejected bool
+	// IncludeCancelAll also picks cancel-all requests. Off by default: a
+	// cancel-all resent later also cancels every order placed since the
+	// original.
+	IncludeCancelAll bool
+}
+
 // Plan picks from rows the requests to resend: unanswered and failed ones,
-// and rejected and not_open ones when includeRejected. Pending requests (the
-// worker may still answer them), requests already resent, and bodies that are
-// not valid requests are skipped with the reason.
-func Plan(rows []*Row, includeRejected bool) ([]Resend, []Skip) {
+// and what opts add. Pending requests (the worker may still answer them),
+// requests already resent, bodies that are not valid requests and, unless
+// opts.IncludeCancelAll, cancel-alls are skipped with the reason.
+func Plan(rows []*Row, opts PlanOptions) ([]Resend, []Skip) {
 	var plan []Resend
 	var skipped []Skip
 	for _, r := range rows {
 		switch messages.Status(r.Status) {
 		case StateUnanswered, messages.StatusFailed:
 		case messages.StatusRejected, messages.StatusNotOpen:
-			if !includeRejected {
+			if !opts.IncludeRejected {
 				skipped = append(skipped, Skip{r, r.Status + ": resent only with --include-rejected"})
 				continue
 			}
@@ -81,6 +92,10 @@ func Plan(rows []*Row, includeRejected bool) ([]Resend, []Skip) {
 		}
 		if r.reqErr != nil {
 			skipped = append(skipped, Skip{r, "not a valid request: " + r.reqErr.Error()})
+			continue
+		}
+		if r.req.all && !opts.IncludeCancelAll {
+			skipped = append(skipped, Skip{r, r.Status + " cancel-all: resent only with --include-cancel-all (sent now, it would also cancel every order placed since " + r.RequestTime.Format(time.RFC3339) + ")"})
 			continue
 		}
 		id := resendRequestID(r.RequestID, r.Seq)
@@ -120,6 +135,7 @@ func Publish(ctx context.Context, js jetstream.JetStream, plan []Resend) (Publis
 
 // request is a strictly decoded cancel or cancel-all.
 type request struct {
+	all         bool // a cancel-all
 	replayOf    string
 	replayOfSeq uint64
 	rebuild     func(requestID, replayOf string, replayOfSeq uint64) ([]byte, error)
@@ -128,7 +144,9 @@ type request struct {
 func decodeRequest(cfg Config, subject string, data []byte) (request, error) {
 	if subject == cfg.CancelAllSubject {
 		c, err := messages.DecodeCancelAll(data)
-		return requestOf(&c, &c.RequestID, &c.ReplayOf, &c.ReplayOfSeq), err
+		req := requestOf(&c, &c.RequestID, &c.ReplayOf, &c.ReplayOfSeq)
+		req.all = true
+		return req, err
 	}
 	c, err := messages.DecodeCancel(data)
 	return requestOf(&c, &c.RequestID, &c.ReplayOf, &c.ReplayOfSeq), err
@@ -136,7 +154,7 @@ func decodeRequest(cfg Config, subject string, data []byte) (request, error) {
 
 // requestOf wraps a decoded body and pointers to its id fields.
 func requestOf[T any](body *T, requestID, replayOf *string, replayOfSeq *uint64) request {
-	return request{*replayOf, *replayOfSeq, func(id, of string, seq uint64) ([]byte, error) {
+	return request{replayOf: *replayOf, replayOfSeq: *replayOfSeq, rebuild: func(id, of string, seq uint64) ([]byte, error) {
 		*requestID, *replayOf, *replayOfSeq = id, of, seq
 		return json.Marshal(body)
 	}}

@@ -147,6 +147,15 @@ func TestResultGolden(t *testing.T) {
 			r.Status, r.RetCode, r.RetMsg, r.Attempts, r.SentAt, r.Ambiguous, r.Deliveries = StatusNotOpen, new(170213), "Order does not exist.", 2, &sent, true, 1
 			return r
 		}(),
+		// A cancel-all redelivered after a 503: it lists what both deliveries
+		// cancelled, and cannot claim that the 503'd call cancelled nothing.
+		"cancel_all": func() Result {
+			r := NewCancelAllResult(CancelAll{Category: "inverse", BaseCoin: "BTC", RequestID: "kill-7"}, "kill-7", 14, sent.Add(-time.Second))
+			r.Status, r.RetCode, r.ExchangeTime, r.Attempts, r.SentAt, r.Ambiguous, r.Deliveries = StatusCancelled, new(0), 1672217377164, 1, &sent, true, 2
+			r.Orders = []OrderRef{{OrderID: "5a8c1f2e", OrderLinkID: "inv-001"}, {OrderID: "7d04b9c3", OrderLinkID: ""}}
+			r.OrdersComplete = new(false)
+			return r
+		}(),
 	}
 	for name, r := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -1,5 +1,10 @@
 package messages
 
+import (
+	"encoding/json"
+	"strconv"
+)
+
 // CancelAll is the body of a message on the cancel-all subject: cancel every
 // open order of a category, narrowed by symbol, baseCoin or settleCoin.
 type CancelAll struct {
@@ -89,4 +94,44 @@ func (c CancelAll) Validate() error {
 type OrderRef struct {
 	OrderID     string `json:"orderId"`
 	OrderLinkID string `json:"orderLinkId"`
+}
+
+// CancelAllProgress is one record of a cancel-all at work, stored in the
+// stream on <progress subject>.<requestSeq> before the request has its
+// result: what one call cancelled, that a call failed in a way that may have
+// cancelled orders whose list never arrived, or that a run of the request
+// stopped without a result. A redelivery — to the same process or another —
+// folds the records into its result, so that the result lists what every
+// call of every delivery cancelled.
+type CancelAllProgress struct {
+	RequestSeq uint64 `json:"requestSeq"`
+	// Run names one run of the request (one delivery taken by one process).
+	Run string `json:"run"`
+	// Delivery is JetStream's delivery count of the request during the run.
+	Delivery uint64 `json:"delivery"`
+	// Call numbers the run's calls from 1 (0 on a Released record).
+	Call   int        `json:"call,omitempty"`
+	Orders []OrderRef `json:"orders,omitempty"`
+	// Lost: the call may have cancelled orders, but its answer was lost.
+	Lost bool `json:"lost,omitempty"`
+	// Released: the run gave the request back without a result, and every
+	// call it made has its record.
+	Released bool `json:"released,omitempty"`
+}
+
+// CancelAllProgressMsgID is the Nats-Msg-Id of a progress record: a record
+// published twice (a lost PubAck) is stored once.
+func CancelAllProgressMsgID(p CancelAllProgress) string {
+	id := "progress:" + strconv.FormatUint(p.RequestSeq, 10) + ":" + p.Run + ":"
+	if p.Released {
+		return id + "released"
+	}
+	return id + strconv.Itoa(p.Call)
+}
+
+// DecodeCancelAllProgress decodes a progress record (tolerantly, as results).
+func DecodeCancelAllProgress(data []byte) (CancelAllProgress, error) {
+	var p CancelAllProgress
+	err := json.Unmarshal(data, &p)
+	return p, err
 }

@@ -1,6 +1,7 @@
 package messages
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -40,4 +41,17 @@ func TestDecodeCancelAllPerCategory(t *testing.T) {
 		require.ErrorIs(t, err, ErrInvalid, body)
 		require.ErrorContains(t, err, want, body)
 	}
+}
+
+func TestCancelAllProgressRoundTripsAndDedupesPerCall(t *testing.T) {
+	t.Parallel()
+	call := CancelAllProgress{RequestSeq: 14, Run: "r1", Delivery: 2, Call: 3, Orders: []OrderRef{{OrderID: "a", OrderLinkID: "l"}}}
+	require.Equal(t, "progress:14:r1:3", CancelAllProgressMsgID(call))
+	require.Equal(t, "progress:14:r1:released", CancelAllProgressMsgID(CancelAllProgress{RequestSeq: 14, Run: "r1", Delivery: 2, Released: true}))
+	data, err := json.Marshal(call)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"requestSeq":14,"run":"r1","delivery":2,"call":3,"orders":[{"orderId":"a","orderLinkId":"l"}]}`, string(data))
+	back, err := DecodeCancelAllProgress(data)
+	require.NoError(t, err)
+	require.Equal(t, call, back)
 }

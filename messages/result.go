@@ -47,9 +47,15 @@ type Result struct {
 	// BaseCoin and SettleCoin echo a cancel-all's scope.
 	BaseCoin   string `json:"baseCoin,omitempty"`
 	SettleCoin string `json:"settleCoin,omitempty"`
-	// Orders lists what a cancel-all cancelled (also when a later call of
-	// its repeat loop failed).
+	// Orders lists what a cancel-all cancelled: every call of every
+	// delivery (also when a later call of its repeat loop failed).
 	Orders []OrderRef `json:"orders,omitempty"`
+	// OrdersComplete is set on the result of a cancel-all that was sent:
+	// false when Orders may miss orders it cancelled — a call's answer was
+	// lost (a timeout, a 5xx), or an earlier delivery ran calls whose
+	// progress is not known (a crash, or a stream that does not capture the
+	// progress subject). It errs on the side of false.
+	OrdersComplete *bool `json:"ordersComplete,omitempty"`
 
 	// RetCode and RetMsg are Bybit's answer, when there was one.
 	RetCode *int   `json:"retCode,omitempty"`

@@ -40,7 +40,7 @@ func TestRedeliveryOfAnAnsweredSequenceIsAckedWithoutACall(t *testing.T) {
 	require.NoError(t, err)
 	w, err := New(Config{
 		Stream: "ORDERS", Consumer: "c", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
-		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
+		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", CancelAllProgressSubject: "orders.cancel-all.progress",
 		AckWait: time.Second, MaxDeliver: 5, MaxAckPending: 10, DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 1, RetryBudget: time.Minute, MaxAge: time.Minute, ShutdownTimeout: time.Second,
 		BanPause: time.Minute, LimitShare: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

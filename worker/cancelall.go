@@ -23,27 +23,32 @@ func (w *Worker) cancelAll(j *job, a *account) {
 		Category: j.all.Category, Symbol: j.all.Symbol, BaseCoin: j.all.BaseCoin, SettleCoin: j.all.SettleCoin,
 		OrderFilter: j.all.OrderFilter, StopOrderType: j.all.StopOrderType,
 	}
-	var orders []messages.OrderRef
+	// What earlier deliveries cancelled is read back, what this one
+	// cancels is recorded call by call: finish lists all of it.
+	if w.startProgress(ctx, j) != nil {
+		w.release(j, 0, "shutdown")
+		return
+	}
 	queued := time.Now()
 	for {
 		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
-			d := w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish")
-			d.result.Orders = orders
-			w.finish(j, d)
+			w.finish(j, w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish"))
 			return
 		}
 		res, sent, err := w.cancelAllCall(ctx, j, a, p, req)
 		j.rateLimitWait += time.Since(queued)
 		if !sent {
-			// Stopping before this call went out. Orders an earlier call
-			// cancelled are found cancelled by the redelivery's calls.
+			// Stopping before this call went out. The release records
+			// that every call so far is recorded, for the redelivery.
 			w.release(j, 0, "shutdown")
 			return
 		}
 		if err == nil {
-			for _, o := range res.Orders {
-				orders = append(orders, messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID})
+			orders := make([]messages.OrderRef, len(res.Orders))
+			for i, o := range res.Orders {
+				orders[i] = messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}
 			}
+			w.recordCall(j, orders)
 			if futures && len(res.Orders) >= bybit.MaxCancelAll {
 				queued = time.Now()
 				continue // more may be left
@@ -52,14 +57,15 @@ func (w *Worker) cancelAll(j *job, a *account) {
 			r.Status = messages.StatusCancelled
 			r.RetCode = new(0)
 			r.ExchangeTime = res.Time
-			r.Orders = orders
 			w.finish(j, decision{action: actFinish, result: r})
 			return
+		}
+		if bybit.MayHaveApplied(err) {
+			w.recordLost(j)
 		}
 		d := w.decide(j, bybit.CancelOrderResult{}, err)
 		switch d.action {
 		case actFinish:
-			d.result.Orders = orders
 			w.finish(j, d)
 			return
 		case actRelease:

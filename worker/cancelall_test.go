@@ -2,13 +2,16 @@ package worker_test
 
 import (
 	"fmt"
+	"net/http"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
 func (e *env) publishAll(body string) uint64 {
@@ -35,6 +38,7 @@ func TestCancelAllRepeatsUntilTheListComesBackShort(t *testing.T) {
 	require.Len(t, r.Orders, n)
 	require.Equal(t, 3, r.Attempts, "500 + 500 + 203")
 	require.Equal(t, "kill-switch-1", r.RequestID)
+	require.True(t, *r.OrdersComplete)
 	seen := map[string]bool{}
 	for _, o := range r.Orders {
 		require.False(t, seen[o.OrderID], "listed once")
@@ -85,4 +89,149 @@ func TestInvalidCancelAllIsAnswered(t *testing.T) {
 	r := e.waitResults(1)[seq]
 	require.Equal(t, messages.StatusInvalid, r.Status)
 	require.Contains(t, r.Error, "needs one of symbol")
+}
+
+// countCancelAlls counts the cancel-all calls that reach the exchange, so
+// that a fault can pick the nth.
+func (e *env) countCancelAlls() *atomic.Int32 {
+	var calls atomic.Int32
+	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v5/order/cancel-all" {
+			calls.Add(1)
+		}
+		e.ex.ServeHTTP(w, r)
+	})
+	return &calls
+}
+
+// requireListsEveryCancelledOrder checks that the exchange cancelled every
+// one of orders and that the result lists each, once.
+func (e *env) requireListsEveryCancelledOrder(r messages.Result, orders []bybittest.Order) {
+	e.t.Helper()
+	require.Equal(e.t, len(orders), len(r.Orders), "orders listed in the result")
+	listed := map[string]bool{}
+	for _, o := range r.Orders {
+		require.False(e.t, listed[o.OrderID], "listed once: %s", o.OrderID)
+		listed[o.OrderID] = true
+	}
+	for _, o := range orders {
+		st, _ := e.ex.Order(o.Category, o.OrderID)
+		require.Equal(e.t, "Cancelled", st.Status)
+		require.True(e.t, listed[o.OrderID], "order %s was cancelled by the exchange but is missing from the result", o.OrderID)
+	}
+}
+
+// Bybit cancels at most 500 futures orders a call. The second call is
+// answered 503 twice, which spends the retry budget: the request is released
+// and its redelivery cancels the remaining 200. The result lists all 700 —
+// the 500 the first delivery cancelled too — and each gets its confirmation.
+func TestCancelAllReleasedMidLoopOnItsRetryBudgetListsEveryOrder(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withConfirm(10 * time.Second)
+	e.cfg.RetryBudget = 50 * time.Millisecond // less than the first backoff: the second 503 releases
+	var orders []bybittest.Order
+	for range 700 {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"}))
+	}
+	calls := e.countCancelAlls()
+	second := func(string, string, string, string) bool { n := calls.Load(); return n == 2 || n == 3 }
+	unavailable := bybittest.Fault{Match: second, Status: 503, Body: "<html>Service Unavailable</html>"}
+	e.ex.InjectFault(unavailable, unavailable)
+	seq := e.publishAll(`{"category":"inverse","baseCoin":"BTC","requestId":"kill-700"}`)
+	e.start()
+	r := e.waitResults(1)[seq]
+	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	require.EqualValues(t, 2, r.Deliveries, "released once, mid-loop")
+	e.requireListsEveryCancelledOrder(r, orders)
+	require.True(t, r.Ambiguous)
+	require.NotNil(t, r.OrdersComplete)
+	require.False(t, *r.OrdersComplete, "a 503 may come after Bybit cancelled orders it never listed: the result cannot claim the list is whole")
+	got := e.waitConfirmations(len(orders))
+	for _, o := range orders {
+		require.Equal(t, "Cancelled", got[messages.ConfirmedMsgID(seq, o.OrderID, "")].OrderStatus)
+	}
+	e.settled()
+}
+
+// A worker stopped between two calls of the repeat loop releases the
+// request; another worker takes the redelivery and finishes it. Its result
+// lists what both cancelled.
+func TestCancelAllStoppedMidLoopIsFinishedByAnotherWorker(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	var orders []bybittest.Order
+	for range 1203 {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
+	}
+	calls := e.countCancelAlls()
+	// One request an hour: the first call goes, the second waits for the
+	// IP budget, and the stop comes while it waits (a call already on its
+	// way is answered and booked before the worker stops).
+	e.cfg.IPLimit = worker.Rate{N: 1, Per: time.Hour}
+	seq := e.publishAll(`{"category":"linear","symbol":"BTCUSDT","requestId":"kill-1203"}`)
+	first := e.start()
+	require.Eventually(t, func() bool { return calls.Load() == 1 }, waitFor, 5*time.Millisecond)
+	first.stop()
+	err := <-first.done
+	require.NoError(t, err)
+	first.done <- err // for the test's cleanup
+	require.EqualValues(t, 1, calls.Load(), "stopped between the calls")
+
+	e.cfg.IPLimit = worker.Rate{}
+	e.start()
+	r := e.waitResults(1)[seq]
+	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	require.EqualValues(t, 2, r.Deliveries)
+	require.Equal(t, 2, r.Attempts, "500 + 203 by the second worker")
+	e.requireListsEveryCancelledOrder(r, orders)
+	require.True(t, *r.OrdersComplete, "the first worker recorded its call, and that it made no other")
+	e.settled()
+}
+
+// On a stream of the operator's that does not capture the progress subject
+// the worker starts (with a warning); a cancel-all redelivered after it
+// partly ran lists what its own delivery cancelled and says that the list
+// may be incomplete.
+func TestCancelAllOnAStreamWithoutProgressSaysItsListMayBeIncomplete(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	ctx := t.Context()
+	s, err := e.js.Stream(ctx, e.cfg.Stream)
+	require.NoError(t, err)
+	operators := s.CachedInfo().Config
+	operators.Metadata = nil
+	operators.Subjects = []string{"orders.cancel", "orders.cancel-all", "orders.cancel.ack", "orders.cancel.rejected"}
+	_, err = e.js.UpdateStream(ctx, operators)
+	require.NoError(t, err)
+	var orders []bybittest.Order
+	for range 700 {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"}))
+	}
+	calls := e.countCancelAlls()
+	e.cfg.IPLimit = worker.Rate{N: 1, Per: time.Hour}
+	seq := e.publishAll(`{"category":"inverse","baseCoin":"BTC"}`)
+	first := e.start()
+	require.Contains(t, e.logs.String(), "does not capture the cancel-all progress subject")
+	require.Eventually(t, func() bool { return calls.Load() == 1 }, waitFor, 5*time.Millisecond)
+	first.stop()
+	err = <-first.done
+	require.NoError(t, err)
+	first.done <- err
+
+	e.cfg.IPLimit = worker.Rate{}
+	e.start()
+	r := e.waitResults(1)[seq]
+	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	require.Len(t, r.Orders, 200, "what the second delivery cancelled")
+	require.NotNil(t, r.OrdersComplete)
+	require.False(t, *r.OrdersComplete, "the first delivery's 500 are not known")
+	for _, o := range orders {
+		st, _ := e.ex.Order(o.Category, o.OrderID)
+		require.Equal(t, "Cancelled", st.Status)
+	}
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, operators.Subjects, info.Config.Subjects, "the operator's stream is left unchanged")
+	e.settled()
 }

@@ -71,6 +71,13 @@ type Config struct {
 	// CancelAllSubject is the cancel-all input (NATS_CANCEL_ALL_SUBJECT,
 	// orders.cancel-all).
 	CancelAllSubject string
+	// CancelAllProgressSubject prefixes the progress records of running
+	// cancel-alls, one subject per request: <subject>.<requestSeq>
+	// (NATS_CANCEL_ALL_PROGRESS_SUBJECT, orders.cancel-all.progress). A
+	// created stream captures <subject>.>; on a stream of the operator's
+	// that does not, a redelivered cancel-all cannot know what an earlier
+	// delivery cancelled and says so (ordersComplete false).
+	CancelAllProgressSubject string
 	// AckSubject receives cancels the exchange acknowledged
 	// (NATS_ACK_SUBJECT, orders.cancel.ack).
 	AckSubject string
@@ -159,6 +166,10 @@ func (c Config) Validate() error {
 	need(c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT")
 	need(c.AckSubject, "NATS_ACK_SUBJECT")
 	need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
+	need(c.CancelAllProgressSubject, "NATS_CANCEL_ALL_PROGRESS_SUBJECT")
+	if err := c.checkProgressSubject(); err != nil {
+		errs = append(errs, err)
+	}
 	subjects := map[string]string{}
 	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
 		if prev, dup := subjects[s[0]]; dup && s[0] != "" {

@@ -19,8 +19,10 @@ type job struct {
 	deliveries  uint64
 	requestTime time.Time
 	req         messages.Cancel
-	// all is set instead of req for a cancel-all request.
+	// all is set instead of req for a cancel-all request; prog is its
+	// progress once it runs.
 	all       *messages.CancelAll
+	prog      *cancelAllProgress
 	requestID string
 	lane      *lane
 

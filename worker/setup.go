@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,7 +32,37 @@ func (c Config) streamSubjects() []string {
 	if c.Confirm {
 		subjects = append(subjects, c.ConfirmedSubject)
 	}
+	if c.CancelAllProgressSubject != "" {
+		subjects = append(subjects, c.progressSubjects())
+	}
 	return subjects
+}
+
+// progressSubjects is the wildcard of every cancel-all's progress records.
+func (c Config) progressSubjects() string { return c.CancelAllProgressSubject + ".>" }
+
+// progressSubject is where the progress records of the cancel-all at seq go.
+func (c Config) progressSubject(seq uint64) string {
+	return c.CancelAllProgressSubject + "." + strconv.FormatUint(seq, 10)
+}
+
+// checkProgressSubject keeps progress records apart from requests and
+// results: the worker's consumer, replay and the confirmer read those
+// subjects, and must never take a progress record for one of them.
+func (c Config) checkProgressSubject() error {
+	p := c.CancelAllProgressSubject
+	if p == "" {
+		return nil
+	}
+	if strings.ContainsAny(p, "*> \t") || slices.Contains(strings.Split(p, "."), "") {
+		return fmt.Errorf("NATS_CANCEL_ALL_PROGRESS_SUBJECT %q must be a literal subject (no wildcards, no empty tokens)", p)
+	}
+	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}, {c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT"}} {
+		if s[0] != "" && (s[0] == p || subjectMatches(c.progressSubjects(), s[0])) {
+			return fmt.Errorf("NATS_CANCEL_ALL_PROGRESS_SUBJECT %q overlaps %s %q: progress records (%s) must not share a subject with requests or results", p, s[1], s[0], c.progressSubjects())
+		}
+	}
+	return nil
 }
 
 // ConfirmConsumer is the name of the durable consumer that drives
@@ -69,6 +100,12 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	if cfg.Metadata[ManagedKey] != ManagedValue {
 		var missing []string
 		for _, subj := range c.streamSubjects() {
+			// Progress records are optional on a stream of the
+			// operator's: without them a redelivered cancel-all says
+			// its list may be incomplete (Worker.Setup warns).
+			if subj == c.progressSubjects() {
+				continue
+			}
 			if !subjectCovered(cfg.Subjects, subj) {
 				missing = append(missing, subj)
 			}

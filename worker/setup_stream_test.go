@@ -23,7 +23,7 @@ func TestCreatedStreamAndConsumerAreTaggedAndConfigured(t *testing.T) {
 	require.Equal(t, jetstream.FileStorage, cfg.Storage)
 	require.Equal(t, worker.StreamMaxAge, cfg.MaxAge)
 	require.Equal(t, time.Hour, cfg.Duplicates)
-	require.ElementsMatch(t, []string{"orders.cancel", "orders.cancel-all", "orders.cancel.ack", "orders.cancel.rejected"}, cfg.Subjects)
+	require.ElementsMatch(t, []string{"orders.cancel", "orders.cancel-all", "orders.cancel.ack", "orders.cancel.rejected", "orders.cancel-all.progress.>"}, cfg.Subjects, "and the cancel-all progress records")
 	require.Equal(t, worker.ManagedValue, cfg.Metadata[worker.ManagedKey])
 
 	cons, settings, err := worker.EnsureConsumer(ctx, e.js, e.cfg)

@@ -48,6 +48,8 @@ type Worker struct {
 	consumer ConsumerSettings
 	cons     jetstream.Consumer
 	maxHeld  int
+	// keepProgress: the stream captures the cancel-all progress subject.
+	keepProgress bool
 
 	held     *heldSet
 	answered *seqMemory
@@ -182,8 +184,14 @@ func (w *Worker) Setup(ctx context.Context) error {
 	if w.cons != nil {
 		return nil
 	}
-	if _, err := EnsureStream(ctx, w.js, w.cfg); err != nil {
+	scfg, err := EnsureStream(ctx, w.js, w.cfg)
+	if err != nil {
 		return err
+	}
+	w.keepProgress = subjectCovered(scfg.Subjects, w.cfg.progressSubject(1))
+	if !w.keepProgress {
+		w.log.Warn("the stream does not capture the cancel-all progress subject: a cancel-all redelivered after it partly ran cannot list what the earlier delivery cancelled, and its result says ordersComplete false",
+			"stream", w.cfg.Stream, "add", w.cfg.progressSubjects())
 	}
 	cons, settings, err := EnsureConsumer(ctx, w.js, w.cfg)
 	if err != nil {
@@ -832,6 +840,9 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 		w.finish(j, w.failed(j, "released on the consumer's last delivery: "+reason))
 		return
 	}
+	if j.prog != nil {
+		w.recordReleased(j)
+	}
 	j.mu.Lock()
 	j.done = true
 	msg := j.msg
@@ -858,6 +869,12 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 func (w *Worker) finish(j *job, d decision) {
 	defer w.jobs.Done()
 	r := d.result
+	if j.prog != nil {
+		// A cancel-all lists what every call of every delivery cancelled,
+		// whichever way it ends.
+		r.Orders = j.prog.orders
+		r.OrdersComplete = new(j.prog.complete())
+	}
 	r.Attempts = j.attempts
 	r.Ambiguous = j.ambiguous
 	r.RateLimitWaitMs = j.rateLimitWait.Milliseconds()
@@ -938,6 +955,9 @@ func (w *Worker) logOutcome(j *job, r messages.Result) {
 	}
 	if j.all != nil {
 		attrs = append(attrs, "cancelAll", true, "orders", len(r.Orders))
+		if r.OrdersComplete != nil {
+			attrs = append(attrs, "ordersComplete", *r.OrdersComplete)
+		}
 	}
 	switch r.Status {
 	case messages.StatusInvalid:

@@ -64,6 +64,7 @@ var settings = []setting{
 	{env: "NATS_CANCEL_ALL_SUBJECT", def: "orders.cancel-all", usage: "input subject of cancel-all requests"},
 	{env: "NATS_ACK_SUBJECT", def: "orders.cancel.ack", usage: "results: cancels the exchange acknowledged"},
 	{env: "NATS_REJECTED_SUBJECT", def: "orders.cancel.rejected", usage: "results: every other final outcome"},
+	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", def: "orders.cancel-all.progress", usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
 	{env: "NATS_ACK_WAIT", def: "5s", usage: "AckWait of a consumer the worker creates"},
 	{env: "NATS_MAX_DELIVER", def: "20", usage: "MaxDeliver of a consumer the worker creates"},
 	{env: "NATS_MAX_ACK_PENDING", def: "1000", usage: "MaxAckPending of a consumer the worker creates (messages held)"},
@@ -101,7 +102,8 @@ var settings = []setting{
 // NATS and where the worker keeps its messages.
 var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
 	switch s.env {
-	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS":
+	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
+		"NATS_CANCEL_ALL_PROGRESS_SUBJECT": // replay reads requests and results only
 		return true
 	}
 	return !strings.HasPrefix(s.env, "NATS_")
@@ -357,30 +359,31 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	var rc runConfig
 	rc.nats = p.natsConfig()
 	rc.worker = worker.Config{
-		Stream:           p.str("NATS_STREAM"),
-		Consumer:         p.str("NATS_CONSUMER"),
-		CancelSubject:    p.str("NATS_CANCEL_SUBJECT"),
-		CancelAllSubject: p.str("NATS_CANCEL_ALL_SUBJECT"),
-		AckSubject:       p.str("NATS_ACK_SUBJECT"),
-		RejectedSubject:  p.str("NATS_REJECTED_SUBJECT"),
-		AckWait:          p.duration("NATS_ACK_WAIT"),
-		MaxDeliver:       p.integer("NATS_MAX_DELIVER"),
-		MaxAckPending:    p.integer("NATS_MAX_ACK_PENDING"),
-		DuplicateWindow:  p.duration("NATS_DUPLICATE_WINDOW"),
-		StreamReplicas:   p.integer("NATS_STREAM_REPLICAS"),
-		Concurrency:      p.integer("WORKER_CONCURRENCY"),
-		RetryBudget:      p.duration("WORKER_RETRY_BUDGET"),
-		MaxAge:           p.duration("WORKER_MAX_AGE"),
-		ShutdownTimeout:  p.duration("WORKER_SHUTDOWN_TIMEOUT"),
-		Limits:           p.limits("BYBIT_LIMITS"),
-		IPLimit:          p.rate("BYBIT_IP_LIMIT"),
-		LimitShare:       p.fraction("BYBIT_LIMIT_SHARE"),
-		Batch:            p.boolean("BYBIT_BATCH"),
-		BanPause:         p.duration("BYBIT_BAN_PAUSE"),
-		BanRelease:       p.boolean("BYBIT_BAN_RELEASE"),
-		Confirm:          p.boolean("CONFIRM"),
-		ConfirmTimeout:   p.duration("CONFIRM_TIMEOUT"),
-		ConfirmedSubject: p.str("NATS_CONFIRMED_SUBJECT"),
+		Stream:                   p.str("NATS_STREAM"),
+		Consumer:                 p.str("NATS_CONSUMER"),
+		CancelSubject:            p.str("NATS_CANCEL_SUBJECT"),
+		CancelAllSubject:         p.str("NATS_CANCEL_ALL_SUBJECT"),
+		AckSubject:               p.str("NATS_ACK_SUBJECT"),
+		RejectedSubject:          p.str("NATS_REJECTED_SUBJECT"),
+		CancelAllProgressSubject: p.str("NATS_CANCEL_ALL_PROGRESS_SUBJECT"),
+		AckWait:                  p.duration("NATS_ACK_WAIT"),
+		MaxDeliver:               p.integer("NATS_MAX_DELIVER"),
+		MaxAckPending:            p.integer("NATS_MAX_ACK_PENDING"),
+		DuplicateWindow:          p.duration("NATS_DUPLICATE_WINDOW"),
+		StreamReplicas:           p.integer("NATS_STREAM_REPLICAS"),
+		Concurrency:              p.integer("WORKER_CONCURRENCY"),
+		RetryBudget:              p.duration("WORKER_RETRY_BUDGET"),
+		MaxAge:                   p.duration("WORKER_MAX_AGE"),
+		ShutdownTimeout:          p.duration("WORKER_SHUTDOWN_TIMEOUT"),
+		Limits:                   p.limits("BYBIT_LIMITS"),
+		IPLimit:                  p.rate("BYBIT_IP_LIMIT"),
+		LimitShare:               p.fraction("BYBIT_LIMIT_SHARE"),
+		Batch:                    p.boolean("BYBIT_BATCH"),
+		BanPause:                 p.duration("BYBIT_BAN_PAUSE"),
+		BanRelease:               p.boolean("BYBIT_BAN_RELEASE"),
+		Confirm:                  p.boolean("CONFIRM"),
+		ConfirmTimeout:           p.duration("CONFIRM_TIMEOUT"),
+		ConfirmedSubject:         p.str("NATS_CONFIRMED_SUBJECT"),
 	}
 	rc.apiKey = p.str("BYBIT_API_KEY")
 	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")

@@ -254,7 +254,8 @@ func demoWorkerConfig(log *slog.Logger) worker.Config {
 	return worker.Config{
 		Stream: "ORDERS", Consumer: "cancel-worker",
 		CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
-		AckWait: 5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
+		CancelAllProgressSubject: "orders.cancel-all.progress",
+		AckWait:                  5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
 		DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 20 * time.Second,
 		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,

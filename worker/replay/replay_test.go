@@ -51,7 +51,8 @@ func newHistory(t *testing.T) *history {
 	require.NoError(t, err)
 	wc := worker.Config{
 		Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject, CancelAllSubject: cfg.CancelAllSubject,
-		AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, DuplicateWindow: time.Hour, StreamReplicas: 1,
+		AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, CancelAllProgressSubject: "orders.cancel-all.progress",
+		DuplicateWindow: time.Hour, StreamReplicas: 1,
 		AckWait: time.Minute, MaxDeliver: 20, MaxAckPending: 1000,
 	}
 	ctx := context.Background()
@@ -528,12 +529,18 @@ func TestResendSkipsCancelAllsUnlessAskedFor(t *testing.T) {
 	h.publish(cfg.CancelAllSubject, `{"category":"linear","settleCoin":"USDT","requestId":"kill-failed"}`)
 	h.publish(cfg.CancelAllSubject, `{"category":"spot","requestId":"kill-lost"}`)
 	h.publish(cfg.CancelSubject, `{"category":"linear","symbol":"BTCUSDT","orderId":"x","requestId":"one"}`)
+	// A worker stores a running cancel-all's progress in the same stream:
+	// replay reads it as neither request nor result.
+	_, err := h.js.Publish(context.Background(), "orders.cancel-all.progress.1", []byte(`{"requestSeq":1,"run":"r","delivery":1,"call":1,"orders":[{"orderId":"o","orderLinkId":""}]}`))
+	require.NoError(t, err)
 	h.work(answer(messages.StatusFailed, nil), ackOnly, answer(messages.StatusFailed, nil))
 	require.Eventually(t, func() bool {
 		info, err := h.cons.Info(context.Background())
 		return err == nil && info.AckFloor.Stream == 3
 	}, waitFor, 10*time.Millisecond)
 	rep := read(t, h.js, replay.Window{}, replay.Filter{})
+	require.Len(t, rep.Rows, 3)
+	require.Empty(t, rep.Warnings)
 
 	plan, skipped := replay.Plan(rep.Rows, replay.PlanOptions{})
 	require.Len(t, plan, 1)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -77,4 +78,53 @@ func TestKill9MidBurstThenRestart(t *testing.T) {
 		require.Equal(t, "Cancelled", c[0].OrderStatus)
 	}
 	require.Len(t, confs, n)
+}
+
+// kill -9 between two calls of a cancel-all's repeat loop, then a restart:
+// what the dead process's first call cancelled was stored as progress before
+// the kill, so the restarted worker's result lists those 500 orders too. It
+// cannot claim its list is whole: the dead process may have made a call it
+// never recorded.
+func TestKill9MidCancelAllKeepsItsProgress(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{}, nil)
+	s.env["NATS_ACK_WAIT"] = "2s" // how soon the dead process's message comes back
+	// One request an hour: the first call goes, the second waits for the
+	// IP budget, and the kill comes while it waits.
+	s.env["BYBIT_IP_LIMIT"] = "1/1h"
+	const n = 1203
+	for range n {
+		s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	}
+	cmd, _ := s.startBinary()
+	ack, err := s.js.Publish(context.Background(), "orders.cancel-all", []byte(`{"category":"linear","symbol":"BTCUSDT","requestId":"kill-crash"}`))
+	require.NoError(t, err)
+	progress := func() int {
+		c := 0
+		s.readAll([]string{fmt.Sprint("orders.cancel-all.progress.", ack.Sequence)}, func(jetstream.Msg) { c++ })
+		return c
+	}
+	require.Eventually(t, func() bool { return progress() == 1 }, waitFor, 10*time.Millisecond)
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	require.Empty(t, s.results())
+
+	s.env["BYBIT_IP_LIMIT"] = "off"
+	_, logs := s.startBinary()
+	require.Eventually(t, func() bool { return len(s.results()) >= 1 }, waitFor, 20*time.Millisecond, "%s", logs)
+	r := s.results()[0]
+	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	require.EqualValues(t, 2, r.Deliveries)
+	listed := map[string]bool{}
+	for _, o := range r.Orders {
+		require.False(t, listed[o.OrderID], "listed once")
+		listed[o.OrderID] = true
+	}
+	require.Len(t, listed, n, "the dead process's 500 and the restart's 703")
+	for id := range listed {
+		o, _ := s.ex.Order("linear", id)
+		require.Equal(t, "Cancelled", o.Status)
+	}
+	require.NotNil(t, r.OrdersComplete)
+	require.False(t, *r.OrdersComplete, "a crash leaves no word that every call was recorded")
 }

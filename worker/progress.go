@@ -83,13 +83,12 @@ func (p *cancelAllProgress) fold(recs []messages.CancelAllProgress, delivery uin
 // startProgress begins a run of a cancel-all: on a redelivery it reads what
 // earlier deliveries recorded. It fails only when ctx ends first.
 func (w *Worker) startProgress(ctx context.Context, j *job) error {
-	j.mu.Lock()
-	delivery := j.deliveries
-	j.mu.Unlock()
-	p := &cancelAllProgress{run: rand.Text(), seen: map[string]bool{}}
 	// Before any call of this run, ambiguous means that an earlier
 	// delivery may have sent calls.
-	earlierMaySend := j.ambiguous
+	j.mu.Lock()
+	delivery, earlierMaySend := j.deliveries, j.ambiguous
+	j.mu.Unlock()
+	p := &cancelAllProgress{run: rand.Text(), seen: map[string]bool{}}
 	switch {
 	case delivery > 1 && w.keepProgress:
 		recs, err := w.readProgress(ctx, j.seq)

@@ -214,11 +214,7 @@ func decodeResponse(status int, h http.Header, raw []byte) (*response, error) {
 	rl := ParseRateLimit(h)
 	var env envelope
 	if err := json.Unmarshal(raw, &env); err != nil || env.RetCode == nil {
-		herr := &HTTPError{StatusCode: status, Body: snippet(raw), RateLimit: rl}
-		if status == http.StatusForbidden && bytes.Contains(bytes.ToLower(raw), []byte("access too frequent")) {
-			herr.ipBan = true
-		}
-		return nil, herr
+		return nil, &HTTPError{StatusCode: status, Body: snippet(raw), RateLimit: rl}
 	}
 	if *env.RetCode != 0 {
 		return nil, &APIError{HTTPStatus: status, RetCode: *env.RetCode, RetMsg: env.RetMsg, Time: env.Time, RateLimit: rl}

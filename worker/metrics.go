@@ -53,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "retries_total", Help: "Attempts repeated or deliveries released, by reason."}, []string{"reason"}),
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
-			Name: "rate_limited_total", Help: "Answers saying the UID rate limit was exceeded (10006, 170222, HTTP 429)."}, []string{"category"}),
+			Name: "rate_limited_total", Help: "Answers saying a rate limit was exceeded: the UID limit (10006, 170222, HTTP 429) or the IP limit (10018)."}, []string{"category"}),
 		rateLimitWait: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "rate_limit_wait_seconds_total", Help: "Time requests spent waiting for rate-limit budget, summed over requests."}, []string{"category"}),
 		budgetRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
@@ -75,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		clockOffset: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "clock_offset_seconds", Help: "Bybit's clock minus the local clock, as last measured (the largest of the accounts')."}),
 		banPauses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
-			Name: "ip_ban_pauses_total", Help: "Pauses started by an IP-ban 403 (access too frequent)."}),
+			Name: "ip_ban_pauses_total", Help: "Pauses started by an HTTP 403 without a Bybit envelope (IP ban or CDN refusal)."}),
 		banned: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "ip_banned", Help: "1 while every request is paused by an IP ban."}),
 		confirmations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
@@ -112,7 +112,7 @@ func (m *Metrics) observeRequest(endpoint, category string, d time.Duration, err
 	}
 	m.requests.WithLabelValues(endpoint, categoryLabel(category), outcome).Inc()
 	m.exchangeLatency.WithLabelValues(endpoint).Observe(d.Seconds())
-	if err != nil && bybit.ClassOf(err) == bybit.ClassRateLimited {
+	if c := bybit.ClassOf(err); err != nil && (c == bybit.ClassRateLimited || c == bybit.ClassIPRateLimited) {
 		m.rateLimited.WithLabelValues(categoryLabel(category)).Inc()
 	}
 }

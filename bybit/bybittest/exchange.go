@@ -10,10 +10,13 @@ import (
 	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -45,6 +48,9 @@ type Account struct {
 	// Permissions is what GET /v5/user/query-api reports; default: trade
 	// permission in every market.
 	Permissions map[string][]string
+	// ExpiresAt is the key's expiry; zero: it never expires (Bybit then
+	// reports expiredAt "1970-01-01T00:00:00Z", as for a key bound to IPs).
+	ExpiresAt time.Time
 }
 
 // DefaultLimits are Bybit's documented per-UID limits per second of the base
@@ -429,9 +435,37 @@ func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {
 	if acct.ReadOnly {
 		readOnly = 1
 	}
+	e.mu.Lock()
+	now := e.nowLocked()
+	e.mu.Unlock()
+	expiredAt, deadlineDay := time.Unix(0, 0).UTC(), -2
+	if !acct.ExpiresAt.IsZero() {
+		expiredAt, deadlineDay = acct.ExpiresAt.UTC(), int(acct.ExpiresAt.Sub(now).Hours()/24)
+	}
+	rsaPublicKey := ""
+	if acct.RSAPublicKey != nil {
+		if der, err := x509.MarshalPKIXPublicKey(acct.RSAPublicKey); err == nil {
+			rsaPublicKey = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+		}
+	}
+	uid := userID(acct.UID)
+	// The fields of Bybit's answer (docs/v5/user/apikey-info.mdx).
 	e.writeEnvelope(w, r, Request{}, 0, "", map[string]any{
-		"id": "1", "apiKey": acct.APIKey, "readOnly": readOnly, "permissions": perms, "ips": []string{"*"},
+		"id": strconv.FormatInt(uid, 10), "note": "bybittest", "apiKey": acct.APIKey, "readOnly": readOnly, "secret": "",
+		"permissions": perms, "ips": []string{"*"}, "type": 1, "deadlineDay": deadlineDay,
+		"expiredAt": expiredAt.Format(time.RFC3339), "createdAt": now.Add(-24 * time.Hour).UTC().Format(time.RFC3339),
+		"unified": 0, "uta": 1, "userID": uid, "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0",
+		"affiliateID": 0, "rsaPublicKey": rsaPublicKey, "isMaster": true, "parentUid": "0",
+		"kycLevel": "LEVEL_DEFAULT", "kycRegion": "", "userIDInt64": strconv.FormatInt(uid, 10),
+		"inviterIDInt64": "0", "affiliateIDInt64": "0",
 	}, nil)
+}
+
+// userID is the numeric user id the simulator reports for a UID.
+func userID(uid string) int64 {
+	h := fnv.New32a()
+	h.Write([]byte(uid))
+	return int64(h.Sum32()%90_000_000) + 10_000_000
 }
 
 // takeBudget applies the rolling-window limit of one (uid, endpoint,

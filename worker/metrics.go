@@ -32,6 +32,7 @@ type Metrics struct {
 	banPauses       prometheus.Counter
 	banned          prometheus.Gauge
 	confirmations   *prometheus.CounterVec
+	partlyFilled    *prometheus.CounterVec
 	confirmLatency  *prometheus.HistogramVec
 	streamUp        *prometheus.GaugeVec
 	streamDrops     *prometheus.CounterVec
@@ -80,6 +81,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ip_banned", Help: "1 while every request is paused by an IP ban."}),
 		confirmations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "confirmations_total", Help: "Confirmations published, by the order status observed and how it was learnt."}, []string{"order_status", "confirmed_by"}),
+		partlyFilled: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "confirmations_partly_filled_total", Help: "Confirmations of orders that filled in part before the cancel landed (cumExecQty > 0, not Filled)."}, []string{"category"}),
 		confirmLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace,
 			Name: "ack_to_confirmation_seconds", Help: "From a result being stored to its order's confirmation.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"confirmed_by"}),
@@ -91,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.confirmLatency, m.streamUp, m.streamDrops)
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops)
 	return m
 }
 
@@ -136,6 +139,9 @@ func orderStatusLabel(s string) string {
 
 func (m *Metrics) observeConfirmation(c messages.Confirmation) {
 	m.confirmations.WithLabelValues(orderStatusLabel(c.OrderStatus), c.ConfirmedBy).Inc()
+	if c.PartlyFilled() {
+		m.partlyFilled.WithLabelValues(categoryLabel(c.Category)).Inc()
+	}
 	m.confirmLatency.WithLabelValues(c.ConfirmedBy).Observe(float64(c.AckToConfirmMs) / 1000)
 }
 

@@ -111,6 +111,20 @@ type Order struct {
 	// lookups report.
 	CancelType  string
 	UpdatedTime int64
+	// Side (Buy), OrderType (Limit), Price (1) and Qty (1) describe the
+	// order; CumExecQty (0) is how much of it filled before the cancel (a
+	// partly filled order), at AvgPrice (default Price).
+	Side       string
+	OrderType  string
+	Price      string
+	Qty        string
+	CumExecQty string
+	AvgPrice   string
+	// Kind is which orders a cancel-all's orderFilter selects: Order (the
+	// default), StopOrder, tpslOrder, OcoOrder or BidirectionalTpslOrder.
+	Kind string
+	// CreatedTime (ms) defaults to when it was added.
+	CreatedTime int64
 }
 
 // Request is one entry of the exchange's request log.
@@ -217,6 +231,17 @@ func (e *Exchange) addLocked(o Order) *Order {
 	}
 	if o.UpdatedTime == 0 {
 		o.UpdatedTime = e.nowLocked().UnixMilli()
+	}
+	if o.CreatedTime == 0 {
+		o.CreatedTime = o.UpdatedTime
+	}
+	for field, def := range map[*string]string{&o.Side: "Buy", &o.OrderType: "Limit", &o.Price: "1", &o.Qty: "1", &o.CumExecQty: "0", &o.Kind: "Order"} {
+		if *field == "" {
+			*field = def
+		}
+	}
+	if o.AvgPrice == "" && o.CumExecQty != "0" {
+		o.AvgPrice = o.Price
 	}
 	p := &o
 	if e.books[o.Category] == nil {
@@ -733,7 +758,7 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	sort.Strings(ids)
 	for _, id := range ids {
 		o := e.books[b.Category][id]
-		if o.Status != "New" && o.Status != "PartiallyFilled" {
+		if !o.open() {
 			continue
 		}
 		if (b.Symbol != "" && o.Symbol != b.Symbol) || !strings.HasPrefix(o.Symbol, b.BaseCoin) || !strings.HasSuffix(o.Symbol, b.SettleCoin) {
@@ -820,7 +845,7 @@ func (e *Exchange) cancelOne(b cancelBody) (int, string, any) {
 	if o == nil || o.Symbol != b.Symbol {
 		return notFound, "Order does not exist.", nil
 	}
-	if o.Status != "New" && o.Status != "PartiallyFilled" {
+	if !o.open() {
 		return notFound, "Order does not exist.", nil
 	}
 	e.cancelLocked(o)

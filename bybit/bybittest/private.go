@@ -109,9 +109,17 @@ func (e *Exchange) PrivateSubscribers() int {
 // cancelLocked applies a cancel Bybit accepted: the order is cancelled, or
 // filled first when it was set to.
 func (e *Exchange) cancelLocked(o *Order) {
-	if o.FillOnCancel {
-		o.Status, o.CancelType = "Filled", "UNKNOWN"
-	} else {
+	switch {
+	case o.FillOnCancel:
+		o.Status, o.CancelType, o.CumExecQty = "Filled", "UNKNOWN", o.Qty
+		if o.AvgPrice == "" {
+			o.AvgPrice = o.Price
+		}
+	case o.Category == "spot" && o.CumExecQty != "0":
+		// Spot reports a partly filled order it cancelled so; derivatives
+		// report Cancelled with the executed quantity.
+		o.Status, o.CancelType = "PartiallyFilledCanceled", "CancelByUser"
+	default:
 		o.Status, o.CancelType = "Cancelled", "CancelByUser"
 	}
 	e.changedLocked(o)
@@ -164,16 +172,74 @@ func (e *Exchange) drain() {
 	}
 }
 
+// open reports whether an order can still be cancelled.
+func (o *Order) open() bool {
+	return o.Status == "New" || o.Status == "PartiallyFilled" || o.Status == "Untriggered"
+}
+
+// leavesQty is what is left to fill: Qty - CumExecQty while open, 0 once
+// the order is closed.
+func (o *Order) leavesQty() string {
+	if !o.open() {
+		return "0"
+	}
+	q, err1 := strconv.ParseFloat(o.Qty, 64)
+	c, err2 := strconv.ParseFloat(o.CumExecQty, 64)
+	if err1 != nil || err2 != nil || c >= q {
+		return "0"
+	}
+	return strconv.FormatFloat(q-c, 'f', -1, 64)
+}
+
+// stopOrderTypes are the stopOrderType an order of each Kind reports.
+var stopOrderTypes = map[string]string{
+	"Order": "", "StopOrder": "Stop", "tpslOrder": "tpslOrder", "OcoOrder": "OcoOrder", "BidirectionalTpslOrder": "BidirectionalTpslOrder",
+}
+
+// orderJSON is an order as Bybit reports it in GET /v5/order/realtime and
+// /history and in the private order topic (docs/v5/order/open-order.mdx,
+// docs/v5/websocket/private/order.mdx): every field, so that SDKs that look
+// at one (ccxt tells a contract order from a spot one by tpslMode) see
+// Bybit's shape.
 func orderJSON(o *Order) map[string]any {
 	cancelType := o.CancelType
 	if cancelType == "" {
 		cancelType = "UNKNOWN"
 	}
-	return map[string]any{
-		"category": o.Category, "symbol": o.Symbol, "orderId": o.OrderID, "orderLinkId": o.OrderLinkID,
-		"orderStatus": o.Status, "cancelType": cancelType, "updatedTime": strconv.FormatInt(o.UpdatedTime, 10),
-		"side": "Buy", "orderType": "Limit", "price": "1", "qty": "1", "cumExecQty": "0", "leavesQty": "1",
+	avgPrice := o.AvgPrice
+	if avgPrice == "" {
+		avgPrice = "0"
 	}
+	price, _ := strconv.ParseFloat(o.Price, 64)
+	cum, _ := strconv.ParseFloat(o.CumExecQty, 64)
+	leaves, _ := strconv.ParseFloat(o.leavesQty(), 64)
+	m := map[string]any{
+		"category": o.Category, "symbol": o.Symbol, "orderId": o.OrderID, "orderLinkId": o.OrderLinkID,
+		"blockTradeId": "", "side": o.Side, "orderType": o.OrderType, "price": o.Price, "qty": o.Qty,
+		"orderStatus": o.Status, "cancelType": cancelType, "rejectReason": "EC_NoError",
+		"avgPrice": avgPrice, "leavesQty": o.leavesQty(), "leavesValue": strconv.FormatFloat(leaves*price, 'f', -1, 64),
+		"cumExecQty": o.CumExecQty, "cumExecValue": strconv.FormatFloat(cum*price, 'f', -1, 64), "cumExecFee": "0",
+		"cumFeeDetail": map[string]string{}, "feeCurrency": "", "closedPnl": "0",
+		"timeInForce": "GTC", "stopOrderType": stopOrderTypes[o.Kind], "orderIv": "", "triggerPrice": "", "triggerBy": "",
+		"triggerDirection": 0, "takeProfit": "", "stopLoss": "", "tpTriggerBy": "", "slTriggerBy": "",
+		"tpLimitPrice": "", "slLimitPrice": "", "lastPriceOnCreated": "", "reduceOnly": false, "closeOnTrigger": false,
+		"placeType": "", "smpType": "None", "smpGroup": 0, "smpOrderId": "", "positionIdx": 0, "isLeverage": "",
+		"ocoTriggerBy": "", "marketUnit": "", "slippageToleranceType": "", "slippageTolerance": "",
+		"createType": "CreateByUser", "rpiTakerAccess": false, "rpiMatchedQty": "0",
+		"createdTime": strconv.FormatInt(o.CreatedTime, 10), "updatedTime": strconv.FormatInt(o.UpdatedTime, 10),
+	}
+	if o.Category == "spot" {
+		m["isLeverage"] = "0"
+		m["marketUnit"] = ""
+	} else {
+		// Only a contract order has tpslMode (ccxt reads a spot order
+		// from its absence).
+		m["tpslMode"] = ""
+		if o.Category == "linear" || o.Category == "inverse" {
+			m["tpslMode"] = "Full"
+		}
+	}
+	return m
 }
 
 // deliver sends one update to every subscribed session of its UID.
@@ -332,7 +398,7 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 	if o != nil && (rq.Symbol == "" || o.Symbol == rq.Symbol) && (acct.UID == o.UID || o.UID == "") {
 		visible := !o.NotRecent
 		if endpoint == "order-history" {
-			visible = !o.Forgotten && o.Status != "New" && o.Status != "PartiallyFilled"
+			visible = !o.Forgotten && !o.open()
 		}
 		if visible {
 			list = append(list, orderJSON(o))

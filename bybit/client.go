@@ -29,19 +29,6 @@ const (
 	DemoURL    = "https://api-demo.bybit.com"
 )
 
-// BaseURLFor maps an environment name (mainnet, testnet, demo) to its host.
-func BaseURLFor(env string) (string, error) {
-	switch env {
-	case "mainnet":
-		return MainnetURL, nil
-	case "testnet":
-		return TestnetURL, nil
-	case "demo":
-		return DemoURL, nil
-	}
-	return "", fmt.Errorf("unknown Bybit environment %q: want testnet, mainnet or demo", env)
-}
-
 // maxBody bounds how much of a response is read.
 const maxBody = 1 << 20
 

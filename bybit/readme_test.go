@@ -23,7 +23,7 @@ var classAction = map[Class]string{
 	ClassPermanent:     "`rejected`",
 	ClassTransient:     "back off, retry",
 	ClassRateLimited:   "wait for the budget's reset (or back off), retry",
-	ClassIPRateLimited: "every request of the process waits (the IP pacer is blocked), retry",
+	ClassIPRateLimited: "every request of the process waits (the `BYBIT_IP_LIMIT` pacer is blocked; with it `off`, this request), retry",
 	ClassClockSkew:     "resync the clock offset, retry at once",
 }
 

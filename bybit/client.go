@@ -29,19 +29,6 @@ const (
 	DemoURL    = "https://api-demo.bybit.com"
 )
 
-// BaseURLFor maps an environment name (mainnet, testnet, demo) to its host.
-func BaseURLFor(env string) (string, error) {
-	switch env {
-	case "mainnet":
-		return MainnetURL, nil
-	case "testnet":
-		return TestnetURL, nil
-	case "demo":
-		return DemoURL, nil
-	}
-	return "", fmt.Errorf("unknown Bybit environment %q: want testnet, mainnet or demo", env)
-}
-
 // maxBody bounds how much of a response is read.
 const maxBody = 1 << 20
 
@@ -214,11 +201,7 @@ func decodeResponse(status int, h http.Header, raw []byte) (*response, error) {
 	rl := ParseRateLimit(h)
 	var env envelope
 	if err := json.Unmarshal(raw, &env); err != nil || env.RetCode == nil {
-		herr := &HTTPError{StatusCode: status, Body: snippet(raw), RateLimit: rl}
-		if status == http.StatusForbidden && bytes.Contains(bytes.ToLower(raw), []byte("access too frequent")) {
-			herr.ipBan = true
-		}
-		return nil, herr
+		return nil, &HTTPError{StatusCode: status, Body: snippet(raw), RateLimit: rl}
 	}
 	if *env.RetCode != 0 {
 		return nil, &APIError{HTTPStatus: status, RetCode: *env.RetCode, RetMsg: env.RetMsg, Time: env.Time, RateLimit: rl}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -148,4 +149,28 @@ func TestBaseURLFor(t *testing.T) {
 	require.Error(t, err)
 	_, err = bybit.NewClient(bybit.Options{BaseURL: "api.bybit.com"})
 	require.Error(t, err)
+}
+
+// Bybit answers expiredAt "1970-01-01T00:00:00Z" for a key that never
+// expires (docs/v5/user/apikey-info.mdx's example, a key bound to IPs).
+func TestQueryAPIKeyThatNeverExpires(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"retCode":0,"retMsg":"","result":{"id":"2208369","apiKey":"k","readOnly":0,"secret":"",` +
+			`"permissions":{"ContractTrade":["Order","Position"],"Spot":["SpotTrade"]},"ips":["18.181.170.164"],"type":1,` +
+			`"deadlineDay":-2,"expiredAt":"1970-01-01T00:00:00Z","createdAt":"2025-10-13T03:20:45Z","unified":0,"uta":1},"retExtInfo":{},"time":1776149990532}`))
+	}))
+	t.Cleanup(srv.Close)
+	c, err := bybit.NewClient(bybit.Options{BaseURL: srv.URL, APIKey: "k", APISecret: "s"})
+	require.NoError(t, err)
+	info, err := c.QueryAPIKey(context.Background())
+	require.NoError(t, err)
+	require.True(t, info.ExpiresAt.IsZero(), "never expires, not %v", info.ExpiresAt)
+
+	f := setup(t, bybittest.Options{Accounts: []bybittest.Account{
+		{APIKey: bybittest.DemoAPIKey, Secret: bybittest.DemoAPISecret, ExpiresAt: time.Now().Add(72 * time.Hour).Truncate(time.Second)},
+	}}, 5*time.Second)
+	info, err = f.client.QueryAPIKey(context.Background())
+	require.NoError(t, err)
+	require.WithinDuration(t, time.Now().Add(72*time.Hour), info.ExpiresAt, time.Minute)
 }

@@ -23,9 +23,14 @@ const (
 	ClassClockSkew
 	// ClassTransient: server or network trouble; back off and retry.
 	ClassTransient
-	// ClassIPBan: HTTP 403 "access too frequent"; every request of the
-	// process must stop for at least ten minutes.
+	// ClassIPBan: HTTP 403 without a Bybit envelope: "access too frequent"
+	// (Bybit's IP ban), or its CDN refusing the request (a region block);
+	// every request of the process must stop for at least ten minutes, then
+	// one probe decides.
 	ClassIPBan
+	// ClassIPRateLimited: 10018, over the IP-level limit (not a UID budget):
+	// every request of the process slows down, as for the IP limit.
+	ClassIPRateLimited
 )
 
 func (c Class) String() string {
@@ -42,37 +47,80 @@ func (c Class) String() string {
 		return "transient"
 	case ClassIPBan:
 		return "ip_ban"
+	case ClassIPRateLimited:
+		return "ip_rate_limited"
 	}
 	return fmt.Sprintf("Class(%d)", int(c))
 }
 
-// retCode classes for a cancel (see bybit-v5-notes.md).
-var retCodeClass = map[int]Class{
-	10000:  ClassTransient, // server timeout
-	10002:  ClassClockSkew,
-	10006:  ClassRateLimited,
-	10016:  ClassTransient, // server error / restarting
-	110001: ClassNotOpen,
-	110008: ClassNotOpen,
-	110010: ClassNotOpen,
-	110079: ClassTransient, // order is being processed
-	170213: ClassNotOpen,
-	170142: ClassNotOpen,
-	170143: ClassNotOpen,
-	170212: ClassTransient, // spot: cancel already processing
-	170147: ClassTransient,
-	170150: ClassTransient,
-	170001: ClassTransient,
-	170007: ClassTransient,
-	170222: ClassRateLimited,
-	30035:  ClassTransient, // option: too fast to cancel
+// RetCode is one retCode the client classifies: Bybit's message for it (as in
+// Bybit's v5 error-code table, docs/v5/error.mdx), what to do about it, and
+// whether an answer with it may come after the cancel was applied.
+type RetCode struct {
+	Code  int
+	Msg   string
+	Class Class
+	// MayApply: the answer proves the request reached the matching engine,
+	// or may have: a retry after it can find the order already gone.
+	MayApply bool
 }
 
-// retCodes whose answer proves the request reached the matching engine, or may
-// have: a retry after them can find the order already gone.
-var retCodeMayApply = map[int]bool{
-	10000: true, 10016: true, 110079: true, 170212: true,
-	170147: true, 170150: true, 170001: true, 170007: true, 30035: true,
+// RetCodes is the one table of the retCodes a cancel can be answered with
+// that the client classifies; any other retCode is ClassPermanent. The
+// README's retCode table is checked against it by a test.
+var RetCodes = []RetCode{
+	// UTA and general codes.
+	{429, "The trading service is experiencing a high server load. Please retry if you encounter this issue.", ClassTransient, true},
+	{10000, "Server Timeout", ClassTransient, true},
+	{10001, "Request parameter error", ClassPermanent, false},
+	{10002, "The request time exceeds the time window range.", ClassClockSkew, false},
+	{10003, "API key is invalid. Check whether the key and domain are matched, there are 4 env: mainnet, testnet, mainnet-demo, testnet-demo", ClassPermanent, false},
+	{10004, "Error sign, please check your signature generation algorithm.", ClassPermanent, false},
+	{10005, "Permission denied, please check your API key permissions.", ClassPermanent, false},
+	{10006, "Too many visits. Exceeded the API Rate Limit.", ClassRateLimited, false},
+	{10010, "Unmatched IP, please check your API key's bound IP addresses.", ClassPermanent, false},
+	{10016, "Server error.", ClassTransient, true},
+	// Struck out in Bybit's table, still mapped by ccxt: an IP-level limit.
+	{10018, "Exceeded the IP Rate Limit.", ClassIPRateLimited, false},
+	{30035, "Option: Too fast to cancel, Try it later", ClassTransient, true},
+	// Derivatives.
+	{110001, "Order does not exist", ClassNotOpen, false},
+	{110008, "The order has been completed or cancelled.", ClassNotOpen, false},
+	{110010, "The order has been cancelled", ClassNotOpen, false},
+	{110079, "The order is processing and can not be operated, please try again later", ClassTransient, true},
+	// Spot.
+	{170001, "Internal error.", ClassTransient, true},
+	{170007, "Timeout waiting for response from backend server.", ClassTransient, true},
+	{170032, "Network error. Please try again later", ClassTransient, true},
+	{170139, "Order has been filled.", ClassNotOpen, false},
+	{170142, "Order has been cancelled", ClassNotOpen, false},
+	{170143, "Cannot be found on order book", ClassNotOpen, false},
+	{170144, "Order has been locked", ClassTransient, true},
+	{170145, "This order type does not support cancellation", ClassPermanent, false},
+	{170147, "Order cancellation timeout", ClassTransient, true},
+	{170150, "Cancel order failed", ClassTransient, true},
+	{170190, "Cancel order has been finished", ClassNotOpen, false},
+	{170191, "Can not cancel order, please try again later", ClassTransient, false},
+	{170212, "Cancel order request processing", ClassTransient, true},
+	{170213, "Order does not exist.", ClassNotOpen, false},
+	{170222, "Too many requests in this time frame.", ClassRateLimited, false},
+}
+
+var retCodes = func() map[int]RetCode {
+	m := make(map[int]RetCode, len(RetCodes))
+	for _, rc := range RetCodes {
+		if _, dup := m[rc.Code]; dup {
+			panic(fmt.Sprintf("bybit: retCode %d twice in RetCodes", rc.Code))
+		}
+		m[rc.Code] = rc
+	}
+	return m
+}()
+
+// LookupRetCode returns the table's entry of a retCode.
+func LookupRetCode(code int) (RetCode, bool) {
+	rc, ok := retCodes[code]
+	return rc, ok
 }
 
 // APIError is a well-formed Bybit envelope with a non-zero retCode.
@@ -91,8 +139,8 @@ func (e *APIError) Error() string {
 
 // Class reports what to do about the error.
 func (e *APIError) Class() Class {
-	if c, ok := retCodeClass[e.RetCode]; ok {
-		return c
+	if rc, ok := retCodes[e.RetCode]; ok {
+		return rc.Class
 	}
 	return ClassPermanent
 }
@@ -104,7 +152,6 @@ type HTTPError struct {
 	// Body is the start of the body, for logs and results.
 	Body      string
 	RateLimit RateLimit
-	ipBan     bool
 }
 
 func (e *HTTPError) Error() string {
@@ -117,7 +164,11 @@ func (e *HTTPError) Error() string {
 // Class reports what to do about the error.
 func (e *HTTPError) Class() Class {
 	switch {
-	case e.ipBan:
+	case e.StatusCode == http.StatusForbidden:
+		// Bybit documents its IP ban only as "403, access too frequent";
+		// other 403s come from its CDN with bodies that vary. Sending on
+		// into either prolongs it: pause like a ban. (A 403 with a JSON
+		// retCode is an *APIError, classified by that code.)
 		return ClassIPBan
 	case e.StatusCode == http.StatusTooManyRequests:
 		return ClassRateLimited
@@ -177,7 +228,7 @@ func MayHaveApplied(err error) bool {
 	var trErr *TransportError
 	switch {
 	case errors.As(err, &apiErr):
-		return retCodeMayApply[apiErr.RetCode]
+		return retCodes[apiErr.RetCode].MayApply
 	case errors.As(err, &httpErr):
 		return httpErr.Class() == ClassTransient
 	case errors.As(err, &trErr):

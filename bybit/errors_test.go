@@ -47,7 +47,7 @@ func TestDecodeResponseClassifiesEveryAnswer(t *testing.T) {
 		{"200 cut short", 200, `{"retCode":0,"ret`, ClassTransient, true},
 		{"429", 429, "system level frequency protection, please retry", ClassRateLimited, false},
 		{"403 ban", 403, "<html>403 Forbidden: access too frequent</html>", ClassIPBan, false},
-		{"403 other", 403, "<html>The Amazon CloudFront distribution is configured to block access from your country.</html>", ClassPermanent, false},
+		{"403 other (CDN): paused like a ban", 403, "<html>The Amazon CloudFront distribution is configured to block access from your country.</html>", ClassIPBan, false},
 		{"404", 404, "not found", ClassPermanent, false},
 	}
 	for _, tc := range cases {
@@ -112,4 +112,42 @@ func FuzzDecodeResponse(f *testing.F) {
 		require.True(t, errors.As(err, &apiErr) || errors.As(err, &httpErr), "%T", err)
 		_ = ClassOf(err)
 	})
+}
+
+// Bybit's own codes for a cancel, as its v5 error-code table (docs/v5/error.mdx)
+// words them; classes are compared by name so that the table reads as the
+// README's does.
+func TestBybitsCancelCodesAreClassified(t *testing.T) {
+	t.Parallel()
+	envelope := func(code int) string {
+		return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
+	}
+	cases := []struct {
+		name       string
+		status     int
+		body       string
+		class      string
+		mayApplied bool
+	}{
+		{"429 in the body: high server load, please retry", 200, envelope(429), "transient", true},
+		{"spot 170139 order has been filled", 200, envelope(170139), "not_open", false},
+		{"spot 170190 cancel order has been finished", 200, envelope(170190), "not_open", false},
+		{"spot 170191 can not cancel, try again later", 200, envelope(170191), "transient", false},
+		{"spot 170032 network error", 200, envelope(170032), "transient", true},
+		{"spot 170144 order has been locked", 200, envelope(170144), "transient", true},
+		{"10018 over the IP rate limit", 200, envelope(10018), "ip_rate_limited", false},
+		{"403 from the CDN without an envelope", 403, "<html>The Amazon CloudFront distribution is configured to block access from your country.</html>", "ip_ban", false},
+		{"403 empty", 403, "", "ip_ban", false},
+		{"403 with a JSON retCode is that code's", 403, envelope(10005), "permanent", false},
+		{"403 with a JSON 10006", 403, envelope(10006), "rate_limited", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := decodeResponse(tc.status, http.Header{}, []byte(tc.body))
+			require.Error(t, err)
+			require.Equal(t, tc.class, ClassOf(err).String(), err.Error())
+			require.Equal(t, tc.mayApplied, MayHaveApplied(err))
+		})
+	}
 }

@@ -102,7 +102,9 @@ func (c *Client) QueryAPIKey(ctx context.Context) (APIKeyInfo, error) {
 		return APIKeyInfo{}, fmt.Errorf("bybit: decode query-api: %w", err)
 	}
 	info := APIKeyInfo{ReadOnly: out.ReadOnly == 1, Permissions: out.Permissions}
-	if t, err := time.Parse(time.RFC3339, out.ExpiredAt); err == nil {
+	// Bybit answers "1970-01-01T00:00:00Z" for a key that never expires (one
+	// bound to IPs).
+	if t, err := time.Parse(time.RFC3339, out.ExpiredAt); err == nil && t.Unix() > 0 {
 		info.ExpiresAt = t
 	}
 	return info, nil

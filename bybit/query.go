@@ -27,6 +27,15 @@ type Order struct {
 	OrderLinkID string `json:"orderLinkId"`
 	OrderStatus string `json:"orderStatus"`
 	CancelType  string `json:"cancelType"`
+	// Qty is the order's quantity; CumExecQty how much of it filled (a
+	// derivatives order can be Cancelled with an executed quantity);
+	// LeavesQty what is left open ("0" once closed); AvgPrice the average
+	// fill price ("" or "0" without a fill). Decimal strings, as Bybit
+	// sends them.
+	Qty        string `json:"qty"`
+	CumExecQty string `json:"cumExecQty"`
+	LeavesQty  string `json:"leavesQty"`
+	AvgPrice   string `json:"avgPrice"`
 	// UpdatedTime is Bybit's update time (ms); Bybit sends it as a string.
 	UpdatedTime Millis `json:"updatedTime"`
 }

@@ -16,20 +16,6 @@ import (
 	"github.com/coder/websocket/wsjson"
 )
 
-// WSURLFor returns the private WebSocket of a host preset: testnet, mainnet or
-// demo.
-func WSURLFor(env string) (string, error) {
-	switch env {
-	case "testnet":
-		return "wss://stream-testnet.bybit.com/v5/private", nil
-	case "mainnet":
-		return "wss://stream.bybit.com/v5/private", nil
-	case "demo":
-		return "wss://stream-demo.bybit.com/v5/private", nil
-	}
-	return "", fmt.Errorf("bybit: unknown environment %q", env)
-}
-
 // AuthError is Bybit refusing the private WebSocket's auth (a wrong key or
 // signature, an expiry in the past). Reconnecting does not help.
 type AuthError struct{ Msg string }

@@ -13,7 +13,9 @@ type CancelAll struct {
 	BaseCoin   string `json:"baseCoin,omitempty"`
 	SettleCoin string `json:"settleCoin,omitempty"`
 	// OrderFilter: linear/inverse Order, StopOrder or OpenOrder; spot
-	// Order, tpslOrder, StopOrder, OcoOrder or BidirectionalTpslOrder.
+	// Order, tpslOrder, StopOrder, OcoOrder or BidirectionalTpslOrder (Bybit
+	// cancels only Order, normal orders, without one); option Order or
+	// StopOrder.
 	OrderFilter string `json:"orderFilter,omitempty"`
 	// StopOrderType is only for linear/inverse with OrderFilter StopOrder.
 	StopOrderType string `json:"stopOrderType,omitempty"`
@@ -27,7 +29,7 @@ var cancelAllFilters = map[string]map[string]bool{
 	CategoryLinear:  {"Order": true, "StopOrder": true, "OpenOrder": true},
 	CategoryInverse: {"Order": true, "StopOrder": true, "OpenOrder": true},
 	CategorySpot:    {"Order": true, "tpslOrder": true, "StopOrder": true, "OcoOrder": true, "BidirectionalTpslOrder": true},
-	CategoryOption:  {},
+	CategoryOption:  {"Order": true, "StopOrder": true},
 }
 
 // DecodeCancelAll strictly decodes and validates a cancel-all request.

@@ -28,7 +28,8 @@ func TestDecodeCancelAllPerCategory(t *testing.T) {
 		`{"category":"inverse","orderFilter":"Order"}`:                                                    "needs one of",
 		`{"category":"spot","orderFilter":"OpenOrder"}`:                                                   "not valid for a spot cancel-all",
 		`{"category":"linear","symbol":"BTCUSDT","orderFilter":"tpslOrder"}`:                              "not valid for a linear cancel-all",
-		`{"category":"option","orderFilter":"Order"}`:                                                     "not valid for a option cancel-all",
+		`{"category":"option","orderFilter":"OpenOrder"}`:                                                 "not valid for a option cancel-all",
+		`{"category":"option","orderFilter":"tpslOrder"}`:                                                 "not valid for a option cancel-all",
 		`{"category":"linear","symbol":"BTCUSDT","stopOrderType":"Stop"}`:                                 "stopOrderType is valid only",
 		`{"category":"spot","orderFilter":"StopOrder","stopOrderType":"Stop"}`:                            "stopOrderType is valid only",
 		`{"category":"linear","symbol":"BTCUSDT","orderFilter":"StopOrder","stopOrderType":"TakeProfit"}`: "is not Stop",
@@ -54,4 +55,15 @@ func TestCancelAllProgressRoundTripsAndDedupesPerCall(t *testing.T) {
 	back, err := DecodeCancelAllProgress(data)
 	require.NoError(t, err)
 	require.Equal(t, call, back)
+}
+
+// Bybit's cancel-all (docs/v5/order/cancel-all.mdx): category=option accepts
+// orderFilter Order and StopOrder.
+func TestOptionCancelAllAcceptsOrderAndStopOrderFilters(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"Order", "StopOrder"} {
+		c, err := DecodeCancelAll([]byte(`{"category":"option","baseCoin":"BTC","orderFilter":"` + f + `"}`))
+		require.NoError(t, err, f)
+		require.Equal(t, f, c.OrderFilter)
+	}
 }

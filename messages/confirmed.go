@@ -41,6 +41,15 @@ type Confirmation struct {
 	Final       bool   `json:"final"`
 	CancelType  string `json:"cancelType,omitempty"`
 	UpdatedTime int64  `json:"updatedTime,omitempty"`
+	// Qty, CumExecQty, LeavesQty and AvgPrice are Bybit's: how much of the
+	// order filled before the cancel landed (a Cancelled order with a
+	// non-zero cumExecQty was partly filled), what was left open, and the
+	// average fill price. Decimal strings as Bybit sends them; empty when
+	// ConfirmedBy is unknown.
+	Qty         string `json:"qty,omitempty"`
+	CumExecQty  string `json:"cumExecQty,omitempty"`
+	LeavesQty   string `json:"leavesQty,omitempty"`
+	AvgPrice    string `json:"avgPrice,omitempty"`
 	ConfirmedBy string `json:"confirmedBy"`
 
 	// AckTime is when the result was stored; ConfirmedAt when this was
@@ -50,6 +59,13 @@ type Confirmation struct {
 	AckToConfirmMs int64     `json:"ackToConfirmMs"`
 	// Error says why the state is unknown or not final.
 	Error string `json:"error,omitempty"`
+}
+
+// PartlyFilled reports whether the order filled in part before the cancel
+// landed: an executed quantity, and not Filled.
+func (c Confirmation) PartlyFilled() bool {
+	q, err := strconv.ParseFloat(c.CumExecQty, 64)
+	return err == nil && q > 0 && c.OrderStatus != "Filled"
 }
 
 // ConfirmedMsgID is the Nats-Msg-Id of the confirmation of one order of the

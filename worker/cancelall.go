@@ -78,6 +78,9 @@ func (w *Worker) cancelAll(j *job, a *account) {
 		case bybit.ClassRateLimited:
 			w.stats.RateLimited.Add(1)
 			p.blockUntil(d.rateLimitReset)
+		case bybit.ClassIPRateLimited:
+			w.stats.RateLimited.Add(1)
+			w.ipPacer.blockUntil(d.rateLimitReset)
 		case bybit.ClassClockSkew:
 			w.resync(a, j.sentAt)
 		}

@@ -397,6 +397,7 @@ func (c *confirmer) streamFinal(ctx context.Context, as *accountStream, account,
 // fill copies an observed order into a confirmation.
 func fill(conf *messages.Confirmation, o bybit.Order, by string) {
 	conf.OrderStatus, conf.CancelType, conf.UpdatedTime = o.OrderStatus, o.CancelType, int64(o.UpdatedTime)
+	conf.Qty, conf.CumExecQty, conf.LeavesQty, conf.AvgPrice = o.Qty, o.CumExecQty, o.LeavesQty, o.AvgPrice
 	conf.Final, conf.ConfirmedBy = bybit.FinalStatus(o.OrderStatus), by
 	if conf.OrderID == "" {
 		conf.OrderID = o.OrderID

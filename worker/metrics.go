@@ -32,6 +32,7 @@ type Metrics struct {
 	banPauses       prometheus.Counter
 	banned          prometheus.Gauge
 	confirmations   *prometheus.CounterVec
+	partlyFilled    *prometheus.CounterVec
 	confirmLatency  *prometheus.HistogramVec
 	streamUp        *prometheus.GaugeVec
 	streamDrops     *prometheus.CounterVec
@@ -53,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "retries_total", Help: "Attempts repeated or deliveries released, by reason."}, []string{"reason"}),
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
-			Name: "rate_limited_total", Help: "Answers saying the UID rate limit was exceeded (10006, 170222, HTTP 429)."}, []string{"category"}),
+			Name: "rate_limited_total", Help: "Answers saying a rate limit was exceeded: the UID limit (10006, 170222, HTTP 429) or the IP limit (10018)."}, []string{"category"}),
 		rateLimitWait: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "rate_limit_wait_seconds_total", Help: "Time requests spent waiting for rate-limit budget, summed over requests."}, []string{"category"}),
 		budgetRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
@@ -75,11 +76,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		clockOffset: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "clock_offset_seconds", Help: "Bybit's clock minus the local clock, as last measured (the largest of the accounts')."}),
 		banPauses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
-			Name: "ip_ban_pauses_total", Help: "Pauses started by an IP-ban 403 (access too frequent)."}),
+			Name: "ip_ban_pauses_total", Help: "Pauses started by an HTTP 403 without a Bybit envelope (IP ban or CDN refusal)."}),
 		banned: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "ip_banned", Help: "1 while every request is paused by an IP ban."}),
 		confirmations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "confirmations_total", Help: "Confirmations published, by the order status observed and how it was learnt."}, []string{"order_status", "confirmed_by"}),
+		partlyFilled: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "confirmations_partly_filled_total", Help: "Confirmations of orders that filled in part before the cancel landed (cumExecQty > 0, not Filled)."}, []string{"category"}),
 		confirmLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace,
 			Name: "ack_to_confirmation_seconds", Help: "From a result being stored to its order's confirmation.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"confirmed_by"}),
@@ -91,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.confirmLatency, m.streamUp, m.streamDrops)
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops)
 	return m
 }
 
@@ -112,7 +115,7 @@ func (m *Metrics) observeRequest(endpoint, category string, d time.Duration, err
 	}
 	m.requests.WithLabelValues(endpoint, categoryLabel(category), outcome).Inc()
 	m.exchangeLatency.WithLabelValues(endpoint).Observe(d.Seconds())
-	if err != nil && bybit.ClassOf(err) == bybit.ClassRateLimited {
+	if c := bybit.ClassOf(err); err != nil && (c == bybit.ClassRateLimited || c == bybit.ClassIPRateLimited) {
 		m.rateLimited.WithLabelValues(categoryLabel(category)).Inc()
 	}
 }
@@ -136,6 +139,9 @@ func orderStatusLabel(s string) string {
 
 func (m *Metrics) observeConfirmation(c messages.Confirmation) {
 	m.confirmations.WithLabelValues(orderStatusLabel(c.OrderStatus), c.ConfirmedBy).Inc()
+	if c.PartlyFilled() {
+		m.partlyFilled.WithLabelValues(categoryLabel(c.Category)).Inc()
+	}
 	m.confirmLatency.WithLabelValues(c.ConfirmedBy).Observe(float64(c.AckToConfirmMs) / 1000)
 }
 

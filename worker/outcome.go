@@ -97,6 +97,16 @@ func (w *Worker) decide(j *job, res bybit.CancelOrderResult, err error) decision
 		}
 		return d
 
+	case bybit.ClassIPRateLimited:
+		// 10018, over Bybit's IP limit: every request of the process slows
+		// down (the IP pacer is blocked), and this one waits as well, also
+		// when BYBIT_IP_LIMIT is off.
+		until := now.Add(j.lane.rateLimitBackoff())
+		if rl, ok := bybit.RateLimitOf(err); ok && rl.Reset.After(now) {
+			until = rl.Reset
+		}
+		return decision{action: actRetry, reason: "ip_rate_limited", class: class, rateLimitReset: until, delay: until.Sub(now)}
+
 	case bybit.ClassClockSkew:
 		j.skewRetries++
 		if j.skewRetries <= 3 {

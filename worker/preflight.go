@@ -29,7 +29,7 @@ func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) erro
 				return backoff.Permanent(err)
 			case bybit.ClassIPBan:
 				// Retrying would prolong the ban.
-				return backoff.Permanent(fmt.Errorf("Bybit has banned this IP address (HTTP 403 access too frequent); wait at least 10 minutes before starting again: %w", err))
+				return backoff.Permanent(fmt.Errorf("Bybit refused this IP address with HTTP 403 (its IP ban, \"access too frequent\", or a region block by its CDN); wait at least 10 minutes before starting again, and check that this address may reach Bybit: %w", err))
 			}
 			return err
 		}, backoff.WithContext(b, ctx), func(err error, d time.Duration) {

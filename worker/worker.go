@@ -754,6 +754,10 @@ func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
 			w.stats.RateLimited.Add(1)
 			p.blockUntil(d.rateLimitReset)
 			w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
+		case bybit.ClassIPRateLimited:
+			w.stats.RateLimited.Add(1)
+			w.ipPacer.blockUntil(d.rateLimitReset)
+			w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
 		case bybit.ClassClockSkew:
 			w.resync(j.lane.account, j.sentAt)
 		case bybit.ClassIPBan:
@@ -772,7 +776,7 @@ func (w *Worker) startBan(err error) {
 	until := w.now().Add(w.cfg.BanPause)
 	if w.gate.ban(until) {
 		w.metrics.banPauses.Inc()
-		w.log.Error("Bybit banned this IP (HTTP 403 access too frequent): every request stops", "until", until, "error", err)
+		w.log.Error("Bybit answered HTTP 403 without an envelope (its IP ban, \"access too frequent\", or its CDN refusing this address): every request stops; one probe follows the pause", "until", until, "error", err)
 	}
 }
 

@@ -10,10 +10,13 @@ import (
 	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -45,6 +48,9 @@ type Account struct {
 	// Permissions is what GET /v5/user/query-api reports; default: trade
 	// permission in every market.
 	Permissions map[string][]string
+	// ExpiresAt is the key's expiry; zero: it never expires (Bybit then
+	// reports expiredAt "1970-01-01T00:00:00Z", as for a key bound to IPs).
+	ExpiresAt time.Time
 }
 
 // DefaultLimits are Bybit's documented per-UID limits per second of the base
@@ -87,8 +93,9 @@ type Order struct {
 	Symbol      string
 	OrderID     string
 	OrderLinkID string
-	// Status is New, Cancelled or Filled (or any orderStatus set by
-	// SetOrderStatus).
+	// Status is New (Untriggered for a conditional Kind), Cancelled,
+	// Deactivated (a conditional order cancelled before its trigger) or
+	// Filled (or any orderStatus set by SetOrderStatus).
 	Status string
 	// UID owns the order: its updates are pushed to the private streams of
 	// that UID's keys. Empty: to every private stream.
@@ -105,6 +112,20 @@ type Order struct {
 	// lookups report.
 	CancelType  string
 	UpdatedTime int64
+	// Side (Buy), OrderType (Limit), Price (1) and Qty (1) describe the
+	// order; CumExecQty (0) is how much of it filled before the cancel (a
+	// partly filled order), at AvgPrice (default Price).
+	Side       string
+	OrderType  string
+	Price      string
+	Qty        string
+	CumExecQty string
+	AvgPrice   string
+	// Kind is which orders a cancel-all's orderFilter selects: Order (the
+	// default), StopOrder, tpslOrder, OcoOrder or BidirectionalTpslOrder.
+	Kind string
+	// CreatedTime (ms) defaults to when it was added.
+	CreatedTime int64
 }
 
 // Request is one entry of the exchange's request log.
@@ -206,11 +227,26 @@ func (e *Exchange) addLocked(o Order) *Order {
 		e.nextID++
 		o.OrderID = fmt.Sprintf("sim-%08d-0000-4000-8000-%012d", e.nextID, e.nextID)
 	}
-	if o.Status == "" {
+	defaultStatus := o.Status == ""
+	if defaultStatus {
 		o.Status = "New"
 	}
 	if o.UpdatedTime == 0 {
 		o.UpdatedTime = e.nowLocked().UnixMilli()
+	}
+	if o.CreatedTime == 0 {
+		o.CreatedTime = o.UpdatedTime
+	}
+	for field, def := range map[*string]string{&o.Side: "Buy", &o.OrderType: "Limit", &o.Price: "1", &o.Qty: "1", &o.CumExecQty: "0", &o.Kind: "Order"} {
+		if *field == "" {
+			*field = def
+		}
+	}
+	if o.Kind != "Order" && defaultStatus {
+		o.Status = "Untriggered" // a conditional order waits for its trigger
+	}
+	if o.AvgPrice == "" && o.CumExecQty != "0" {
+		o.AvgPrice = o.Price
 	}
 	p := &o
 	if e.books[o.Category] == nil {
@@ -429,9 +465,37 @@ func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {
 	if acct.ReadOnly {
 		readOnly = 1
 	}
+	e.mu.Lock()
+	now := e.nowLocked()
+	e.mu.Unlock()
+	expiredAt, deadlineDay := time.Unix(0, 0).UTC(), -2
+	if !acct.ExpiresAt.IsZero() {
+		expiredAt, deadlineDay = acct.ExpiresAt.UTC(), int(acct.ExpiresAt.Sub(now).Hours()/24)
+	}
+	rsaPublicKey := ""
+	if acct.RSAPublicKey != nil {
+		if der, err := x509.MarshalPKIXPublicKey(acct.RSAPublicKey); err == nil {
+			rsaPublicKey = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+		}
+	}
+	uid := userID(acct.UID)
+	// The fields of Bybit's answer (docs/v5/user/apikey-info.mdx).
 	e.writeEnvelope(w, r, Request{}, 0, "", map[string]any{
-		"id": "1", "apiKey": acct.APIKey, "readOnly": readOnly, "permissions": perms, "ips": []string{"*"},
+		"id": strconv.FormatInt(uid, 10), "note": "bybittest", "apiKey": acct.APIKey, "readOnly": readOnly, "secret": "",
+		"permissions": perms, "ips": []string{"*"}, "type": 1, "deadlineDay": deadlineDay,
+		"expiredAt": expiredAt.Format(time.RFC3339), "createdAt": now.Add(-24 * time.Hour).UTC().Format(time.RFC3339),
+		"unified": 0, "uta": 1, "userID": uid, "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0",
+		"affiliateID": 0, "rsaPublicKey": rsaPublicKey, "isMaster": true, "parentUid": "0",
+		"kycLevel": "LEVEL_DEFAULT", "kycRegion": "", "userIDInt64": strconv.FormatInt(uid, 10),
+		"inviterIDInt64": "0", "affiliateIDInt64": "0",
 	}, nil)
+}
+
+// userID is the numeric user id the simulator reports for a UID.
+func userID(uid string) int64 {
+	h := fnv.New32a()
+	h.Write([]byte(uid))
+	return int64(h.Sum32()%90_000_000) + 10_000_000
 }
 
 // takeBudget applies the rolling-window limit of one (uid, endpoint,
@@ -474,6 +538,8 @@ func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool
 	return h, true
 }
 
+const permissionDenied = "Permission denied, please check your API key permissions."
+
 type cancelBody struct {
 	Category    string `json:"category"`
 	Symbol      string `json:"symbol"`
@@ -512,7 +578,7 @@ func (e *Exchange) serveCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if acct.ReadOnly {
-		e.writeEnvelope(w, r, q, 10005, "Permission denied, please check your API key permissions.", nil, nil)
+		e.writeEnvelope(w, r, q, 10005, permissionDenied, nil, nil)
 		return
 	}
 	switch b.Category {
@@ -568,6 +634,10 @@ func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
 	acct, code, msg := e.authenticate(r, body)
 	if code != 0 {
 		e.writeEnvelope(w, r, Request{Category: b.Category}, code, msg, nil, nil)
+		return
+	}
+	if acct.ReadOnly {
+		e.writeEnvelope(w, r, Request{Category: b.Category}, 10005, permissionDenied, nil, nil)
 		return
 	}
 	max := 20
@@ -647,9 +717,12 @@ func (e *Exchange) SetCancelAllFails(fail bool) {
 	e.cancelAllFails = fail
 }
 
-// serveCancelAll cancels every open order of the category matching symbol,
-// baseCoin (a symbol prefix) or settleCoin (a suffix); futures at most 500 a
-// call, as on Bybit.
+// serveCancelAll cancels the open orders of the category that the request
+// selects, as Bybit documents (docs/v5/order/cancel-all.mdx): by the
+// highest-priority of symbol > baseCoin (a symbol prefix) > settleCoin (a
+// suffix; spot has none), and by orderFilter — spot cancels only normal
+// orders without one; futures and option cancel every kind. Futures cancel
+// at most 500 a call.
 func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	body, err := readBody(r)
 	if err != nil {
@@ -657,10 +730,12 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b struct {
-		Category   string `json:"category"`
-		Symbol     string `json:"symbol"`
-		BaseCoin   string `json:"baseCoin"`
-		SettleCoin string `json:"settleCoin"`
+		Category      string `json:"category"`
+		Symbol        string `json:"symbol"`
+		BaseCoin      string `json:"baseCoin"`
+		SettleCoin    string `json:"settleCoin"`
+		OrderFilter   string `json:"orderFilter"`
+		StopOrderType string `json:"stopOrderType"`
 	}
 	if err := json.Unmarshal(body, &b); err != nil {
 		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
@@ -672,9 +747,18 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 		e.writeEnvelope(w, r, q, code, msg, nil, nil)
 		return
 	}
+	if acct.ReadOnly {
+		e.writeEnvelope(w, r, q, 10005, permissionDenied, nil, nil)
+		return
+	}
 	futures := b.Category == "linear" || b.Category == "inverse"
 	if futures && b.Symbol == "" && b.BaseCoin == "" && b.SettleCoin == "" {
 		e.writeEnvelope(w, r, q, 10001, "params error: symbol, baseCoin or settleCoin is required", nil, nil)
+		return
+	}
+	kinds, ok := cancelAllKinds(b.Category, b.OrderFilter, b.StopOrderType)
+	if !ok {
+		e.writeEnvelope(w, r, q, 10001, "params error: orderFilter", nil, nil)
 		return
 	}
 	if fault, faulty := e.nextFault(cancelBody{Category: b.Category, Symbol: b.Symbol}); faulty && e.serveFault(w, r, q, fault) {
@@ -684,6 +768,16 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		e.writeEnvelope(w, r, q, 10006, "Too many visits!", nil, h)
 		return
+	}
+	// Only the highest-priority selector counts.
+	selects := func(o *Order) bool { return true }
+	switch {
+	case b.Symbol != "":
+		selects = func(o *Order) bool { return o.Symbol == b.Symbol }
+	case b.BaseCoin != "":
+		selects = func(o *Order) bool { return strings.HasPrefix(o.Symbol, b.BaseCoin) }
+	case b.SettleCoin != "" && b.Category != "spot":
+		selects = func(o *Order) bool { return strings.HasSuffix(o.Symbol, b.SettleCoin) }
 	}
 	e.mu.Lock()
 	if e.cancelAllFails {
@@ -699,10 +793,7 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	sort.Strings(ids)
 	for _, id := range ids {
 		o := e.books[b.Category][id]
-		if o.Status != "New" && o.Status != "PartiallyFilled" {
-			continue
-		}
-		if (b.Symbol != "" && o.Symbol != b.Symbol) || !strings.HasPrefix(o.Symbol, b.BaseCoin) || !strings.HasSuffix(o.Symbol, b.SettleCoin) {
+		if !o.open() || !selects(o) || (kinds != nil && !kinds[o.Kind]) || (o.UID != "" && o.UID != acct.UID) {
 			continue
 		}
 		if futures && len(list) == 500 {
@@ -716,6 +807,34 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 		list = []map[string]string{}
 	}
 	e.writeEnvelope(w, r, q, 0, "OK", map[string]any{"list": list, "success": "1"}, h)
+}
+
+// cancelAllKinds is which order kinds a cancel-all's orderFilter selects
+// (nil: every kind), and whether the filter is valid for the category.
+func cancelAllKinds(category, filter, stopOrderType string) (map[string]bool, bool) {
+	conditional := map[string]bool{"StopOrder": true, "tpslOrder": true, "OcoOrder": true, "BidirectionalTpslOrder": true}
+	switch category {
+	case "spot":
+		if filter == "" {
+			filter = "Order" // normal orders only, unless told otherwise
+		}
+		if filter != "Order" && !conditional[filter] {
+			return nil, false
+		}
+		return map[string]bool{filter: true}, true
+	case "linear", "inverse", "option":
+		switch {
+		case filter == "":
+			return nil, true
+		case filter == "Order" || (filter == "OpenOrder" && category != "option"):
+			return map[string]bool{"Order": true}, true
+		case filter == "StopOrder" && stopOrderType == "Stop":
+			return map[string]bool{"StopOrder": true}, true
+		case filter == "StopOrder":
+			return conditional, true
+		}
+	}
+	return nil, false
 }
 
 // serveFault answers with the fault; false means the fault only delayed the
@@ -786,7 +905,7 @@ func (e *Exchange) cancelOne(b cancelBody) (int, string, any) {
 	if o == nil || o.Symbol != b.Symbol {
 		return notFound, "Order does not exist.", nil
 	}
-	if o.Status != "New" && o.Status != "PartiallyFilled" {
+	if !o.open() {
 		return notFound, "Order does not exist.", nil
 	}
 	e.cancelLocked(o)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,10 +28,33 @@ type privateState struct {
 }
 
 type privateSession struct {
-	conn       *websocket.Conn
-	uid        string
-	subscribed bool
-	cancel     context.CancelFunc
+	conn   *websocket.Conn
+	uid    string
+	topics map[string]bool // subscribed (guarded by privateState.mu)
+	cancel context.CancelFunc
+}
+
+// orderTopic is the topic a session gets an order's update on: the
+// all-in-one "order" or the category's "order.<category>"; "" for none.
+func (s *privateSession) orderTopic(category string) string {
+	switch {
+	case s.topics["order"]:
+		return "order"
+	case s.topics["order."+category]:
+		return "order." + category
+	}
+	return ""
+}
+
+// privateTopics are the private stream's topics (docs/v5/websocket/private):
+// the simulator pushes only order updates; the others are accepted and stay
+// silent.
+var privateTopics = map[string]bool{
+	"order": true, "order.spot": true, "order.linear": true, "order.inverse": true, "order.option": true,
+	"execution": true, "execution.spot": true, "execution.linear": true, "execution.inverse": true, "execution.option": true,
+	"execution.fast": true, "execution.fast.spot": true, "execution.fast.linear": true, "execution.fast.inverse": true, "execution.fast.option": true,
+	"position": true, "position.linear": true, "position.inverse": true, "position.option": true,
+	"wallet": true, "greeks": true, "dcp": true,
 }
 
 type orderPush struct {
@@ -99,7 +124,7 @@ func (e *Exchange) PrivateSubscribers() int {
 	defer e.private.mu.Unlock()
 	n := 0
 	for s := range e.private.sessions {
-		if s.subscribed {
+		if s.topics["order"] || s.topics["order.spot"] || s.topics["order.linear"] || s.topics["order.inverse"] || s.topics["order.option"] {
 			n++
 		}
 	}
@@ -109,9 +134,19 @@ func (e *Exchange) PrivateSubscribers() int {
 // cancelLocked applies a cancel Bybit accepted: the order is cancelled, or
 // filled first when it was set to.
 func (e *Exchange) cancelLocked(o *Order) {
-	if o.FillOnCancel {
-		o.Status, o.CancelType = "Filled", "UNKNOWN"
-	} else {
+	switch {
+	case o.FillOnCancel:
+		o.Status, o.CancelType, o.CumExecQty = "Filled", "UNKNOWN", o.Qty
+		if o.AvgPrice == "" {
+			o.AvgPrice = o.Price
+		}
+	case o.Status == "Untriggered":
+		o.Status, o.CancelType = "Deactivated", "CancelByUser"
+	case o.Category == "spot" && o.CumExecQty != "0":
+		// Spot reports a partly filled order it cancelled so; derivatives
+		// report Cancelled with the executed quantity.
+		o.Status, o.CancelType = "PartiallyFilledCanceled", "CancelByUser"
+	default:
 		o.Status, o.CancelType = "Cancelled", "CancelByUser"
 	}
 	e.changedLocked(o)
@@ -164,41 +199,107 @@ func (e *Exchange) drain() {
 	}
 }
 
+// open reports whether an order can still be cancelled.
+func (o *Order) open() bool {
+	return o.Status == "New" || o.Status == "PartiallyFilled" || o.Status == "Untriggered"
+}
+
+// leavesQty is what is left to fill: Qty - CumExecQty while open, 0 once
+// the order is closed.
+func (o *Order) leavesQty() string {
+	if !o.open() {
+		return "0"
+	}
+	q, err1 := strconv.ParseFloat(o.Qty, 64)
+	c, err2 := strconv.ParseFloat(o.CumExecQty, 64)
+	if err1 != nil || err2 != nil || c >= q {
+		return "0"
+	}
+	return strconv.FormatFloat(q-c, 'f', -1, 64)
+}
+
+// stopOrderTypes are the stopOrderType an order of each Kind reports.
+var stopOrderTypes = map[string]string{
+	"Order": "", "StopOrder": "Stop", "tpslOrder": "tpslOrder", "OcoOrder": "OcoOrder", "BidirectionalTpslOrder": "BidirectionalTpslOrder",
+}
+
+// orderJSON is an order as Bybit reports it in GET /v5/order/realtime and
+// /history and in the private order topic (docs/v5/order/open-order.mdx,
+// docs/v5/websocket/private/order.mdx): every field, so that SDKs that look
+// at one (ccxt tells a contract order from a spot one by tpslMode) see
+// Bybit's shape.
 func orderJSON(o *Order) map[string]any {
 	cancelType := o.CancelType
 	if cancelType == "" {
 		cancelType = "UNKNOWN"
 	}
-	return map[string]any{
-		"category": o.Category, "symbol": o.Symbol, "orderId": o.OrderID, "orderLinkId": o.OrderLinkID,
-		"orderStatus": o.Status, "cancelType": cancelType, "updatedTime": strconv.FormatInt(o.UpdatedTime, 10),
-		"side": "Buy", "orderType": "Limit", "price": "1", "qty": "1", "cumExecQty": "0", "leavesQty": "1",
+	avgPrice := o.AvgPrice
+	if avgPrice == "" {
+		avgPrice = "0"
 	}
+	price, _ := strconv.ParseFloat(o.Price, 64)
+	cum, _ := strconv.ParseFloat(o.CumExecQty, 64)
+	leaves, _ := strconv.ParseFloat(o.leavesQty(), 64)
+	m := map[string]any{
+		"category": o.Category, "symbol": o.Symbol, "orderId": o.OrderID, "orderLinkId": o.OrderLinkID,
+		"blockTradeId": "", "side": o.Side, "orderType": o.OrderType, "price": o.Price, "qty": o.Qty,
+		"orderStatus": o.Status, "cancelType": cancelType, "rejectReason": "EC_NoError",
+		"avgPrice": avgPrice, "leavesQty": o.leavesQty(), "leavesValue": strconv.FormatFloat(leaves*price, 'f', -1, 64),
+		"cumExecQty": o.CumExecQty, "cumExecValue": strconv.FormatFloat(cum*price, 'f', -1, 64), "cumExecFee": "0",
+		"cumFeeDetail": map[string]string{}, "feeCurrency": "", "closedPnl": "0",
+		"timeInForce": "GTC", "stopOrderType": stopOrderTypes[o.Kind], "orderIv": "", "triggerPrice": "", "triggerBy": "",
+		"triggerDirection": 0, "takeProfit": "", "stopLoss": "", "tpTriggerBy": "", "slTriggerBy": "",
+		"tpLimitPrice": "", "slLimitPrice": "", "lastPriceOnCreated": "", "reduceOnly": false, "closeOnTrigger": false,
+		"placeType": "", "smpType": "None", "smpGroup": 0, "smpOrderId": "", "positionIdx": 0, "isLeverage": "",
+		"ocoTriggerBy": "", "marketUnit": "", "slippageToleranceType": "", "slippageTolerance": "",
+		"createType": "CreateByUser", "rpiTakerAccess": false, "rpiMatchedQty": "0",
+		"createdTime": strconv.FormatInt(o.CreatedTime, 10), "updatedTime": strconv.FormatInt(o.UpdatedTime, 10),
+	}
+	if o.Category == "spot" {
+		m["isLeverage"] = "0"
+		m["marketUnit"] = ""
+	} else {
+		// Only a contract order has tpslMode (ccxt reads a spot order
+		// from its absence).
+		m["tpslMode"] = ""
+		if o.Category == "linear" || o.Category == "inverse" {
+			m["tpslMode"] = "Full"
+		}
+	}
+	return m
 }
 
-// deliver sends one update to every subscribed session of its UID.
+// deliver sends one update to every session of its UID subscribed to its
+// order topic.
 func (e *Exchange) deliver(p orderPush) {
+	category, _ := p.order["category"].(string)
+	type target struct {
+		s     *privateSession
+		topic string
+	}
 	e.private.mu.Lock()
-	var to []*privateSession
+	var to []target
 	for s := range e.private.sessions {
-		if s.subscribed && (p.uid == "" || p.uid == s.uid) {
-			to = append(to, s)
+		if topic := s.orderTopic(category); topic != "" && (p.uid == "" || p.uid == s.uid) {
+			to = append(to, target{s, topic})
 		}
 	}
 	e.private.mu.Unlock()
 	e.mu.Lock()
 	now := e.nowLocked().UnixMilli()
 	e.mu.Unlock()
-	msg := map[string]any{"id": strconv.FormatInt(now, 10), "topic": "order", "creationTime": now, "data": []any{p.order}}
-	for _, s := range to {
+	for _, t := range to {
+		msg := map[string]any{"id": strconv.FormatInt(now, 10), "topic": t.topic, "creationTime": now, "data": []any{p.order}}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = wsjson.Write(ctx, s.conn, msg)
+		_ = wsjson.Write(ctx, t.s.conn, msg)
 		cancel()
 	}
 }
 
+// privateRequest is one request on the private stream. req_id is echoed as
+// sent (SDKs send strings or numbers).
 type privateRequest struct {
-	ReqID string            `json:"req_id"`
+	ReqID json.RawMessage   `json:"req_id"`
 	Op    string            `json:"op"`
 	Args  []json.RawMessage `json:"args"`
 }
@@ -212,7 +313,7 @@ func (e *Exchange) servePrivate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())
-	s := &privateSession{conn: conn, cancel: cancel}
+	s := &privateSession{conn: conn, cancel: cancel, topics: map[string]bool{}}
 	e.private.mu.Lock()
 	e.private.init()
 	e.private.sessions[s] = struct{}{}
@@ -228,7 +329,11 @@ func (e *Exchange) servePrivate(w http.ResponseWriter, r *http.Request) {
 	}()
 	authed := false
 	answer := func(req privateRequest, ok bool, msg string) error {
-		return wsjson.Write(ctx, conn, map[string]any{"success": ok, "ret_msg": msg, "op": req.Op, "conn_id": connID, "req_id": req.ReqID})
+		m := map[string]any{"success": ok, "ret_msg": msg, "op": req.Op, "conn_id": connID}
+		if len(req.ReqID) > 0 {
+			m["req_id"] = req.ReqID
+		}
+		return wsjson.Write(ctx, conn, m)
 	}
 	for {
 		var req privateRequest
@@ -248,20 +353,27 @@ func (e *Exchange) servePrivate(w http.ResponseWriter, r *http.Request) {
 				e.private.mu.Unlock()
 			}
 			err = answer(req, msg == "", msg)
-		case "subscribe":
+		case "subscribe", "unsubscribe":
+			topics, bad := topicArgs(req.Args)
 			switch {
 			case !authed:
 				err = answer(req, false, "Request not authorized")
-			case len(req.Args) != 1 || string(req.Args[0]) != `"order"`:
-				err = answer(req, false, "the simulator knows only the order topic")
+			case bad != "":
+				err = answer(req, false, bad)
 			default:
 				e.private.mu.Lock()
-				s.subscribed = true
+				for _, t := range topics {
+					s.topics[t] = req.Op == "subscribe"
+				}
 				e.private.mu.Unlock()
 				err = answer(req, true, "")
 			}
 		case "ping":
-			err = wsjson.Write(ctx, conn, map[string]any{"req_id": req.ReqID, "op": "pong", "args": []string{strconv.FormatInt(time.Now().UnixMilli(), 10)}, "conn_id": connID})
+			m := map[string]any{"op": "pong", "args": []string{strconv.FormatInt(time.Now().UnixMilli(), 10)}, "conn_id": connID}
+			if len(req.ReqID) > 0 {
+				m["req_id"] = req.ReqID
+			}
+			err = wsjson.Write(ctx, conn, m)
 		default:
 			err = answer(req, false, "unknown op "+strconv.Quote(req.Op))
 		}
@@ -269,6 +381,29 @@ func (e *Exchange) servePrivate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// topicArgs reads a subscription's topics: strings the private stream knows;
+// the all-in-one order topic and a categorised one cannot be in one request.
+func topicArgs(args []json.RawMessage) ([]string, string) {
+	if len(args) == 0 {
+		return nil, "args must list the topics"
+	}
+	var topics []string
+	allInOne, categorised := false, false
+	for _, a := range args {
+		var t string
+		if json.Unmarshal(a, &t) != nil || !privateTopics[t] {
+			return nil, "Invalid topic " + string(a)
+		}
+		allInOne = allInOne || t == "order"
+		categorised = categorised || strings.HasPrefix(t, "order.")
+		topics = append(topics, t)
+	}
+	if allInOne && categorised {
+		return nil, "the all-in-one order topic and a categorised one cannot be in the same request"
+	}
+	return topics, ""
 }
 
 // checkPrivateAuth checks [apiKey, expires, signature]: the key is known, the
@@ -279,16 +414,16 @@ func (e *Exchange) checkPrivateAuth(args []json.RawMessage) (string, string) {
 		return "", "Params Error: args must be [apiKey, expires, signature]"
 	}
 	var key, sig string
-	var expires int64
-	if json.Unmarshal(args[0], &key) != nil || json.Unmarshal(args[1], &expires) != nil || json.Unmarshal(args[2], &sig) != nil {
+	expires, ok := expiresArg(args[1])
+	if json.Unmarshal(args[0], &key) != nil || !ok || json.Unmarshal(args[2], &sig) != nil {
 		return "", "Params Error: args must be [apiKey, expires, signature]"
 	}
 	e.mu.Lock()
-	acct, ok := e.accounts[key]
+	acct, known := e.accounts[key]
 	now := e.nowLocked()
 	e.mu.Unlock()
 	switch {
-	case !ok:
+	case !known:
 		return "", "Invalid apikey"
 	case expires <= now.UnixMilli():
 		return "", "Params Error: expires is in the past"
@@ -296,6 +431,21 @@ func (e *Exchange) checkPrivateAuth(args []json.RawMessage) (string, string) {
 		return "", "Signature verification failed"
 	}
 	return acct.UID, ""
+}
+
+// expiresArg reads auth's expiry (ms), sent as a number or as a string of
+// digits (ccxt sends a string).
+func expiresArg(raw json.RawMessage) (int64, bool) {
+	var n int64
+	if json.Unmarshal(raw, &n) == nil {
+		return n, true
+	}
+	var str string
+	if json.Unmarshal(raw, &str) != nil {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(str, 10, 64)
+	return n, err == nil
 }
 
 // serveOrderLookup answers GET /v5/order/realtime (orders not NotRecent) and
@@ -321,18 +471,53 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 		e.writeEnvelope(w, r, rq, 10001, "params error: category is required", nil, h)
 		return
 	}
+	history := endpoint == "order-history"
 	e.mu.Lock()
-	var o *Order
-	if rq.OrderID != "" {
-		o = e.books[rq.Category][rq.OrderID]
-	} else if rq.OrderLinkID != "" {
-		o = e.links[rq.Category][rq.OrderLinkID]
+	// By id: that order (realtime lists it open or recently closed). Without
+	// one: realtime lists the open orders (openOnly=1: the recently closed
+	// ones), history the closed ones; newest first, up to limit (20, at
+	// most 50), narrowed by symbol, baseCoin, settleCoin.
+	var candidates []*Order
+	switch {
+	case rq.OrderID != "":
+		candidates = []*Order{e.books[rq.Category][rq.OrderID]}
+	case rq.OrderLinkID != "":
+		candidates = []*Order{e.links[rq.Category][rq.OrderLinkID]}
+	default:
+		for _, o := range e.books[rq.Category] {
+			candidates = append(candidates, o)
+		}
+		sort.Slice(candidates, func(i, j int) bool {
+			if candidates[i].CreatedTime != candidates[j].CreatedTime {
+				return candidates[i].CreatedTime > candidates[j].CreatedTime
+			}
+			return candidates[i].OrderID > candidates[j].OrderID
+		})
+	}
+	byID := rq.OrderID != "" || rq.OrderLinkID != ""
+	limit := 20
+	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n >= 1 && n <= 50 {
+		limit = n
 	}
 	list := []any{}
-	if o != nil && (rq.Symbol == "" || o.Symbol == rq.Symbol) && (acct.UID == o.UID || o.UID == "") {
-		visible := !o.NotRecent
-		if endpoint == "order-history" {
-			visible = !o.Forgotten && o.Status != "New" && o.Status != "PartiallyFilled"
+	for _, o := range candidates {
+		if len(list) == limit {
+			break
+		}
+		if o == nil || (rq.Symbol != "" && o.Symbol != rq.Symbol) || (o.UID != "" && acct.UID != o.UID) ||
+			!strings.HasPrefix(o.Symbol, q.Get("baseCoin")) || !strings.HasSuffix(o.Symbol, q.Get("settleCoin")) {
+			continue
+		}
+		var visible bool
+		switch {
+		case history:
+			visible = !o.Forgotten && !o.open()
+		case byID:
+			visible = !o.NotRecent
+		case q.Get("openOnly") == "1":
+			visible = !o.NotRecent && !o.open()
+		default:
+			visible = o.open()
 		}
 		if visible {
 			list = append(list, orderJSON(o))

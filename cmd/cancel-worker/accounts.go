@@ -42,7 +42,7 @@ type accountCreds struct {
 
 // readAccountsFile reads BYBIT_ACCOUNTS_FILE. Errors name the file and the
 // account, never a secret.
-func readAccountsFile(path, defaultBaseURL, defaultWSURL string) (map[string]accountCreds, error) {
+func readAccountsFile(path, defaultBaseURL, defaultWSURL string, confirm bool) (map[string]accountCreds, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: cannot read %s: %v", path, errors.Unwrap(err))
@@ -107,7 +107,11 @@ func readAccountsFile(path, defaultBaseURL, defaultWSURL string) (map[string]acc
 		case c.wsURL != "" && !strings.HasPrefix(c.wsURL, "ws://") && !strings.HasPrefix(c.wsURL, "wss://"):
 			return nil, fail("wsUrl %q must start with ws:// or wss://", c.wsURL)
 		case c.wsURL == "" && c.baseURL != "":
-			c.wsURL = wsURLOf(c.baseURL)
+			ws, err := bybit.PrivateStreamFor(c.baseURL)
+			if err != nil && confirm {
+				return nil, fail("wsUrl %s", wsURLMissing("wsUrl", err))
+			}
+			c.wsURL = ws
 		case c.wsURL == "":
 			c.wsURL = defaultWSURL
 		}

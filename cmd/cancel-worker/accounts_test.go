@@ -93,7 +93,7 @@ func TestAccountsFileWebSocketURLs(t *testing.T) {
     apiKey: k4
     apiSecret: s4
 `)
-	accts, err := readAccountsFile(file, "https://api-testnet.bybit.com", "wss://stream-testnet.bybit.com/v5/private")
+	accts, err := readAccountsFile(file, "https://api-testnet.bybit.com", "wss://stream-testnet.bybit.com/v5/private", true)
 	require.NoError(t, err)
 	require.Equal(t, "wss://stream.example/v5/private", accts["own"].wsURL)
 	require.Equal(t, "ws://127.0.0.1:8080/v5/private", accts["sim"].wsURL)

@@ -75,9 +75,9 @@ var settings = []setting{
 	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
 	{env: "BYBIT_RSA_PRIVATE_KEY_FILE", secret: true, usage: "PEM file (PKCS#1 or PKCS#8) of a self-generated RSA key registered with Bybit, instead of a secret (environment only)"},
 	{env: "BYBIT_ACCOUNTS_FILE", def: "", usage: "JSON or YAML file of named accounts (key, secret or secret file or RSA key file, base URL, limits, limit group) that requests pick with their account field"},
-	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet or demo"},
+	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet, demo, or a regional site (mainnet-tr, mainnet-kz, mainnet-ge, mainnet-id, mainnet-jp; REST only: mainnet-nl, mainnet-ae)"},
 	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
-	{env: "BYBIT_WS_URL", def: "", usage: "private WebSocket for confirmations; default: the BYBIT_ENV preset, or ws(s)://<BYBIT_BASE_URL host>/v5/private when that is set"},
+	{env: "BYBIT_WS_URL", def: "", usage: "private WebSocket for confirmations; default: the preset's (BYBIT_ENV, or a BYBIT_BASE_URL that is a preset's host), ws://<host>/v5/private for an http:// BYBIT_BASE_URL; required for any other host"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
 	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
@@ -259,16 +259,17 @@ func (p *parser) limits(name string) map[string]int {
 	return out
 }
 
-// wsURLOf is the private WebSocket on the host of a base URL (the simulator
-// serves both).
+// wsURLOf is the private WebSocket of a base URL: a preset's, or the same
+// host's for a local http:// URL (the simulator serves both); "" when it
+// cannot be known.
 func wsURLOf(baseURL string) string {
-	for _, env := range []string{"mainnet", "testnet", "demo"} {
-		if u, _ := bybit.BaseURLFor(env); strings.TrimRight(baseURL, "/") == u {
-			ws, _ := bybit.WSURLFor(env)
-			return ws
-		}
-	}
-	return "ws" + strings.TrimPrefix(strings.TrimRight(baseURL, "/"), "http") + "/v5/private"
+	u, _ := bybit.PrivateStreamFor(baseURL)
+	return u
+}
+
+// wsURLMissing is the error for a private stream that must be set.
+func wsURLMissing(setting string, err error) string {
+	return fmt.Sprintf("must be set: %v; set %s to the private stream of your account's site (wss://…/v5/private), or CONFIRM=false", err, setting)
 }
 
 // secret reads NAME or NAME_FILE (not both). Its value never appears in an
@@ -392,7 +393,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	if rc.baseURL == "" {
 		u, err := bybit.BaseURLFor(p.str("BYBIT_ENV"))
 		if err != nil {
-			p.fail("BYBIT_ENV", "%q is not testnet, mainnet or demo", p.str("BYBIT_ENV"))
+			p.fail("BYBIT_ENV", "%q is not one of %s", p.str("BYBIT_ENV"), bybit.EnvironmentNames())
 		}
 		rc.baseURL = u
 	} else if !strings.HasPrefix(rc.baseURL, "http://") && !strings.HasPrefix(rc.baseURL, "https://") {
@@ -404,10 +405,14 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		if !strings.HasPrefix(rc.worker.WSURL, "ws://") && !strings.HasPrefix(rc.worker.WSURL, "wss://") {
 			p.fail("BYBIT_WS_URL", "%q must start with ws:// or wss://", rc.worker.WSURL)
 		}
-	case p.str("BYBIT_BASE_URL") != "":
-		rc.worker.WSURL = wsURLOf(rc.baseURL)
 	default:
-		rc.worker.WSURL, _ = bybit.WSURLFor(p.str("BYBIT_ENV"))
+		// The preset's documented stream, or the same host's for a local
+		// http:// BYBIT_BASE_URL; anything else cannot be guessed.
+		ws, err := bybit.PrivateStreamFor(rc.baseURL)
+		if err != nil && rc.worker.Confirm {
+			p.fail("BYBIT_WS_URL", "%s", wsURLMissing("BYBIT_WS_URL", err))
+		}
+		rc.worker.WSURL = ws
 	}
 	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
 		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
@@ -451,7 +456,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
 	}
 	if accountsFile != "" {
-		accts, err := readAccountsFile(accountsFile, rc.baseURL, rc.worker.WSURL)
+		accts, err := readAccountsFile(accountsFile, rc.baseURL, rc.worker.WSURL, rc.worker.Confirm)
 		if err != nil {
 			return rc, err
 		}

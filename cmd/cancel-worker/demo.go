@@ -337,11 +337,23 @@ func runSim(ctx context.Context, args []string, stderr io.Writer) error {
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	latency := fs.Duration("latency", 0, "delay of every answer")
 	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "delay of each order update on the private WebSocket after its cancel")
+	var orders, readOnly, rsaKeys listFlag
+	fs.Var(&orders, "order", "rest open orders: CATEGORY:SYMBOL[:COUNT[:KIND]] (KIND: Order, StopOrder, tpslOrder, OcoOrder, BidirectionalTpslOrder), for cancel-all; repeatable")
+	fs.Var(&readOnly, "read-only-key", "also accept a read-only HMAC key: KEY:SECRET (cancels answer 10005); repeatable")
+	fs.Var(&rsaKeys, "rsa-key", "also accept an RSA key: KEY:PUBLIC_KEY_PEM_FILE (the private key signs); repeatable")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency})
+	setup, err := parseSimSetup(orders, readOnly, rsaKeys)
+	if err != nil {
+		return err
+	}
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency, Accounts: setup.accounts})
 	ex.SetPushDelay(*pushDelay)
+	for _, o := range setup.orders {
+		o = ex.AddOrder(o)
+		fmt.Fprintf(stderr, "resting %s %s %s orderId=%s\n", o.Category, o.Symbol, o.Kind, o.OrderID)
+	}
 	url, stop, err := startSim(ex, *addr)
 	if err != nil {
 		return fmt.Errorf("sim: %w", err)

@@ -350,4 +350,3 @@ func (w *resultWaiter) isDone() bool {
 func (w *resultWaiter) answer() SyncAnswer {
 	return SyncAnswer{Result: w.result, Parsed: w.parsed, Confirmations: slices.Clone(w.confs)}
 }
-

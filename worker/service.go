@@ -72,12 +72,12 @@ type Service struct {
 
 // endpointStats are what `nats micro stats` shows in an endpoint's data.
 type endpointStats struct {
-	Answered   int64   `json:"answered"`
-	Timeouts   int64   `json:"timeouts"`
-	Errors     int64   `json:"errors"`
-	Waiting    int64   `json:"waiting"`
-	WaitMsAvg  float64 `json:"wait_ms_avg"`
-	WaitMsMax  float64 `json:"wait_ms_max"`
+	Answered  int64   `json:"answered"`
+	Timeouts  int64   `json:"timeouts"`
+	Errors    int64   `json:"errors"`
+	Waiting   int64   `json:"waiting"`
+	WaitMsAvg float64 `json:"wait_ms_avg"`
+	WaitMsMax float64 `json:"wait_ms_max"`
 	totalWait time.Duration
 	waitCount int64
 }
@@ -128,8 +128,8 @@ func NewService(c ServiceConfig) (*Service, error) {
 			Stream: c.Worker.Stream, ResultSubjects: c.Worker.resultSubjects(), ConfirmedSubject: confirmed, Logger: c.Logger,
 		}),
 		stopCtx: ctx, stop: cancel,
-		stats:   map[string]*endpointStats{EndpointCancel: {}, EndpointCancelAll: {}},
-		off:     "not started",
+		stats: map[string]*endpointStats{EndpointCancel: {}, EndpointCancelAll: {}},
+		off:   "not started",
 	}, nil
 }
 

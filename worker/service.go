@@ -133,16 +133,42 @@ func NewService(c ServiceConfig) (*Service, error) {
 	}, nil
 }
 
-// syncSubjects are the endpoints' subjects by endpoint name.
-func (c Config) syncSubjects() map[string]string {
-	out := map[string]string{}
+// syncEndpoint is one endpoint of the sync service.
+type syncEndpoint struct {
+	name, subject, input, account string
+}
+
+// syncEndpoints are the service's endpoints: cancel and cancel-all, and
+// those of the accounts with their own sync subjects (cancel-<account>,
+// cancel-all-<account>).
+func (c Config) syncEndpoints() []syncEndpoint {
+	var out []syncEndpoint
 	if c.SyncCancelSubject != "" {
-		out[EndpointCancel] = c.SyncCancelSubject
+		out = append(out, syncEndpoint{name: EndpointCancel, subject: c.SyncCancelSubject, input: c.CancelSubject})
 	}
 	if c.SyncCancelAllSubject != "" {
-		out[EndpointCancelAll] = c.SyncCancelAllSubject
+		out = append(out, syncEndpoint{name: EndpointCancelAll, subject: c.SyncCancelAllSubject, input: c.CancelAllSubject})
+	}
+	for _, name := range c.accountNames() {
+		a := c.Accounts[name].Subjects
+		if a.SyncCancelSubject != "" {
+			out = append(out, syncEndpoint{name: EndpointCancel + "-" + endpointSafe(name), subject: a.SyncCancelSubject, input: a.CancelSubject, account: name})
+		}
+		if a.SyncCancelAllSubject != "" {
+			out = append(out, syncEndpoint{name: EndpointCancelAll + "-" + endpointSafe(name), subject: a.SyncCancelAllSubject, input: a.CancelAllSubject, account: name})
+		}
 	}
 	return out
+}
+
+// endpointSafe makes an account name a valid micro endpoint name.
+func endpointSafe(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '_'
+	}, name)
 }
 
 // Start checks that the stream does not capture a sync subject, starts
@@ -151,8 +177,8 @@ func (c Config) syncSubjects() map[string]string {
 // the service off: Start logs a warning and returns nil, and Status says
 // why. Errors are those of NATS.
 func (s *Service) Start(ctx context.Context) error {
-	subjects := s.c.Worker.syncSubjects()
-	if len(subjects) == 0 {
+	endpoints := s.c.Worker.syncEndpoints()
+	if len(endpoints) == 0 {
 		s.setOff("no sync subjects configured")
 		return nil
 	}
@@ -162,13 +188,13 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	streamSubjects := st.CachedInfo().Config.Subjects
 	var captured []string
-	for _, name := range []string{EndpointCancel, EndpointCancelAll} {
-		if subj, ok := subjects[name]; ok && subjectCovered(streamSubjects, subj) {
-			captured = append(captured, subj)
+	for _, ep := range endpoints {
+		if subjectCovered(streamSubjects, ep.subject) {
+			captured = append(captured, ep.subject)
 		}
 	}
 	if len(captured) > 0 {
-		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other NATS_SYNC_* subjects",
+		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other sync subjects",
 			s.c.Worker.Stream, strings.Join(captured, ", "))
 		s.log.Warn(why)
 		s.setOff(why)
@@ -191,17 +217,21 @@ func (s *Service) Start(ctx context.Context) error {
 		s.follow.Stop()
 		return fmt.Errorf("sync service: %w", err)
 	}
-	inputs := map[string]string{EndpointCancel: s.c.Worker.CancelSubject, EndpointCancelAll: s.c.Worker.CancelAllSubject}
-	for _, name := range []string{EndpointCancel, EndpointCancelAll} {
-		subj, ok := subjects[name]
-		if !ok {
-			continue
+	s.mu.Lock()
+	for _, ep := range endpoints {
+		s.stats[ep.name] = &endpointStats{}
+	}
+	s.mu.Unlock()
+	for _, ep := range endpoints {
+		md := map[string]string{"input": ep.input}
+		if ep.account != "" {
+			md["account"] = ep.account
 		}
-		if err := svc.AddEndpoint(name, s.handler(name, inputs[name]), micro.WithEndpointSubject(subj),
-			micro.WithEndpointMetadata(map[string]string{"input": inputs[name]})); err != nil {
+		if err := svc.AddEndpoint(ep.name, s.handler(ep.name, ep.input), micro.WithEndpointSubject(ep.subject),
+			micro.WithEndpointMetadata(md)); err != nil {
 			_ = svc.Stop()
 			s.follow.Stop()
-			return fmt.Errorf("sync service: endpoint %s on %s: %w", name, subj, err)
+			return fmt.Errorf("sync service: endpoint %s on %s: %w", ep.name, ep.subject, err)
 		}
 	}
 	if err := s.c.Conn.Flush(); err != nil {
@@ -212,7 +242,11 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.svc, s.off = svc, ""
 	s.mu.Unlock()
-	s.log.Info("sync service started", "service", ServiceName, "cancel", subjects[EndpointCancel], "cancelAll", subjects[EndpointCancelAll])
+	subjects := make([]string, len(endpoints))
+	for i, ep := range endpoints {
+		subjects[i] = ep.subject
+	}
+	s.log.Info("sync service started", "service", ServiceName, "subjects", strings.Join(subjects, ","))
 	return nil
 }
 

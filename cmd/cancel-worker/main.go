@@ -147,7 +147,7 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		if rc.worker.Accounts == nil {
 			rc.worker.Accounts = map[string]worker.Account{}
 		}
-		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

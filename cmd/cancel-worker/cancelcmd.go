@@ -171,6 +171,13 @@ func runCancel(ctx context.Context, all bool, args []string, env lookupEnv, stdo
 	if code := reply.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return serviceError(reply, code, f.format, stdout)
 	}
+	var receipt struct {
+		Stream string `json:"stream"`
+		Seq    uint64 `json:"seq"`
+	}
+	if json.Unmarshal(reply.Data, &receipt) == nil && receipt.Stream != "" {
+		return fmt.Errorf("stream %s stored the request on %s (sequence %d) instead of the service answering it: the worker takes no requests from that subject, so nothing was cancelled; remove %s from the stream's subjects", receipt.Stream, subject, receipt.Seq, subject)
+	}
 	a, err := messages.DecodeAnswer(reply.Data)
 	if err != nil {
 		return fmt.Errorf("undecodable reply from the service: %v", err)

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -94,4 +96,22 @@ func TestCancelCommandTimeoutAndNoService(t *testing.T) {
 	code, _, errOut = s.cancelCmd("cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "o-1", "--timeout", "200ms")
 	require.Equal(t, 4, code, errOut)
 	require.Contains(t, errOut, "timeout (stream ORDERS, sequence 1)")
+}
+
+// An operator's stream that captures the sync subjects: the worker runs, the
+// sync service stays off, and /readyz says why.
+func TestReadyzNamesASyncServiceThatIsOff(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{}, nil)
+	_, err := s.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}, Duplicates: time.Hour})
+	require.NoError(t, err)
+	base, logs, stop := startWorker(t, s.env)
+	require.Eventually(t, func() bool { c, _ := get(t, base+"/readyz"); return c == http.StatusOK }, waitFor, 10*time.Millisecond, "%s", logs)
+	_, body := get(t, base+"/readyz")
+	require.Contains(t, body, "ready; sync service off: stream ORDERS captures orders.sync.cancel, orders.sync.cancel-all")
+	require.Contains(t, logs.String(), "sync service off")
+	code, _, errOut := s.cancelCmd("cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "o-1")
+	require.Equal(t, 1, code, "the stream's receipt is not an answer: %s", errOut)
+	require.Contains(t, errOut, "stream ORDERS stored the request on orders.sync.cancel (sequence 1) instead of the service answering it")
+	require.NoError(t, stop())
 }

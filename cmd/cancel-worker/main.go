@@ -160,18 +160,19 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	svc, err := startService(ctx, nc, js, w, rc.worker, reg, log)
-	if err != nil {
-		return err
-	}
-	defer svc.Stop()
+	var svc syncService
 	if rc.httpAddr != "" {
-		stopHTTP, err := serveHTTP(rc.httpAddr, reg, readyWithService(w.Ready, svc.Status), log)
+		stopHTTP, err := serveHTTP(rc.httpAddr, reg, svc.ready(w.Ready), log)
 		if err != nil {
 			return err
 		}
 		defer stopHTTP()
 	}
+	stopSvc, err := svc.start(ctx, nc, js, w, rc.worker, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopSvc()
 	return runOn(ctx, nc, w, log)
 }
 

@@ -104,7 +104,8 @@ var settings = []setting{
 // NATS and where the worker keeps its messages.
 var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
 	switch s.env {
-	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS":
+	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
+		"NATS_SYNC_CANCEL_SUBJECT", "NATS_SYNC_CANCEL_ALL_SUBJECT":
 		return true
 	}
 	return !strings.HasPrefix(s.env, "NATS_")

@@ -64,6 +64,7 @@ type cancelFlags struct {
 	orderID, orderLinkID      string
 	baseCoin, settleCoin      string
 	account, requestID, msgID string
+	subject                   string
 	waitConfirmation          bool
 	timeout                   time.Duration
 	format                    string
@@ -82,6 +83,7 @@ func (f *cancelFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.account, "account", "", "account of the accounts file (default: the default account)")
 	fs.StringVar(&f.requestID, "request-id", "", "correlation id echoed in the result")
 	fs.StringVar(&f.msgID, "msg-id", "", "Nats-Msg-Id: the same id sent again is answered with the first request's result (default: generated)")
+	fs.StringVar(&f.subject, "subject", "", "send on this sync subject instead, e.g. an account's own (syncCancelSubject of the accounts file)")
 	fs.BoolVar(&f.waitConfirmation, "wait-confirmation", false, "also wait for the order's confirmed final state")
 	fs.DurationVar(&f.timeout, "timeout", worker.DefaultSyncTimeout, "how long the service waits for the result (capped by the worker's SYNC_MAX_TIMEOUT)")
 	fs.StringVar(&f.format, "format", "text", "text, or json (the reply as the service sent it)")
@@ -133,6 +135,9 @@ func runCancel(ctx context.Context, all bool, args []string, env lookupEnv, stdo
 	env2 := "NATS_SYNC_CANCEL_SUBJECT"
 	if all {
 		subject, env2 = p.str("NATS_SYNC_CANCEL_ALL_SUBJECT"), "NATS_SYNC_CANCEL_ALL_SUBJECT"
+	}
+	if f.subject != "" {
+		subject = f.subject
 	}
 	if subject == "" {
 		return fmt.Errorf("%s must not be empty", env2)

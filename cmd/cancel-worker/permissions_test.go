@@ -56,6 +56,7 @@ func TestREADMEPermissionsExample(t *testing.T) {
 	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-1"})
 	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-sync"})
 	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-desk"})
+	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-cmd"})
 	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -133,6 +134,13 @@ func TestREADMEPermissionsExample(t *testing.T) {
 		_, err = desk.Request(subject, []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"perm-1","account":"hedge"}`), 2*time.Second)
 		require.Error(t, err, "the desk is refused on %s", subject)
 	}
+	// The operator's command, with the desk's credentials, on the desk's subject.
+	deskEnv := map[string]string{"NATS_URL": "nats://" + url, "NATS_USER": "hedge-desk", "NATS_PASSWORD": "desk-pw"}
+	out.Reset()
+	errOut.Reset()
+	require.NoError(t, runCancel(context.Background(), false, []string{"--subject", "orders.sync.hedge.cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "perm-cmd"},
+		envFunc(deskEnv), &out, &errOut), errOut.String())
+	require.Contains(t, out.String(), "cancelled  linear BTCUSDT orderId=perm-cmd account=hedge")
 	cancel()
 	require.NoError(t, <-done)
 }

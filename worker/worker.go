@@ -76,6 +76,9 @@ type Worker struct {
 	ready   atomic.Bool
 	// confirm follows acknowledged cancels (Config.Confirm); nil when off.
 	confirm *confirmer
+	// routes: what each input subject means (cancel or cancel-all, and
+	// the account of an account's own subject).
+	routes map[string]route
 }
 
 // Stats are counters a caller (the demo, tests) can read while the worker runs.
@@ -148,6 +151,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		slots:    make(chan struct{}, cfg.Concurrency),
 		lanes:    map[laneKey]*lane{},
 		stopping: make(chan struct{}),
+		routes:   cfg.routes(),
 	}
 	if cfg.Confirm {
 		w.confirm = newConfirmer(w)
@@ -386,11 +390,17 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	var req messages.Cancel
 	var all messages.CancelAll
-	if msg.Subject() == w.cfg.CancelAllSubject {
+	rt := w.routes[msg.Subject()]
+	if rt.all {
 		all, err = messages.DecodeCancelAll(msg.Data())
 		req = messages.Cancel{Category: all.Category, Account: all.Account, RequestID: all.RequestID}
 	} else {
 		req, err = messages.DecodeCancel(msg.Data())
+	}
+	if err == nil {
+		// A request on an account's own subject is for that account.
+		req.Account, err = forAccount(rt, req.Account)
+		all.Account = req.Account
 	}
 	if err != nil {
 		j.requestID = messages.RequestID(messages.LenientEcho(msg.Data()).RequestID, msgID, w.cfg.Stream, seq)
@@ -400,7 +410,7 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	j.req = req
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
-	if msg.Subject() == w.cfg.CancelAllSubject {
+	if rt.all {
 		j.all = &all
 	}
 	name := req.Account

@@ -47,6 +47,8 @@ type benchOptions struct {
 	killAfter   time.Duration
 	confirm     bool
 	pushDelay   time.Duration
+	// sync sends the cancels as sync requests (benchsync.go).
+	sync bool
 }
 
 // benchResult is what one run measured.
@@ -61,6 +63,7 @@ type benchResult struct {
 	throughput      float64
 	budgetPerSecond int
 	confirm         *confirmReport
+	sync            *syncReport
 }
 
 // confirmReport is what --confirm measured: from each result being stored
@@ -90,6 +93,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.plot, "plot", "", "draw cumulative results over time against the ideal to this .svg or .png file")
 	fs.BoolVar(&o.confirm, "confirm", false, "also confirm every cancel (CONFIRM=true) and report ack→confirmation latency")
 	fs.DurationVar(&o.pushDelay, "push-delay", 0, "with --confirm: the simulated exchange pushes each order update this long after the cancel")
+	fs.BoolVar(&o.sync, "sync", false, "send the cancels as sync requests on orders.sync.cancel (needs --rate) and report request→reply latency next to publish→result")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -114,6 +118,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.n < 1 || o.replicas < 1 || o.limit < 1 {
 		return errors.New("--n, --replicas and --limit must be at least 1")
 	}
+	if o.sync && (o.rate <= 0 || o.inProcess) {
+		return errors.New("--sync needs --rate, and runs the workers as processes (their sync service)")
+	}
 	if o.killAfter > 0 && (o.replicas < 2 || o.inProcess) {
 		return errors.New("--kill-after needs --replicas 2 or more, run as processes")
 	}
@@ -135,6 +142,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--plot: %w", err)
 		}
 		fmt.Fprintf(stdout, "plot written to %s\n", o.plot)
+	}
+	if res.sync != nil {
+		res.sync.print(stdout, o, res)
 	}
 	if k := res.kill; k != nil {
 		fmt.Fprintf(stdout, "\n| replicas | AckWait | killed after | held at kill | redeliveries while all alive | last redelivery after kill | every result after kill | duplicated results |\n")
@@ -310,7 +320,14 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	fmt.Fprintf(progress, "bench: %d cancels over %s, %d replica(s), exchange latency %v\n", o.n, strings.Join(o.categories, ","), o.replicas, o.latency)
 	start := time.Now()
 	publishErr := make(chan error, 1)
-	go func() { publishErr <- publishBench(ctx, js, cfg.CancelSubject, o) }()
+	var syncRep *syncReport
+	published := false
+	if o.sync {
+		syncRep = &syncReport{}
+		go func() { publishErr <- syncBench(ctx, nc, "orders.sync.cancel", o, syncRep) }()
+	} else {
+		go func() { publishErr <- publishBench(ctx, js, cfg.CancelSubject, o) }()
+	}
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -354,6 +371,7 @@ wait:
 			if err != nil {
 				return benchResult{}, err
 			}
+			published = true
 		case err := <-errs:
 			return benchResult{}, fmt.Errorf("worker stopped: %w", err)
 		case <-tick.C:
@@ -403,7 +421,18 @@ wait:
 	stopWorkers()
 	wg.Wait()
 
-	res := benchResult{drain: drain, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill}
+	if syncRep != nil && !published {
+		// Every result is stored; the last replies may still be on their way.
+		select {
+		case err := <-publishErr:
+			if err != nil {
+				return benchResult{}, err
+			}
+		case <-ctx.Done():
+			return benchResult{}, ctx.Err()
+		}
+	}
+	res := benchResult{drain: drain, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill, sync: syncRep}
 	if o.confirm {
 		res.confirm = confirmed.report(start)
 	}

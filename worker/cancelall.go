@@ -120,14 +120,20 @@ func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer
 // lane's: it books the rate-limit state (an exhausted window blocks p until
 // its reset), starts an IP-ban pause, ends a ban probe and counts the request.
 func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, category string, call func() (bybit.RateLimit, error)) (sent bool, err error) {
-	probe, err := w.gate.wait(ctx)
-	if err != nil {
-		return false, err
-	}
-	release, _, err := p.acquire(ctx)
-	if err != nil {
+	var probe bool
+	var release func()
+	for {
+		if probe, err = w.gate.wait(ctx); err != nil {
+			return false, err
+		}
+		if release = p.take(); release != nil {
+			break
+		}
+		// Budget spent: wait for it without the probe, as a lane does.
 		w.handBackProbe(probe)
-		return false, err
+		if err := p.waitRoom(ctx); err != nil {
+			return false, err
+		}
 	}
 	releaseIP, _, err := w.ipPacer.acquire(ctx)
 	if err != nil {

@@ -66,17 +66,38 @@ func (p *pacer) blocking() bool { return p != nil }
 func (p *pacer) acquire(ctx context.Context) (release func(), waited time.Duration, err error) {
 	start := p.now()
 	for {
-		if got := p.reserve(1); len(got) == 1 {
-			p.markSent(got)
-			return func() { p.answered(got) }, p.now().Sub(start), nil
-		} else if got != nil { // unlimited
-			return func() {}, 0, nil
+		if release := p.take(); release != nil {
+			return release, p.now().Sub(start), nil
 		}
-		_, wait, changed := p.room()
-		if err := sleepOrChange(ctx, wait, changed, nil); err != nil {
+		if err := p.waitRoom(ctx); err != nil {
 			return nil, p.now().Sub(start), err
 		}
 	}
+}
+
+// take lets one request through if the budget has room now: it returns the
+// function that records the answer, or nil.
+func (p *pacer) take() (release func()) {
+	got := p.reserve(1)
+	switch {
+	case got == nil:
+		return nil
+	case len(got) == 0: // unlimited
+		return func() {}
+	}
+	p.markSent(got)
+	return func() { p.answered(got) }
+}
+
+// waitRoom waits until the budget may have room. Room that freed since take
+// found none (a slot expired meanwhile) returns at once: that change has
+// happened and will not be signalled again.
+func (p *pacer) waitRoom(ctx context.Context) error {
+	free, wait, changed := p.room()
+	if free > 0 {
+		return ctx.Err()
+	}
+	return sleepOrChange(ctx, wait, changed, nil)
 }
 
 // unlimitedRoom stands for "as many as asked" from an unlimited pacer.

@@ -33,6 +33,8 @@ func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
+		// POST /v5/order/cancel-all: option allows one a second.
+		"cancel-all/linear": 10, "cancel-all/inverse": 10, "cancel-all/option": 1, "cancel-all/spot": 20,
 		// The confirmation lookups: per UID, all categories together.
 		LookupRealtime: 50, LookupHistory: 50,
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,12 +46,11 @@ func startSim(ex *bybittest.Exchange, addr string) (string, func(), error) {
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("demo", commandAbout("demo"), stderr)
 	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limits are 10/s single and 10/s batch)")
 	logLevel := fs.String("log-level", "warn", "the worker's log level (its lines go to stderr)")
 	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "how long after a cancel the simulated exchange pushes the order's update (Bybit cancels asynchronously)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	var level slog.Level
@@ -331,12 +329,11 @@ func formatCountsOf(c map[string]int) string {
 }
 
 func runSim(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("sim", commandAbout("sim"), stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	latency := fs.Duration("latency", 0, "delay of every answer")
 	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "delay of each order update on the private WebSocket after its cancel")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency})

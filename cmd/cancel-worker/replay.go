@@ -91,7 +91,7 @@ func (f *replayFlags) check() error {
 
 func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reader, stdout, stderr io.Writer) error {
 	var f replayFlags
-	v, err := parseSettings("replay", replaySettings, args, env, stderr, f.register)
+	v, err := parseCommand("replay", "", replaySettings, args, env, stderr, f.register)
 	if err != nil {
 		return err
 	}

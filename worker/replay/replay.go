@@ -187,7 +187,7 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 		return nil, fmt.Errorf("stream %s: %w", cfg.Stream, err)
 	}
 	last := stream.CachedInfo().State.LastSeq
-	if win.FromSeq > last {
+	if last == 0 || win.FromSeq > last {
 		return rep, nil
 	}
 
@@ -213,9 +213,11 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 	for done, waited := false, false; !done; {
 		// Take what is there; if nothing is, wait once before concluding
 		// that the stream holds nothing more for these subjects.
-		batch, err := cons.FetchNoWait(1000)
+		var batch jetstream.MessageBatch
 		if waited {
 			batch, err = cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		} else {
+			batch, err = cons.FetchNoWait(1000)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)

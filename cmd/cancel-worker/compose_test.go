@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
@@ -137,4 +138,32 @@ func TestComposeStackIsConsistent(t *testing.T) {
 		require.True(t, ok, "%q", line)
 		require.True(t, known[k], ".env.example sets %s, which the worker does not know", k)
 	}
+}
+
+// The file loads as the Compose Specification defines it: checked against
+// the specification's own JSON Schema (testdata/compose-spec.json, from
+// github.com/compose-spec/compose-spec schema/compose-spec.json at commit
+// 170098ba07d9f53c383a41bfd4c5166b0a4529a6, Apache-2.0), the schema
+// `docker compose` v2 validates with.
+func TestComposeFileFollowsTheComposeSpecification(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "docker-compose.yml"))
+	require.NoError(t, err)
+	var doc any
+	require.NoError(t, yaml.Unmarshal(raw, &doc))
+	spec, err := os.Open(filepath.Join("testdata", "compose-spec.json"))
+	require.NoError(t, err)
+	defer spec.Close()
+	schemaDoc, err := jsonschema.UnmarshalJSON(spec)
+	require.NoError(t, err)
+	c := jsonschema.NewCompiler()
+	require.NoError(t, c.AddResource("compose_spec.json", schemaDoc))
+	schema, err := c.Compile("compose_spec.json")
+	require.NoError(t, err)
+	require.NoError(t, schema.Validate(doc))
+
+	// The check bites: a misspelt key is refused.
+	bad := strings.Replace(string(raw), "depends_on:", "depend_on:", 1)
+	require.NoError(t, yaml.Unmarshal([]byte(bad), &doc))
+	require.Error(t, schema.Validate(doc))
 }

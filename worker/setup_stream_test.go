@@ -116,7 +116,12 @@ func TestStreamMaxBytesRefusesNewMessagesWhenFull(t *testing.T) {
 	require.Equal(t, int64(-1), cfg.MaxBytes, "0 is no limit")
 	require.Equal(t, jetstream.DiscardNew, cfg.Discard)
 
-	// A tagged stream takes the limit at the next start.
+	// A tagged stream made by an earlier version (discard old, no limit)
+	// takes the policy and the limit at the next start.
+	old := cfg
+	old.Discard = jetstream.DiscardOld
+	_, err = e.js.UpdateStream(ctx, old)
+	require.NoError(t, err)
 	e.cfg.StreamMaxBytes = 2048
 	cfg, err = worker.EnsureStream(ctx, e.js, e.cfg)
 	require.NoError(t, err)

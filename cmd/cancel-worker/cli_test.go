@@ -335,3 +335,19 @@ func TestNATSContextFillsOnlyWhatIsNotSet(t *testing.T) {
 	require.NoError(t, nc.readSecrets(envFunc(env)))
 	require.Equal(t, "from-file", nc.password.Reveal(), "NATS_PASSWORD_FILE beats the context's password")
 }
+
+// The stream's size and limit are exported, for an alert before it is full.
+func TestStreamSizeAndLimitAreExported(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{AutoCreate: true}, nil)
+	s.env["NATS_STREAM_MAX_BYTES"] = "1MiB"
+	base, logs, stop := startWorker(t, s.env)
+	require.Eventually(t, func() bool { c, _ := get(t, base+"/readyz"); return c == http.StatusOK }, waitFor, 10*time.Millisecond, "%s", logs)
+	_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		f := scrape(t, base)
+		return value(f, "cancel_worker_nats_stream_max_bytes", nil) == 1<<20 && value(f, "cancel_worker_nats_stream_bytes", nil) > 0
+	}, waitFor, 20*time.Millisecond, "%s", logs)
+	require.NoError(t, stop())
+}

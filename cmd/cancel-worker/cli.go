@@ -51,6 +51,11 @@ func (f *flagSet) printHelp(w io.Writer) {
 		fmt.Fprintln(w)
 		f.preamble(w)
 	}
+	n := 0
+	f.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
+	}
 	fmt.Fprintln(w, "\nFlags:")
 	f.VisitAll(func(fl *flag.Flag) {
 		kind, usage := flag.UnquoteUsage(fl)

@@ -143,9 +143,14 @@ func parseCommand(name, about string, list []setting, args []string, env lookupE
 		extra(fs.FlagSet)
 	}
 	fs.preamble = func(w io.Writer) {
-		fmt.Fprintln(w, "Every flag has an environment twin; flags win over the environment. Secrets are read only from the environment:")
+		fmt.Fprintln(w, "A flag marked (env NAME) has that environment variable as its twin; flags win over the environment.")
+		first := true
 		for _, s := range list {
 			if s.secret {
+				if first {
+					fmt.Fprintln(w, "Secrets are read only from the environment:")
+					first = false
+				}
 				fmt.Fprintf(w, "  %-26s %s\n", s.env, s.usage)
 			}
 		}
@@ -539,7 +544,7 @@ func (v values) effective(env lookupEnv) []any {
 		}
 		if s.secret {
 			val = "unset"
-			if env.get(s.env) != "" {
+			if env.get(s.env) != "" || v[s.env] != "" { // v: also from NATS_CONTEXT
 				val = "set"
 			}
 		}

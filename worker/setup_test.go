@@ -18,9 +18,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 func TestMain(m *testing.M) {
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 // that ends early is success, and only a hang reaches it.
 const waitFor = 30 * time.Second
 
-type syncBuffer = workertest.LogBuffer
+type syncBuffer = embedded.LogBuffer
 
 // env is one test's world: an embedded nats-server, a simulated exchange, a
 // subscriber that collects every result, and the worker's configuration.
@@ -54,7 +54,7 @@ type env struct {
 func setup(t *testing.T, exOpts bybittest.Options) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}, timeout: 5 * time.Second}
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir()})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	e.ns = ns

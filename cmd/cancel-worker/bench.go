@@ -26,9 +26,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // benchOptions are the flags of `cancel-worker bench`.
@@ -214,7 +214,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		return benchResult{}, err
 	}
 	defer os.RemoveAll(store)
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
 	if err != nil {
 		return benchResult{}, err
 	}
@@ -639,11 +639,11 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LOG_FORMAT=json",
 		"CONFIRM="+strconv.FormatBool(cfg.Confirm), "BYBIT_WS_URL="+cfg.WSURL)
 	var procs []*exec.Cmd
-	var logs []*workertest.LogBuffer
+	var logs []*embedded.LogBuffer
 	for range o.replicas {
 		cmd := exec.CommandContext(ctx, self, "run")
 		cmd.Env = env
-		lb := &workertest.LogBuffer{}
+		lb := &embedded.LogBuffer{}
 		cmd.Stderr = lb
 		if err := cmd.Start(); err != nil {
 			return procs, nil, err

@@ -20,10 +20,10 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // demoRequest is one step of the scripted scenario.
@@ -64,7 +64,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer os.RemoveAll(store)
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
 	if err != nil {
 		return err
 	}

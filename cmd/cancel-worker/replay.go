@@ -13,7 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 )
 
 // replayFlags are replay's own flags, beside the NATS settings.

@@ -26,13 +26,13 @@ func (w *Worker) cancelAll(j *job, a *account) {
 	// What earlier deliveries cancelled is read back, what this one
 	// cancels is recorded call by call: finish lists all of it.
 	if w.startProgress(ctx, j) != nil {
-		w.release(j, 0, "shutdown")
+		w.giveBack(j, 0, "shutdown")
 		return
 	}
 	queued := time.Now()
 	for {
 		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
-			w.finish(j, w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish"))
+			w.apply(j, p, w.decide(j, event{kind: evExpired, why: "finish"}))
 			return
 		}
 		res, sent, err := w.cancelAllCall(ctx, j, a, p, req)
@@ -40,7 +40,7 @@ func (w *Worker) cancelAll(j *job, a *account) {
 		if !sent {
 			// Stopping before this call went out. The release records
 			// that every call so far is recorded, for the redelivery.
-			w.release(j, 0, "shutdown")
+			w.giveBack(j, 0, "shutdown")
 			return
 		}
 		if err == nil {
@@ -53,40 +53,15 @@ func (w *Worker) cancelAll(j *job, a *account) {
 				queued = time.Now()
 				continue // more may be left
 			}
-			r := w.baseResult(j)
-			r.Status = messages.StatusCancelled
-			r.RetCode = new(0)
-			r.ExchangeTime = res.Time
-			w.finish(j, decision{action: actFinish, result: r})
-			return
-		}
-		if bybit.MayHaveApplied(err) {
+		} else if bybit.MayHaveApplied(err) {
 			w.recordLost(j)
 		}
-		d := w.decide(j, bybit.CancelOrderResult{}, err)
-		switch d.action {
-		case actFinish:
-			w.finish(j, d)
+		d := w.decide(j, answered(bybit.CancelOrderResult{Time: res.Time}, err))
+		if !w.apply(j, p, d) {
 			return
-		case actRelease:
-			w.metrics.retries.WithLabelValues(d.reason).Inc()
-			w.release(j, d.delay, d.reason)
-			return
-		}
-		w.metrics.retries.WithLabelValues(d.reason).Inc()
-		switch d.class {
-		case bybit.ClassRateLimited:
-			// Like a lane's request: the budget waits for the reset (the
-			// decision's delay ends there too).
-			w.rateLimited(j, p, d)
-		case bybit.ClassIPRateLimited:
-			w.stats.RateLimited.Add(1)
-			w.ipPacer.blockUntil(d.rateLimitReset)
-		case bybit.ClassClockSkew:
-			w.resync(a, j.sentAt)
 		}
 		if sleepCtx(ctx, d.delay) != nil {
-			w.release(j, 0, "shutdown")
+			w.giveBack(j, 0, "shutdown")
 			return
 		}
 		queued = time.Now()

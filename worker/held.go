@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
@@ -32,15 +31,24 @@ type job struct {
 
 	// queuedAt is when the job last entered its lane: the time until it is
 	// dispatched is time spent waiting for rate-limit budget.
-	queuedAt       time.Time
-	attempts       int
-	ambiguous      bool
-	rateLimitWait  time.Duration
-	transientSince time.Time
-	skewRetries    int
-	lastErr        error
-	sentAt         time.Time
-	backoff        *backoff.ExponentialBackOff
+	queuedAt      time.Time
+	attempts      int
+	ambiguous     bool
+	rateLimitWait time.Duration
+	sentAt        time.Time
+	retry         retryState
+	// invalid is the result of a request that cannot be sent (its Status
+	// is empty otherwise).
+	invalid messages.Result
+}
+
+// letGo marks the job done (no more heartbeats) and returns the message to
+// answer: the newest delivery's.
+func (j *job) letGo() jetstream.Msg {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.done = true
+	return j.msg
 }
 
 // heldSet is every message this process holds, keyed by stream sequence. One

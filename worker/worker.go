@@ -271,7 +271,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.lanesMu.Lock()
 	for _, l := range w.lanes {
 		for _, j := range l.close() {
-			w.release(j, 0, "shutdown")
+			w.giveBack(j, 0, "shutdown")
 		}
 	}
 	w.lanesMu.Unlock()
@@ -378,7 +378,7 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	w.jobs.Add(1)
 	if w.stopped.Load() || ctx.Err() != nil {
-		w.release(j, 0, "shutdown")
+		w.giveBack(j, 0, "shutdown")
 		return
 	}
 	j.ambiguous = meta.NumDelivered > 1
@@ -408,8 +408,7 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err != nil {
 		j.requestID = messages.RequestID(messages.LenientEcho(msg.Data()).RequestID, msgID, w.cfg.Stream, seq)
-		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
-		go w.finish(j, decision{action: actFinish, result: r})
+		w.refuse(j, msg.Data(), err)
 		return
 	}
 	j.req = req
@@ -427,8 +426,7 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		if req.Account == "" {
 			err = fmt.Errorf("%w: no account given and no default account is configured", messages.ErrInvalid)
 		}
-		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
-		go w.finish(j, decision{action: actFinish, result: r})
+		w.refuse(j, msg.Data(), err)
 		return
 	}
 	l := w.lane(acct, req.Category)
@@ -438,8 +436,14 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if !l.push(j, false) {
-		w.release(j, 0, "shutdown")
+		w.giveBack(j, 0, "shutdown")
 	}
+}
+
+// refuse answers a request that cannot be sent: invalid, with why.
+func (w *Worker) refuse(j *job, payload []byte, why error) {
+	j.invalid = messages.NewInvalidResult(payload, why, j.requestID, j.seq, j.requestTime)
+	go w.apply(j, nil, w.decide(j, event{kind: evInvalid, err: why}))
 }
 
 func (w *Worker) sendCtxOr(ctx context.Context) context.Context {
@@ -638,11 +642,7 @@ func (w *Worker) dropExpired(units []*unit) []*unit {
 				jobs = append(jobs, j)
 				continue
 			}
-			msg := fmt.Sprintf("older than WORKER_MAX_AGE (%v) before it could be sent", w.cfg.MaxAge)
-			if j.lastErr != nil {
-				msg += "; last error: " + j.lastErr.Error()
-			}
-			go w.finish(j, w.failed(j, msg))
+			go w.apply(j, nil, w.decide(j, event{kind: evExpired, why: "be sent"}))
 		}
 		if len(jobs) > 0 {
 			u.jobs = jobs
@@ -656,7 +656,7 @@ func (w *Worker) requeueUnits(units []*unit) {
 	for _, u := range units {
 		for _, j := range u.jobs {
 			if !j.lane.push(j, true) {
-				w.release(j, 0, "shutdown")
+				w.giveBack(j, 0, "shutdown")
 			}
 		}
 	}
@@ -767,45 +767,65 @@ func (w *Worker) afterRequest(p *pacer, endpoint, category string, probe bool, s
 // exchange's answer.
 func (w *Worker) settle(p *pacer, u *unit, res bybit.CancelOrderResult, err error) {
 	for _, j := range u.jobs {
-		w.apply(j, p, w.decide(j, res, err), err)
+		w.apply(j, p, w.decide(j, answered(res, err)))
 	}
 }
 
-// apply carries out a decision; p is the budget the attempt spent.
-func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
+// apply carries out a decision for j; p is the budget its attempt spent (nil:
+// it made none). A cancel's requeue puts it back in its lane; a cancel-all
+// runs its calls in its own goroutine, so apply only reports its requeue
+// (true) and the caller waits d.delay and calls again.
+func (w *Worker) apply(j *job, p *pacer, d decision) (again bool) {
+	j.ambiguous = j.ambiguous || d.ambiguous
 	switch d.action {
-	case actFinish:
-		if err == nil {
+	case actAck, actTerm:
+		if d.result.Status == messages.StatusCancelled && j.lane != nil {
 			j.lane.resetRateLimitBackoff()
 		}
 		w.finish(j, d)
-	case actRelease:
-		w.metrics.retries.WithLabelValues(d.reason).Inc()
-		w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", err, "delay", d.delay)...)
-		w.release(j, d.delay, d.reason)
-	case actRetry:
-		w.metrics.retries.WithLabelValues(d.reason).Inc()
-		delay := d.delay
-		switch d.class {
-		case bybit.ClassRateLimited:
-			w.rateLimited(j, p, d)
-			// The budget's block holds the lane until the reset; the
-			// request waits for it at the front of its queue.
-			delay = 0
-		case bybit.ClassIPRateLimited:
-			w.stats.RateLimited.Add(1)
-			w.ipPacer.blockUntil(d.rateLimitReset)
-			w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
-		case bybit.ClassClockSkew:
-			w.resync(j.lane.account, j.sentAt)
-		case bybit.ClassIPBan:
-			if w.cfg.BanRelease {
-				w.releaseAllQueued(w.cfg.BanPause)
-			}
-		default:
-			w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", err, "delay", d.delay)...)
+		return false
+	case actNak:
+		if d.reason == "retry_budget" {
+			w.metrics.retries.WithLabelValues(d.reason).Inc()
+			w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
 		}
-		w.requeue(j, delay)
+		w.release(j, d.delay)
+		return false
+	}
+	w.metrics.retries.WithLabelValues(d.reason).Inc()
+	w.retryEffects(j, p, d)
+	if j.all != nil {
+		return true
+	}
+	delay := d.delay
+	if d.class == bybit.ClassRateLimited {
+		// The budget's block holds the lane until the reset; the request
+		// waits for it at the front of its queue.
+		delay = 0
+	}
+	w.requeue(j, delay)
+	return false
+}
+
+// retryEffects is what a requeue does beyond waiting: a rate limit blocks
+// the budget (or the IP pacer) until its reset, a clock skew resyncs, an IP
+// ban gives back what waits when BanRelease is on.
+func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
+	switch d.class {
+	case bybit.ClassRateLimited:
+		w.rateLimited(j, p, d)
+	case bybit.ClassIPRateLimited:
+		w.stats.RateLimited.Add(1)
+		w.ipPacer.blockUntil(d.rateLimitReset)
+		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
+	case bybit.ClassClockSkew:
+		w.resync(j.lane.account, j.sentAt)
+	case bybit.ClassIPBan:
+		if w.cfg.BanRelease && j.all == nil {
+			w.releaseAllQueued(w.cfg.BanPause)
+		}
+	default:
+		w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
 	}
 }
 
@@ -831,7 +851,7 @@ func (w *Worker) startBan(err error) {
 func (w *Worker) requeue(j *job, delay time.Duration) {
 	if delay <= 0 {
 		if !j.lane.push(j, true) {
-			w.release(j, 0, "shutdown")
+			w.giveBack(j, 0, "shutdown")
 		}
 		return
 	}
@@ -843,7 +863,7 @@ func (w *Worker) requeue(j *job, delay time.Duration) {
 		case <-w.stopping:
 		}
 		if !j.lane.push(j, true) {
-			w.release(j, 0, "shutdown")
+			w.giveBack(j, 0, "shutdown")
 		}
 	}()
 }
@@ -859,7 +879,7 @@ func (w *Worker) releaseAllQueued(delay time.Duration) {
 	w.lanesMu.Unlock()
 	for _, l := range lanes {
 		for _, j := range l.drain() {
-			w.release(j, delay, "ip_ban")
+			w.giveBack(j, delay, "ip_ban")
 		}
 	}
 }
@@ -881,23 +901,19 @@ func (w *Worker) resync(a *account, since time.Time) {
 	w.log.Info("clock resynced with Bybit", "account", a.name, "offset", off)
 }
 
-// release gives a message back for another delivery.
-func (w *Worker) release(j *job, delay time.Duration, reason string) {
+// giveBack gives j back unsent for another delivery (or answers it on its
+// last one), why naming the cause.
+func (w *Worker) giveBack(j *job, delay time.Duration, why string) {
+	w.apply(j, nil, w.decide(j, event{kind: evGiveBack, why: why, delay: delay}))
+}
+
+// release gives a message back for another delivery with NakWithDelay.
+func (w *Worker) release(j *job, delay time.Duration) {
 	defer w.jobs.Done()
-	if w.lastDelivery(j) {
-		// Nothing would redeliver it: answer it instead, so that it is
-		// accounted for.
-		w.jobs.Add(1)
-		w.finish(j, w.failed(j, "released on the consumer's last delivery: "+reason))
-		return
-	}
 	if j.prog != nil {
 		w.recordReleased(j)
 	}
-	j.mu.Lock()
-	j.done = true
-	msg := j.msg
-	j.mu.Unlock()
+	msg := j.letGo()
 	if j.attempts == 0 && !j.ambiguous {
 		w.released.put(j.seq, j.deliveries)
 	}
@@ -914,9 +930,9 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 }
 
 // finish publishes the result, waits for its PubAck, then acks the request
-// (terminates it for invalid and failed). A publish that fails is retried with
-// the same Nats-Msg-Id while the worker lives; the message stays held and
-// heartbeated meanwhile.
+// (terminates it, for actTerm). A publish that fails is retried with the same
+// Nats-Msg-Id while the worker lives; the message stays held and heartbeated
+// meanwhile.
 func (w *Worker) finish(j *job, d decision) {
 	defer w.jobs.Done()
 	r := d.result
@@ -947,22 +963,15 @@ func (w *Worker) finish(j *job, d decision) {
 		// The result may or may not be stored: the redelivery finds out
 		// (the Nats-Msg-Id keeps it from being stored twice).
 		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
-		j.mu.Lock()
-		j.done = true
-		msg := j.msg
-		j.mu.Unlock()
-		_ = msg.Nak()
+		_ = j.letGo().Nak()
 		w.held.remove(j)
 		return
 	}
 	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
 
-	j.mu.Lock()
-	j.done = true
-	msg := j.msg
-	j.mu.Unlock()
-	if r.Status == messages.StatusInvalid || r.Status == messages.StatusFailed {
+	msg := j.letGo()
+	if d.action == actTerm {
 		reason := r.Error
 		if reason == "" {
 			reason = r.LastError

@@ -15,9 +15,7 @@ import (
 func (w *Worker) cancelAll(j *job, a *account) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
-	w.lanesMu.Lock()
-	p := w.pacerForLocked(a, "cancel-all", j.all.Category)
-	w.lanesMu.Unlock()
+	p := w.gw.pacer(a, budget{endpointCancelAll, j.all.Category})
 	futures := j.all.Category == messages.CategoryLinear || j.all.Category == messages.CategoryInverse
 	req := bybit.CancelAllRequest{
 		Category: j.all.Category, Symbol: j.all.Symbol, BaseCoin: j.all.BaseCoin, SettleCoin: j.all.SettleCoin,
@@ -72,70 +70,15 @@ func (w *Worker) cancelAll(j *job, a *account) {
 // worker stopped first.
 func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer, req bybit.CancelAllRequest) (bybit.CancelAllResult, bool, error) {
 	var res bybit.CancelAllResult
-	sent, err := w.paced(ctx, p, true, "cancel-all", j.all.Category, func() (bybit.RateLimit, error) {
+	sent, err := w.gw.call(ctx, budget{endpointCancelAll, req.Category}, p, true, func() (bybit.RateLimit, error) {
 		j.attempts++
 		j.sentAt = w.now()
 		var err error
 		res, err = a.client.CancelAll(w.sendCtx, req)
-		rl := res.RateLimit
-		if err != nil {
-			rl, _ = bybit.RateLimitOf(err)
-		}
-		return rl, err
+		return rateLimitOf(res.RateLimit, err), err
 	})
 	if !sent {
 		return bybit.CancelAllResult{}, false, nil
 	}
 	return res, true, err
-}
-
-// paced makes one exchange call once the ban gate, the budget p, the IP limit
-// and (with slot) one of the WORKER_CONCURRENCY request slots allow; sent is
-// false when ctx ended first. The answer goes through afterRequest, like a
-// lane's: it books the rate-limit state (an exhausted window blocks p until
-// its reset), starts an IP-ban pause, ends a ban probe and counts the request.
-func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, category string, call func() (bybit.RateLimit, error)) (sent bool, err error) {
-	var probe bool
-	var release func()
-	for {
-		if probe, err = w.gate.wait(ctx); err != nil {
-			return false, err
-		}
-		if release = p.take(); release != nil {
-			break
-		}
-		// Budget spent: wait for it without the probe, as a lane does.
-		w.handBackProbe(probe)
-		if err := p.waitRoom(ctx); err != nil {
-			return false, err
-		}
-	}
-	releaseIP, _, err := w.ipPacer.acquire(ctx)
-	if err != nil {
-		release()
-		w.handBackProbe(probe)
-		return false, err
-	}
-	if slot {
-		select {
-		case w.slots <- struct{}{}:
-		case <-ctx.Done():
-			release()
-			releaseIP()
-			w.handBackProbe(probe)
-			return false, ctx.Err()
-		}
-		w.metrics.inFlight.Inc()
-	}
-	start := time.Now()
-	rl, err := call()
-	w.afterRequest(p, endpoint, category, probe, start, rl, err, func() {
-		release()
-		releaseIP()
-		if slot {
-			<-w.slots
-			w.metrics.inFlight.Dec()
-		}
-	})
-	return true, err
 }

@@ -338,9 +338,9 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 		}
 
 		var found bool
-		o, found, err = c.lookup(ctx, a, LookupRealtime, q)
+		o, found, err = c.lookup(ctx, a, endpointRealtime, q)
 		if err == nil && !found {
-			o, found, err = c.lookup(ctx, a, LookupHistory, q)
+			o, found, err = c.lookup(ctx, a, endpointHistory, q)
 		}
 		switch {
 		case ctx.Err() != nil:
@@ -412,15 +412,13 @@ func fill(conf *messages.Confirmation, o bybit.Order, by string) {
 
 // lookup makes one order lookup within its own per-UID limit and the
 // process-wide IP limit, respecting an IP ban.
-func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q bybit.OrderQuery) (bybit.Order, bool, error) {
+func (c *confirmer) lookup(ctx context.Context, a *account, endpoint endpoint, q bybit.OrderQuery) (bybit.Order, bool, error) {
 	w := c.w
-	w.lanesMu.Lock()
-	p := w.budgetLocked(a, endpoint)
-	w.lanesMu.Unlock()
+	b := budget{endpoint, q.Category}
 	var res bybit.Lookup
-	sent, err := w.paced(ctx, p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
+	sent, err := w.gw.call(ctx, b, w.gw.pacer(a, b), false, func() (bybit.RateLimit, error) {
 		var err error
-		if endpoint == LookupRealtime {
+		if endpoint == endpointRealtime {
 			res, err = a.client.OpenOrRecentOrder(ctx, q)
 		} else {
 			res, err = a.client.HistoricOrder(ctx, q)

@@ -197,7 +197,7 @@ func (w *Worker) sample(ctx context.Context) {
 		}
 	}
 	m.clockOffset.Set(worst.Seconds())
-	if w.gate.bannedUntil().IsZero() {
+	if w.gw.ban.bannedUntil().IsZero() {
 		m.banned.Set(0)
 	} else {
 		m.banned.Set(1)

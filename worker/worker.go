@@ -54,13 +54,11 @@ type Worker struct {
 	held     *heldSet
 	answered *seqMemory
 	released *seqMemory // seq -> deliveries when released unsent
-	gate     *banGate
-	ipPacer  *pacer
-	slots    chan struct{}
+	// gw is the only door to Bybit.
+	gw *gateway
 
 	lanesMu sync.Mutex
 	lanes   map[laneKey]*lane
-	pacers  map[string]*pacer // by limit group/endpoint/category
 	laneWG  sync.WaitGroup
 
 	// sendCtx carries exchange calls and result publishes. A stop signal does
@@ -135,10 +133,11 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
 	}
+	metrics := NewMetrics(cfg.Registerer)
 	w := &Worker{
 		accounts: accounts,
-		pacers:   map[string]*pacer{},
-		metrics:  NewMetrics(cfg.Registerer),
+		metrics:  metrics,
+		gw:       newGateway(cfg, metrics),
 		cfg:      cfg,
 		log:      cfg.Logger,
 		now:      cfg.Now,
@@ -146,9 +145,6 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		held:     newHeldSet(),
 		answered: newSeqMemory(memorySize),
 		released: newSeqMemory(memorySize),
-		gate:     newBanGate(cfg.Now),
-		ipPacer:  newPacer(cfg.IPLimit, cfg.Now),
-		slots:    make(chan struct{}, cfg.Concurrency),
 		lanes:    map[laneKey]*lane{},
 		stopping: make(chan struct{}),
 		routes:   cfg.routes(),
@@ -167,8 +163,8 @@ func (w *Worker) Ready() (bool, string) {
 		return false, "consumer not bound (starting or stopping)"
 	case w.js.Conn().Status() != nats.CONNECTED:
 		return false, "NATS " + strings.ToLower(w.js.Conn().Status().String())
-	case !w.gate.bannedUntil().IsZero():
-		until := w.gate.bannedUntil()
+	case !w.gw.ban.bannedUntil().IsZero():
+		until := w.gw.ban.bannedUntil()
 		if w.now().Before(until) {
 			return false, "paused by a Bybit IP ban until " + until.UTC().Format(time.RFC3339)
 		}
@@ -293,7 +289,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) { w.held.heartbeatLoop(ctx, 
 func (w *Worker) pull(ctx context.Context) {
 	retry := newRetryBackoff()
 	for ctx.Err() == nil {
-		if err := w.gate.waitOpen(ctx); err != nil {
+		if err := w.gw.ban.waitOpen(ctx); err != nil {
 			return
 		}
 		n, changed := w.held.len()
@@ -464,9 +460,9 @@ func (w *Worker) lane(a *account, category string) *lane {
 	}
 	var batch *pacer
 	if w.cfg.Batch {
-		batch = w.pacerForLocked(a, "cancel-batch", category)
+		batch = w.gw.pacer(a, budget{endpointCancelBatch, category})
 	}
-	l := newLane(key, a, w.pacerForLocked(a, "cancel", category), batch)
+	l := newLane(key, a, w.gw.pacer(a, budget{endpointCancel, category}), batch)
 	w.lanes[key] = l
 	w.laneWG.Add(1)
 	go w.dispatch(l)
@@ -487,24 +483,6 @@ func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {
 	return ctx, cancel
 }
 
-// pacerForLocked returns the budget of an (account's limit group, endpoint,
-// category); lanesMu is held.
-func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
-	return w.budgetLocked(a, endpoint+"/"+category)
-}
-
-// budgetLocked returns the pacer of one of an account's limits (a key of
-// Config.Limits), shared by its limit group; lanesMu is held.
-func (w *Worker) budgetLocked(a *account, budget string) *pacer {
-	p, ok := w.pacers[a.group+"/"+budget]
-	if !ok {
-		p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
-		p.share = w.cfg.LimitShare
-		w.pacers[a.group+"/"+budget] = p
-	}
-	return p
-}
-
 // dispatch takes work off one lane as budget allows: the ban gate, then the
 // single-cancel budget or, when that is spent, the batch budget (both are
 // spent, so a burst drains at their sum), then the process-wide IP limit and
@@ -514,13 +492,13 @@ func (w *Worker) dispatch(l *lane) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
 	for l.waitWork(ctx) {
-		probe, err := w.gate.wait(ctx)
+		probe, err := w.gw.enter(ctx)
 		if err != nil {
 			return
 		}
 		p, slots, units := w.nextRequest(l)
 		if len(units) == 0 {
-			w.handBackProbe(probe)
+			w.gw.handBack(probe)
 			if w.waitBudget(ctx, l) != nil {
 				return
 			}
@@ -530,36 +508,24 @@ func (w *Worker) dispatch(l *lane) {
 		if len(units) == 0 {
 			// Nothing to send: a probe proves nothing without a request.
 			p.unreserve(slots)
-			w.handBackProbe(probe)
+			w.gw.handBack(probe)
 			continue
 		}
 		if len(slots) > len(units) {
 			p.unreserve(slots[len(units):])
 			slots = slots[:len(units)]
 		}
-		giveBack := func() {
-			p.unreserve(slots)
-			w.handBackProbe(probe)
-			w.requeueUnits(units)
+		b := budget{endpointCancel, l.key.category}
+		if p == l.batch {
+			b.endpoint = endpointCancelBatch
 		}
-		releaseIP, _, err := w.ipPacer.acquire(ctx)
+		ps, err := w.gw.admit(ctx, b, p, slots, probe, true)
 		if err != nil {
-			giveBack()
+			w.requeueUnits(units)
+			if errors.Is(err, errBanned) {
+				continue
+			}
 			return
-		}
-		select {
-		case w.slots <- struct{}{}:
-		case <-ctx.Done():
-			releaseIP()
-			giveBack()
-			return
-		}
-		if !probe && w.gate.closed() {
-			// A ban began while this request waited for its slot.
-			releaseIP()
-			<-w.slots
-			giveBack()
-			continue
 		}
 		for _, u := range units {
 			for _, j := range u.jobs {
@@ -570,13 +536,10 @@ func (w *Worker) dispatch(l *lane) {
 				w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
 			}
 		}
-		w.metrics.inFlight.Inc()
-		p.markSent(slots)
-		done := func() { p.answered(slots); releaseIP(); <-w.slots; w.metrics.inFlight.Dec() }
 		if p == l.batch {
-			go w.sendBatch(l, units, probe, done)
+			go w.sendBatch(l, units, ps)
 		} else {
-			go w.sendSingle(l, units[0], probe, done)
+			go w.sendSingle(l, units[0], ps)
 		}
 	}
 }
@@ -662,69 +625,28 @@ func (w *Worker) requeueUnits(units []*unit) {
 	}
 }
 
-// endProbe ends a ban probe with what its request showed: banned again (a
-// new pause), or answered by Bybit (the ban is over). A request that got no
-// answer (it failed on the way) shows neither: the probe passes on.
-func (w *Worker) endProbe(probe bool, err error) {
-	if !probe {
-		return
-	}
-	var apiErr *bybit.APIError
-	var httpErr *bybit.HTTPError
-	switch {
-	case err != nil && bybit.ClassOf(err) == bybit.ClassIPBan:
-		w.gate.report(true, w.cfg.BanPause)
-		w.metrics.banPauses.Inc()
-		w.log.Error("still banned after the pause; pausing again", "pause", w.cfg.BanPause)
-	case err == nil || errors.As(err, &apiErr) || errors.As(err, &httpErr):
-		w.gate.report(false, w.cfg.BanPause)
-		w.log.Info("IP ban over: the probe request went through; resuming")
-	default:
-		w.gate.handBack()
-		w.log.Warn("the ban probe got no answer; the next request probes again", "error", err)
-	}
-}
-
-// handBackProbe gives back a probe whose holder sends nothing: only an
-// answered request lifts a ban, so the next request to pass the gate probes.
-func (w *Worker) handBackProbe(probe bool) {
-	if probe {
-		w.gate.handBack()
-	}
-}
-
 func toRequest(c messages.Cancel) bybit.CancelOrderRequest {
 	return bybit.CancelOrderRequest{Category: c.Category, Symbol: c.Symbol, OrderID: c.OrderID, OrderLinkID: c.OrderLinkID, OrderFilter: c.OrderFilter}
 }
 
 // sendSingle makes one POST /v5/order/cancel for a unit and acts on it.
-func (w *Worker) sendSingle(l *lane, u *unit, probe bool, done func()) {
+func (w *Worker) sendSingle(l *lane, u *unit, ps *pass) {
 	w.markSent(u)
-	start := time.Now()
 	res, err := l.account.client.CancelOrder(w.sendCtx, toRequest(u.primary().req))
-	rl := res.RateLimit
-	if err != nil {
-		rl, _ = bybit.RateLimitOf(err)
-	}
-	w.afterRequest(l.single, "cancel", l.key.category, probe, start, rl, err, done)
+	ps.done(rateLimitOf(res.RateLimit, err), err)
 	w.settle(l.single, u, res, err)
 }
 
 // sendBatch makes one POST /v5/order/cancel-batch and maps each order's
 // answer back to its unit by position.
-func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
+func (w *Worker) sendBatch(l *lane, units []*unit, ps *pass) {
 	reqs := make([]bybit.CancelOrderRequest, len(units))
 	for i, u := range units {
 		w.markSent(u)
 		reqs[i] = toRequest(u.primary().req)
 	}
-	start := time.Now()
 	res, err := l.account.client.CancelBatch(w.sendCtx, l.key.category, reqs)
-	rl := res.RateLimit
-	if err != nil {
-		rl, _ = bybit.RateLimitOf(err)
-	}
-	w.afterRequest(l.batch, "cancel-batch", l.key.category, probe, start, rl, err, done)
+	ps.done(rateLimitOf(res.RateLimit, err), err)
 	for i, u := range units {
 		if err != nil { // the whole request failed: every order shares it
 			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
@@ -735,32 +657,22 @@ func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
 	}
 }
 
+// rateLimitOf is the rate-limit state a call's answer carried: its error's
+// when it failed.
+func rateLimitOf(answer bybit.RateLimit, err error) bybit.RateLimit {
+	if err != nil {
+		rl, _ := bybit.RateLimitOf(err)
+		return rl
+	}
+	return answer
+}
+
 func (w *Worker) markSent(u *unit) {
 	now := w.now()
 	for _, j := range u.jobs {
 		j.attempts++
 		j.sentAt = now
 	}
-}
-
-// afterRequest is the bookkeeping every exchange request shares, whichever
-// path sent it (a lane's dispatcher, a cancel-all, a confirmation lookup):
-// an IP ban's pause, the budget p's view of Bybit's headers, freeing what the
-// request held (done), metrics, and the end of a ban probe.
-func (w *Worker) afterRequest(p *pacer, endpoint, category string, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
-	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
-	if banned {
-		// Close the gate before the slot is freed, so that no request
-		// waiting for the slot slips out during the ban.
-		w.startBan(err)
-	}
-	// Book what the headers say before the slot is freed, so the next
-	// request already counts with it.
-	p.observe(rl, start)
-	done()
-	w.metrics.observeRequest(endpoint, category, time.Since(start), err)
-	w.metrics.observeBudget(endpoint, category, rl)
-	w.endProbe(probe, err)
 }
 
 // settle decides and acts for every cancel of a unit: they share the
@@ -816,7 +728,7 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 		w.rateLimited(j, p, d)
 	case bybit.ClassIPRateLimited:
 		w.stats.RateLimited.Add(1)
-		w.ipPacer.blockUntil(d.rateLimitReset)
+		w.gw.blockIP(d.rateLimitReset)
 		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
 	case bybit.ClassClockSkew:
 		w.resync(j.lane.account, j.sentAt)
@@ -836,15 +748,6 @@ func (w *Worker) rateLimited(j *job, p *pacer, d decision) {
 	w.stats.RateLimited.Add(1)
 	p.blockUntil(d.rateLimitReset)
 	w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
-}
-
-// startBan stops every request of the process for BanPause.
-func (w *Worker) startBan(err error) {
-	until := w.now().Add(w.cfg.BanPause)
-	if w.gate.ban(until) {
-		w.metrics.banPauses.Inc()
-		w.log.Error("Bybit answered HTTP 403 without an envelope (its IP ban, \"access too frequent\", or its CDN refusing this address): every request stops; one probe follows the pause", "until", until, "error", err)
-	}
 }
 
 // requeue puts j back at the front of its lane after delay.

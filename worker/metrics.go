@@ -36,6 +36,10 @@ type Metrics struct {
 	confirmLatency  *prometheus.HistogramVec
 	streamUp        *prometheus.GaugeVec
 	streamDrops     *prometheus.CounterVec
+	// Environment and account fitness (issue 16).
+	accountUsable    *prometheus.GaugeVec
+	batchUnavailable *prometheus.GaugeVec
+	batchRefused     *prometheus.CounterVec
 }
 
 const namespace = "cancel_worker"
@@ -90,11 +94,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "private_stream_up", Help: "1 while the account's private order stream is authenticated and subscribed."}, []string{"account"}),
 		streamDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "private_stream_drops_total", Help: "Private order stream connections lost or refused."}, []string{"account"}),
+		accountUsable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "account_usable", Help: "1 when the account's start-up check passed or Bybit has accepted its key since; 0 while its check's failure stands (its cancels are still sent)."}, []string{"account"}),
+		batchUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "batch_unavailable", Help: "1 once Bybit said cancel-batch is not offered to the account and category: that lane sends single cancels only."}, []string{"account", "category"}),
+		batchRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "batch_refused_total", Help: "cancel-batch requests refused as a whole, whose orders were retried one by one as single cancels."}, []string{"category"}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops)
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops,
+		m.accountUsable, m.batchUnavailable, m.batchRefused)
 	return m
 }
 

@@ -368,3 +368,34 @@ func TestNoUsableAccountStopsTheWorker(t *testing.T) {
 	require.ErrorContains(t, err, "account one")
 	require.ErrorContains(t, err, "account two")
 }
+
+// A private WebSocket that refuses one account's key, while another account
+// is fine: the worker starts, and that account counts as failing its
+// start-up check.
+func TestAWebSocketRefusingOneAccountDoesNotStopTheOthers(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withConfirm(time.Second)
+	reg := prometheus.NewRegistry()
+	e.cfg.Registerer = reg
+	other := httptest.NewServer(bybittest.New(bybittest.Options{Accounts: []bybittest.Account{{APIKey: "someone-else", Secret: "x"}}}))
+	t.Cleanup(other.Close)
+	c, err := bybit.NewClient(bybit.Options{BaseURL: e.srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+	require.NoError(t, err)
+	e.cfg.Accounts = map[string]worker.Account{"elsewhere": {Client: c, WSURL: "ws" + strings.TrimPrefix(other.URL, "http") + "/v5/private"}}
+	w, err := worker.New(e.cfg, e.js, e.client())
+	require.NoError(t, err)
+	require.NoError(t, w.Setup(context.Background()))
+	require.Equal(t, 0.0, metricValue(t, reg, "cancel_worker_account_usable", "account", "elsewhere"))
+	require.Equal(t, 1.0, metricValue(t, reg, "cancel_worker_account_usable", "account", worker.DefaultAccount))
+	require.Contains(t, e.logs.String(), "private WebSocket")
+	require.NotContains(t, e.logs.String(), bybittest.DemoAPISecret)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	require.Eventually(t, func() bool { ok, _ := w.Ready(); return ok }, waitFor, 10*time.Millisecond)
+	_, detail := w.Ready()
+	require.Contains(t, detail, "account elsewhere")
+	stop()
+	require.NoError(t, <-done)
+}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -52,4 +53,30 @@ func TestBybitEnvDemoWorksEndToEnd(t *testing.T) {
 	require.NoError(t, stop())
 	require.Contains(t, logs.String(), "does not offer the API key check")
 	require.Contains(t, logs.String(), "cancel-batch is not available")
+}
+
+// A stream of the operator's with the cancel and result subjects only: the
+// worker runs, cancels, and /readyz's detail says which subject to add for
+// cancel-all and for confirmations.
+func TestReadyzSaysWhichSubjectToAdd(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{}, nil)
+	_, err := s.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "ORDERS",
+		Subjects: []string{"orders.cancel", "orders.cancel.ack", "orders.cancel.rejected"}, Duplicates: time.Hour})
+	require.NoError(t, err)
+	base, logs, stop := startWorker(t, s.env)
+	o := s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	_, err = s.js.Publish(context.Background(), "orders.cancel", []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"`+o.OrderID+`"}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(s.results()) == 1 }, waitFor, 20*time.Millisecond, "%s", logs)
+	require.Equal(t, messages.StatusCancelled, s.results()[0].Status)
+	var body string
+	require.Eventually(t, func() bool {
+		var code int
+		code, body = get(t, base+"/readyz")
+		return code == http.StatusOK
+	}, waitFor, 10*time.Millisecond, "%s", logs)
+	require.Contains(t, body, "does not capture orders.cancel-all: cancel-all requests are off")
+	require.Contains(t, body, "does not capture orders.cancel.confirmed: confirmations are off")
+	require.NoError(t, stop())
 }

@@ -25,7 +25,9 @@ const StreamMaxAge = 7 * 24 * time.Hour
 // dupeMargin is how much longer than MaxAge the duplicate window must be.
 const dupeMargin = 5 * time.Minute
 
-func (c Config) inputSubjects() []string  { return []string{c.CancelSubject, c.CancelAllSubject} }
+func (c Config) inputSubjects() []string {
+	return append([]string{c.CancelSubject, c.CancelAllSubject}, c.accountInputSubjects()...)
+}
 func (c Config) resultSubjects() []string { return []string{c.AckSubject, c.RejectedSubject} }
 func (c Config) streamSubjects() []string {
 	subjects := append(c.inputSubjects(), c.resultSubjects()...)
@@ -85,9 +87,11 @@ func (c Config) missingOptional(streamSubjects []string) []optionalSubject {
 // capturedInputs are the input subjects the stream captures: the consumer
 // filters those (the cancel subject always; EnsureStream requires it).
 func (c Config) capturedInputs(streamSubjects []string) []string {
-	inputs := []string{c.CancelSubject}
-	if subjectCovered(streamSubjects, c.CancelAllSubject) {
-		inputs = append(inputs, c.CancelAllSubject)
+	var inputs []string
+	for _, subj := range c.inputSubjects() {
+		if subj == c.CancelSubject || subjectCovered(streamSubjects, subj) {
+			inputs = append(inputs, subj)
+		}
 	}
 	return inputs
 }

@@ -74,7 +74,10 @@ func (c Config) isOptional(subj string) bool {
 // progress records only when it captures cancel-alls at all).
 func (c Config) missingOptional(streamSubjects []string) []optionalSubject {
 	var missing []optionalSubject
-	cancelAll := subjectCovered(streamSubjects, c.CancelAllSubject)
+	cancelAll := false // the stream captures some cancel-all subject
+	for subj, r := range c.routes() {
+		cancelAll = cancelAll || (r.all && subjectCovered(streamSubjects, subj))
+	}
 	for _, o := range c.optionalSubjects() {
 		if subjectCovered(streamSubjects, o.probe) || (o.add == c.progressSubjects() && !cancelAll) {
 			continue

@@ -37,6 +37,8 @@ type job struct {
 	rateLimitWait time.Duration
 	sentAt        time.Time
 	retry         retryState
+	// noBatch: a batch carrying it was refused as a whole; it goes alone.
+	noBatch bool
 	// invalid is the result of a request that cannot be sent (its Status
 	// is empty otherwise).
 	invalid messages.Result

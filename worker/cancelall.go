@@ -29,7 +29,7 @@ func (w *Worker) cancelAll(j *job, a *account) {
 	}
 	queued := time.Now()
 	for {
-		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
+		if age := w.now().Sub(j.stored); age > w.cfg.MaxAge {
 			w.apply(j, p, w.decide(j, event{kind: evExpired, why: "finish"}))
 			return
 		}

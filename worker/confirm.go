@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
@@ -176,41 +175,7 @@ func (c *confirmer) run(ctx context.Context) {
 		c.held.heartbeatLoop(ctx, c.settings.AckWait)
 	}()
 
-	retry := newRetryBackoff()
-	for ctx.Err() == nil {
-		n, changed := c.held.len()
-		room := c.w.maxHeld - n
-		if room <= 0 {
-			select {
-			case <-ctx.Done():
-			case <-changed:
-			}
-			continue
-		}
-		// The pull ends with ctx: a result Nak'd at a stop must not come
-		// back into the same pull (each delivery counts to MaxDeliver).
-		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		batch, err := c.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			c.w.log.Warn("confirm pull failed", "error", err)
-			_ = sleepCtx(ctx, retry.NextBackOff())
-			continue
-		}
-		for msg := range batch.Messages() {
-			c.accept(ctx, msg)
-		}
-		cancel()
-		if ctx.Err() != nil {
-			break
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-			c.w.log.Warn("confirm pull interrupted", "error", err)
-			_ = sleepCtx(ctx, retry.NextBackOff())
-			continue
-		}
-		retry.Reset()
-	}
+	puller{name: "confirm ", cons: c.cons, held: c.held, max: c.w.maxHeld, log: c.w.log, accept: c.accept}.run(ctx)
 	c.work.Wait()
 	<-hbDone
 	streams.Wait()
@@ -237,27 +202,28 @@ func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	j := &job{seq: meta.Sequence.Stream, msg: msg, deliveries: meta.NumDelivered}
-	if _, fresh := c.held.add(j); !fresh {
+	h := newHeldMsg(msg, meta)
+	if _, fresh := c.held.add(&h); !fresh {
 		return // a redelivery of one still being confirmed
 	}
 	c.work.Add(1)
 	go func() {
 		defer c.work.Done()
-		defer c.held.remove(j)
-		c.confirmResult(ctx, j, r, meta.Timestamp)
+		defer c.held.remove(&h)
+		c.confirmResult(ctx, &h, r)
 	}()
 }
 
 // confirmResult confirms every order of a result, publishes one
 // confirmation each, then acks the result.
-func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result, ackTime time.Time) {
+func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Result) {
+	ackTime := h.stored
 	name := r.Account
 	if name == "" {
 		name = DefaultAccount
 	}
 	a := c.w.accounts[name]
-	lastDelivery := c.settings.MaxDeliver > 0 && j.deliveries >= uint64(c.settings.MaxDeliver)
+	lastDelivery := c.settings.MaxDeliver > 0 && h.deliveries >= uint64(c.settings.MaxDeliver)
 	var wg sync.WaitGroup
 	var failed atomic.Bool
 	for _, ref := range r.ConfirmTargets() {
@@ -293,21 +259,19 @@ func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result
 		}()
 	}
 	wg.Wait()
-	j.mu.Lock()
-	j.done = true
-	j.mu.Unlock()
+	msg := h.letGo()
 	switch {
 	case failed.Load() && ctx.Err() != nil:
 		// Stopping: another process, or this one restarted, finishes it;
 		// the confirmations already published are not published twice.
-		_ = j.msg.Nak()
+		_ = msg.Nak()
 		return
 	case failed.Load():
 		// The lookups keep failing: try again later.
-		_ = j.msg.NakWithDelay(c.w.cfg.ConfirmTimeout)
+		_ = msg.NakWithDelay(c.w.cfg.ConfirmTimeout)
 		return
 	}
-	_ = j.msg.DoubleAck(ctx)
+	_ = msg.DoubleAck(ctx)
 }
 
 func (c *confirmer) logConfirmation(conf messages.Confirmation) {
@@ -438,87 +402,4 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint endpoint, q
 		err = ctx.Err()
 	}
 	return res.Order, res.Found, err
-}
-
-// orderBook keeps the latest update of recent orders per account, by
-// orderId and by orderLinkId, bounded (oldest forgotten first), and wakes
-// whoever watches an order.
-type orderBook struct {
-	mu      sync.Mutex
-	orders  map[string]bybit.Order
-	ring    []string
-	next    int
-	waiters map[string]*waiter
-}
-
-// waiter is a channel closed at an order's next update, and how many watch it.
-type waiter struct {
-	ch chan struct{}
-	n  int
-}
-
-func newOrderBook(n int) *orderBook {
-	return &orderBook{orders: make(map[string]bybit.Order, n), ring: make([]string, n), waiters: map[string]*waiter{}}
-}
-
-func bookKeys(account, category, orderID, orderLinkID string) []string {
-	var keys []string
-	if orderID != "" {
-		keys = append(keys, account+"\x00"+category+"\x00id\x00"+orderID)
-	}
-	if orderLinkID != "" {
-		keys = append(keys, account+"\x00"+category+"\x00link\x00"+orderLinkID)
-	}
-	return keys
-}
-
-func (b *orderBook) put(account string, o bybit.Order) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, k := range bookKeys(account, o.Category, o.OrderID, o.OrderLinkID) {
-		if prev, ok := b.orders[k]; ok && prev.UpdatedTime > o.UpdatedTime {
-			continue // an older update arriving late
-		} else if !ok {
-			if old := b.ring[b.next]; old != "" {
-				delete(b.orders, old)
-			}
-			b.ring[b.next] = k
-			b.next = (b.next + 1) % len(b.ring)
-		}
-		b.orders[k] = o
-		if wt, ok := b.waiters[k]; ok {
-			close(wt.ch)
-			delete(b.waiters, k)
-		}
-	}
-}
-
-// watch returns the latest update of an order (by orderId when known, else
-// by orderLinkId), a channel closed at its next update, and the release the
-// watcher calls when it stops watching.
-func (b *orderBook) watch(account, category, orderID, orderLinkID string) (bybit.Order, bool, <-chan struct{}, func()) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	keys := bookKeys(account, category, orderID, orderLinkID)
-	k := keys[0]
-	o, seen := b.orders[k]
-	for _, alt := range keys[1:] {
-		if !seen {
-			k = alt
-			o, seen = b.orders[alt]
-		}
-	}
-	wt, ok := b.waiters[k]
-	if !ok {
-		wt = &waiter{ch: make(chan struct{})}
-		b.waiters[k] = wt
-	}
-	wt.n++
-	return o, seen, wt.ch, func() {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if wt.n--; wt.n == 0 && b.waiters[k] == wt {
-			delete(b.waiters, k)
-		}
-	}
 }

@@ -192,8 +192,8 @@ func (w *Worker) sample(ctx context.Context) {
 	m.held.Set(float64(n))
 	var oldest time.Time
 	for _, j := range w.held.snapshot() {
-		if oldest.IsZero() || j.requestTime.Before(oldest) {
-			oldest = j.requestTime
+		if oldest.IsZero() || j.stored.Before(oldest) {
+			oldest = j.stored
 		}
 	}
 	if oldest.IsZero() {

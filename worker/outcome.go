@@ -259,13 +259,13 @@ func (w *Worker) decide(j *job, ev event) decision {
 }
 
 func (w *Worker) request(j *job) request {
-	req := request{base: j.invalid, deliveries: j.deliveries, requestTime: j.requestTime}
+	req := request{base: j.invalid, deliveries: j.deliveries, requestTime: j.stored}
 	switch {
 	case j.invalid.Status != "":
 	case j.all != nil:
-		req.base = messages.NewCancelAllResult(*j.all, j.requestID, j.seq, j.requestTime)
+		req.base = messages.NewCancelAllResult(*j.all, j.requestID, j.seq, j.stored)
 	default:
-		req.base = messages.NewResult(j.req, j.requestID, j.seq, j.requestTime)
+		req.base = messages.NewResult(j.req, j.requestID, j.seq, j.stored)
 	}
 	return req
 }

@@ -33,9 +33,6 @@ const DefaultAccount = "default"
 // come back).
 const memorySize = 1 << 16
 
-// maxFetch bounds one pull request.
-const maxFetch = 256
-
 // Worker processes cancel requests. Create it with New and start it with Run.
 type Worker struct {
 	cfg Config
@@ -372,7 +369,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
 		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld,
 		"confirm", w.confirm != nil)
-	w.pull(ctx)
+	puller{cons: w.cons, held: w.held, max: w.maxHeld, log: w.log, ban: w.gw.ban, outliveStop: true, accept: w.accept}.run(ctx)
 
 	// Stop: no more pulling; lanes stop dispatching and give back what waits.
 	w.log.Info("stopping: releasing queued requests, finishing those already sent", "timeout", w.cfg.ShutdownTimeout)
@@ -402,169 +399,12 @@ func (w *Worker) Run(ctx context.Context) error {
 // AckWait, wherever it waits (queue, rate limit, backoff, PubAck).
 func (w *Worker) heartbeatLoop(ctx context.Context) { w.held.heartbeatLoop(ctx, w.consumer.AckWait) }
 
-// pull fetches messages while fewer than MaxAckPending are held, and not at
-// all during an IP ban.
-func (w *Worker) pull(ctx context.Context) {
-	retry := newRetryBackoff()
-	for ctx.Err() == nil {
-		if err := w.gw.ban.waitOpen(ctx); err != nil {
-			return
-		}
-		n, changed := w.held.len()
-		room := w.maxHeld - n
-		if room <= 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-changed:
-			}
-			continue
-		}
-		// The fetch outlives a stop signal by at most its expiry, so that
-		// messages already on their way are released, not lost until AckWait.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		batch, err := w.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			w.log.Warn("pull failed", "error", err)
-			if sleepCtx(ctx, retry.NextBackOff()) != nil {
-				return
-			}
-			continue
-		}
-		for msg := range batch.Messages() {
-			w.accept(ctx, msg)
-		}
-		cancel()
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
-			w.log.Warn("pull interrupted", "error", err)
-			if sleepCtx(ctx, retry.NextBackOff()) != nil {
-				return
-			}
-			continue
-		}
-		retry.Reset()
-	}
-}
-
 // sleepCtx waits for d, or until ctx ends.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
 	return sleepOrChange(ctx, d, nil, nil)
-}
-
-// accept takes one delivered message into the worker.
-func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		w.log.Error("message without JetStream metadata; terminated", "subject", msg.Subject(), "error", err)
-		_ = msg.Term()
-		return
-	}
-	w.stats.Received.Add(1)
-	w.metrics.received.Inc()
-	if meta.NumDelivered > 1 {
-		w.stats.Redelivered.Add(1)
-		w.metrics.redeliveries.Inc()
-	}
-	seq := meta.Sequence.Stream
-	if _, done := w.answered.get(seq); done {
-		// This process published the result already; only the ack was lost.
-		w.log.Debug("redelivered request already answered; acked again", "seq", seq)
-		_ = msg.DoubleAck(w.sendCtxOr(ctx))
-		return
-	}
-	j := &job{
-		seq:         seq,
-		deliveries:  meta.NumDelivered,
-		requestTime: meta.Timestamp,
-		msg:         msg,
-	}
-	if cur, added := w.held.add(j); !added {
-		// A redelivery of a message this process still holds (its
-		// heartbeats were lost): answer it once, via the newest delivery.
-		cur.mu.Lock()
-		cur.msg = msg
-		cur.mu.Unlock()
-		return
-	}
-	w.jobs.Add(1)
-	if w.stopped.Load() || ctx.Err() != nil {
-		w.giveBack(j, 0, "shutdown")
-		return
-	}
-	j.ambiguous = meta.NumDelivered > 1
-	if prev, ok := w.released.get(seq); ok && prev == meta.NumDelivered-1 {
-		// This process itself released the previous delivery before
-		// sending anything: nothing can have reached Bybit.
-		j.ambiguous = false
-	}
-
-	var msgID string
-	if h := msg.Headers(); h != nil {
-		msgID = h.Get(nats.MsgIdHdr)
-	}
-	var req messages.Cancel
-	var all messages.CancelAll
-	rt := w.routes[msg.Subject()]
-	if rt.all {
-		all, err = messages.DecodeCancelAll(msg.Data())
-		req = messages.Cancel{Category: all.Category, Account: all.Account, RequestID: all.RequestID}
-	} else {
-		req, err = messages.DecodeCancel(msg.Data())
-	}
-	if err == nil {
-		// A request on an account's own subject is for that account.
-		req.Account, err = forAccount(rt, req.Account)
-		all.Account = req.Account
-	}
-	if err != nil {
-		j.requestID = messages.RequestID(messages.LenientEcho(msg.Data()).RequestID, msgID, w.cfg.Stream, seq)
-		w.refuse(j, msg.Data(), err)
-		return
-	}
-	j.req = req
-	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
-	if rt.all {
-		j.all = &all
-	}
-	name := req.Account
-	if name == "" {
-		name = DefaultAccount
-	}
-	acct, ok := w.accounts[name]
-	if !ok {
-		err := fmt.Errorf("%w: unknown account %q", messages.ErrInvalid, req.Account)
-		if req.Account == "" {
-			err = fmt.Errorf("%w: no account given and no default account is configured", messages.ErrInvalid)
-		}
-		w.refuse(j, msg.Data(), err)
-		return
-	}
-	l := w.lane(acct, req.Category)
-	j.lane = l
-	if j.all != nil {
-		go w.cancelAll(j, acct)
-		return
-	}
-	if !l.push(j, false) {
-		w.giveBack(j, 0, "shutdown")
-	}
-}
-
-// refuse answers a request that cannot be sent: invalid, with why.
-func (w *Worker) refuse(j *job, payload []byte, why error) {
-	j.invalid = messages.NewInvalidResult(payload, why, j.requestID, j.seq, j.requestTime)
-	go w.apply(j, nil, w.decide(j, event{kind: evInvalid, err: why}))
-}
-
-func (w *Worker) sendCtxOr(ctx context.Context) context.Context {
-	if w.sendCtx != nil {
-		return w.sendCtx
-	}
-	return ctx
 }
 
 // lane returns the queue of an (account, category), starting its dispatcher
@@ -719,7 +559,7 @@ func (w *Worker) dropExpired(units []*unit) []*unit {
 	for _, u := range units {
 		jobs := u.jobs[:0]
 		for _, j := range u.jobs {
-			if w.now().Sub(j.requestTime) <= w.cfg.MaxAge {
+			if w.now().Sub(j.stored) <= w.cfg.MaxAge {
 				jobs = append(jobs, j)
 				continue
 			}
@@ -1001,7 +841,7 @@ func (w *Worker) release(j *job, delay time.Duration) {
 	if err != nil {
 		w.log.Warn("release failed; the message comes back after AckWait", "seq", j.seq, "error", err)
 	}
-	w.held.remove(j)
+	w.held.remove(&j.heldMsg)
 }
 
 // finish publishes the result, waits for its PubAck, then acks the request
@@ -1039,7 +879,7 @@ func (w *Worker) finish(j *job, d decision) {
 		// (the Nats-Msg-Id keeps it from being stored twice).
 		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
 		_ = j.letGo().Nak()
-		w.held.remove(j)
+		w.held.remove(&j.heldMsg)
 		return
 	}
 	w.metrics.observeResult(r, w.now())
@@ -1059,7 +899,7 @@ func (w *Worker) finish(j *job, d decision) {
 	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		w.log.Warn("ack failed after the result was published; a redelivery will be acked without a second result", "seq", j.seq, "error", err)
 	}
-	w.held.remove(j)
+	w.held.remove(&j.heldMsg)
 	w.logOutcome(j, r)
 }
 
@@ -1083,7 +923,7 @@ func (w *Worker) logOutcome(j *job, r messages.Result) {
 		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
 		"orderId", r.OrderID, "orderLinkId", r.OrderLinkID, "status", r.Status,
 		"attempts", r.Attempts, "ambiguous", r.Ambiguous, "rateLimitWait", j.rateLimitWait,
-		"latency", w.now().Sub(j.requestTime),
+		"latency", w.now().Sub(j.stored),
 	}
 	if r.RetCode != nil {
 		attrs = append(attrs, "retCode", *r.RetCode)

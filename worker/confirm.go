@@ -28,7 +28,7 @@ const recentUpdates = 1 << 16
 // durable consumer on the result subjects drives it, so a crash loses no
 // pending confirmation.
 type confirmer struct {
-	w        *Worker
+	confirmDeps
 	cons     jetstream.Consumer
 	settings ConsumerSettings
 	book     *orderBook
@@ -43,9 +43,24 @@ type accountStream struct {
 	up     atomic.Bool
 }
 
-func newConfirmer(w *Worker) *confirmer {
-	c := &confirmer{w: w, book: newOrderBook(recentUpdates), streams: map[string]*accountStream{}, held: newHeldSet()}
-	for name, a := range w.accounts {
+// confirmDeps is what the confirmer works with.
+type confirmDeps struct {
+	js       jetstream.JetStream
+	cfg      Config
+	accounts map[string]*account
+	gw       *gateway
+	pub      publisher
+	metrics  *Metrics
+	log      *slog.Logger
+	now      func() time.Time
+	// refused is told of an account whose private stream refused its key
+	// at start; it reports whether the others go on without it.
+	refused func(a *account, err error) (goOn bool)
+}
+
+func newConfirmer(d confirmDeps) *confirmer {
+	c := &confirmer{confirmDeps: d, book: newOrderBook(recentUpdates), streams: map[string]*accountStream{}, held: newHeldSet()}
+	for name, a := range c.accounts {
 		if a.wsURL == "" {
 			continue
 		}
@@ -53,7 +68,7 @@ func newConfirmer(w *Worker) *confirmer {
 		// until it is known to be down.
 		as := &accountStream{}
 		as.up.Store(true)
-		log := w.log.With("account", name)
+		log := c.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
 			URL: a.wsURL,
 			OnOrders: func(orders []bybit.Order) {
@@ -63,12 +78,12 @@ func newConfirmer(w *Worker) *confirmer {
 			},
 			OnState: func(up bool, err error) {
 				as.up.Store(up)
-				w.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
+				c.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
 				switch {
 				case up:
 					log.Info("private order stream up")
 				case err != nil:
-					w.metrics.streamDrops.WithLabelValues(name).Inc()
+					c.metrics.streamDrops.WithLabelValues(name).Inc()
 					log.Warn("private order stream down; reconnecting (confirmations use REST meanwhile)", "error", err)
 				}
 			},
@@ -89,13 +104,13 @@ func boolGauge(b bool) float64 {
 // refused key is a clear start-up error; an unreachable stream is only
 // logged (it reconnects, and REST covers meanwhile).
 func (c *confirmer) setup(ctx context.Context) error {
-	cfg := c.w.cfg
-	cons, err := c.w.js.Consumer(ctx, cfg.Stream, cfg.ConfirmConsumer())
+	cfg := c.cfg
+	cons, err := c.js.Consumer(ctx, cfg.Stream, cfg.ConfirmConsumer())
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		// New results only: a stream's history is not confirmed again
 		// when the feature is first turned on.
-		cons, err = c.w.js.CreateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+		cons, err = c.js.CreateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
 			Durable:        cfg.ConfirmConsumer(),
 			Description:    "bybit-cancel-worker confirmations",
 			FilterSubjects: cfg.resultSubjects(),
@@ -127,16 +142,15 @@ func (c *confirmer) setup(ctx context.Context) error {
 		err := as.stream.Connect(ctx)
 		switch {
 		case bybit.IsAuthError(err):
-			err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.w.accounts[name].wsURL), err)
-			if !c.w.otherAccountUsable(name) {
+			err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.accounts[name].wsURL), err)
+			// One refused key does not stop the other accounts: this
+			// one's stream keeps retrying, REST lookups cover meanwhile.
+			if !c.refused(c.accounts[name], err) {
 				c.close()
 				return err
 			}
-			// One refused key does not stop the other accounts: this
-			// one's stream keeps retrying, REST lookups cover meanwhile.
-			c.w.markStartupProblem(c.w.accounts[name], err)
 		case err != nil:
-			c.w.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
+			c.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
 		}
 	}
 	return nil
@@ -160,7 +174,7 @@ func redactWS(u string) string {
 
 // run keeps the streams up and confirms results until ctx ends; held
 // results are then released (Nak) for a later delivery.
-func (c *confirmer) run(ctx context.Context) {
+func (c *confirmer) run(ctx context.Context, maxHeld int) {
 	var streams sync.WaitGroup
 	for _, as := range c.streams {
 		streams.Add(1)
@@ -175,7 +189,7 @@ func (c *confirmer) run(ctx context.Context) {
 		c.held.heartbeatLoop(ctx, c.settings.AckWait)
 	}()
 
-	puller{name: "confirm ", cons: c.cons, held: c.held, max: c.w.maxHeld, log: c.w.log, accept: c.accept}.run(ctx)
+	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept}.run(ctx)
 	c.work.Wait()
 	<-hbDone
 	streams.Wait()
@@ -194,7 +208,7 @@ func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	r, err := messages.DecodeResult(msg.Data())
 	if err != nil {
-		c.w.log.Error("unreadable result on a result subject: not confirmed", "seq", meta.Sequence.Stream, "error", err)
+		c.log.Error("unreadable result on a result subject: not confirmed", "seq", meta.Sequence.Stream, "error", err)
 		_ = msg.TermWithReason("unreadable result")
 		return
 	}
@@ -222,7 +236,7 @@ func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Re
 	if name == "" {
 		name = DefaultAccount
 	}
-	a := c.w.accounts[name]
+	a := c.accounts[name]
 	lastDelivery := c.settings.MaxDeliver > 0 && h.deliveries >= uint64(c.settings.MaxDeliver)
 	var wg sync.WaitGroup
 	var failed atomic.Bool
@@ -244,17 +258,17 @@ func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Re
 				}
 				conf.Error = "gave up on the consumer's last delivery: " + err.Error()
 			}
-			conf.ConfirmedAt = c.w.now().UTC()
+			conf.ConfirmedAt = c.now().UTC()
 			conf.AckToConfirmMs = max(conf.ConfirmedAt.Sub(conf.AckTime).Milliseconds(), 0)
 			data, err := conf.Marshal()
 			if err == nil {
-				err = c.w.publish(ctx, c.w.cfg.ConfirmedSubject, data, messages.ConfirmedMsgID(r.RequestSeq, ref.OrderID, ref.OrderLinkID))
+				err = c.pub.publish(ctx, c.cfg.ConfirmedSubject, data, messages.ConfirmedMsgID(r.RequestSeq, ref.OrderID, ref.OrderLinkID))
 			}
 			if err != nil {
 				failed.Store(true)
 				return
 			}
-			c.w.metrics.observeConfirmation(conf)
+			c.metrics.observeConfirmation(conf)
 			c.logConfirmation(conf)
 		}()
 	}
@@ -268,7 +282,7 @@ func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Re
 		return
 	case failed.Load():
 		// The lookups keep failing: try again later.
-		_ = msg.NakWithDelay(c.w.cfg.ConfirmTimeout)
+		_ = msg.NakWithDelay(c.cfg.ConfirmTimeout)
 		return
 	}
 	_ = msg.DoubleAck(ctx)
@@ -279,11 +293,11 @@ func (c *confirmer) logConfirmation(conf messages.Confirmation) {
 		"orderLinkId", conf.OrderLinkID, "orderStatus", conf.OrderStatus, "confirmedBy", conf.ConfirmedBy, "ackToConfirmMs", conf.AckToConfirmMs}
 	switch {
 	case conf.ConfirmedBy == messages.ConfirmedByUnknown:
-		c.w.log.Warn("order state unknown after its cancel", append(attrs, "error", conf.Error)...)
+		c.log.Warn("order state unknown after its cancel", append(attrs, "error", conf.Error)...)
 	case conf.OrderStatus == "Filled" || !conf.Final:
-		c.w.log.Warn("order not cancelled: "+conf.OrderStatus, attrs...)
+		c.log.Warn("order not cancelled: "+conf.OrderStatus, attrs...)
 	default:
-		c.w.log.Log(context.Background(), slog.LevelDebug, "order confirmed", attrs...)
+		c.log.Log(context.Background(), slog.LevelDebug, "order confirmed", attrs...)
 	}
 }
 
@@ -327,7 +341,7 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 			return nil
 		case err != nil:
 			lastErr = err
-			c.w.log.Warn("order lookup failed", "account", a.name, "orderId", q.OrderID, "orderLinkId", q.OrderLinkID, "error", err)
+			c.log.Warn("order lookup failed", "account", a.name, "orderId", q.OrderID, "orderLinkId", q.OrderLinkID, "error", err)
 			if round >= confirmLookRounds {
 				return fmt.Errorf("order lookups failed %d times, last: %w", round, lastErr)
 			}
@@ -339,7 +353,7 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 // kept from before, or one that comes within ConfirmTimeout while the stream
 // is up. final is false when none did.
 func (c *confirmer) streamFinal(ctx context.Context, as *accountStream, account, category, orderID, orderLinkID string) (o bybit.Order, final bool, err error) {
-	deadline := time.NewTimer(c.w.cfg.ConfirmTimeout)
+	deadline := time.NewTimer(c.cfg.ConfirmTimeout)
 	defer deadline.Stop()
 	for {
 		o, seen, changed, release := c.book.watch(account, category, orderID, orderLinkID)
@@ -383,10 +397,9 @@ func fill(conf *messages.Confirmation, o bybit.Order, by string) {
 // lookup makes one order lookup within its own per-UID limit and the
 // process-wide IP limit, respecting an IP ban.
 func (c *confirmer) lookup(ctx context.Context, a *account, endpoint endpoint, q bybit.OrderQuery) (bybit.Order, bool, error) {
-	w := c.w
 	b := budget{endpoint, q.Category}
 	var res bybit.Lookup
-	sent, err := w.gw.call(ctx, b, w.gw.pacer(a, b), false, func() (bybit.RateLimit, error) {
+	sent, err := c.gw.call(ctx, b, c.gw.pacer(a, b), false, func() (bybit.RateLimit, error) {
 		var err error
 		if endpoint == endpointRealtime {
 			res, err = a.client.OpenOrRecentOrder(ctx, q)

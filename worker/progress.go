@@ -180,7 +180,7 @@ func (w *Worker) storeProgress(j *job, rec messages.CancelAllProgress) {
 	data, err := json.Marshal(rec)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(w.sendCtx, progressTimeout)
-		err = w.publish(ctx, w.cfg.progressSubject(j.seq), data, messages.CancelAllProgressMsgID(rec))
+		err = w.pub.publish(ctx, w.cfg.progressSubject(j.seq), data, messages.CancelAllProgressMsgID(rec))
 		cancel()
 	}
 	if err != nil {

@@ -16,13 +16,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
 // DefaultAccount names the account of the BYBIT_API_KEY credentials.
@@ -55,7 +53,8 @@ type Worker struct {
 	answered *seqMemory
 	released *seqMemory // seq -> deliveries when released unsent
 	// gw is the only door to Bybit.
-	gw *gateway
+	gw  *gateway
+	pub publisher
 
 	lanesMu sync.Mutex
 	lanes   map[laneKey]*lane
@@ -153,6 +152,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	metrics := NewMetrics(cfg.Registerer)
 	w := &Worker{
+		pub:      publisher{js: js, stream: cfg.Stream, log: cfg.Logger},
 		accounts: accounts,
 		metrics:  metrics,
 		gw:       newGateway(cfg, metrics),
@@ -168,7 +168,16 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		routes:   cfg.routes(),
 	}
 	if cfg.Confirm {
-		w.confirm = newConfirmer(w)
+		w.confirm = newConfirmer(confirmDeps{
+			js: js, cfg: cfg, accounts: accounts, gw: w.gw, pub: w.pub, metrics: metrics, log: w.log, now: w.now,
+			refused: func(a *account, err error) bool {
+				if !w.otherAccountUsable(a.name) {
+					return false
+				}
+				w.markStartupProblem(a, err)
+				return true
+			},
+		})
 	}
 	return w, nil
 }
@@ -362,7 +371,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		defer close(confirmDone)
 		if w.confirm != nil {
-			w.confirm.run(ctx)
+			w.confirm.run(ctx, w.maxHeld)
 		}
 	}()
 	w.ready.Store(true)
@@ -441,364 +450,6 @@ func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {
 	return ctx, cancel
 }
 
-// dispatch takes work off one lane as budget allows: the ban gate, then the
-// single-cancel budget or, when that is spent, the batch budget (both are
-// spent, so a burst drains at their sum), then the process-wide IP limit and
-// one of the WORKER_CONCURRENCY request slots.
-func (w *Worker) dispatch(l *lane) {
-	defer w.laneWG.Done()
-	ctx, cancel := w.untilStopping()
-	defer cancel()
-	for l.waitWork(ctx) {
-		probe, err := w.gw.enter(ctx)
-		if err != nil {
-			return
-		}
-		p, slots, units := w.nextRequest(l)
-		if len(units) == 0 {
-			w.gw.handBack(probe)
-			if w.waitBudget(ctx, l) != nil {
-				return
-			}
-			continue
-		}
-		units = w.dropExpired(units)
-		if len(units) == 0 {
-			// Nothing to send: a probe proves nothing without a request.
-			p.unreserve(slots)
-			w.gw.handBack(probe)
-			continue
-		}
-		if len(slots) > len(units) {
-			p.unreserve(slots[len(units):])
-			slots = slots[:len(units)]
-		}
-		b := budget{endpointCancel, l.key.category}
-		if p == l.batch {
-			b.endpoint = endpointCancelBatch
-		}
-		ps, err := w.gw.admit(ctx, b, p, slots, probe, true)
-		if err != nil {
-			w.requeueUnits(units)
-			if errors.Is(err, errBanned) {
-				continue
-			}
-			return
-		}
-		for _, u := range units {
-			for _, j := range u.jobs {
-				// Everything between entering the lane and now was waiting
-				// for budget (the lane's, the IP's, a ban's or a slot).
-				waited := time.Since(j.queuedAt)
-				j.rateLimitWait += waited
-				w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
-			}
-		}
-		if p == l.batch {
-			go w.sendBatch(l, units, ps)
-		} else {
-			go w.sendSingle(l, units[0], ps)
-		}
-	}
-}
-
-// nextRequest reserves budget for the next request of the lane: a single
-// cancel while that budget lasts, else a batch sized to the batch budget
-// left. It returns no units when both budgets are spent.
-func (w *Worker) nextRequest(l *lane) (*pacer, []*slot, []*unit) {
-	if got := l.single.reserve(1); got != nil {
-		units := l.take(1, false)
-		if len(units) == 0 {
-			l.single.unreserve(got)
-		}
-		return l.single, got, units
-	}
-	if l.batch == nil || l.batchOff.Load() {
-		return nil, nil, nil
-	}
-	n := min(l.batchable(), l.maxBatch)
-	if n == 0 {
-		return nil, nil, nil
-	}
-	got := l.batch.reserve(n)
-	if got == nil {
-		return nil, nil, nil
-	}
-	if len(got) > 0 { // a limited budget: no more orders than it has room for
-		n = len(got)
-	}
-	return l.batch, got, l.take(n, true)
-}
-
-// waitBudget waits until either of the lane's budgets may have room. A
-// budget that has room again by now (a slot was answered or expired since
-// nextRequest found it full) returns at once: its change has already
-// happened and will not be signalled again.
-func (w *Worker) waitBudget(ctx context.Context, l *lane) error {
-	free, wait, changed := l.single.room()
-	if free > 0 {
-		return ctx.Err()
-	}
-	var bChanged <-chan struct{}
-	if l.batch != nil && !l.batchOff.Load() {
-		bFree, bWait, bc := l.batch.room()
-		if bFree > 0 && l.batchable() > 0 {
-			return ctx.Err()
-		}
-		if wait == 0 || (bWait > 0 && bWait < wait) {
-			wait = bWait
-		}
-		bChanged = bc
-	}
-	return sleepOrChange(ctx, wait, changed, bChanged)
-}
-
-// dropExpired answers failed the cancels older than WORKER_MAX_AGE.
-func (w *Worker) dropExpired(units []*unit) []*unit {
-	kept := units[:0]
-	for _, u := range units {
-		jobs := u.jobs[:0]
-		for _, j := range u.jobs {
-			if w.now().Sub(j.stored) <= w.cfg.MaxAge {
-				jobs = append(jobs, j)
-				continue
-			}
-			go w.apply(j, nil, w.decide(j, event{kind: evExpired, why: "be sent"}))
-		}
-		if len(jobs) > 0 {
-			u.jobs = jobs
-			kept = append(kept, u)
-		}
-	}
-	return kept
-}
-
-func (w *Worker) requeueUnits(units []*unit) {
-	for _, u := range units {
-		for _, j := range u.jobs {
-			if !j.lane.push(j, true) {
-				w.giveBack(j, 0, "shutdown")
-			}
-		}
-	}
-}
-
-func toRequest(c messages.Cancel) bybit.CancelOrderRequest {
-	return bybit.CancelOrderRequest{Category: c.Category, Symbol: c.Symbol, OrderID: c.OrderID, OrderLinkID: c.OrderLinkID, OrderFilter: c.OrderFilter}
-}
-
-// sendSingle makes one POST /v5/order/cancel for a unit and acts on it.
-func (w *Worker) sendSingle(l *lane, u *unit, ps *pass) {
-	w.markSent(u)
-	res, err := l.account.client.CancelOrder(w.sendCtx, toRequest(u.primary().req))
-	ps.done(rateLimitOf(res.RateLimit, err), err)
-	w.settle(l.single, u, res, err)
-}
-
-// sendBatch makes one POST /v5/order/cancel-batch and maps each order's
-// answer back to its unit by position.
-func (w *Worker) sendBatch(l *lane, units []*unit, ps *pass) {
-	reqs := make([]bybit.CancelOrderRequest, len(units))
-	for i, u := range units {
-		w.markSent(u)
-		reqs[i] = toRequest(u.primary().req)
-	}
-	res, err := l.account.client.CancelBatch(w.sendCtx, l.key.category, reqs)
-	ps.done(rateLimitOf(res.RateLimit, err), err)
-	if err != nil && w.batchRefused(l, units, err) {
-		return
-	}
-	for i, u := range units {
-		if err != nil { // the whole request failed: every order shares it
-			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
-			continue
-		}
-		it := res.Items[i]
-		w.settle(l.batch, u, bybit.CancelOrderResult{OrderID: it.OrderID, OrderLinkID: it.OrderLinkID, Time: res.Time, RateLimit: res.RateLimit}, it.Err)
-	}
-}
-
-// rateLimitOf is the rate-limit state a call's answer carried: its error's
-// when it failed.
-func rateLimitOf(answer bybit.RateLimit, err error) bybit.RateLimit {
-	if err != nil {
-		rl, _ := bybit.RateLimitOf(err)
-		return rl
-	}
-	return answer
-}
-
-// batchRefused handles a cancel-batch refused as a whole, which applied
-// nothing: its orders are queued again as single cancels, whose own answers
-// decide their results. Where the endpoint (or the category on it) is not
-// offered, the lane sends no more batches and says so once; after any other
-// refusal only these orders go alone. It returns false for failures its
-// orders share as before (transient, rate limits, a ban, our own context).
-func (w *Worker) batchRefused(l *lane, units []*unit, err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	n := 0
-	for _, u := range units {
-		n += len(u.jobs)
-	}
-	switch c := bybit.ClassOf(err); {
-	case bybit.Unavailable(err):
-		if l.batchOff.CompareAndSwap(false, true) {
-			w.metrics.batchUnavailable.WithLabelValues(l.key.account, categoryLabel(l.key.category)).Set(1)
-			w.log.Warn("cancel-batch is not available for this account and category (Bybit's demo trading offers it for linear and option only, classic accounts not at all): this lane sends single cancels from now on",
-				"account", l.key.account, "category", l.key.category, "error", err)
-		}
-	case c == bybit.ClassPermanent || c == bybit.ClassNotOpen:
-		w.metrics.batchRefused.WithLabelValues(categoryLabel(l.key.category)).Inc()
-		w.log.Warn("cancel-batch refused as a whole; its orders are retried one by one as single cancels",
-			"account", l.key.account, "category", l.key.category, "orders", n, "error", err)
-		for _, u := range units {
-			for _, j := range u.jobs {
-				j.noBatch = true // not queued now: the lane's counts stay true
-			}
-		}
-	default:
-		return false
-	}
-	// Back to the front of the lane, in the order they were taken.
-	for i := len(units) - 1; i >= 0; i-- {
-		for k := len(units[i].jobs) - 1; k >= 0; k-- {
-			j := units[i].jobs[k]
-			if !j.lane.push(j, true) {
-				w.giveBack(j, 0, "shutdown")
-			}
-		}
-	}
-	return true
-}
-
-func (w *Worker) markSent(u *unit) {
-	now := w.now()
-	for _, j := range u.jobs {
-		j.attempts++
-		j.sentAt = now
-	}
-}
-
-// settle decides and acts for every cancel of a unit: they share the
-// exchange's answer.
-func (w *Worker) settle(p *pacer, u *unit, res bybit.CancelOrderResult, err error) {
-	for _, j := range u.jobs {
-		w.apply(j, p, w.decide(j, answered(res, err)))
-	}
-}
-
-// apply carries out a decision for j; p is the budget its attempt spent (nil:
-// it made none). A cancel's requeue puts it back in its lane; a cancel-all
-// runs its calls in its own goroutine, so apply only reports its requeue
-// (true) and the caller waits d.delay and calls again.
-func (w *Worker) apply(j *job, p *pacer, d decision) (again bool) {
-	j.ambiguous = j.ambiguous || d.ambiguous
-	switch d.action {
-	case actAck, actTerm:
-		// Bybit answered: the key works; a cancel went through: the lane's
-		// rate-limit backoff starts over.
-		switch d.result.Status {
-		case messages.StatusCancelled:
-			j.lane.resetRateLimitBackoff()
-			w.keyWorks(j.lane.account)
-		case messages.StatusNotOpen:
-			w.keyWorks(j.lane.account)
-		}
-		w.finish(j, d)
-		return false
-	case actNak:
-		if d.reason == "retry_budget" {
-			w.metrics.retries.WithLabelValues(d.reason).Inc()
-			w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
-		}
-		w.release(j, d.delay)
-		return false
-	}
-	w.metrics.retries.WithLabelValues(d.reason).Inc()
-	w.retryEffects(j, p, d)
-	if j.all != nil {
-		return true
-	}
-	delay := d.delay
-	if d.class == bybit.ClassRateLimited {
-		// The budget's block holds the lane until the reset; the request
-		// waits for it at the front of its queue.
-		delay = 0
-	}
-	w.requeue(j, delay)
-	return false
-}
-
-// retryEffects is what a requeue does beyond waiting: a rate limit blocks
-// the budget (or the IP pacer) until its reset, a clock skew resyncs, an IP
-// ban gives back what waits when BanRelease is on.
-func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
-	switch d.class {
-	case bybit.ClassRateLimited:
-		w.rateLimited(j, p, d)
-	case bybit.ClassIPRateLimited:
-		w.stats.RateLimited.Add(1)
-		w.gw.blockIP(d.rateLimitReset)
-		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
-	case bybit.ClassClockSkew:
-		w.resync(j.lane.account, j.sentAt)
-	case bybit.ClassIPBan:
-		if w.cfg.BanRelease && j.all == nil {
-			w.releaseAllQueued(w.cfg.BanPause)
-		}
-	default:
-		w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
-	}
-}
-
-// rateLimited blocks the budget p an attempt spent until the reset of its
-// 10006 (decide's rateLimitReset): every later call of that budget waits,
-// whichever path makes it, also when the worker counts nothing for it.
-func (w *Worker) rateLimited(j *job, p *pacer, d decision) {
-	w.stats.RateLimited.Add(1)
-	p.blockUntil(d.rateLimitReset)
-	w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
-}
-
-// requeue puts j back at the front of its lane after delay.
-func (w *Worker) requeue(j *job, delay time.Duration) {
-	if delay <= 0 {
-		if !j.lane.push(j, true) {
-			w.giveBack(j, 0, "shutdown")
-		}
-		return
-	}
-	go func() {
-		t := time.NewTimer(delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-w.stopping:
-		}
-		if !j.lane.push(j, true) {
-			w.giveBack(j, 0, "shutdown")
-		}
-	}()
-}
-
-// releaseAllQueued gives every queued message back to the consumer, for other
-// replicas (on other IPs) to take during an IP ban.
-func (w *Worker) releaseAllQueued(delay time.Duration) {
-	w.lanesMu.Lock()
-	lanes := make([]*lane, 0, len(w.lanes))
-	for _, l := range w.lanes {
-		lanes = append(lanes, l)
-	}
-	w.lanesMu.Unlock()
-	for _, l := range lanes {
-		for _, j := range l.drain() {
-			w.giveBack(j, delay, "ip_ban")
-		}
-	}
-}
-
 // resync measures an account's clock offset again unless that happened
 // after since (concurrent 10002s resync once).
 func (w *Worker) resync(a *account, since time.Time) {
@@ -814,138 +465,4 @@ func (w *Worker) resync(a *account, since time.Time) {
 	}
 	a.lastSync = w.now()
 	w.log.Info("clock resynced with Bybit", "account", a.name, "offset", off)
-}
-
-// giveBack gives j back unsent for another delivery (or answers it on its
-// last one), why naming the cause.
-func (w *Worker) giveBack(j *job, delay time.Duration, why string) {
-	w.apply(j, nil, w.decide(j, event{kind: evGiveBack, why: why, delay: delay}))
-}
-
-// release gives a message back for another delivery with NakWithDelay.
-func (w *Worker) release(j *job, delay time.Duration) {
-	defer w.jobs.Done()
-	if j.prog != nil {
-		w.recordReleased(j)
-	}
-	msg := j.letGo()
-	if j.attempts == 0 && !j.ambiguous {
-		w.released.put(j.seq, j.deliveries)
-	}
-	var err error
-	if delay > 0 {
-		err = msg.NakWithDelay(delay)
-	} else {
-		err = msg.Nak()
-	}
-	if err != nil {
-		w.log.Warn("release failed; the message comes back after AckWait", "seq", j.seq, "error", err)
-	}
-	w.held.remove(&j.heldMsg)
-}
-
-// finish publishes the result, waits for its PubAck, then acks the request
-// (terminates it, for actTerm). A publish that fails is retried with the same
-// Nats-Msg-Id while the worker lives; the message stays held and heartbeated
-// meanwhile.
-func (w *Worker) finish(j *job, d decision) {
-	defer w.jobs.Done()
-	r := d.result
-	if j.prog != nil {
-		// A cancel-all lists what every call of every delivery cancelled,
-		// whichever way it ends.
-		r.Orders = j.prog.orders
-		r.OrdersComplete = new(j.prog.complete())
-	}
-	r.Attempts = j.attempts
-	r.Ambiguous = j.ambiguous
-	r.RateLimitWaitMs = j.rateLimitWait.Milliseconds()
-	r.Deliveries = j.deliveries
-	if !j.sentAt.IsZero() {
-		r.SentAt = new(j.sentAt.UTC())
-	}
-	data, err := r.Marshal()
-	if err != nil { // a Result always marshals; this guards a future field
-		w.log.Error("encode result", "seq", j.seq, "error", err)
-		return
-	}
-	subject := w.cfg.RejectedSubject
-	if r.Acknowledged() {
-		subject = w.cfg.AckSubject
-	}
-	ctx := w.sendCtx
-	if err := w.publish(ctx, subject, data, r.MsgID()); err != nil {
-		// The result may or may not be stored: the redelivery finds out
-		// (the Nats-Msg-Id keeps it from being stored twice).
-		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
-		_ = j.letGo().Nak()
-		w.held.remove(&j.heldMsg)
-		return
-	}
-	w.metrics.observeResult(r, w.now())
-	w.answered.put(j.seq, 1)
-
-	msg := j.letGo()
-	if d.action == actTerm {
-		reason := r.Error
-		if reason == "" {
-			reason = r.LastError
-		}
-		err = msg.TermWithReason(string(r.Status) + ": " + reason)
-	} else {
-		err = backoff.Retry(func() error { return msg.DoubleAck(ctx) },
-			backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 5), ctx))
-	}
-	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-		w.log.Warn("ack failed after the result was published; a redelivery will be acked without a second result", "seq", j.seq, "error", err)
-	}
-	w.held.remove(&j.heldMsg)
-	w.logOutcome(j, r)
-}
-
-// publish stores a message in the stream with its Nats-Msg-Id, waiting for
-// the PubAck and retrying until ctx ends.
-func (w *Worker) publish(ctx context.Context, subject string, data []byte, msgID string) error {
-	retry := newRetryBackoff()
-	for {
-		_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
-			jetstream.WithMsgID(msgID), jetstream.WithExpectStream(w.cfg.Stream))
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		w.log.Warn("publish failed; retrying", "subject", subject, "msgId", msgID, "error", err)
-		_ = sleepCtx(ctx, retry.NextBackOff())
-	}
-}
-
-func (w *Worker) logOutcome(j *job, r messages.Result) {
-	attrs := []any{
-		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
-		"orderId", r.OrderID, "orderLinkId", r.OrderLinkID, "status", r.Status,
-		"attempts", r.Attempts, "ambiguous", r.Ambiguous, "rateLimitWait", j.rateLimitWait,
-		"latency", w.now().Sub(j.stored),
-	}
-	if r.RetCode != nil {
-		attrs = append(attrs, "retCode", *r.RetCode)
-	}
-	if j.all != nil {
-		attrs = append(attrs, "cancelAll", true, "orders", len(r.Orders))
-		if r.OrdersComplete != nil {
-			attrs = append(attrs, "ordersComplete", *r.OrdersComplete)
-		}
-	}
-	switch r.Status {
-	case messages.StatusInvalid:
-		attrs = append(attrs, "error", r.Error)
-	case messages.StatusFailed:
-		attrs = append(attrs, "error", r.LastError)
-	case messages.StatusRejected:
-		attrs = append(attrs, "retMsg", r.RetMsg)
-	}
-	w.log.Info("cancel "+string(r.Status), attrs...)
-}
-
-func (w *Worker) jobAttrs(j *job, extra ...any) []any {
-	return append([]any{"requestId", j.requestID, "seq", j.seq, "category", j.req.Category, "symbol", j.req.Symbol,
-		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
 }

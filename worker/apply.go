@@ -1,0 +1,266 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// apply carries out a decision for j; p is the budget its attempt spent (nil:
+// it made none). A cancel's requeue puts it back in its lane; a cancel-all
+// runs its calls in its own goroutine, so apply only reports its requeue
+// (true) and the caller waits d.delay and calls again.
+func (w *Worker) apply(j *job, p *pacer, d decision) (again bool) {
+	j.ambiguous = j.ambiguous || d.ambiguous
+	switch d.action {
+	case actAck, actTerm:
+		// Bybit answered: the key works; a cancel went through: the lane's
+		// rate-limit backoff starts over.
+		switch d.result.Status {
+		case messages.StatusCancelled:
+			j.lane.resetRateLimitBackoff()
+			w.keyWorks(j.lane.account)
+		case messages.StatusNotOpen:
+			w.keyWorks(j.lane.account)
+		}
+		w.finish(j, d)
+		return false
+	case actNak:
+		if d.reason == "retry_budget" {
+			w.metrics.retries.WithLabelValues(d.reason).Inc()
+			w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
+		}
+		w.release(j, d.delay)
+		return false
+	}
+	w.metrics.retries.WithLabelValues(d.reason).Inc()
+	w.retryEffects(j, p, d)
+	if j.all != nil {
+		return true
+	}
+	delay := d.delay
+	if d.class == bybit.ClassRateLimited {
+		// The budget's block holds the lane until the reset; the request
+		// waits for it at the front of its queue.
+		delay = 0
+	}
+	w.requeue(j, delay)
+	return false
+}
+
+// retryEffects is what a requeue does beyond waiting: a rate limit blocks
+// the budget (or the IP pacer) until its reset, a clock skew resyncs, an IP
+// ban gives back what waits when BanRelease is on.
+func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
+	switch d.class {
+	case bybit.ClassRateLimited:
+		w.rateLimited(j, p, d)
+	case bybit.ClassIPRateLimited:
+		w.stats.RateLimited.Add(1)
+		w.gw.blockIP(d.rateLimitReset)
+		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
+	case bybit.ClassClockSkew:
+		w.resync(j.lane.account, j.sentAt)
+	case bybit.ClassIPBan:
+		if w.cfg.BanRelease && j.all == nil {
+			w.releaseAllQueued(w.cfg.BanPause)
+		}
+	default:
+		w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
+	}
+}
+
+// rateLimited blocks the budget p an attempt spent until the reset of its
+// 10006 (decide's rateLimitReset): every later call of that budget waits,
+// whichever path makes it, also when the worker counts nothing for it.
+func (w *Worker) rateLimited(j *job, p *pacer, d decision) {
+	w.stats.RateLimited.Add(1)
+	p.blockUntil(d.rateLimitReset)
+	w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
+}
+
+// requeue puts j back at the front of its lane after delay.
+func (w *Worker) requeue(j *job, delay time.Duration) {
+	if delay <= 0 {
+		if !j.lane.push(j, true) {
+			w.giveBack(j, 0, "shutdown")
+		}
+		return
+	}
+	go func() {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-w.stopping:
+		}
+		if !j.lane.push(j, true) {
+			w.giveBack(j, 0, "shutdown")
+		}
+	}()
+}
+
+// releaseAllQueued gives every queued message back to the consumer, for other
+// replicas (on other IPs) to take during an IP ban.
+func (w *Worker) releaseAllQueued(delay time.Duration) {
+	w.lanesMu.Lock()
+	lanes := make([]*lane, 0, len(w.lanes))
+	for _, l := range w.lanes {
+		lanes = append(lanes, l)
+	}
+	w.lanesMu.Unlock()
+	for _, l := range lanes {
+		for _, j := range l.drain() {
+			w.giveBack(j, delay, "ip_ban")
+		}
+	}
+}
+
+// giveBack gives j back unsent for another delivery (or answers it on its
+// last one), why naming the cause.
+func (w *Worker) giveBack(j *job, delay time.Duration, why string) {
+	w.apply(j, nil, w.decide(j, event{kind: evGiveBack, why: why, delay: delay}))
+}
+
+// release gives a message back for another delivery with NakWithDelay.
+func (w *Worker) release(j *job, delay time.Duration) {
+	defer w.jobs.Done()
+	if j.prog != nil {
+		w.recordReleased(j)
+	}
+	msg := j.letGo()
+	if j.attempts == 0 && !j.ambiguous {
+		w.released.put(j.seq, j.deliveries)
+	}
+	var err error
+	if delay > 0 {
+		err = msg.NakWithDelay(delay)
+	} else {
+		err = msg.Nak()
+	}
+	if err != nil {
+		w.log.Warn("release failed; the message comes back after AckWait", "seq", j.seq, "error", err)
+	}
+	w.held.remove(&j.heldMsg)
+}
+
+// finish publishes the result, waits for its PubAck, then acks the request
+// (terminates it, for actTerm). A publish that fails is retried with the same
+// Nats-Msg-Id while the worker lives; the message stays held and heartbeated
+// meanwhile.
+func (w *Worker) finish(j *job, d decision) {
+	defer w.jobs.Done()
+	r := d.result
+	if j.prog != nil {
+		// A cancel-all lists what every call of every delivery cancelled,
+		// whichever way it ends.
+		r.Orders = j.prog.orders
+		r.OrdersComplete = new(j.prog.complete())
+	}
+	r.Attempts = j.attempts
+	r.Ambiguous = j.ambiguous
+	r.RateLimitWaitMs = j.rateLimitWait.Milliseconds()
+	r.Deliveries = j.deliveries
+	if !j.sentAt.IsZero() {
+		r.SentAt = new(j.sentAt.UTC())
+	}
+	data, err := r.Marshal()
+	if err != nil { // a Result always marshals; this guards a future field
+		w.log.Error("encode result", "seq", j.seq, "error", err)
+		return
+	}
+	subject := w.cfg.RejectedSubject
+	if r.Acknowledged() {
+		subject = w.cfg.AckSubject
+	}
+	ctx := w.sendCtx
+	if err := w.pub.publish(ctx, subject, data, r.MsgID()); err != nil {
+		// The result may or may not be stored: the redelivery finds out
+		// (the Nats-Msg-Id keeps it from being stored twice).
+		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+		_ = j.letGo().Nak()
+		w.held.remove(&j.heldMsg)
+		return
+	}
+	w.metrics.observeResult(r, w.now())
+	w.answered.put(j.seq, 1)
+
+	msg := j.letGo()
+	if d.action == actTerm {
+		reason := r.Error
+		if reason == "" {
+			reason = r.LastError
+		}
+		err = msg.TermWithReason(string(r.Status) + ": " + reason)
+	} else {
+		err = backoff.Retry(func() error { return msg.DoubleAck(ctx) },
+			backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 5), ctx))
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		w.log.Warn("ack failed after the result was published; a redelivery will be acked without a second result", "seq", j.seq, "error", err)
+	}
+	w.held.remove(&j.heldMsg)
+	w.logOutcome(j, r)
+}
+
+// publisher stores messages in the worker's stream.
+type publisher struct {
+	js     jetstream.JetStream
+	stream string
+	log    *slog.Logger
+}
+
+// publish stores a message in the stream with its Nats-Msg-Id, waiting for
+// the PubAck and retrying until ctx ends.
+func (p publisher) publish(ctx context.Context, subject string, data []byte, msgID string) error {
+	retry := newRetryBackoff()
+	for {
+		_, err := p.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+			jetstream.WithMsgID(msgID), jetstream.WithExpectStream(p.stream))
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		p.log.Warn("publish failed; retrying", "subject", subject, "msgId", msgID, "error", err)
+		_ = sleepCtx(ctx, retry.NextBackOff())
+	}
+}
+
+func (w *Worker) logOutcome(j *job, r messages.Result) {
+	attrs := []any{
+		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
+		"orderId", r.OrderID, "orderLinkId", r.OrderLinkID, "status", r.Status,
+		"attempts", r.Attempts, "ambiguous", r.Ambiguous, "rateLimitWait", j.rateLimitWait,
+		"latency", w.now().Sub(j.stored),
+	}
+	if r.RetCode != nil {
+		attrs = append(attrs, "retCode", *r.RetCode)
+	}
+	if j.all != nil {
+		attrs = append(attrs, "cancelAll", true, "orders", len(r.Orders))
+		if r.OrdersComplete != nil {
+			attrs = append(attrs, "ordersComplete", *r.OrdersComplete)
+		}
+	}
+	switch r.Status {
+	case messages.StatusInvalid:
+		attrs = append(attrs, "error", r.Error)
+	case messages.StatusFailed:
+		attrs = append(attrs, "error", r.LastError)
+	case messages.StatusRejected:
+		attrs = append(attrs, "retMsg", r.RetMsg)
+	}
+	w.log.Info("cancel "+string(r.Status), attrs...)
+}
+
+func (w *Worker) jobAttrs(j *job, extra ...any) []any {
+	return append([]any{"requestId", j.requestID, "seq", j.seq, "category", j.req.Category, "symbol", j.req.Symbol,
+		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
+}

@@ -1,13 +1,10 @@
 package worker
 
 import (
-	"context"
 	"errors"
-	"log/slog"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
@@ -211,28 +208,6 @@ func (w *Worker) finish(j *job, d decision) {
 	w.logOutcome(j, r)
 }
 
-// publisher stores messages in the worker's stream.
-type publisher struct {
-	js     jetstream.JetStream
-	stream string
-	log    *slog.Logger
-}
-
-// publish stores a message in the stream with its Nats-Msg-Id, waiting for
-// the PubAck and retrying until ctx ends.
-func (p publisher) publish(ctx context.Context, subject string, data []byte, msgID string) error {
-	retry := newRetryBackoff()
-	for {
-		_, err := p.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
-			jetstream.WithMsgID(msgID), jetstream.WithExpectStream(p.stream))
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		p.log.Warn("publish failed; retrying", "subject", subject, "msgId", msgID, "error", err)
-		_ = sleepCtx(ctx, retry.NextBackOff())
-	}
-}
-
 func (w *Worker) logOutcome(j *job, r messages.Result) {
 	attrs := []any{
 		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
@@ -263,4 +238,29 @@ func (w *Worker) logOutcome(j *job, r messages.Result) {
 func (w *Worker) jobAttrs(j *job, extra ...any) []any {
 	return append([]any{"requestId", j.requestID, "seq", j.seq, "category", j.req.Category, "symbol", j.req.Symbol,
 		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
+}
+
+// decide decides for the job j what happened to it.
+func (w *Worker) decide(j *job, ev event) decision {
+	return decide(ev, w.request(j), &j.retry, w.policy(j), w.now())
+}
+
+func (w *Worker) request(j *job) request {
+	req := request{base: j.invalid, deliveries: j.deliveries, requestTime: j.stored}
+	switch {
+	case j.invalid.Status != "":
+	case j.all != nil:
+		req.base = messages.NewCancelAllResult(*j.all, j.requestID, j.seq, j.stored)
+	default:
+		req.base = messages.NewResult(j.req, j.requestID, j.seq, j.stored)
+	}
+	return req
+}
+
+func (w *Worker) policy(j *job) policy {
+	p := policy{maxAge: w.cfg.MaxAge, retryBudget: w.cfg.RetryBudget, maxDeliver: w.consumer.MaxDeliver}
+	if j.lane != nil {
+		p.rateLimitBackoff = j.lane.rateLimitBackoff
+	}
+	return p
 }

@@ -244,36 +244,3 @@ func failed(req request, rs *retryState, lastError string) decision {
 	}
 	return decision{action: actTerm, result: r}
 }
-
-func newRetryBackoff() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 100 * time.Millisecond
-	b.MaxInterval = 5 * time.Second
-	b.MaxElapsedTime = 0
-	return b
-}
-
-// decide decides for the job j what happened to it.
-func (w *Worker) decide(j *job, ev event) decision {
-	return decide(ev, w.request(j), &j.retry, w.policy(j), w.now())
-}
-
-func (w *Worker) request(j *job) request {
-	req := request{base: j.invalid, deliveries: j.deliveries, requestTime: j.stored}
-	switch {
-	case j.invalid.Status != "":
-	case j.all != nil:
-		req.base = messages.NewCancelAllResult(*j.all, j.requestID, j.seq, j.stored)
-	default:
-		req.base = messages.NewResult(j.req, j.requestID, j.seq, j.stored)
-	}
-	return req
-}
-
-func (w *Worker) policy(j *job) policy {
-	p := policy{maxAge: w.cfg.MaxAge, retryBudget: w.cfg.RetryBudget, maxDeliver: w.consumer.MaxDeliver}
-	if j.lane != nil {
-		p.rateLimitBackoff = j.lane.rateLimitBackoff
-	}
-	return p
-}

@@ -23,9 +23,6 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
 
-// DefaultAccount names the account of the BYBIT_API_KEY credentials.
-const DefaultAccount = "default"
-
 // memory sizes: sequences answered (acked on redelivery without a second
 // exchange call) and released without being sent (not ambiguous when they
 // come back).
@@ -83,36 +80,6 @@ type Stats struct {
 	Received    atomic.Int64
 	Redelivered atomic.Int64
 	RateLimited atomic.Int64
-}
-
-// account is a configured account and its clock-resync state.
-type account struct {
-	name   string
-	client *bybit.Client
-	limits map[string]int
-	group  string
-	wsURL  string
-
-	syncMu   sync.Mutex
-	lastSync time.Time
-
-	// checkErr is why the start-up check failed; nil once it passed, or a
-	// later answer of Bybit's proved the key works (guarded by checkMu;
-	// unchecked is set while it is not nil).
-	checkMu   sync.Mutex
-	checkErr  error
-	unchecked atomic.Bool
-}
-
-// startupProblem returns why the account's start-up check failed, nil if it
-// passed or the key has worked since.
-func (a *account) startupProblem() error {
-	if !a.unchecked.Load() {
-		return nil
-	}
-	a.checkMu.Lock()
-	defer a.checkMu.Unlock()
-	return a.checkErr
 }
 
 // New checks the configuration and prepares a worker. client sends the
@@ -408,14 +375,6 @@ func (w *Worker) Run(ctx context.Context) error {
 // AckWait, wherever it waits (queue, rate limit, backoff, PubAck).
 func (w *Worker) heartbeatLoop(ctx context.Context) { w.held.heartbeatLoop(ctx, w.consumer.AckWait) }
 
-// sleepCtx waits for d, or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	return sleepOrChange(ctx, d, nil, nil)
-}
-
 // lane returns the queue of an (account, category), starting its dispatcher
 // on first use. Accounts of one limit group (one Bybit UID) share a pacer.
 func (w *Worker) lane(a *account, category string) *lane {
@@ -465,4 +424,58 @@ func (w *Worker) resync(a *account, since time.Time) {
 	}
 	a.lastSync = w.now()
 	w.log.Info("clock resynced with Bybit", "account", a.name, "offset", off)
+}
+
+// sampleLoop refreshes the gauges that are read rather than counted: the
+// consumer's backlog, the oldest held request, the clock offset, the ban.
+func (w *Worker) sampleLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		w.sample(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Worker) sample(ctx context.Context) {
+	m := w.metrics
+	n, _ := w.held.len()
+	m.held.Set(float64(n))
+	var oldest time.Time
+	for _, j := range w.held.snapshot() {
+		if oldest.IsZero() || j.stored.Before(oldest) {
+			oldest = j.stored
+		}
+	}
+	if oldest.IsZero() {
+		m.oldestAge.Set(0)
+	} else {
+		m.oldestAge.Set(w.now().Sub(oldest).Seconds())
+	}
+	var worst time.Duration
+	for _, a := range w.accounts {
+		if off, ok := a.client.ClockOffset(); ok && off.Abs() >= worst.Abs() {
+			worst = off
+		}
+	}
+	m.clockOffset.Set(worst.Seconds())
+	if w.gw.ban.bannedUntil().IsZero() {
+		m.banned.Set(0)
+	} else {
+		m.banned.Set(1)
+	}
+	ictx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if info, err := w.cons.Info(ictx); err == nil {
+		m.backlog.Set(float64(info.NumPending))
+	}
+	if s, err := w.js.Stream(ictx, w.cfg.Stream); err == nil {
+		info := s.CachedInfo()
+		m.storeBytes.Set(float64(info.State.Bytes))
+		m.storeMaxBytes.Set(float64(max(info.Config.MaxBytes, 0)))
+	}
 }

@@ -318,29 +318,10 @@ type serviceReply struct {
 func (s *Service) handle(req micro.Request, endpoint, input string) {
 	start := time.Now()
 	h := nats.Header(req.Headers())
-	wait := h.Get(messages.HeaderWait)
-	switch wait {
-	case "", messages.WaitResult, messages.WaitConfirmed:
-	default:
-		s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: %q is not %s or %s", messages.HeaderWait, wait, messages.WaitResult, messages.WaitConfirmed), nil)
+	confirmed, timeout, bad := s.options(h)
+	if bad != "" {
+		s.respondError(req, endpoint, "bad_request", 400, bad, nil)
 		return
-	}
-	confirmed := wait == messages.WaitConfirmed
-	if confirmed && !s.c.Worker.Confirm {
-		s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: confirmed: confirmations are off on this worker (CONFIRM=false)", messages.HeaderWait), nil)
-		return
-	}
-	timeout := DefaultSyncTimeout
-	if v := h.Get(messages.HeaderTimeout); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: %q is not a positive Go duration such as 4s or 500ms", messages.HeaderTimeout, v), nil)
-			return
-		}
-		timeout = d
-	}
-	if max := s.c.Worker.SyncMaxTimeout; max > 0 && timeout > max {
-		timeout = max
 	}
 	msgID := h.Get(nats.MsgIdHdr)
 	if msgID == "" {
@@ -353,16 +334,8 @@ func (s *Service) handle(req micro.Request, endpoint, input string) {
 	ack, err := s.c.JS.PublishMsg(ctx, &nats.Msg{Subject: input, Data: req.Data()},
 		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.c.Worker.Stream))
 	if err != nil {
-		switch {
-		case s.stopCtx.Err() != nil:
-			s.respondError(req, endpoint, "unavailable", 503, "cancel-worker is stopping before the stream acknowledged the request: send it again with the same Nats-Msg-Id "+msgID, replyHeaders)
-		case errors.Is(err, context.DeadlineExceeded):
-			s.respondError(req, endpoint, "timeout", 504, fmt.Sprintf("stream %s did not acknowledge the request within %v: it may be stored; send it again with the same Nats-Msg-Id %s", s.c.Worker.Stream, timeout, msgID), replyHeaders)
-		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
-			s.respondError(req, endpoint, "unavailable", 503, fmt.Sprintf("no stream stored the request on %s: is stream %s up and capturing it?", input, s.c.Worker.Stream), replyHeaders)
-		default:
-			s.respondError(req, endpoint, "error", 500, fmt.Sprintf("stream %s refused the request on %s: %v", s.c.Worker.Stream, input, err), replyHeaders)
-		}
+		outcome, code, description := s.publishFailure(err, input, timeout, msgID)
+		s.respondError(req, endpoint, outcome, code, description, replyHeaders)
 		return
 	}
 	replyHeaders.Set(messages.HeaderRequestSeq, strconv.FormatUint(ack.Sequence, 10))
@@ -396,6 +369,47 @@ func (s *Service) handle(req micro.Request, endpoint, input string) {
 	}
 	s.observeWait(endpoint, waited, false)
 	s.respond(req, endpoint, "answered", serviceReply{headers: replyHeaders, data: data})
+}
+
+// options reads a request's wait and timeout headers; bad says what is wrong
+// with them.
+func (s *Service) options(h nats.Header) (confirmed bool, timeout time.Duration, bad string) {
+	wait := h.Get(messages.HeaderWait)
+	switch wait {
+	case "", messages.WaitResult, messages.WaitConfirmed:
+	default:
+		return false, 0, fmt.Sprintf("header %s: %q is not %s or %s", messages.HeaderWait, wait, messages.WaitResult, messages.WaitConfirmed)
+	}
+	confirmed = wait == messages.WaitConfirmed
+	if confirmed && !s.c.Worker.Confirm {
+		return false, 0, fmt.Sprintf("header %s: confirmed: confirmations are off on this worker (CONFIRM=false)", messages.HeaderWait)
+	}
+	timeout = DefaultSyncTimeout
+	if v := h.Get(messages.HeaderTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return false, 0, fmt.Sprintf("header %s: %q is not a positive Go duration such as 4s or 500ms", messages.HeaderTimeout, v)
+		}
+		timeout = d
+	}
+	if max := s.c.Worker.SyncMaxTimeout; max > 0 && timeout > max {
+		timeout = max
+	}
+	return confirmed, timeout, ""
+}
+
+// publishFailure says what to answer when the request could not be stored.
+func (s *Service) publishFailure(err error, input string, timeout time.Duration, msgID string) (outcome string, code int, description string) {
+	stream := s.c.Worker.Stream
+	switch {
+	case s.stopCtx.Err() != nil:
+		return "unavailable", 503, "cancel-worker is stopping before the stream acknowledged the request: send it again with the same Nats-Msg-Id " + msgID
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout", 504, fmt.Sprintf("stream %s did not acknowledge the request within %v: it may be stored; send it again with the same Nats-Msg-Id %s", stream, timeout, msgID)
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return "unavailable", 503, fmt.Sprintf("no stream stored the request on %s: is stream %s up and capturing it?", input, stream)
+	}
+	return "error", 500, fmt.Sprintf("stream %s refused the request on %s: %v", stream, input, err)
 }
 
 // respondError answers with micro's error headers, set here (micro's own

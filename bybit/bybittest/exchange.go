@@ -60,7 +60,7 @@ func DefaultLimits() map[string]int {
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
 		"cancel-all/linear": 10, "cancel-all/inverse": 10, "cancel-all/option": 1, "cancel-all/spot": 20,
-		"order-realtime": 50, "order-history": 50,
+		"order-realtime": 50, "order-history": 50, "query-dcp-info": 5,
 	}
 }
 
@@ -85,6 +85,12 @@ type Options struct {
 	// AutoCreate answers a cancel of an unknown order as if it were open
 	// (the benchmark's book has no bottom). Off: unknown orders are not open.
 	AutoCreate bool
+	// DCPSecond is how long one second of a Disconnect Cancel All window
+	// lasts (default time.Second): tests shrink it.
+	DCPSecond time.Duration
+	// OnDCP is told of every change of a DCP countdown (see DCPEvent), from
+	// the simulator's goroutines.
+	OnDCP func(DCPEvent)
 }
 
 // Order is one order in the simulated book.
@@ -126,6 +132,9 @@ type Order struct {
 	Kind string
 	// CreatedTime (ms) defaults to when it was added.
 	CreatedTime int64
+	// Respawn: once cancelled, a new order like it is placed (a strategy
+	// that keeps quoting while a flatten runs).
+	Respawn bool
 }
 
 // Request is one entry of the exchange's request log.
@@ -180,6 +189,7 @@ type Exchange struct {
 	nextID         int
 	limits         map[string]int
 	private        privateState
+	dcp            dcpState
 }
 
 // New returns an exchange with an empty book.
@@ -192,6 +202,9 @@ func New(o Options) *Exchange {
 	}
 	if o.Window == 0 {
 		o.Window = time.Second
+	}
+	if o.DCPSecond == 0 {
+		o.DCPSecond = time.Second
 	}
 	e := &Exchange{
 		opts:     o,
@@ -353,6 +366,10 @@ func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveCancelAll(w, r)
 	case r.Method == http.MethodGet && (r.URL.Path == "/v5/order/realtime" || r.URL.Path == "/v5/order/history"):
 		e.serveOrderLookup(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/disconnected-cancel-all":
+		e.serveSetDCP(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/v5/account/query-dcp-info":
+		e.serveDCPInfo(w, r)
 	case r.URL.Path == "/v5/private":
 		e.servePrivate(w, r)
 	default:

@@ -18,6 +18,8 @@ func TestDecodeCancelAllPerCategory(t *testing.T) {
 		`{"category":"spot","orderFilter":"tpslOrder","requestId":"kill-1","account":"hedge"}`,
 		`{"category":"option"}`,
 		`{"category":"option","baseCoin":"ETH"}`,
+		`{"scope":"account"}`,
+		`{"scope":"account","account":"hedge","requestId":"flatten-1"}`,
 	}
 	for _, body := range valid {
 		_, err := DecodeCancelAll([]byte(body))
@@ -36,6 +38,10 @@ func TestDecodeCancelAllPerCategory(t *testing.T) {
 		`{"category":"linear","symbol":"btcusdt"}`:                                                        "lower-case",
 		`{"category":"linear","symbol":"BTCUSDT","orderId":"1"}`:                                          `unknown field "orderId"`,
 		`{"category":"futures","symbol":"BTCUSDT"}`:                                                       "not one of",
+		`{"scope":"account","category":"spot"}`:                                                           "takes no category",
+		`{"scope":"account","settleCoin":"USDT"}`:                                                         "takes no category",
+		`{"scope":"everything"}`:                                                                          `is not "account"`,
+		`{}`:                                                                                              "category",
 	}
 	for body, want := range invalid {
 		_, err := DecodeCancelAll([]byte(body))

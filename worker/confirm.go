@@ -258,6 +258,7 @@ func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			r := scopeOf(r, ref)
 			conf := messages.Confirmation{
 				RequestID: r.RequestID, RequestSeq: r.RequestSeq, OrderID: ref.OrderID, OrderLinkID: ref.OrderLinkID,
 				Category: r.Category, Symbol: r.Symbol, Account: r.Account, ResultStatus: r.Status,

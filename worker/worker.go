@@ -417,6 +417,10 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		go w.finish(j, decision{action: actFinish, result: r})
 		return
 	}
+	if j.all != nil && j.all.Flatten() {
+		go w.flatten(j, acct) // lanes per category, as it goes
+		return
+	}
 	l := w.lane(acct, req.Category)
 	j.lane = l
 	if j.all != nil {

@@ -132,6 +132,9 @@ type Order struct {
 	Kind string
 	// CreatedTime (ms) defaults to when it was added.
 	CreatedTime int64
+	// SettleCoin is what a settleCoin selects it by; empty: a symbol that
+	// ends with the coin (BTCUSDT settles in USDT; set USDC for ETHPERP).
+	SettleCoin string
 	// Respawn: once cancelled, a new order like it is placed (a strategy
 	// that keeps quoting while a flatten runs).
 	Respawn bool
@@ -794,7 +797,7 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	case b.BaseCoin != "":
 		selects = func(o *Order) bool { return strings.HasPrefix(o.Symbol, b.BaseCoin) }
 	case b.SettleCoin != "" && b.Category != "spot":
-		selects = func(o *Order) bool { return strings.HasSuffix(o.Symbol, b.SettleCoin) }
+		selects = func(o *Order) bool { return o.settles(b.SettleCoin) }
 	}
 	e.mu.Lock()
 	if e.cancelAllFails {
@@ -932,4 +935,12 @@ func (e *Exchange) cancelOne(b cancelBody) (int, string, any) {
 func readBody(r *http.Request) ([]byte, error) {
 	defer r.Body.Close()
 	return io.ReadAll(io.LimitReader(r.Body, 1<<20))
+}
+
+// settles reports whether the order's contract settles in coin.
+func (o *Order) settles(coin string) bool {
+	if o.SettleCoin != "" {
+		return o.SettleCoin == coin
+	}
+	return strings.HasSuffix(o.Symbol, coin)
 }

@@ -527,7 +527,7 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 	list := []any{}
 	for _, o := range candidates {
 		if o == nil || (rq.Symbol != "" && o.Symbol != rq.Symbol) || (o.UID != "" && acct.UID != o.UID) ||
-			!strings.HasPrefix(o.Symbol, q.Get("baseCoin")) || !strings.HasSuffix(o.Symbol, q.Get("settleCoin")) ||
+			!strings.HasPrefix(o.Symbol, q.Get("baseCoin")) || (q.Get("settleCoin") != "" && !o.settles(q.Get("settleCoin"))) ||
 			(kinds != nil && !kinds[o.Kind]) {
 			continue
 		}

@@ -7,6 +7,7 @@
 //	cancel-worker sim     the simulated exchange alone, for a local stack
 //	cancel-worker bench   a burst drained against the simulated exchange, measured
 //	cancel-worker replay  requests joined with their results from the stream; resend what was left undone
+//	cancel-worker flatten cancel every open order of an account; exit 0 only when nothing is left
 package main
 
 import (
@@ -57,6 +58,7 @@ Commands:
   sim     the simulated Bybit exchange alone (for a local stack)
   bench   drain a burst against the simulated exchange and report drain time against the ideal
   replay  read requests and results back from the stream for incident review; --resend finishes what was left undone
+  flatten cancel every open order of an account (--account), in every category; exit 0 only when nothing is left
 
 Run 'cancel-worker <command> --help' for a command's flags.
 `
@@ -78,6 +80,8 @@ func run(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 		return runBench(ctx, args, stdout, stderr)
 	case "replay":
 		return runReplay(ctx, args, env, os.Stdin, stdout, stderr)
+	case "flatten":
+		return runFlatten(ctx, args, env, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+)
+
+// runWorkerInBackground runs `cancel-worker run` in-process until the test
+// ends.
+func (s *stack) runWorkerInBackground() {
+	s.t.Helper()
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, envFunc(s.env), &logs, &logs) }()
+	require.Eventually(s.t, func() bool { return bytes.Contains([]byte(logs.String()), []byte("worker started")) }, waitFor, 10*time.Millisecond, "%s", &logs)
+	s.t.Cleanup(func() { cancel(); require.NoError(s.t, <-done) })
+}
+
+func (s *stack) flattenCmd(args ...string) (string, string, error) {
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	err := run(ctx, append([]string{"flatten"}, args...), envFunc(s.env), &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+func TestFlattenCommandExitsZeroOnlyWhenNothingIsLeft(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{}, nil)
+	s.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT", Kind: "tpslOrder"})
+	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "ETHPERP", SettleCoin: "USDC"})
+	s.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "ETHUSD"})
+	s.runWorkerInBackground()
+
+	out, errOut, err := s.flattenCmd("--request-id", "incident-1")
+	require.NoError(t, err, "%s\n%s", out, errOut)
+	require.Contains(t, errOut, `flatten of account "default" published as incident-1`)
+	require.Contains(t, out, "status cancelled, complete true, 3 orders cancelled")
+	require.Contains(t, out, "inverse  1 cancelled")
+	require.Contains(t, out, "nothing left open")
+
+	// The same request id again: no second flatten, the first one's result.
+	_, errOut, err = s.flattenCmd("--request-id", "incident-1")
+	require.NoError(t, err)
+	require.Contains(t, errOut, "already in the stream")
+
+	quote := s.ex.AddOrder(bybittest.Order{Category: "option", Symbol: "BTC-27MAR26-100000-C", Respawn: true})
+	out, _, err = s.flattenCmd()
+	require.ErrorContains(t, err, "flatten not complete (failed)")
+	require.Contains(t, out, "left open:")
+	require.Contains(t, out, "option")
+	require.NotContains(t, out, quote.OrderID, "the quote left is a new one")
+}

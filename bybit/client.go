@@ -192,7 +192,9 @@ func (c *Client) do(ctx context.Context, method, path, query string, body []byte
 	if err != nil {
 		return nil, &TransportError{Err: scrubURL(err), Written: true}
 	}
-	return decodeResponse(resp.StatusCode, resp.Header, raw)
+	res, err := decodeResponse(resp.StatusCode, resp.Header, raw)
+	c.toLocalClock(res, err)
+	return res, err
 }
 
 // decodeResponse turns an HTTP answer into a successful envelope or a typed

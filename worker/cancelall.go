@@ -105,8 +105,9 @@ func (w *Worker) waitRetry(ctx context.Context, j *job, a *account, p *pacer, d 
 	w.metrics.retries.WithLabelValues(d.reason).Inc()
 	switch d.class {
 	case bybit.ClassRateLimited:
-		w.stats.RateLimited.Add(1)
-		p.blockUntil(d.rateLimitReset)
+		// Like a lane's request: the budget waits for the reset (the
+		// decision's delay ends there too).
+		w.rateLimited(j, p, d)
 	case bybit.ClassIPRateLimited:
 		w.stats.RateLimited.Add(1)
 		w.ipPacer.blockUntil(d.rateLimitReset)
@@ -139,22 +140,29 @@ func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer
 
 // paced makes one exchange call once the ban gate, the budget p, the IP limit
 // and (with slot) one of the WORKER_CONCURRENCY request slots allow; sent is
-// false when ctx ended first. It books the answer's rate-limit state, starts
-// an IP-ban pause, ends a ban probe and counts the request.
+// false when ctx ended first. The answer goes through afterRequest, like a
+// lane's: it books the rate-limit state (an exhausted window blocks p until
+// its reset), starts an IP-ban pause, ends a ban probe and counts the request.
 func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, category string, call func() (bybit.RateLimit, error)) (sent bool, err error) {
-	probe, err := w.gate.wait(ctx)
-	if err != nil {
-		return false, err
-	}
-	release, _, err := p.acquire(ctx)
-	if err != nil {
-		w.endProbe(probe, false)
-		return false, err
+	var probe bool
+	var release func()
+	for {
+		if probe, err = w.gate.wait(ctx); err != nil {
+			return false, err
+		}
+		if release = p.take(); release != nil {
+			break
+		}
+		// Budget spent: wait for it without the probe, as a lane does.
+		w.handBackProbe(probe)
+		if err := p.waitRoom(ctx); err != nil {
+			return false, err
+		}
 	}
 	releaseIP, _, err := w.ipPacer.acquire(ctx)
 	if err != nil {
 		release()
-		w.endProbe(probe, false)
+		w.handBackProbe(probe)
 		return false, err
 	}
 	if slot {
@@ -163,26 +171,20 @@ func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, categ
 		case <-ctx.Done():
 			release()
 			releaseIP()
-			w.endProbe(probe, false)
+			w.handBackProbe(probe)
 			return false, ctx.Err()
 		}
 		w.metrics.inFlight.Inc()
 	}
 	start := time.Now()
 	rl, err := call()
-	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
-	if banned {
-		w.startBan(err)
-	}
-	p.observe(rl, start)
-	release()
-	releaseIP()
-	if slot {
-		<-w.slots
-		w.metrics.inFlight.Dec()
-	}
-	w.metrics.observeRequest(endpoint, category, time.Since(start), err)
-	w.metrics.observeBudget(endpoint, category, rl)
-	w.endProbe(probe, banned)
+	w.afterRequest(p, endpoint, category, probe, start, rl, err, func() {
+		release()
+		releaseIP()
+		if slot {
+			<-w.slots
+			w.metrics.inFlight.Dec()
+		}
+	})
 	return true, err
 }

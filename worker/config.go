@@ -33,6 +33,8 @@ func DefaultLimits() map[string]int {
 	return map[string]int{
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
+		// POST /v5/order/cancel-all: option allows one a second.
+		"cancel-all/linear": 10, "cancel-all/inverse": 10, "cancel-all/option": 1, "cancel-all/spot": 20,
 		// The confirmation lookups: per UID, all categories together.
 		LookupRealtime: 50, LookupHistory: 50,
 	}
@@ -56,6 +58,8 @@ type Account struct {
 	// WSURL is the account's private WebSocket for confirmations; empty:
 	// confirmations use the REST lookups only.
 	WSURL string
+	// Subjects are the account's own subjects (optional).
+	Subjects AccountSubjects
 }
 
 // Config is everything the worker needs besides its connections. Defaults are
@@ -143,6 +147,18 @@ type Config struct {
 	// stream before it asks the REST lookups (CONFIRM_TIMEOUT, 5s).
 	ConfirmTimeout time.Duration
 
+	// SyncCancelSubject and SyncCancelAllSubject are the subjects of the
+	// sync service's endpoints cancel and cancel-all
+	// (NATS_SYNC_CANCEL_SUBJECT, orders.sync.cancel;
+	// NATS_SYNC_CANCEL_ALL_SUBJECT, orders.sync.cancel-all): outside
+	// orders.cancel.> so that a stream or a permission on that does not
+	// capture them. Both empty: no sync service.
+	SyncCancelSubject    string
+	SyncCancelAllSubject string
+	// SyncMaxTimeout caps a sync request's Cancel-Timeout header
+	// (SYNC_MAX_TIMEOUT, 30s); 0: no cap.
+	SyncMaxTimeout time.Duration
+
 	Logger *slog.Logger
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
@@ -171,7 +187,10 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	subjects := map[string]string{}
-	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
+	for _, s := range c.namedSubjects() {
+		if s[1] == "NATS_CONFIRMED_SUBJECT" {
+			continue // checked below
+		}
 		if prev, dup := subjects[s[0]]; dup && s[0] != "" {
 			errs = append(errs, fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
 		}
@@ -211,10 +230,14 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q has no client", name))
 		}
 	}
+	errs = append(errs, c.checkAccountSubjects()...)
+	if c.SyncMaxTimeout < 0 {
+		errs = append(errs, fmt.Errorf("SYNC_MAX_TIMEOUT must not be negative, not %v", c.SyncMaxTimeout))
+	}
 	if c.Confirm {
 		need(c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT")
-		for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}} {
-			if s[0] == c.ConfirmedSubject && s[0] != "" {
+		for _, s := range c.namedSubjects() {
+			if s[0] == c.ConfirmedSubject && s[0] != "" && s[1] != "NATS_CONFIRMED_SUBJECT" {
 				errs = append(errs, fmt.Errorf("%s and NATS_CONFIRMED_SUBJECT are both %q: every subject must differ", s[1], s[0]))
 			}
 		}

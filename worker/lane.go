@@ -239,17 +239,22 @@ func (g *banGate) wait(ctx context.Context) (probe bool, err error) {
 	}
 }
 
-// waitOpen returns once no ban is in force (a probe may be under way).
+// waitOpen returns once no ban's pause is in force: the ban is over, or its
+// pause is and a probe decides (it needs a request to send: messages pulled
+// meanwhile wait for it at the gate).
 func (g *banGate) waitOpen(ctx context.Context) error {
 	for {
 		g.mu.Lock()
-		open := g.until.IsZero()
+		var left time.Duration
+		if !g.until.IsZero() {
+			left = g.until.Sub(g.now())
+		}
 		changed := g.changed
 		g.mu.Unlock()
-		if open {
+		if left <= 0 {
 			return nil
 		}
-		if err := sleepOrChange(ctx, 0, changed, nil); err != nil {
+		if err := sleepOrChange(ctx, left, changed, nil); err != nil {
 			return err
 		}
 	}
@@ -278,6 +283,16 @@ func (g *banGate) report(banned bool, pause time.Duration) {
 	} else {
 		g.until = time.Time{}
 	}
+	g.wakeLocked()
+}
+
+// handBack ends a probe that showed nothing (its holder had no request to
+// send, or the request got no answer): the ban stays, and the next request
+// to pass wait probes instead.
+func (g *banGate) handBack() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.probing = false
 	g.wakeLocked()
 }
 

@@ -35,8 +35,8 @@ type decision struct {
 	reason string
 	// class is the exchange error's class; ClassPermanent on success.
 	class bybit.Class
-	// rateLimitReset is set for rate-limited answers: the lane's budget is
-	// blocked until then.
+	// rateLimitReset is set for rate-limited answers: the budget the
+	// attempt spent is blocked until then (delay is the time until it).
 	rateLimitReset time.Time
 }
 
@@ -89,12 +89,15 @@ func (w *Worker) decide(j *job, res bybit.CancelOrderResult, err error) decision
 
 	case bybit.ClassRateLimited:
 		// Waiting for budget is not failing: no retry budget, no delivery.
+		// The wait lasts until the reset Bybit named (in the local clock:
+		// the client converted it), or a growing backoff without one.
 		d := decision{action: actRetry, reason: "rate_limited", class: class}
 		if rl, ok := bybit.RateLimitOf(err); ok && rl.Reset.After(now) {
 			d.rateLimitReset = rl.Reset
 		} else {
 			d.rateLimitReset = now.Add(j.lane.rateLimitBackoff())
 		}
+		d.delay = d.rateLimitReset.Sub(now)
 		return d
 
 	case bybit.ClassIPRateLimited:

@@ -20,8 +20,10 @@ import (
 // by arrival, somewhere in between) can never see more than the limit in any
 // window.
 type pacer struct {
-	// off: no limit at all; fixed at creation (limit itself may be lowered
-	// by the headers, under mu).
+	// off: no limit on the count; fixed at creation (limit itself may be
+	// lowered by the headers, under mu). An off pacer still holds every
+	// request while Bybit says its window is exhausted (a 10006, or headers
+	// with nothing remaining): only a nil pacer never waits.
 	off    bool
 	limit  int
 	window time.Duration
@@ -55,25 +57,47 @@ func shareOf(limit int, share float64) int {
 	return max(1, int(float64(limit)*share))
 }
 
-// unlimited pacers let everything through at once.
-func (p *pacer) unlimited() bool { return p == nil || p.off }
+// blocking reports whether requests may have to wait at all: a nil pacer
+// (no budget) never does; an off one does only while blocked.
+func (p *pacer) blocking() bool { return p != nil }
 
 // acquire waits until a request may be sent and returns the function that
 // records its answer time, and how long it waited.
 func (p *pacer) acquire(ctx context.Context) (release func(), waited time.Duration, err error) {
 	start := p.now()
 	for {
-		if got := p.reserve(1); len(got) == 1 {
-			p.markSent(got)
-			return func() { p.answered(got) }, p.now().Sub(start), nil
-		} else if got != nil { // unlimited
-			return func() {}, 0, nil
+		if release := p.take(); release != nil {
+			return release, p.now().Sub(start), nil
 		}
-		_, wait, changed := p.room()
-		if err := sleepOrChange(ctx, wait, changed, nil); err != nil {
+		if err := p.waitRoom(ctx); err != nil {
 			return nil, p.now().Sub(start), err
 		}
 	}
+}
+
+// take lets one request through if the budget has room now: it returns the
+// function that records the answer, or nil.
+func (p *pacer) take() (release func()) {
+	got := p.reserve(1)
+	switch {
+	case got == nil:
+		return nil
+	case len(got) == 0: // unlimited
+		return func() {}
+	}
+	p.markSent(got)
+	return func() { p.answered(got) }
+}
+
+// waitRoom waits until the budget may have room. Room that freed since take
+// found none (a slot expired meanwhile) returns at once: that change has
+// happened and will not be signalled again.
+func (p *pacer) waitRoom(ctx context.Context) error {
+	free, wait, changed := p.room()
+	if free > 0 {
+		return ctx.Err()
+	}
+	return sleepOrChange(ctx, wait, changed, nil)
 }
 
 // unlimitedRoom stands for "as many as asked" from an unlimited pacer.
@@ -82,7 +106,7 @@ const unlimitedRoom = 1 << 30
 // room reports how many requests may go now; when none, how long until one
 // may (0: when an answer arrives), and a channel closed at the next change.
 func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
-	if p.unlimited() {
+	if !p.blocking() {
 		return unlimitedRoom, 0, nil
 	}
 	p.mu.Lock()
@@ -92,6 +116,8 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 	switch {
 	case now.Before(p.blocked):
 		return 0, p.blocked.Sub(now), p.changed
+	case p.off:
+		return unlimitedRoom, 0, nil
 	case len(p.slots) < p.limit:
 		return p.limit - len(p.slots), 0, p.changed
 	}
@@ -99,9 +125,10 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 }
 
 // reserve takes up to n slots that are free now; none if the budget is spent
-// or blocked. An unlimited pacer returns an empty, non-nil slice.
+// or blocked. An unlimited pacer that is not blocked returns an empty,
+// non-nil slice.
 func (p *pacer) reserve(n int) []*slot {
-	if p.unlimited() {
+	if !p.blocking() {
 		return []*slot{}
 	}
 	p.mu.Lock()
@@ -110,6 +137,9 @@ func (p *pacer) reserve(n int) []*slot {
 	p.pruneLocked(now)
 	if now.Before(p.blocked) {
 		return nil
+	}
+	if p.off {
+		return []*slot{}
 	}
 	n = min(n, p.limit-len(p.slots))
 	if n <= 0 {
@@ -201,9 +231,10 @@ func (p *pacer) nextExpiryLocked(now time.Time) time.Duration {
 }
 
 // blockUntil stops every request until t (a 10006's reset time, or a
-// backoff when Bybit gave none). Earlier times never shorten a block.
+// backoff when Bybit gave none). Earlier times never shorten a block. It
+// holds an unlimited pacer too: Bybit's answer is what counts.
 func (p *pacer) blockUntil(t time.Time) {
-	if p.unlimited() {
+	if !p.blocking() {
 		return
 	}
 	p.mu.Lock()
@@ -221,14 +252,20 @@ func (p *pacer) blockUntil(t time.Time) {
 // Bybit counted them). When Bybit saw more, another client (or replica)
 // spends the same budget, and the difference is booked as answered now,
 // before the next request goes out, so this process slows down instead of
-// running into 10006. An exhausted window blocks until its reset.
+// running into 10006. An exhausted window blocks until its reset, also
+// when this process counts nothing (rl.Reset is in the local clock: the
+// client converted it).
 func (p *pacer) observe(rl bybit.RateLimit, sentAt time.Time) {
-	if p.unlimited() || !rl.Known {
+	if !p.blocking() || !rl.Known {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
+	if p.off {
+		p.blockAtResetLocked(rl, now)
+		return
+	}
 	seen := 0
 	for _, s := range p.slots {
 		if (s.sent && !s.done) || (s.done && sentAt.Sub(s.at) < p.window) {
@@ -246,6 +283,10 @@ func (p *pacer) observe(rl bybit.RateLimit, sentAt time.Time) {
 	for range (p.limit - rl.Remaining) - seen {
 		p.slots = append(p.slots, &slot{done: true, at: now})
 	}
+	p.blockAtResetLocked(rl, now)
+}
+
+func (p *pacer) blockAtResetLocked(rl bybit.RateLimit, now time.Time) {
 	if rl.Remaining == 0 && rl.Reset.After(now) && rl.Reset.After(p.blocked) {
 		p.blocked = rl.Reset
 	}

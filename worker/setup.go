@@ -25,7 +25,9 @@ const StreamMaxAge = 7 * 24 * time.Hour
 // dupeMargin is how much longer than MaxAge the duplicate window must be.
 const dupeMargin = 5 * time.Minute
 
-func (c Config) inputSubjects() []string  { return []string{c.CancelSubject, c.CancelAllSubject} }
+func (c Config) inputSubjects() []string {
+	return append([]string{c.CancelSubject, c.CancelAllSubject}, c.accountInputSubjects()...)
+}
 func (c Config) resultSubjects() []string { return []string{c.AckSubject, c.RejectedSubject} }
 func (c Config) streamSubjects() []string {
 	subjects := append(c.inputSubjects(), c.resultSubjects()...)

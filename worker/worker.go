@@ -76,6 +76,9 @@ type Worker struct {
 	ready   atomic.Bool
 	// confirm follows acknowledged cancels (Config.Confirm); nil when off.
 	confirm *confirmer
+	// routes: what each input subject means (cancel or cancel-all, and
+	// the account of an account's own subject).
+	routes map[string]route
 }
 
 // Stats are counters a caller (the demo, tests) can read while the worker runs.
@@ -148,6 +151,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		slots:    make(chan struct{}, cfg.Concurrency),
 		lanes:    map[laneKey]*lane{},
 		stopping: make(chan struct{}),
+		routes:   cfg.routes(),
 	}
 	if cfg.Confirm {
 		w.confirm = newConfirmer(w)
@@ -164,7 +168,11 @@ func (w *Worker) Ready() (bool, string) {
 	case w.js.Conn().Status() != nats.CONNECTED:
 		return false, "NATS " + strings.ToLower(w.js.Conn().Status().String())
 	case !w.gate.bannedUntil().IsZero():
-		return false, "paused by a Bybit IP ban until " + w.gate.bannedUntil().UTC().Format(time.RFC3339)
+		until := w.gate.bannedUntil()
+		if w.now().Before(until) {
+			return false, "paused by a Bybit IP ban until " + until.UTC().Format(time.RFC3339)
+		}
+		return false, "the pause of a Bybit IP ban is over; waiting for a request Bybit answers to show the ban has ended"
 	}
 	for _, a := range w.accounts {
 		if _, ok := a.client.ClockOffset(); !ok {
@@ -386,11 +394,17 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	var req messages.Cancel
 	var all messages.CancelAll
-	if msg.Subject() == w.cfg.CancelAllSubject {
+	rt := w.routes[msg.Subject()]
+	if rt.all {
 		all, err = messages.DecodeCancelAll(msg.Data())
 		req = messages.Cancel{Category: all.Category, Account: all.Account, RequestID: all.RequestID}
 	} else {
 		req, err = messages.DecodeCancel(msg.Data())
+	}
+	if err == nil {
+		// A request on an account's own subject is for that account.
+		req.Account, err = forAccount(rt, req.Account)
+		all.Account = req.Account
 	}
 	if err != nil {
 		j.requestID = messages.RequestID(messages.LenientEcho(msg.Data()).RequestID, msgID, w.cfg.Stream, seq)
@@ -400,7 +414,7 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	j.req = req
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
-	if msg.Subject() == w.cfg.CancelAllSubject {
+	if rt.all {
 		j.all = &all
 	}
 	name := req.Account
@@ -506,7 +520,7 @@ func (w *Worker) dispatch(l *lane) {
 		}
 		p, slots, units := w.nextRequest(l)
 		if len(units) == 0 {
-			w.endProbe(probe, false)
+			w.handBackProbe(probe)
 			if w.waitBudget(ctx, l) != nil {
 				return
 			}
@@ -514,8 +528,9 @@ func (w *Worker) dispatch(l *lane) {
 		}
 		units = w.dropExpired(units)
 		if len(units) == 0 {
+			// Nothing to send: a probe proves nothing without a request.
 			p.unreserve(slots)
-			w.endProbe(probe, false)
+			w.handBackProbe(probe)
 			continue
 		}
 		if len(slots) > len(units) {
@@ -524,7 +539,7 @@ func (w *Worker) dispatch(l *lane) {
 		}
 		giveBack := func() {
 			p.unreserve(slots)
-			w.endProbe(probe, false)
+			w.handBackProbe(probe)
 			w.requeueUnits(units)
 		}
 		releaseIP, _, err := w.ipPacer.acquire(ctx)
@@ -651,16 +666,34 @@ func (w *Worker) requeueUnits(units []*unit) {
 	}
 }
 
-func (w *Worker) endProbe(probe, banned bool) {
+// endProbe ends a ban probe with what its request showed: banned again (a
+// new pause), or answered by Bybit (the ban is over). A request that got no
+// answer (it failed on the way) shows neither: the probe passes on.
+func (w *Worker) endProbe(probe bool, err error) {
 	if !probe {
 		return
 	}
-	w.gate.report(banned, w.cfg.BanPause)
-	if banned {
+	var apiErr *bybit.APIError
+	var httpErr *bybit.HTTPError
+	switch {
+	case err != nil && bybit.ClassOf(err) == bybit.ClassIPBan:
+		w.gate.report(true, w.cfg.BanPause)
 		w.metrics.banPauses.Inc()
 		w.log.Error("still banned after the pause; pausing again", "pause", w.cfg.BanPause)
-	} else {
+	case err == nil || errors.As(err, &apiErr) || errors.As(err, &httpErr):
+		w.gate.report(false, w.cfg.BanPause)
 		w.log.Info("IP ban over: the probe request went through; resuming")
+	default:
+		w.gate.handBack()
+		w.log.Warn("the ban probe got no answer; the next request probes again", "error", err)
+	}
+}
+
+// handBackProbe gives back a probe whose holder sends nothing: only an
+// answered request lifts a ban, so the next request to pass the gate probes.
+func (w *Worker) handBackProbe(probe bool) {
+	if probe {
+		w.gate.handBack()
 	}
 }
 
@@ -677,7 +710,7 @@ func (w *Worker) sendSingle(l *lane, u *unit, probe bool, done func()) {
 	if err != nil {
 		rl, _ = bybit.RateLimitOf(err)
 	}
-	w.afterRequest(l, l.single, "cancel", probe, start, rl, err, done)
+	w.afterRequest(l.single, "cancel", l.key.category, probe, start, rl, err, done)
 	w.settle(l.single, u, res, err)
 }
 
@@ -695,7 +728,7 @@ func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
 	if err != nil {
 		rl, _ = bybit.RateLimitOf(err)
 	}
-	w.afterRequest(l, l.batch, "cancel-batch", probe, start, rl, err, done)
+	w.afterRequest(l.batch, "cancel-batch", l.key.category, probe, start, rl, err, done)
 	for i, u := range units {
 		if err != nil { // the whole request failed: every order shares it
 			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
@@ -714,8 +747,11 @@ func (w *Worker) markSent(u *unit) {
 	}
 }
 
-// afterRequest is the bookkeeping every exchange request shares.
-func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
+// afterRequest is the bookkeeping every exchange request shares, whichever
+// path sent it (a lane's dispatcher, a cancel-all, a confirmation lookup):
+// an IP ban's pause, the budget p's view of Bybit's headers, freeing what the
+// request held (done), metrics, and the end of a ban probe.
+func (w *Worker) afterRequest(p *pacer, endpoint, category string, probe bool, start time.Time, rl bybit.RateLimit, err error, done func()) {
 	banned := err != nil && bybit.ClassOf(err) == bybit.ClassIPBan
 	if banned {
 		// Close the gate before the slot is freed, so that no request
@@ -726,9 +762,9 @@ func (w *Worker) afterRequest(l *lane, p *pacer, endpoint string, probe bool, st
 	// request already counts with it.
 	p.observe(rl, start)
 	done()
-	w.metrics.observeRequest(endpoint, l.key.category, time.Since(start), err)
-	w.metrics.observeBudget(endpoint, l.key.category, rl)
-	w.endProbe(probe, banned)
+	w.metrics.observeRequest(endpoint, category, time.Since(start), err)
+	w.metrics.observeBudget(endpoint, category, rl)
+	w.endProbe(probe, err)
 }
 
 // settle decides and acts for every cancel of a unit: they share the
@@ -753,11 +789,13 @@ func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
 		w.release(j, d.delay, d.reason)
 	case actRetry:
 		w.metrics.retries.WithLabelValues(d.reason).Inc()
+		delay := d.delay
 		switch d.class {
 		case bybit.ClassRateLimited:
-			w.stats.RateLimited.Add(1)
-			p.blockUntil(d.rateLimitReset)
-			w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
+			w.rateLimited(j, p, d)
+			// The budget's block holds the lane until the reset; the
+			// request waits for it at the front of its queue.
+			delay = 0
 		case bybit.ClassIPRateLimited:
 			w.stats.RateLimited.Add(1)
 			w.ipPacer.blockUntil(d.rateLimitReset)
@@ -771,8 +809,17 @@ func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
 		default:
 			w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", err, "delay", d.delay)...)
 		}
-		w.requeue(j, d.delay)
+		w.requeue(j, delay)
 	}
+}
+
+// rateLimited blocks the budget p an attempt spent until the reset of its
+// 10006 (decide's rateLimitReset): every later call of that budget waits,
+// whichever path makes it, also when the worker counts nothing for it.
+func (w *Worker) rateLimited(j *job, p *pacer, d decision) {
+	w.stats.RateLimited.Add(1)
+	p.blockUntil(d.rateLimitReset)
+	w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
 }
 
 // startBan stops every request of the process for BanPause.

@@ -26,6 +26,11 @@ type accountEntry struct {
 	WSURL             string         `yaml:"wsUrl"`
 	Limits            map[string]int `yaml:"limits"`
 	LimitGroup        string         `yaml:"limitGroup"`
+	// The account's own subjects: a request on one is for this account.
+	CancelSubject        string `yaml:"cancelSubject"`
+	CancelAllSubject     string `yaml:"cancelAllSubject"`
+	SyncCancelSubject    string `yaml:"syncCancelSubject"`
+	SyncCancelAllSubject string `yaml:"syncCancelAllSubject"`
 }
 
 // accountCreds is an account resolved from the file: its key, its signer
@@ -38,6 +43,7 @@ type accountCreds struct {
 	wsURL      string
 	limits     map[string]int
 	limitGroup string
+	subjects   worker.AccountSubjects
 }
 
 // readAccountsFile reads BYBIT_ACCOUNTS_FILE. Errors name the file and the
@@ -77,7 +83,12 @@ func readAccountsFile(path, defaultBaseURL, defaultWSURL string, confirm bool) (
 		if e.APIKey == "" {
 			return nil, fail("apiKey is required")
 		}
-		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, wsURL: e.WSURL, limits: e.Limits, limitGroup: e.LimitGroup}
+		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, wsURL: e.WSURL, limits: e.Limits, limitGroup: e.LimitGroup,
+			subjects: worker.AccountSubjects{CancelSubject: e.CancelSubject, CancelAllSubject: e.CancelAllSubject,
+				SyncCancelSubject: e.SyncCancelSubject, SyncCancelAllSubject: e.SyncCancelAllSubject}}
+		if name == worker.DefaultAccount && c.subjects != (worker.AccountSubjects{}) {
+			return nil, fail("the default account's subjects are NATS_CANCEL_SUBJECT and the other NATS_* settings")
+		}
 		sources := 0
 		for _, set := range []bool{!e.APISecret.IsZero(), e.APISecretFile != "", e.RSAPrivateKeyFile != ""} {
 			if set {

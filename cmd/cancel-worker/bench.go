@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -47,6 +48,14 @@ type benchOptions struct {
 	killAfter   time.Duration
 	confirm     bool
 	pushDelay   time.Duration
+	// sync sends the cancels as sync requests (benchsync.go).
+	sync bool
+	// cancelAll option cancel-alls of cancelAllOrders resting orders each
+	// are published beside the burst (a kill switch next to a burst).
+	cancelAll       int
+	cancelAllOrders int
+	// ipLimit is BYBIT_IP_LIMIT of each replica ("off" or N/duration).
+	ipLimit string
 }
 
 // benchResult is what one run measured.
@@ -61,7 +70,21 @@ type benchResult struct {
 	throughput      float64
 	budgetPerSecond int
 	confirm         *confirmReport
+	sync            *syncReport
+	cancelAll       *cancelAllReport
 }
+
+// cancelAllReport is what --cancel-all measured.
+type cancelAllReport struct {
+	results, cancelled, orders int
+	lastAt                     time.Time     // when the last cancel-all result was stored
+	last                       time.Duration // from the burst's start to lastAt
+	requests                   int           // what the exchange was sent: order cancels (a batch counts per order) and cancel-all calls
+	limited                    int           // of which answered 10006
+}
+
+// cancelAllRequestID marks the cancel-alls of --cancel-all in their results.
+const cancelAllRequestID = "bench-cancel-all-"
 
 // confirmReport is what --confirm measured: from each result being stored
 // to its order's confirmation.
@@ -90,6 +113,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.plot, "plot", "", "draw cumulative results over time against the ideal to this .svg or .png file")
 	fs.BoolVar(&o.confirm, "confirm", false, "also confirm every cancel (CONFIRM=true) and report ack→confirmation latency")
 	fs.DurationVar(&o.pushDelay, "push-delay", 0, "with --confirm: the simulated exchange pushes each order update this long after the cancel")
+	fs.BoolVar(&o.sync, "sync", false, "send the cancels as sync requests on orders.sync.cancel (needs --rate) and report request→reply latency next to publish→result")
+	fs.IntVar(&o.cancelAll, "cancel-all", 0, "also publish this many option cancel-alls at the start, each for its own symbol with --cancel-all-orders resting orders")
+	fs.IntVar(&o.cancelAllOrders, "cancel-all-orders", 50, "resting orders each --cancel-all request cancels")
+	fs.StringVar(&o.ipLimit, "ip-limit", "off", "BYBIT_IP_LIMIT of each replica: N/duration (production: 500/5s) or off")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -114,6 +141,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.n < 1 || o.replicas < 1 || o.limit < 1 {
 		return errors.New("--n, --replicas and --limit must be at least 1")
 	}
+	if o.sync && (o.rate <= 0 || o.inProcess) {
+		return errors.New("--sync needs --rate, and runs the workers as processes (their sync service)")
+	}
+	if o.cancelAll < 0 || o.cancelAllOrders < 1 {
+		return errors.New("--cancel-all must not be negative and --cancel-all-orders must be at least 1")
+	}
+	if _, err := parseRate(o.ipLimit); err != nil {
+		return fmt.Errorf("--ip-limit: %w", err)
+	}
 	if o.killAfter > 0 && (o.replicas < 2 || o.inProcess) {
 		return errors.New("--kill-after needs --replicas 2 or more, run as processes")
 	}
@@ -136,6 +172,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		fmt.Fprintf(stdout, "plot written to %s\n", o.plot)
 	}
+	if res.sync != nil {
+		res.sync.print(stdout, o, res)
+	}
 	if k := res.kill; k != nil {
 		fmt.Fprintf(stdout, "\n| replicas | AckWait | killed after | held at kill | redeliveries while all alive | last redelivery after kill | every result after kill | duplicated results |\n")
 		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|\n")
@@ -147,6 +186,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|\n")
 		fmt.Fprintf(stdout, "| %d | %d | %d | %d | %v | %v | %v | %v | %v |\n", c.n, c.byWebSocket, c.byREST, c.unknown, o.pushDelay,
 			c.p50.Round(10*time.Microsecond), c.p99.Round(10*time.Microsecond), c.max.Round(10*time.Microsecond), c.all.Round(time.Millisecond))
+	}
+	if c := res.cancelAll; c != nil {
+		fmt.Fprintf(stdout, "\n| cancel-alls | orders each | IP limit | cancelled | orders cancelled | last cancel-all | sent (order cancels + cancel-all calls) | 10006 | 10006 share | burst drain | burst ideal | burst ratio |\n")
+		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(stdout, "| %d option | %d | %s | %d/%d | %d | %v | %d | %d | %.2f %% | %v | %v | %.3f |\n", o.cancelAll, o.cancelAllOrders, o.ipLimit,
+			c.cancelled, c.results, c.orders, c.last.Round(time.Millisecond), c.requests, c.limited, 100*float64(c.limited)/float64(max(c.requests, 1)),
+			res.drain.Round(time.Millisecond), res.ideal.Round(time.Millisecond), res.drain.Seconds()/max(res.ideal.Seconds(), 1e-9))
 	}
 	fmt.Fprintf(stdout, "\n| N | categories | budgets | batch | replicas | latency | drain | ideal | ratio | throughput | 10006 | p50 | p99 | peak RSS |\n")
 	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -183,7 +229,17 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 			limits["cancel-batch/"+c] = o.limit
 		}
 	}
-	ex := bybittest.New(bybittest.Options{AutoCreate: true, Limits: limits, Latency: o.latency})
+	exLimits := maps.Clone(limits)
+	if !o.noLimit && o.cancelAll > 0 {
+		// Bybit's own cancel-all budget, which the worker knows by default.
+		exLimits["cancel-all/option"] = bybittest.DefaultLimits()["cancel-all/option"]
+	}
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Limits: exLimits, Latency: o.latency})
+	for i := range o.cancelAll {
+		for range o.cancelAllOrders {
+			ex.AddOrder(bybittest.Order{Category: messages.CategoryOption, Symbol: cancelAllSymbol(i)})
+		}
+	}
 	ex.SetPushDelay(o.pushDelay)
 	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
 	if err != nil {
@@ -200,6 +256,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	cfg.Confirm = o.confirm
 	cfg.WSURL = wsURLOf(baseURL)
 	cfg.Limits = limits
+	cfg.IPLimit, _ = parseRate(o.ipLimit)
 	if !o.noLimit {
 		cfg.Limits = worker.DefaultLimits()
 		for k := range limits {
@@ -275,13 +332,32 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		return benchResult{}, err
 	}
 	var lastResult atomic.Int64
+	var allReport cancelAllReport
 	cc, err := reader.Consume(func(m jetstream.Msg) {
 		var r struct {
-			RequestTime time.Time `json:"requestTime"`
-			RequestSeq  uint64    `json:"requestSeq"`
+			RequestTime time.Time           `json:"requestTime"`
+			RequestSeq  uint64              `json:"requestSeq"`
+			RequestID   string              `json:"requestId"`
+			Status      messages.Status     `json:"status"`
+			Orders      []messages.OrderRef `json:"orders"`
 		}
 		meta, err := m.Metadata()
 		if err != nil || json.Unmarshal(m.Data(), &r) != nil {
+			return
+		}
+		if strings.HasPrefix(r.RequestID, cancelAllRequestID) {
+			latMu.Lock()
+			perSeq[r.RequestSeq]++
+			allReport.results++
+			allReport.orders += len(r.Orders)
+			if r.Status == messages.StatusCancelled {
+				allReport.cancelled++
+			}
+			allReport.lastAt = meta.Timestamp
+			latMu.Unlock()
+			if count.Add(1) == int64(o.n+o.cancelAll) {
+				close(done)
+			}
 			return
 		}
 		latMu.Lock()
@@ -290,7 +366,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		resultTimes = append(resultTimes, meta.Timestamp)
 		latMu.Unlock()
 		lastResult.Store(meta.Timestamp.UnixNano())
-		if count.Add(1) == int64(o.n) {
+		if count.Add(1) == int64(o.n+o.cancelAll) {
 			close(done)
 		}
 	})
@@ -310,7 +386,22 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	fmt.Fprintf(progress, "bench: %d cancels over %s, %d replica(s), exchange latency %v\n", o.n, strings.Join(o.categories, ","), o.replicas, o.latency)
 	start := time.Now()
 	publishErr := make(chan error, 1)
-	go func() { publishErr <- publishBench(ctx, js, cfg.CancelSubject, o) }()
+	var syncRep *syncReport
+	published := false
+	if o.sync {
+		syncRep = &syncReport{}
+	}
+	go func() {
+		if err := publishCancelAlls(ctx, js, cfg.CancelAllSubject, o); err != nil {
+			publishErr <- err
+			return
+		}
+		if o.sync {
+			publishErr <- syncBench(ctx, nc, "orders.sync.cancel", o, syncRep)
+			return
+		}
+		publishErr <- publishBench(ctx, js, cfg.CancelSubject, o)
+	}()
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -354,12 +445,13 @@ wait:
 			if err != nil {
 				return benchResult{}, err
 			}
+			published = true
 		case err := <-errs:
 			return benchResult{}, fmt.Errorf("worker stopped: %w", err)
 		case <-tick.C:
 			n := count.Load()
 			el := time.Since(start)
-			fmt.Fprintf(progress, "  %6.1fs  %6d/%d results  %7.0f/s\n", el.Seconds(), n, o.n, float64(n)/el.Seconds())
+			fmt.Fprintf(progress, "  %6.1fs  %6d/%d results  %7.0f/s\n", el.Seconds(), n, o.n+o.cancelAll, float64(n)/el.Seconds())
 		case <-ctx.Done():
 			return benchResult{}, ctx.Err()
 		}
@@ -403,7 +495,18 @@ wait:
 	stopWorkers()
 	wg.Wait()
 
-	res := benchResult{drain: drain, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill}
+	if syncRep != nil && !published {
+		// Every result is stored; the last replies may still be on their way.
+		select {
+		case err := <-publishErr:
+			if err != nil {
+				return benchResult{}, err
+			}
+		case <-ctx.Done():
+			return benchResult{}, ctx.Err()
+		}
+	}
+	res := benchResult{drain: drain, throughput: float64(o.n) / drain.Seconds(), peakRSS: rss, kill: kill, sync: syncRep}
 	if o.confirm {
 		res.confirm = confirmed.report(start)
 	}
@@ -411,6 +514,21 @@ wait:
 		if q.RetCode == 10006 {
 			res.limited++
 		}
+	}
+	if o.cancelAll > 0 {
+		latMu.Lock()
+		c := allReport
+		latMu.Unlock()
+		c.last = c.lastAt.Sub(start)
+		for _, q := range ex.Requests() {
+			if q.Path == "/v5/order/cancel" || q.Path == "/v5/order/cancel-batch" || q.Path == "/v5/order/cancel-all" {
+				c.requests++
+				if q.RetCode == 10006 {
+					c.limited++
+				}
+			}
+		}
+		res.cancelAll = &c
 	}
 	for _, t := range resultTimes {
 		res.resultAt = append(res.resultAt, t.Sub(start))
@@ -428,6 +546,27 @@ wait:
 	res.ideal = time.Duration(float64(max(perCat-budget, 0)) / float64(budget) * float64(time.Second))
 	res.budgetPerSecond = budget
 	return res, nil
+}
+
+// cancelAllSymbol is the option symbol of the i-th --cancel-all request.
+func cancelAllSymbol(i int) string { return fmt.Sprintf("BTC-27DEC24-%d-C", 100000+1000*i) }
+
+// publishCancelAlls publishes the --cancel-all requests, one per symbol.
+func publishCancelAlls(ctx context.Context, js jetstream.JetStream, subject string, o benchOptions) error {
+	for i := range o.cancelAll {
+		body := fmt.Sprintf(`{"category":"option","symbol":%q,"requestId":"%s%d"}`, cancelAllSymbol(i), cancelAllRequestID, i)
+		if _, err := js.Publish(ctx, subject, []byte(body)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseRate reads BYBIT_IP_LIMIT's form: N/duration or off.
+func parseRate(s string) (worker.Rate, error) {
+	p := &parser{v: values{"BYBIT_IP_LIMIT": s}}
+	r := p.rate("BYBIT_IP_LIMIT")
+	return r, p.err
 }
 
 // publishBench publishes the cancels, all at once (asynchronously, waiting
@@ -496,7 +635,7 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 	env := append(os.Environ(),
 		"NATS_URL="+natsURL, "BYBIT_BASE_URL="+baseURL,
 		"BYBIT_API_KEY="+bybittest.DemoAPIKey, "BYBIT_API_SECRET="+bybittest.DemoAPISecret,
-		"BYBIT_IP_LIMIT=off", "BYBIT_LIMITS="+strings.Join(limits, ","),
+		"BYBIT_IP_LIMIT="+o.ipLimit, "BYBIT_LIMITS="+strings.Join(limits, ","),
 		"BYBIT_BATCH="+strconv.FormatBool(cfg.Batch), "BYBIT_LIMIT_SHARE="+strconv.FormatFloat(cfg.LimitShare, 'f', -1, 64),
 		"WORKER_CONCURRENCY="+strconv.Itoa(cfg.Concurrency), "NATS_MAX_ACK_PENDING="+strconv.Itoa(cfg.MaxAckPending),
 		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LOG_FORMAT=json",

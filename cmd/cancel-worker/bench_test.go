@@ -25,3 +25,15 @@ func TestBenchRunsAndReportsItsTable(t *testing.T) {
 	row := regexp.MustCompile(`(?m)^\| 60 \| linear,spot \| 20/s per endpoint \| true \| 1 \| 0s \| [^|]+ \| [^|]+ \| [0-9.]+ \| [0-9]+/s \| 0 \|`)
 	require.Regexp(t, row, out.String())
 }
+
+// The cancel-all row: option cancel-alls beside a burst, paced to Bybit's
+// cancel-all budget, cancel every resting order without a 10006.
+func TestBenchReportsACancelAllRow(t *testing.T) {
+	t.Parallel()
+	var out, errOut syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, run(ctx, []string{"bench", "--in-process", "--n", "20", "--batch=false", "--cancel-all", "2", "--cancel-all-orders", "30", "--ip-limit", "500/5s"}, envFunc(nil), &out, &errOut), "%s", &errOut)
+	row := regexp.MustCompile(`(?m)^\| 2 option \| 30 \| 500/5s \| 2/2 \| 60 \| [^|]+ \| [0-9]+ \| 0 \| 0\.00 % \|`)
+	require.Regexp(t, row, out.String())
+}

@@ -89,6 +89,9 @@ var settings = []setting{
 	{env: "CONFIRM", def: "true", usage: "follow every acknowledged cancel to the order's final state (private WebSocket, then REST)"},
 	{env: "CONFIRM_TIMEOUT", def: "5s", usage: "how long a confirmation waits for the private WebSocket before asking REST"},
 	{env: "NATS_CONFIRMED_SUBJECT", def: "orders.cancel.confirmed", usage: "confirmations: one message per order of an acknowledged cancel"},
+	{env: "NATS_SYNC_CANCEL_SUBJECT", def: "orders.sync.cancel", usage: "subject of the sync service's cancel endpoint (request/reply: the reply is the stored result); empty disables it", emptyAllowed: true},
+	{env: "NATS_SYNC_CANCEL_ALL_SUBJECT", def: "orders.sync.cancel-all", usage: "subject of the sync service's cancel-all endpoint; empty disables it", emptyAllowed: true},
+	{env: "SYNC_MAX_TIMEOUT", def: "30s", usage: "cap on a sync request's Cancel-Timeout header (default wait 4s)"},
 	{env: "WORKER_CONCURRENCY", def: "16", usage: "HTTP requests in flight"},
 	{env: "WORKER_RETRY_BUDGET", def: "2m", usage: "in-process retrying of transient failures per delivery"},
 	{env: "WORKER_MAX_AGE", def: "50m", usage: "request age after which it is answered failed"},
@@ -103,7 +106,7 @@ var settings = []setting{
 var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
 	switch s.env {
 	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
-		"NATS_CANCEL_ALL_PROGRESS_SUBJECT": // replay reads requests and results only
+		"NATS_CANCEL_ALL_PROGRESS_SUBJECT", "NATS_SYNC_CANCEL_SUBJECT", "NATS_SYNC_CANCEL_ALL_SUBJECT": // replay reads requests and results only
 		return true
 	}
 	return !strings.HasPrefix(s.env, "NATS_")
@@ -386,6 +389,9 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		ConfirmTimeout:           p.duration("CONFIRM_TIMEOUT"),
 		ConfirmedSubject:         p.str("NATS_CONFIRMED_SUBJECT"),
 	}
+	rc.worker.SyncCancelSubject = p.str("NATS_SYNC_CANCEL_SUBJECT")
+	rc.worker.SyncCancelAllSubject = p.str("NATS_SYNC_CANCEL_ALL_SUBJECT")
+	rc.worker.SyncMaxTimeout = p.duration("SYNC_MAX_TIMEOUT")
 	rc.apiKey = p.str("BYBIT_API_KEY")
 	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")
 	rc.timeout = p.duration("BYBIT_HTTP_TIMEOUT")

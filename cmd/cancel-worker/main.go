@@ -7,6 +7,7 @@
 //	cancel-worker sim     the simulated exchange alone, for a local stack
 //	cancel-worker bench   a burst drained against the simulated exchange, measured
 //	cancel-worker replay  requests joined with their results from the stream; resend what was left undone
+//	cancel-worker cancel, cancel-all  one cancel through the sync service, its result printed
 //	cancel-worker flatten cancel every open order of an account; exit 0 only when nothing is left
 package main
 
@@ -46,7 +47,7 @@ func main() {
 	case errors.Is(err, flag.ErrHelp):
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "cancel-worker:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
@@ -58,6 +59,8 @@ Commands:
   sim     the simulated Bybit exchange alone (for a local stack)
   bench   drain a burst against the simulated exchange and report drain time against the ideal
   replay  read requests and results back from the stream for incident review; --resend finishes what was left undone
+  cancel      cancel one order through the sync service and wait for its result (exit 0 cancelled, 2 not_open, 3 rejected/invalid/failed, 4 timeout, 5 filled)
+  cancel-all  cancel a category's orders (by symbol, base or settle coin) through the sync service and wait for the result
   flatten cancel every open order of an account (--account), in every category; exit 0 only when nothing is left
 
 Run 'cancel-worker <command> --help' for a command's flags.
@@ -80,6 +83,8 @@ func run(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 		return runBench(ctx, args, stdout, stderr)
 	case "replay":
 		return runReplay(ctx, args, env, os.Stdin, stdout, stderr)
+	case "cancel", "cancel-all":
+		return runCancel(ctx, cmd == "cancel-all", args, env, stdout, stderr)
 	case "flatten":
 		return runFlatten(ctx, args, env, stdout, stderr)
 	case "help":
@@ -146,7 +151,7 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		if rc.worker.Accounts == nil {
 			rc.worker.Accounts = map[string]worker.Account{}
 		}
-		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -159,13 +164,19 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 	if err != nil {
 		return err
 	}
+	var svc syncService
 	if rc.httpAddr != "" {
-		stopHTTP, err := serveHTTP(rc.httpAddr, reg, w.Ready, log)
+		stopHTTP, err := serveHTTP(rc.httpAddr, reg, svc.ready(w.Ready), log)
 		if err != nil {
 			return err
 		}
 		defer stopHTTP()
 	}
+	stopSvc, err := svc.start(ctx, nc, js, w, rc.worker, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopSvc()
 	return runOn(ctx, nc, w, log)
 }
 
@@ -182,11 +193,12 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ok, why := ready(); !ok {
+		ok, why := ready()
+		if !ok {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprintln(w, why)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

@@ -28,7 +28,7 @@ func TestREADMEPermissionsExample(t *testing.T) {
 	require.NoError(t, err)
 	block := regexp.MustCompile("(?s)An\\s+example to adapt.*?```\\n(accounts \\{.*?)```").FindSubmatch(readme)
 	require.NotNil(t, block, "the README's permissions example")
-	conf := "RISK_PASSWORD: risk-pw\nWORKER_PASSWORD: worker-pw\nREADER_PASSWORD: reader-pw\n" + string(block[1])
+	conf := "RISK_PASSWORD: risk-pw\nWORKER_PASSWORD: worker-pw\nREADER_PASSWORD: reader-pw\nDESK_PASSWORD: desk-pw\n" + string(block[1])
 	confFile := filepath.Join(t.TempDir(), "nats.conf")
 	require.NoError(t, os.WriteFile(confFile, []byte(conf), 0o600))
 	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir(), ConfigFile: confFile})
@@ -41,7 +41,22 @@ func TestREADMEPermissionsExample(t *testing.T) {
 	s := newStack(t, bybittest.Options{}, nil)
 	s.env["NATS_URL"] = "nats://" + url
 	s.env["NATS_USER"], s.env["NATS_PASSWORD"] = "cancel-worker", "worker-pw"
+	// Account hedge, with its own subjects, for the hedge desk.
+	accounts := filepath.Join(t.TempDir(), "accounts.yaml")
+	require.NoError(t, os.WriteFile(accounts, []byte(`accounts:
+  hedge:
+    apiKey: `+bybittest.DemoAPIKey+`
+    apiSecret: `+bybittest.DemoAPISecret+`
+    cancelSubject: orders.hedge.cancel
+    cancelAllSubject: orders.hedge.cancel-all
+    syncCancelSubject: orders.sync.hedge.cancel
+    syncCancelAllSubject: orders.sync.hedge.cancel-all
+`), 0o600))
+	s.env["BYBIT_ACCOUNTS_FILE"] = accounts
 	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-1"})
+	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-sync"})
+	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-desk"})
+	s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderID: "perm-cmd"})
 	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -94,6 +109,38 @@ func TestREADMEPermissionsExample(t *testing.T) {
 	var out, errOut bytes.Buffer
 	require.NoError(t, runReplay(context.Background(), nil, envFunc(env), strings.NewReader(""), &out, &errOut), errOut.String())
 	require.Contains(t, out.String(), "cancelled 1")
+
+	// Sync requests (orders.sync.>, $SRV.>).
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "sync service started") }, waitFor, 10*time.Millisecond, "%s", &logs)
+	reply, err := risk.Request("orders.sync.cancel", []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"perm-sync"}`), waitFor)
+	require.NoError(t, err, "the risk engine sends sync cancels")
+	answer, err := messages.DecodeAnswer(reply.Data)
+	require.NoError(t, err)
+	require.Equal(t, messages.StatusCancelled, answer.Status, "%s", reply.Data)
+	_, err = risk.Request("$SRV.INFO.cancel-worker", nil, waitFor)
+	require.NoError(t, err, "the risk engine sees the service (nats micro info)")
+
+	// The hedge desk cancels for account hedge, on its own subjects only.
+	desk, err := nats.Connect("nats://"+url, nats.UserInfo("hedge-desk", "desk-pw"))
+	require.NoError(t, err)
+	defer desk.Close()
+	reply, err = desk.Request("orders.sync.hedge.cancel", []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"perm-desk"}`), waitFor)
+	require.NoError(t, err, "the desk sends sync cancels on its own subject")
+	answer, err = messages.DecodeAnswer(reply.Data)
+	require.NoError(t, err)
+	require.Equal(t, messages.StatusCancelled, answer.Status, "%s", reply.Data)
+	require.Equal(t, "hedge", answer.Account)
+	for _, subject := range []string{"orders.sync.cancel", "orders.cancel"} {
+		_, err = desk.Request(subject, []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"perm-1","account":"hedge"}`), 2*time.Second)
+		require.Error(t, err, "the desk is refused on %s", subject)
+	}
+	// The operator's command, with the desk's credentials, on the desk's subject.
+	deskEnv := map[string]string{"NATS_URL": "nats://" + url, "NATS_USER": "hedge-desk", "NATS_PASSWORD": "desk-pw"}
+	out.Reset()
+	errOut.Reset()
+	require.NoError(t, runCancel(context.Background(), false, []string{"--subject", "orders.sync.hedge.cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "perm-cmd"},
+		envFunc(deskEnv), &out, &errOut), errOut.String())
+	require.Contains(t, out.String(), "cancelled  linear BTCUSDT orderId=perm-cmd account=hedge")
 	cancel()
 	require.NoError(t, <-done)
 }

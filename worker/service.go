@@ -1,0 +1,477 @@
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// Service names and defaults of the sync service.
+const (
+	// ServiceName is the micro service every replica registers.
+	ServiceName = "cancel-worker"
+	// ServiceQueueGroup is the queue group of its endpoints: one replica
+	// answers each request.
+	ServiceQueueGroup = "cancel-worker"
+	// DefaultSyncTimeout is how long a request waits without a
+	// Cancel-Timeout header: below `nats req`'s default 5 s, so that the
+	// caller gets the 504 naming the sequence rather than its own timeout.
+	DefaultSyncTimeout = 4 * time.Second
+)
+
+// ServiceVersion is what `nats micro info` shows.
+var ServiceVersion = "1.0.0"
+
+// ServiceConfig is what the sync service needs: its connections and the
+// worker's subjects (Config's stream, input, result, confirmed and sync
+// subjects, Confirm and SyncMaxTimeout).
+type ServiceConfig struct {
+	Conn   *nats.Conn
+	JS     jetstream.JetStream
+	Worker Config
+	// Registerer receives the service's metrics; nil: a private registry.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Service is the micro service `cancel-worker`: endpoint cancel on
+// Config.SyncCancelSubject and cancel-all on Config.SyncCancelAllSubject.
+// Each request is published through JetStream to the input subject and
+// answered with its stored result.
+type Service struct {
+	c       ServiceConfig
+	log     *slog.Logger
+	follow  *ResultFollower
+	metrics *serviceMetrics
+
+	mu       sync.Mutex
+	svc      micro.Service
+	off      string // why the service is off; empty while it runs
+	stopping bool
+	inFlight sync.WaitGroup
+	stopCtx  context.Context
+	stop     context.CancelFunc
+
+	stats map[string]*endpointStats
+}
+
+// endpointStats are what `nats micro stats` shows in an endpoint's data.
+type endpointStats struct {
+	Answered  int64   `json:"answered"`
+	Timeouts  int64   `json:"timeouts"`
+	Errors    int64   `json:"errors"`
+	Waiting   int64   `json:"waiting"`
+	WaitMsAvg float64 `json:"wait_ms_avg"`
+	WaitMsMax float64 `json:"wait_ms_max"`
+	totalWait time.Duration
+	waitCount int64
+}
+
+type serviceMetrics struct {
+	replies *prometheus.CounterVec
+	wait    *prometheus.HistogramVec
+	waiting *prometheus.GaugeVec
+}
+
+func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
+	m := &serviceMetrics{
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: "sync",
+			Name: "replies_total", Help: "Replies of the sync service by endpoint and outcome (answered, timeout, bad_request, unavailable, error)."},
+			[]string{"endpoint", "outcome"}),
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Subsystem: "sync",
+			Name: "wait_seconds", Help: "Time from a sync request to its reply, answered or timed out.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 4, 8, 16, 30, 60}}, []string{"endpoint"}),
+		waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Subsystem: "sync",
+			Name: "waiting", Help: "Sync requests waiting for their result now."}, []string{"endpoint"}),
+	}
+	reg.MustRegister(m.replies, m.wait, m.waiting)
+	return m
+}
+
+// Endpoint names.
+const (
+	EndpointCancel    = "cancel"
+	EndpointCancelAll = "cancel-all"
+)
+
+// NewService prepares the sync service; Start registers it.
+func NewService(c ServiceConfig) (*Service, error) {
+	if c.Conn == nil || c.JS == nil || c.Logger == nil {
+		return nil, errors.New("worker: ServiceConfig needs Conn, JS and Logger")
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	var confirmed string
+	if c.Worker.Confirm {
+		confirmed = c.Worker.ConfirmedSubject
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Service{
+		c: c, log: c.Logger, metrics: newServiceMetrics(c.Registerer),
+		follow: NewResultFollower(c.JS, FollowerConfig{
+			Stream: c.Worker.Stream, ResultSubjects: c.Worker.resultSubjects(), ConfirmedSubject: confirmed, Logger: c.Logger,
+		}),
+		stopCtx: ctx, stop: cancel,
+		stats: map[string]*endpointStats{EndpointCancel: {}, EndpointCancelAll: {}},
+		off:   "not started",
+	}, nil
+}
+
+// syncEndpoint is one endpoint of the sync service.
+type syncEndpoint struct {
+	name, subject, input, account string
+}
+
+// syncEndpoints are the service's endpoints: cancel and cancel-all, and
+// those of the accounts with their own sync subjects (cancel-<account>,
+// cancel-all-<account>).
+func (c Config) syncEndpoints() []syncEndpoint {
+	var out []syncEndpoint
+	if c.SyncCancelSubject != "" {
+		out = append(out, syncEndpoint{name: EndpointCancel, subject: c.SyncCancelSubject, input: c.CancelSubject})
+	}
+	if c.SyncCancelAllSubject != "" {
+		out = append(out, syncEndpoint{name: EndpointCancelAll, subject: c.SyncCancelAllSubject, input: c.CancelAllSubject})
+	}
+	for _, name := range c.accountNames() {
+		a := c.Accounts[name].Subjects
+		if a.SyncCancelSubject != "" {
+			out = append(out, syncEndpoint{name: EndpointCancel + "-" + endpointSafe(name), subject: a.SyncCancelSubject, input: a.CancelSubject, account: name})
+		}
+		if a.SyncCancelAllSubject != "" {
+			out = append(out, syncEndpoint{name: EndpointCancelAll + "-" + endpointSafe(name), subject: a.SyncCancelAllSubject, input: a.CancelAllSubject, account: name})
+		}
+	}
+	return out
+}
+
+// endpointSafe makes an account name a valid micro endpoint name.
+func endpointSafe(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+// Start checks that the stream does not capture a sync subject, starts
+// following the results and registers the service. A stream that captures
+// a sync subject (JetStream would answer the request with a receipt) leaves
+// the service off: Start logs a warning and returns nil, and Status says
+// why. Errors are those of NATS.
+func (s *Service) Start(ctx context.Context) error {
+	endpoints := s.c.Worker.syncEndpoints()
+	if len(endpoints) == 0 {
+		s.setOff("no sync subjects configured")
+		return nil
+	}
+	st, err := s.c.JS.Stream(ctx, s.c.Worker.Stream)
+	if err != nil {
+		return fmt.Errorf("sync service: look up stream %s: %w", s.c.Worker.Stream, err)
+	}
+	streamSubjects := st.CachedInfo().Config.Subjects
+	var captured []string
+	for _, ep := range endpoints {
+		if subjectCovered(streamSubjects, ep.subject) {
+			captured = append(captured, ep.subject)
+		}
+	}
+	if len(captured) > 0 {
+		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other sync subjects",
+			s.c.Worker.Stream, strings.Join(captured, ", "))
+		s.log.Warn(why)
+		s.setOff(why)
+		return nil
+	}
+	if err := s.follow.Start(ctx); err != nil {
+		return fmt.Errorf("sync service: %w", err)
+	}
+	svc, err := micro.AddService(s.c.Conn, micro.Config{
+		Name:        ServiceName,
+		Version:     ServiceVersion,
+		Description: "Cancel Bybit orders and wait for the stored result",
+		QueueGroup:  ServiceQueueGroup,
+		Metadata:    map[string]string{"stream": s.c.Worker.Stream},
+		StatsHandler: func(e *micro.Endpoint) any {
+			return s.endpointStats(e.Name)
+		},
+	})
+	if err != nil {
+		s.follow.Stop()
+		return fmt.Errorf("sync service: %w", err)
+	}
+	s.mu.Lock()
+	for _, ep := range endpoints {
+		s.stats[ep.name] = &endpointStats{}
+	}
+	s.mu.Unlock()
+	for _, ep := range endpoints {
+		md := map[string]string{"input": ep.input}
+		if ep.account != "" {
+			md["account"] = ep.account
+		}
+		if err := svc.AddEndpoint(ep.name, s.handler(ep.name, ep.input), micro.WithEndpointSubject(ep.subject),
+			micro.WithEndpointMetadata(md)); err != nil {
+			_ = svc.Stop()
+			s.follow.Stop()
+			return fmt.Errorf("sync service: endpoint %s on %s: %w", ep.name, ep.subject, err)
+		}
+	}
+	if err := s.c.Conn.Flush(); err != nil {
+		_ = svc.Stop()
+		s.follow.Stop()
+		return fmt.Errorf("sync service: register: %w", err)
+	}
+	s.mu.Lock()
+	s.svc, s.off = svc, ""
+	s.mu.Unlock()
+	subjects := make([]string, len(endpoints))
+	for i, ep := range endpoints {
+		subjects[i] = ep.subject
+	}
+	s.log.Info("sync service started", "service", ServiceName, "subjects", strings.Join(subjects, ","))
+	return nil
+}
+
+func (s *Service) setOff(why string) {
+	s.mu.Lock()
+	s.off = why
+	s.mu.Unlock()
+}
+
+// Status reports whether the service runs, and if not, why.
+func (s *Service) Status() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.off != "" {
+		return false, s.off
+	}
+	return true, "sync service on"
+}
+
+// Stop deregisters the service, answers every request still waiting with a
+// 503 that names its stream sequence, and stops following the results.
+func (s *Service) Stop() {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return
+	}
+	s.stopping = true
+	svc := s.svc
+	if s.off == "" {
+		s.off = "stopped"
+	}
+	s.mu.Unlock()
+	if svc != nil {
+		if err := svc.Stop(); err != nil {
+			s.log.Warn("sync service: stop", "error", err)
+		}
+	}
+	s.stop()
+	s.inFlight.Wait()
+	s.follow.Stop()
+}
+
+// handler hands each request to its own goroutine: micro runs a handler at
+// a time per endpoint, and a request waits for its result.
+func (s *Service) handler(endpoint, input string) micro.HandlerFunc {
+	return func(req micro.Request) {
+		s.mu.Lock()
+		if s.stopping {
+			s.mu.Unlock()
+			s.respondError(req, endpoint, "unavailable", 503, "cancel-worker is stopping: send the request again (another replica takes it)", nil)
+			return
+		}
+		s.inFlight.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.inFlight.Done()
+			s.handle(req, endpoint, input)
+		}()
+	}
+}
+
+// serviceReply is a reply to send.
+type serviceReply struct {
+	headers nats.Header
+	data    []byte
+}
+
+func (s *Service) handle(req micro.Request, endpoint, input string) {
+	start := time.Now()
+	h := nats.Header(req.Headers())
+	wait := h.Get(messages.HeaderWait)
+	switch wait {
+	case "", messages.WaitResult, messages.WaitConfirmed:
+	default:
+		s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: %q is not %s or %s", messages.HeaderWait, wait, messages.WaitResult, messages.WaitConfirmed), nil)
+		return
+	}
+	confirmed := wait == messages.WaitConfirmed
+	if confirmed && !s.c.Worker.Confirm {
+		s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: confirmed: confirmations are off on this worker (CONFIRM=false)", messages.HeaderWait), nil)
+		return
+	}
+	timeout := DefaultSyncTimeout
+	if v := h.Get(messages.HeaderTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: %q is not a positive Go duration such as 4s or 500ms", messages.HeaderTimeout, v), nil)
+			return
+		}
+		timeout = d
+	}
+	if max := s.c.Worker.SyncMaxTimeout; max > 0 && timeout > max {
+		timeout = max
+	}
+	msgID := h.Get(nats.MsgIdHdr)
+	if msgID == "" {
+		msgID = newMsgID()
+	}
+	replyHeaders := nats.Header{nats.MsgIdHdr: []string{msgID}, messages.HeaderStream: []string{s.c.Worker.Stream}}
+
+	ctx, cancel := context.WithTimeout(s.stopCtx, timeout)
+	defer cancel()
+	ack, err := s.c.JS.PublishMsg(ctx, &nats.Msg{Subject: input, Data: req.Data()},
+		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.c.Worker.Stream))
+	if err != nil {
+		switch {
+		case s.stopCtx.Err() != nil:
+			s.respondError(req, endpoint, "unavailable", 503, "cancel-worker is stopping before the stream acknowledged the request: send it again with the same Nats-Msg-Id "+msgID, replyHeaders)
+		case errors.Is(err, context.DeadlineExceeded):
+			s.respondError(req, endpoint, "timeout", 504, fmt.Sprintf("stream %s did not acknowledge the request within %v: it may be stored; send it again with the same Nats-Msg-Id %s", s.c.Worker.Stream, timeout, msgID), replyHeaders)
+		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
+			s.respondError(req, endpoint, "unavailable", 503, fmt.Sprintf("no stream stored the request on %s: is stream %s up and capturing it?", input, s.c.Worker.Stream), replyHeaders)
+		default:
+			s.respondError(req, endpoint, "error", 500, fmt.Sprintf("stream %s refused the request on %s: %v", s.c.Worker.Stream, input, err), replyHeaders)
+		}
+		return
+	}
+	replyHeaders.Set(messages.HeaderRequestSeq, strconv.FormatUint(ack.Sequence, 10))
+	if ack.Duplicate {
+		replyHeaders.Set(messages.HeaderDuplicate, "true")
+	}
+
+	s.waiting(endpoint, 1)
+	ans, err := s.follow.Wait(ctx, ack.Sequence, confirmed)
+	s.waiting(endpoint, -1)
+	waited := time.Since(start)
+	if err != nil {
+		var data []byte
+		what := "result"
+		if ans.Result != nil {
+			what = "confirmations"
+			data, _ = ans.Marshal(true)
+		}
+		if s.stopCtx.Err() != nil {
+			s.respondError(req, endpoint, "unavailable", 503, fmt.Sprintf("cancel-worker is stopping: the request is stored in stream %s at sequence %d; its result will be on the result subjects", s.c.Worker.Stream, ack.Sequence), replyHeaders)
+			return
+		}
+		s.observeWait(endpoint, waited, true)
+		s.respondError(req, endpoint, "timeout", 504, fmt.Sprintf("no %s within %v for the request stored in stream %s at sequence %d: find it later by requestSeq %d on the result subjects", what, timeout, s.c.Worker.Stream, ack.Sequence, ack.Sequence), replyHeaders, data)
+		return
+	}
+	data, err := ans.Marshal(confirmed)
+	if err != nil {
+		s.respondError(req, endpoint, "error", 500, "encode the answer: "+err.Error(), replyHeaders)
+		return
+	}
+	s.observeWait(endpoint, waited, false)
+	s.respond(req, endpoint, "answered", serviceReply{headers: replyHeaders, data: data})
+}
+
+// respondError answers with micro's error headers, set here (micro's own
+// Error records the error after the handler returns, which races with a
+// reply from another goroutine).
+func (s *Service) respondError(req micro.Request, endpoint, outcome string, code int, description string, headers nats.Header, data ...[]byte) {
+	hdr := nats.Header{}
+	for k, v := range headers {
+		hdr[k] = v
+	}
+	hdr.Set(micro.ErrorHeader, description)
+	hdr.Set(micro.ErrorCodeHeader, strconv.Itoa(code))
+	var body []byte
+	if len(data) > 0 {
+		body = data[0]
+	}
+	if outcome != "timeout" {
+		s.mu.Lock()
+		s.stats[endpoint].Errors++
+		s.mu.Unlock()
+	}
+	s.respond(req, endpoint, outcome, serviceReply{headers: hdr, data: body})
+}
+
+func (s *Service) respond(req micro.Request, endpoint, outcome string, r serviceReply) {
+	s.metrics.replies.WithLabelValues(endpoint, outcome).Inc()
+	if req.Reply() == "" {
+		return // published, not requested: nobody to answer
+	}
+	if err := s.c.Conn.PublishMsg(&nats.Msg{Subject: req.Reply(), Header: r.headers, Data: r.data}); err != nil {
+		s.log.Warn("sync service: reply not sent", "endpoint", endpoint, "error", err)
+	}
+}
+
+func (s *Service) waiting(endpoint string, d int64) {
+	s.metrics.waiting.WithLabelValues(endpoint).Add(float64(d))
+	s.mu.Lock()
+	s.stats[endpoint].Waiting += d
+	s.mu.Unlock()
+}
+
+func (s *Service) observeWait(endpoint string, d time.Duration, timedOut bool) {
+	s.metrics.wait.WithLabelValues(endpoint).Observe(d.Seconds())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats[endpoint]
+	if timedOut {
+		st.Timeouts++
+	} else {
+		st.Answered++
+	}
+	st.totalWait += d
+	st.waitCount++
+	st.WaitMsAvg = float64(st.totalWait.Microseconds()) / 1000 / float64(st.waitCount)
+	st.WaitMsMax = max(st.WaitMsMax, float64(d.Microseconds())/1000)
+}
+
+// endpointStats is the data `nats micro stats` shows for an endpoint.
+func (s *Service) endpointStats(endpoint string) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.stats[endpoint]
+	if !ok {
+		return nil
+	}
+	return json.RawMessage(mustJSON(*st))
+}
+
+func mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// newMsgID is a Nats-Msg-Id for a request that came without one.
+func newMsgID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "sync-" + hex.EncodeToString(b)
+}

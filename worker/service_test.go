@@ -1,0 +1,392 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+)
+
+// withSync turns the sync service's subjects on.
+func (e *env) withSync() {
+	e.cfg.SyncCancelSubject = "orders.sync.cancel"
+	e.cfg.SyncCancelAllSubject = "orders.sync.cancel-all"
+	e.cfg.SyncMaxTimeout = 30 * time.Second
+}
+
+// service starts the sync service on its own connection until the test
+// ends.
+func (e *env) service() *worker.Service {
+	e.t.Helper()
+	nc, err := nats.Connect(e.ns.ClientURL())
+	require.NoError(e.t, err)
+	e.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(e.t, err)
+	s, err := worker.NewService(worker.ServiceConfig{Conn: nc, JS: js, Worker: e.cfg, Logger: e.cfg.Logger})
+	require.NoError(e.t, err)
+	require.NoError(e.t, s.Start(context.Background()))
+	e.t.Cleanup(s.Stop)
+	return s
+}
+
+// syncRequest sends a request to a sync endpoint and returns the reply.
+func (e *env) syncRequest(subject string, body any, hdr nats.Header) *nats.Msg {
+	e.t.Helper()
+	data, ok := body.([]byte)
+	if !ok {
+		if s, isStr := body.(string); isStr {
+			data = []byte(s)
+		} else {
+			var err error
+			data, err = json.Marshal(body)
+			require.NoError(e.t, err)
+		}
+	}
+	reply, err := e.nc.RequestMsg(&nats.Msg{Subject: subject, Data: data, Header: hdr}, waitFor)
+	require.NoError(e.t, err)
+	return reply
+}
+
+func requireAnswer(t *testing.T, reply *nats.Msg) messages.Answer {
+	t.Helper()
+	require.Empty(t, reply.Header.Get(micro.ErrorCodeHeader), "an answer, not an error: %s", reply.Header.Get(micro.ErrorHeader))
+	a, err := messages.DecodeAnswer(reply.Data)
+	require.NoError(t, err)
+	seq, err := strconv.ParseUint(reply.Header.Get(messages.HeaderRequestSeq), 10, 64)
+	require.NoError(t, err)
+	require.Equal(t, seq, a.RequestSeq, "the reply names the request's sequence")
+	return a
+}
+
+func TestSyncCancelIsAnsweredWithItsStoredResult(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	e.service()
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	reply := e.syncRequest("orders.sync.cancel", cancelBody(o, false, "sync-1"), nil)
+	a := requireAnswer(t, reply)
+	require.Equal(t, messages.StatusCancelled, a.Status)
+	require.Equal(t, "sync-1", a.RequestID)
+	require.Equal(t, o.OrderID, a.OrderID)
+	require.NotEmpty(t, reply.Header.Get(nats.MsgIdHdr), "a generated Nats-Msg-Id, for a retry")
+	stored := e.waitResults(1)[a.RequestSeq]
+	require.Equal(t, stored, a.Result, "the reply is the stored result")
+	require.Nil(t, a.Confirmations)
+	// The request itself is in the stream, as a published one would be.
+	msg, err := e.js.Stream(context.Background(), e.cfg.Stream)
+	require.NoError(t, err)
+	raw, err := msg.GetMsg(context.Background(), a.RequestSeq)
+	require.NoError(t, err)
+	require.Equal(t, e.cfg.CancelSubject, raw.Subject)
+	require.Equal(t, reply.Header.Get(nats.MsgIdHdr), raw.Header.Get(nats.MsgIdHdr))
+	st, _ := e.ex.Order("linear", o.OrderID)
+	require.Equal(t, "Cancelled", st.Status)
+}
+
+func TestSyncCancelAllIsAnsweredWithItsResult(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	e.service()
+	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	a := requireAnswer(t, e.syncRequest("orders.sync.cancel-all", map[string]string{"category": "linear", "symbol": "BTCUSDT"}, nil))
+	require.Equal(t, messages.StatusCancelled, a.Status, "%+v", a)
+	require.Len(t, a.Orders, 2)
+	for _, o := range []bybittest.Order{o1, o2} {
+		st, _ := e.ex.Order("linear", o.OrderID)
+		require.Equal(t, "Cancelled", st.Status)
+	}
+}
+
+func TestSyncCancelIsAnsweredByTheOtherReplica(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	// Replica A only answers (its worker is not pulling); replica B's
+	// worker stores every result.
+	e.service()
+	e.start()
+	for i := range 3 {
+		o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+		a := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o, false, fmt.Sprint("r", i)), nil))
+		require.Equal(t, messages.StatusCancelled, a.Status)
+		require.Equal(t, o.OrderID, a.OrderID)
+	}
+}
+
+func TestSyncDuplicateIsAnsweredFromTheOriginalsResult(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	// Stored before the service started: found in the stream.
+	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	before := e.publish(cancelBody(o1, false, "before"), "id-before")
+	e.waitResults(1)
+	e.service()
+	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	first := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o2, false, "after"), nats.Header{nats.MsgIdHdr: []string{"id-after"}}))
+	require.Equal(t, messages.StatusCancelled, first.Status)
+
+	for _, c := range []struct {
+		id      string
+		seq     uint64
+		orderID string
+	}{{"id-before", before, o1.OrderID}, {"id-after", first.RequestSeq, o2.OrderID}} {
+		// A retry after a lost reply: same Nats-Msg-Id, same body.
+		reply := e.syncRequest("orders.sync.cancel", map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": c.orderID}, nats.Header{nats.MsgIdHdr: []string{c.id}})
+		a := requireAnswer(t, reply)
+		require.Equal(t, "true", reply.Header.Get(messages.HeaderDuplicate))
+		require.Equal(t, c.seq, a.RequestSeq, "the original's result")
+		require.Equal(t, messages.StatusCancelled, a.Status, "not a second cancel (not_open)")
+	}
+	e.settled()
+	require.EqualValues(t, 2, e.storedResults(), "a duplicate is neither stored nor answered twice")
+}
+
+func TestSyncInvalidBodyIsAnsweredInvalid(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	e.service()
+	a := requireAnswer(t, e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT"}`, nil))
+	require.Equal(t, messages.StatusInvalid, a.Status)
+	require.Contains(t, a.Error, "orderId")
+	require.Equal(t, 0, e.cancelRequests(), "nothing sent to the exchange")
+}
+
+func TestSyncTimeoutIsA504NamingTheSequence(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.service() // no worker: nothing answers
+	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"200ms"}})
+	require.Equal(t, "504", reply.Header.Get(micro.ErrorCodeHeader))
+	seq := reply.Header.Get(messages.HeaderRequestSeq)
+	require.NotEmpty(t, seq)
+	require.Contains(t, reply.Header.Get(micro.ErrorHeader), "at sequence "+seq)
+
+	// The request stays stored: a worker started later answers it.
+	e.start()
+	got := e.waitResults(1)
+	n, _ := strconv.ParseUint(seq, 10, 64)
+	require.Contains(t, got, n)
+}
+
+func TestSyncBadHeadersAndStoppingAreClearErrors(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	s := e.service()
+	body := `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`
+	for hdr, value := range map[string]string{messages.HeaderTimeout: "soon", messages.HeaderWait: "forever"} {
+		reply := e.syncRequest("orders.sync.cancel", body, nats.Header{hdr: []string{value}})
+		require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader))
+		require.Contains(t, reply.Header.Get(micro.ErrorHeader), hdr)
+	}
+	reply := e.syncRequest("orders.sync.cancel", body, nats.Header{messages.HeaderWait: []string{messages.WaitConfirmed}})
+	require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader), "confirmations are off")
+
+	// A stop answers the waiting request at once, naming its sequence.
+	replies := make(chan *nats.Msg, 1)
+	go func() {
+		m, err := e.nc.RequestMsg(&nats.Msg{Subject: "orders.sync.cancel", Data: []byte(body), Header: nats.Header{messages.HeaderTimeout: []string{"30s"}}}, waitFor)
+		if err == nil {
+			replies <- m
+		}
+		close(replies)
+	}()
+	require.Eventually(t, func() bool { return waitingOf(t, e.nc, "cancel") == 1 }, waitFor, 10*time.Millisecond)
+	s.Stop()
+	m := <-replies
+	require.NotNil(t, m)
+	require.Equal(t, "503", m.Header.Get(micro.ErrorCodeHeader))
+	require.Contains(t, m.Header.Get(micro.ErrorHeader), "at sequence "+m.Header.Get(messages.HeaderRequestSeq))
+	ok, why := s.Status()
+	require.False(t, ok)
+	require.Equal(t, "stopped", why)
+}
+
+func TestSyncRefusedPublishIsA503(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.service()
+	// The stream no longer captures the input subject.
+	s, err := e.js.Stream(context.Background(), e.cfg.Stream)
+	require.NoError(t, err)
+	cfg := s.CachedInfo().Config
+	cfg.Subjects = []string{e.cfg.CancelAllSubject, e.cfg.AckSubject, e.cfg.RejectedSubject}
+	_, err = e.js.UpdateStream(context.Background(), cfg)
+	require.NoError(t, err)
+	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nil)
+	require.Equal(t, "503", reply.Header.Get(micro.ErrorCodeHeader))
+	require.Contains(t, reply.Header.Get(micro.ErrorHeader), "orders.cancel")
+}
+
+func TestSyncConfirmedWaitCarriesTheConfirmations(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.withConfirm(10 * time.Second)
+	e.start()
+	e.service()
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	filled := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", FillOnCancel: true})
+	for _, c := range []struct {
+		o      bybittest.Order
+		status string
+	}{{o, "Cancelled"}, {filled, "Filled"}} {
+		a := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(c.o, false, ""), nats.Header{messages.HeaderWait: []string{messages.WaitConfirmed}}))
+		require.Equal(t, messages.StatusCancelled, a.Status)
+		require.Len(t, a.Confirmations, 1)
+		require.Equal(t, c.status, a.Confirmations[0].OrderStatus)
+		require.True(t, a.Confirmations[0].Final)
+		require.Equal(t, a.RequestSeq, a.Confirmations[0].RequestSeq)
+	}
+	// Without the header the reply does not wait for them.
+	o3 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	a := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o3, false, ""), nil))
+	require.Nil(t, a.Confirmations)
+}
+
+func TestThousandConcurrentSyncCancelsAreEachAnsweredOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{AutoCreate: true, Limits: map[string]int{}})
+	e.withSync()
+	e.cfg.Limits = map[string]int{}
+	e.start()
+	e.service()
+	const n = 1000
+	inbox := nats.NewInbox()
+	var mu sync.Mutex
+	replies := map[string][]*nats.Msg{}
+	sub, err := e.nc.Subscribe(inbox+".*", func(m *nats.Msg) {
+		mu.Lock()
+		replies[m.Subject] = append(replies[m.Subject], m)
+		mu.Unlock()
+	})
+	require.NoError(t, err)
+	require.NoError(t, sub.SetPendingLimits(-1, -1))
+	for i := range n {
+		body := fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"o-%d"}`, i)
+		require.NoError(t, e.nc.PublishMsg(&nats.Msg{Subject: "orders.sync.cancel", Reply: fmt.Sprintf("%s.%d", inbox, i), Data: []byte(body),
+			Header: nats.Header{messages.HeaderTimeout: []string{"30s"}}}))
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(replies) == n
+	}, 2*waitFor, 10*time.Millisecond, "replies: %d, stats %+v", func() int { mu.Lock(); defer mu.Unlock(); return len(replies) }(), statsOf(t, e.nc, "cancel"))
+	// Every reply the service sent has arrived once the stats say so.
+	require.Eventually(t, func() bool { return answeredOf(t, e.nc, "cancel") == n }, waitFor, 10*time.Millisecond)
+	require.NoError(t, e.nc.Flush())
+	mu.Lock()
+	defer mu.Unlock()
+	seqs := map[uint64]bool{}
+	for subj, ms := range replies {
+		require.Len(t, ms, 1, "one reply to %s", subj)
+		a := requireAnswer(t, ms[0])
+		require.Equal(t, messages.StatusCancelled, a.Status)
+		require.False(t, seqs[a.RequestSeq])
+		seqs[a.RequestSeq] = true
+		var i int
+		_, err := fmt.Sscanf(subj[len(inbox)+1:], "%d", &i)
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprint("o-", i), a.OrderID, "each reply answers its own request")
+	}
+}
+
+func TestSyncServiceStaysOffWhenTheStreamCapturesItsSubject(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	// An operator's stream that captures everything under orders.>.
+	require.NoError(t, e.js.DeleteStream(context.Background(), e.cfg.Stream))
+	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: e.cfg.Stream, Subjects: []string{"orders.>"}, Duplicates: time.Hour})
+	require.NoError(t, err)
+	e.start()
+	s := e.service()
+	ok, why := s.Status()
+	require.False(t, ok)
+	require.Contains(t, why, "captures orders.sync.cancel, orders.sync.cancel-all")
+	require.Contains(t, e.logs.String(), "sync service off")
+	_, err = e.nc.Request("$SRV.PING."+worker.ServiceName, nil, time.Second)
+	require.ErrorIs(t, err, nats.ErrNoResponders, "the service is not registered")
+	// The cancel path runs as before.
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	seq := e.publish(cancelBody(o, false, ""), "")
+	require.Equal(t, messages.StatusCancelled, e.waitResults(1)[seq].Status)
+}
+
+func TestSyncServiceAnswersMicroInfoAndStats(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	e.service()
+	reply, err := e.nc.Request("$SRV.INFO."+worker.ServiceName, nil, waitFor)
+	require.NoError(t, err)
+	var info micro.Info
+	require.NoError(t, json.Unmarshal(reply.Data, &info))
+	require.Equal(t, worker.ServiceName, info.Name)
+	subjects := map[string]string{}
+	for _, ep := range info.Endpoints {
+		subjects[ep.Name] = ep.Subject
+		require.Equal(t, worker.ServiceQueueGroup, ep.QueueGroup)
+	}
+	require.Equal(t, map[string]string{"cancel": "orders.sync.cancel", "cancel-all": "orders.sync.cancel-all"}, subjects)
+
+	e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"100ms"}})
+	require.Eventually(t, func() bool { return answeredOf(t, e.nc, "cancel") == 1 }, waitFor, 10*time.Millisecond)
+}
+
+type syncStats struct {
+	Answered int64 `json:"answered"`
+	Timeouts int64 `json:"timeouts"`
+	Waiting  int64 `json:"waiting"`
+}
+
+func statsOf(t *testing.T, nc *nats.Conn, endpoint string) syncStats {
+	t.Helper()
+	reply, err := nc.Request("$SRV.STATS."+worker.ServiceName, nil, waitFor)
+	require.NoError(t, err)
+	var st micro.Stats
+	require.NoError(t, json.Unmarshal(reply.Data, &st))
+	for _, ep := range st.Endpoints {
+		if ep.Name == endpoint {
+			var s syncStats
+			require.NoError(t, json.Unmarshal(ep.Data, &s))
+			return s
+		}
+	}
+	t.Fatalf("no endpoint %s in %s", endpoint, reply.Data)
+	return syncStats{}
+}
+
+func answeredOf(t *testing.T, nc *nats.Conn, endpoint string) int64 {
+	s := statsOf(t, nc, endpoint)
+	return s.Answered + s.Timeouts
+}
+
+func waitingOf(t *testing.T, nc *nats.Conn, endpoint string) int64 {
+	return statsOf(t, nc, endpoint).Waiting
+}

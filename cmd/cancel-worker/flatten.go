@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
@@ -32,17 +35,33 @@ func (f *flattenFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.format, "format", "text", "text, or json (the result as the worker published it)")
 }
 
-// runFlatten publishes {"scope":"account"} on the cancel-all subject and
-// waits for its one result on the result subjects by requestSeq. It fails
-// (exit 1) unless the result is complete: nothing left open on the account.
+// flattenSettings are what flatten reads: how to reach NATS, the stream and
+// its subjects, and the sync service's cancel-all subject.
+var flattenSettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
+	switch s.env {
+	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
+		"NATS_CANCEL_ALL_PROGRESS_SUBJECT", "NATS_SYNC_CANCEL_SUBJECT":
+		return true
+	}
+	return !strings.HasPrefix(s.env, "NATS_")
+})
+
+// runFlatten sends {"scope":"account"} through the sync service's cancel-all
+// endpoint (or, with the service off, publishes it on the cancel-all
+// subject) and waits for its one result, past the service's timeout cap by
+// requestSeq on the result subjects. It succeeds (exit 0) only when the
+// result is complete: nothing left open on the account.
 func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
 	var f flattenFlags
-	v, err := parseSettings("flatten", replaySettings, args, env, stderr, f.register)
+	v, err := parseSettings("flatten", flattenSettings, args, env, stderr, f.register)
 	if err != nil {
 		return err
 	}
 	if f.format != "text" && f.format != "json" {
 		return fmt.Errorf("--format %q is not text or json", f.format)
+	}
+	if f.timeout <= 0 {
+		return fmt.Errorf("--timeout must be positive, not %v", f.timeout)
 	}
 	if f.requestID == "" {
 		f.requestID = "flatten-" + strings.ToLower(rand.Text()[:12])
@@ -52,7 +71,7 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 		return err
 	}
 	if _, err := messages.DecodeCancelAll(body); err != nil {
-		return err
+		return &exitError{code: exitRejected, msg: "invalid request, not sent: " + err.Error()}
 	}
 	p := &parser{v: v}
 	nc := p.natsConfig()
@@ -73,36 +92,86 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: p.str("NATS_CANCEL_ALL_SUBJECT"), Data: body},
-		jetstream.WithMsgID(f.requestID), jetstream.WithExpectStream(p.str("NATS_STREAM")))
-	if err != nil {
-		return fmt.Errorf("publish the flatten request: %w", err)
-	}
-	note := ""
-	if ack.Duplicate {
-		note = " (already in the stream: waiting for that request's result)"
-	}
-	fmt.Fprintf(stderr, "flatten of account %q published as %s, stream sequence %d%s; waiting for its result\n",
-		accountName(f.account), f.requestID, ack.Sequence, note)
+	stream := p.str("NATS_STREAM")
 
-	r, err := waitResult(ctx, js, p.str("NATS_STREAM"), ack.Sequence, p.str("NATS_ACK_SUBJECT"), p.str("NATS_REJECTED_SUBJECT"))
+	seq, r, err := flattenViaService(ctx, conn, p.str("NATS_SYNC_CANCEL_ALL_SUBJECT"), body, f, stderr)
 	if err != nil {
 		return err
+	}
+	if seq == 0 {
+		// No sync service: the input subject, as any publisher.
+		ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: p.str("NATS_CANCEL_ALL_SUBJECT"), Data: body},
+			jetstream.WithMsgID(f.requestID), jetstream.WithExpectStream(stream))
+		if err != nil {
+			return fmt.Errorf("publish the flatten request: %w", err)
+		}
+		seq = ack.Sequence
+		note := ""
+		if ack.Duplicate {
+			note = " (already in the stream: waiting for that request's result)"
+		}
+		fmt.Fprintf(stderr, "flatten of account %q published as %s, stream sequence %d%s; waiting for its result\n",
+			accountName(f.account), f.requestID, seq, note)
+	}
+	if r == nil {
+		res, err := waitResult(ctx, js, stream, seq, p.str("NATS_ACK_SUBJECT"), p.str("NATS_REJECTED_SUBJECT"))
+		if err != nil {
+			return &exitError{code: exitTimeout, msg: err.Error()}
+		}
+		r = &res
 	}
 	if f.format == "json" {
 		data, _ := r.Marshal()
 		fmt.Fprintln(stdout, string(data))
 	} else {
-		writeFlatten(stdout, r)
+		writeFlatten(stdout, *r)
 	}
 	if r.Complete == nil || !*r.Complete || r.Status != messages.StatusCancelled {
 		reason := r.LastError
 		if reason == "" {
 			reason = r.Error
 		}
-		return fmt.Errorf("flatten not complete (%s): %s", r.Status, reason)
+		return &exitError{code: exitRejected, msg: fmt.Sprintf("flatten not complete (%s): %s", r.Status, reason)}
 	}
 	return nil
+}
+
+// flattenViaService sends the flatten to the sync service. It returns the
+// request's sequence (0: no service answers, nothing was sent through it)
+// and its result when the service had it within its timeout.
+func flattenViaService(ctx context.Context, conn *nats.Conn, subject string, body []byte, f flattenFlags, stderr io.Writer) (uint64, *messages.Result, error) {
+	if subject == "" {
+		return 0, nil, nil
+	}
+	deadline, _ := ctx.Deadline()
+	hdr := nats.Header{messages.HeaderTimeout: []string{time.Until(deadline).Round(time.Millisecond).String()}, nats.MsgIdHdr: []string{f.requestID}}
+	reply, err := conn.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: body})
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return 0, nil, nil
+	case err != nil:
+		return 0, nil, fmt.Errorf("request on %s: %w", subject, err)
+	}
+	seq, _ := strconv.ParseUint(reply.Header.Get(messages.HeaderRequestSeq), 10, 64)
+	if code := reply.Header.Get(micro.ErrorCodeHeader); code != "" {
+		if code == "504" && seq != 0 {
+			// The service's wait is capped (SYNC_MAX_TIMEOUT): the request
+			// is stored; its result is read from the stream.
+			fmt.Fprintf(stderr, "flatten %s at stream sequence %d still running past the service's wait; waiting for its result\n", f.requestID, seq)
+			return seq, nil, nil
+		}
+		return 0, nil, &exitError{code: exitOther, msg: fmt.Sprintf("the service answered %s: %s", code, reply.Header.Get(micro.ErrorHeader))}
+	}
+	a, err := messages.DecodeAnswer(reply.Data)
+	if err != nil || seq == 0 {
+		return 0, nil, fmt.Errorf("unreadable reply from the service on %s: %v", subject, err)
+	}
+	note := ""
+	if reply.Header.Get(messages.HeaderDuplicate) == "true" {
+		note = " (already in the stream: that request's result)"
+	}
+	fmt.Fprintf(stderr, "flatten of account %q sent as %s through the sync service, stream sequence %d%s\n", accountName(f.account), f.requestID, seq, note)
+	return seq, &a.Result, nil
 }
 
 func accountName(a string) string {

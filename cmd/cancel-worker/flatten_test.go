@@ -41,7 +41,7 @@ func TestFlattenCommandExitsZeroOnlyWhenNothingIsLeft(t *testing.T) {
 
 	out, errOut, err := s.flattenCmd("--request-id", "incident-1")
 	require.NoError(t, err, "%s\n%s", out, errOut)
-	require.Contains(t, errOut, `flatten of account "default" published as incident-1`)
+	require.Contains(t, errOut, `flatten of account "default" sent as incident-1 through the sync service`)
 	require.Contains(t, out, "status cancelled, complete true, 3 orders cancelled")
 	require.Contains(t, out, "inverse  1 cancelled")
 	require.Contains(t, out, "nothing left open")
@@ -57,4 +57,20 @@ func TestFlattenCommandExitsZeroOnlyWhenNothingIsLeft(t *testing.T) {
 	require.Contains(t, out, "left open:")
 	require.Contains(t, out, "option")
 	require.NotContains(t, out, quote.OrderID, "the quote left is a new one")
+	require.Equal(t, exitRejected, exitCode(err))
+}
+
+// Without the sync service the request goes on the cancel-all subject and
+// the result is read back by its stream sequence.
+func TestFlattenCommandWithoutTheSyncServiceWaitsOnTheResultSubjects(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{}, nil)
+	s.env["NATS_SYNC_CANCEL_ALL_SUBJECT"] = ""
+	s.env["NATS_SYNC_CANCEL_SUBJECT"] = ""
+	s.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT", Kind: "StopOrder"})
+	s.runWorkerInBackground()
+	out, errOut, err := s.flattenCmd("--account", "", "--request-id", "incident-2")
+	require.NoError(t, err, "%s\n%s", out, errOut)
+	require.Contains(t, errOut, "published as incident-2")
+	require.Contains(t, out, "spot     1 cancelled")
 }

@@ -95,6 +95,8 @@ type account struct {
 	limits map[string]int
 	group  string
 	wsURL  string
+	// dcp is the account's dead-man switch; nil: not armed.
+	dcp *dcpState
 
 	syncMu   sync.Mutex
 	lastSync time.Time
@@ -121,7 +123,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
@@ -130,7 +132,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
@@ -178,6 +180,9 @@ func (w *Worker) Ready() (bool, string) {
 		if _, ok := a.client.ClockOffset(); !ok {
 			return false, "clock offset to Bybit not measured for account " + a.name
 		}
+	}
+	if dcp := w.DCPStatus(); dcp != "" {
+		return true, "ready; " + dcp
 	}
 	return true, "ready"
 }

@@ -146,12 +146,15 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		}
 		if name == worker.DefaultAccount {
 			client, rc.worker.WSURL = c, a.wsURL
+			if a.dcpWindow != 0 {
+				rc.worker.DCPWindow = a.dcpWindow
+			}
 			continue
 		}
 		if rc.worker.Accounts == nil {
 			rc.worker.Accounts = map[string]worker.Account{}
 		}
-		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects, DCPWindow: a.dcpWindow}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

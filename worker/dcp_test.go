@@ -1,0 +1,159 @@
+package worker_test
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+)
+
+// dcpSetup is an env whose default account arms the dead-man switch with
+// window; one simulated second lasts second. Events of the simulator's
+// countdowns arrive on the channel.
+func dcpSetup(t *testing.T, window, second time.Duration) (*env, *dcpEvents) {
+	events := &dcpEvents{}
+	e := setup(t, bybittest.Options{DCPSecond: second, OnDCP: events.add})
+	e.withConfirm(10 * time.Second)
+	e.cfg.DCPWindow = window
+	return e, events
+}
+
+// restingEverywhere puts one resting order in each category.
+func restingEverywhere(ex *bybittest.Exchange) []bybittest.Order {
+	return []bybittest.Order{
+		ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT", Kind: "tpslOrder"}),
+		ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}),
+		ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "ETHUSD"}),
+		ex.AddOrder(bybittest.Order{Category: "option", Symbol: "BTC-27MAR26-100000-C"}),
+	}
+}
+
+// dcpEvents collects the simulator's DCP events.
+type dcpEvents struct {
+	mu  sync.Mutex
+	evs []bybittest.DCPEvent
+}
+
+func (d *dcpEvents) add(ev bybittest.DCPEvent) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.evs = append(d.evs, ev)
+}
+
+// waitDCP waits for an event of kind for product.
+func waitDCP(t *testing.T, d *dcpEvents, kind, product string) bybittest.DCPEvent {
+	t.Helper()
+	var got bybittest.DCPEvent
+	require.Eventually(t, func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, ev := range d.evs {
+			if ev.Kind == kind && ev.Product == product {
+				got = ev
+				return true
+			}
+		}
+		return false
+	}, waitFor, 5*time.Millisecond, "no DCP %s event for %s", kind, product)
+	return got
+}
+
+func (e *env) requireArmedReplicas(n int) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
+			if e.ex.DCPSubscribers("demo", p) != n {
+				return false
+			}
+		}
+		return true
+	}, waitFor, 5*time.Millisecond, "%d replicas subscribed to every dcp topic\n%s", n, e.logs)
+}
+
+// Both replicas gone: once the window passes, Bybit (the simulator)
+// cancels every order of the account in every category.
+func TestDCPArmedFiresWhenEveryReplicaIsGone(t *testing.T) {
+	t.Parallel()
+	e, events := dcpSetup(t, 3*time.Second, 10*time.Millisecond)
+	orders := restingEverywhere(e.ex)
+	a, b := e.start(), e.start()
+	e.requireArmedReplicas(2)
+	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
+		require.Equal(t, 3, e.ex.DCPWindow("demo", p), "the window is set for %s", p)
+	}
+	ok, why := a.w.Ready()
+	require.True(t, ok)
+	require.Contains(t, why, "dead-man switch (Bybit DCP): account default: armed, window 3s")
+	require.Contains(t, e.logs.String(), "dead-man switch armed")
+
+	a.stop()
+	b.stop()
+	fired := map[string]int{}
+	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
+		fired[p] = waitDCP(t, events, "fired", p).Cancelled
+	}
+	require.Equal(t, map[string]int{"DERIVATIVES": 2, "SPOT": 1, "OPTIONS": 1}, fired)
+	for _, o := range orders {
+		st, _ := e.ex.Order(o.Category, o.OrderID)
+		require.Equal(t, "CancelByDCP", st.CancelType, "%s", o.Category)
+	}
+}
+
+// One replica stopped, the other alive: no countdown starts, nothing is
+// cancelled.
+func TestDCPWithOneReplicaAliveCancelsNothing(t *testing.T) {
+	t.Parallel()
+	e, _ := dcpSetup(t, 3*time.Second, 10*time.Millisecond)
+	orders := restingEverywhere(e.ex)
+	a, _ := e.start(), e.start()
+	e.requireArmedReplicas(2)
+	a.stop()
+	e.requireArmedReplicas(1)
+	// The simulator starts a countdown as the last subscribed connection
+	// goes; with one left there is none to wait out.
+	require.Zero(t, e.ex.DCPCountdowns())
+	for _, o := range orders {
+		st, _ := e.ex.Order(o.Category, o.OrderID)
+		require.True(t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
+	}
+}
+
+// Both replicas gone, one restarted inside the window: the countdown stops
+// and nothing is cancelled.
+func TestDCPReplicaRestartedInsideTheWindowCancelsNothing(t *testing.T) {
+	t.Parallel()
+	// 300 simulated seconds of a real second each: the restart is inside.
+	e, events := dcpSetup(t, 300*time.Second, time.Second)
+	orders := restingEverywhere(e.ex)
+	a, b := e.start(), e.start()
+	e.requireArmedReplicas(2)
+	a.stop()
+	b.stop()
+	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
+		waitDCP(t, events, "countdown", p)
+	}
+	e.start()
+	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
+		waitDCP(t, events, "stopped", p)
+	}
+	e.requireArmedReplicas(1)
+	require.Zero(t, e.ex.DCPCountdowns())
+	for _, o := range orders {
+		st, _ := e.ex.Order(o.Category, o.OrderID)
+		require.True(t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
+	}
+}
+
+func TestDCPWindowIsCheckedAtConfiguration(t *testing.T) {
+	t.Parallel()
+	e, _ := dcpSetup(t, 2*time.Second, time.Second)
+	_, err := worker.New(e.cfg, e.js, e.client())
+	require.ErrorContains(t, err, "BYBIT_DCP_WINDOW must be whole seconds from 3s to 300s")
+	e.cfg.DCPWindow, e.cfg.Confirm = 30*time.Second, false
+	_, err = worker.New(e.cfg, e.js, e.client())
+	require.ErrorContains(t, err, "BYBIT_DCP_WINDOW needs CONFIRM=true")
+}

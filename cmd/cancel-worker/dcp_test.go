@@ -46,3 +46,27 @@ func TestDCPTwoKilledReplicasLetBybitCancelEverything(t *testing.T) {
 		require.Equal(t, "CancelByDCP", st.CancelType, o.Category)
 	}
 }
+
+// An account of the accounts file arms its own switch: its window is set
+// for its UID, and its private stream subscribes the dcp topics.
+func TestDCPWindowPerAccountFromTheAccountsFile(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{Accounts: []bybittest.Account{
+		{APIKey: bybittest.DemoAPIKey, Secret: bybittest.DemoAPISecret, UID: "main"},
+		{APIKey: "hedge-key", Secret: "hedge-inline-secret", UID: "hedge"},
+	}}, nil)
+	s.env["BYBIT_ACCOUNTS_FILE"] = writeFileIn(t, t.TempDir(), "accounts.yaml", `
+accounts:
+  hedge:
+    apiKey: hedge-key
+    apiSecret: hedge-inline-secret
+    dcpWindow: 45s
+`)
+	_, logs := s.startBinary()
+	require.Eventually(t, func() bool { return s.ex.DCPSubscribers("hedge", "DERIVATIVES") == 1 }, waitFor, 5*time.Millisecond, "%s", logs)
+	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
+		require.Equal(t, 45, s.ex.DCPWindow("hedge", p))
+	}
+	require.Zero(t, s.ex.DCPSubscribers("main", "DERIVATIVES"), "the default account does not arm it")
+	require.Contains(t, logs.String(), "dead-man switch armed")
+}

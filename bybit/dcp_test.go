@@ -83,3 +83,43 @@ func TestOpenOrdersPagesThroughEveryOpenOrder(t *testing.T) {
 	require.Len(t, p.Orders, 40)
 	require.Equal(t, "tpslOrder", p.Orders[0].StopOrderType)
 }
+
+// The countdown is per UID and product: when the last connection of one
+// UID subscribed to dcp.spot goes, only that UID's spot orders are
+// cancelled once the window passes.
+func TestSimulatedDCPCancelsOnlyTheProductOfTheUIDWhoseConnectionsAreGone(t *testing.T) {
+	t.Parallel()
+	fired := make(chan bybittest.DCPEvent, 4)
+	f := setup(t, bybittest.Options{DCPSecond: time.Millisecond, Accounts: []bybittest.Account{
+		{APIKey: bybittest.DemoAPIKey, Secret: bybittest.DemoAPISecret, UID: "a"},
+		{APIKey: "other", Secret: "other-secret", UID: "b"},
+	}, OnDCP: func(e bybittest.DCPEvent) {
+		if e.Kind == "fired" {
+			fired <- e
+		}
+	}}, time.Second)
+	mine := f.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT", UID: "a"})
+	myLinear := f.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", UID: "a"})
+	theirs := f.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT", UID: "b"})
+	_, err := f.client.SetDCP(t.Context(), bybit.DCPSpot, 3)
+	require.NoError(t, err)
+
+	var u updates
+	o := u.opts(wsURL(f))
+	o.Topics = []string{bybit.DCPTopic(bybit.DCPSpot)}
+	s := f.client.OrderStream(o)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	require.Eventually(t, func() bool { return f.ex.DCPSubscribers("a", "SPOT") == 1 }, 5*time.Second, 5*time.Millisecond)
+	cancel()
+	<-done
+	ev := <-fired
+	require.Equal(t, bybittest.DCPEvent{UID: "a", Product: "SPOT", Kind: "fired", Cancelled: 1}, ev)
+	st, _ := f.ex.Order("spot", mine.OrderID)
+	require.Equal(t, "CancelByDCP", st.CancelType)
+	st, _ = f.ex.Order("linear", myLinear.OrderID)
+	require.Equal(t, "New", st.Status, "DERIVATIVES had no subscribed connection: no countdown")
+	st, _ = f.ex.Order("spot", theirs.OrderID)
+	require.Equal(t, "New", st.Status, "another UID's orders")
+}

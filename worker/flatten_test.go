@@ -157,3 +157,41 @@ func peekBody(r *http.Request) map[string]any {
 	_ = json.Unmarshal(data, &m)
 	return m
 }
+
+// A flatten released mid-run (its linear repeat loop's retry budget spent
+// on 503s) is
+// finished by its redelivery, which reads the progress records: the result
+// lists what both deliveries cancelled, each once, with its category.
+func TestFlattenReleasedMidRunListsWhatEveryDeliveryCancelled(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withConfirm(10 * time.Second)
+	e.cfg.RetryBudget = 50 * time.Millisecond // less than the first backoff: the second 503 releases
+	var orders []bybittest.Order
+	for range 700 {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
+	}
+	for range 3 {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"}))
+	}
+	calls := e.countCancelAlls()
+	// Calls 1-5 are spot's filters, 6 the first linear USDT call (500
+	// orders): its repeat, call 7, meets the 503s.
+	repeat := func(string, string, string, string) bool { n := calls.Load(); return n == 7 || n == 8 }
+	unavailable := bybittest.Fault{Match: repeat, Status: 503, Body: "<html>Service Unavailable</html>"}
+	e.ex.InjectFault(unavailable, unavailable)
+	seq := e.publishAll(`{"scope":"account","requestId":"flatten-703"}`)
+	e.start()
+	r := e.waitResults(1)[seq]
+	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r.LastError)
+	require.EqualValues(t, 2, r.Deliveries, "released once, mid-run")
+	require.True(t, *r.Complete)
+	require.False(t, *r.OrdersComplete, "a 503 may have cancelled orders it never listed")
+	require.Equal(t, map[string]int{"spot": 3, "linear": 700}, r.Cancelled)
+	e.requireListsEveryCancelledOrder(r, orders)
+	got := e.waitConfirmations(len(orders))
+	for _, o := range orders {
+		require.Equal(t, "Cancelled", got[messages.ConfirmedMsgID(seq, o.OrderID, "")].OrderStatus)
+	}
+	e.settled()
+}

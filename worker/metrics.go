@@ -38,6 +38,10 @@ type Metrics struct {
 	dcpArmed        *prometheus.GaugeVec
 	dcpWindow       *prometheus.GaugeVec
 	streamDrops     *prometheus.CounterVec
+	// storeBytes and storeMaxBytes are the NATS stream's size and limit
+	// (NATS_STREAM_MAX_BYTES; 0: none), for an alert before it is full.
+	storeBytes    prometheus.Gauge
+	storeMaxBytes prometheus.Gauge
 }
 
 const namespace = "cancel_worker"
@@ -96,11 +100,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dcp_window_seconds", Help: "The Disconnect Cancel All window Bybit reports per product (query-dcp-info) at start."}, []string{"account", "product"}),
 		streamDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "private_stream_drops_total", Help: "Private order stream connections lost or refused."}, []string{"account"}),
+		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "nats_stream_bytes", Help: "Bytes stored in the NATS stream (NATS_STREAM)."}),
+		storeMaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "nats_stream_max_bytes", Help: "The NATS stream's size limit (MaxBytes); 0 when it has none. A full stream refuses new messages (discard new) or deletes old ones (discard old)."}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow)
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow, m.storeBytes, m.storeMaxBytes)
 	return m
 }
 
@@ -204,5 +212,10 @@ func (w *Worker) sample(ctx context.Context) {
 	defer cancel()
 	if info, err := w.cons.Info(ictx); err == nil {
 		m.backlog.Set(float64(info.NumPending))
+	}
+	if s, err := w.js.Stream(ictx, w.cfg.Stream); err == nil {
+		info := s.CachedInfo()
+		m.storeBytes.Set(float64(info.State.Bytes))
+		m.storeMaxBytes.Set(float64(max(info.Config.MaxBytes, 0)))
 	}
 }

@@ -69,6 +69,17 @@ func (c Config) checkProgressSubject() error {
 
 // ConfirmConsumer is the name of the durable consumer that drives
 // confirmations.
+// streamMaxBytes is the MaxBytes of a stream the worker manages: -1 (no
+// limit) when StreamMaxBytes is 0. A full stream refuses new messages
+// (DiscardNew): a publisher is told its cancel was not stored, where
+// DiscardOld would silently delete the oldest requests, answered or not.
+func (c Config) streamMaxBytes() int64 {
+	if c.StreamMaxBytes <= 0 {
+		return -1
+	}
+	return c.StreamMaxBytes
+}
+
 func (c Config) ConfirmConsumer() string { return c.Consumer + "-confirm" }
 
 // EnsureStream creates the stream if it is missing (Config.Validate has
@@ -88,6 +99,8 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 			MaxAge:      StreamMaxAge,
 			Duplicates:  c.DuplicateWindow,
 			Replicas:    c.StreamReplicas,
+			MaxBytes:    c.streamMaxBytes(),
+			Discard:     jetstream.DiscardNew,
 			Metadata:    map[string]string{ManagedKey: ManagedValue},
 		})
 		if err != nil {
@@ -130,7 +143,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	}
 	want.Duplicates = c.DuplicateWindow
 	want.Replicas = c.StreamReplicas
-	if slices.Equal(want.Subjects, cfg.Subjects) && want.Duplicates == cfg.Duplicates && want.Replicas == cfg.Replicas {
+	want.MaxBytes = c.streamMaxBytes()
+	want.Discard = jetstream.DiscardNew
+	if slices.Equal(want.Subjects, cfg.Subjects) && want.Duplicates == cfg.Duplicates && want.Replicas == cfg.Replicas &&
+		want.MaxBytes == cfg.MaxBytes && want.Discard == cfg.Discard {
 		return cfg, nil
 	}
 	s, err = js.UpdateStream(ctx, want)

@@ -121,7 +121,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *flattenN > 0 {
-		return benchFlatten(ctx, *flattenN, stdout, stderr)
+		return benchFlatten(ctx, *flattenN, o.latency, stdout, stderr)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

@@ -46,6 +46,6 @@ func TestBenchReportsAFlattenRow(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	require.NoError(t, run(ctx, []string{"bench", "--flatten", "200"}, envFunc(nil), &out, &errOut), "%s", &errOut)
-	row := regexp.MustCompile(`(?m)^\| 200 \| inverse 50 linear 50 option 50 spot 50 \| Bybit base tier \| true \| 200 \| 1 \| 11 \| [0-9]+ \| 0 \| [^|]+ \| 5s \|$`)
+	row := regexp.MustCompile(`(?m)^\| 200 \| inverse 50 linear 50 option 50 spot 50 \| Bybit base tier \| 0s \| true \| 200 \| 1 \| 11 \| [0-9]+ \| 0 \| [^|]+ \| 5s \|$`)
 	require.Regexp(t, row, out.String())
 }

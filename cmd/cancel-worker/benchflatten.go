@@ -30,6 +30,7 @@ type flattenBenchReport struct {
 	took                time.Duration
 	singles             time.Duration // N single cancels at the same limits, categories in parallel
 	perCategory         map[string]int
+	latency             time.Duration
 }
 
 // flattenBenchBook rests n orders across the four categories, a quarter
@@ -62,7 +63,7 @@ func flattenBenchBook(ex *bybittest.Exchange, n int) map[string]int {
 // benchFlatten rests n orders, flattens the account with one request at
 // Bybit's base-tier limits and reports the time next to what n single
 // cancels would need at the same limits.
-func benchFlatten(ctx context.Context, n int, stdout, progress io.Writer) error {
+func benchFlatten(ctx context.Context, n int, latency time.Duration, stdout, progress io.Writer) error {
 	store, err := os.MkdirTemp("", "cancel-worker-bench-")
 	if err != nil {
 		return err
@@ -73,7 +74,7 @@ func benchFlatten(ctx context.Context, n int, stdout, progress io.Writer) error 
 		return err
 	}
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	ex := bybittest.New(bybittest.Options{Limits: bybittest.DefaultLimits()})
+	ex := bybittest.New(bybittest.Options{Limits: bybittest.DefaultLimits(), Latency: latency})
 	per := flattenBenchBook(ex, n)
 	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
 	if err != nil {
@@ -120,7 +121,7 @@ func benchFlatten(ctx context.Context, n int, stdout, progress io.Writer) error 
 		return err
 	}
 	rep := flattenBenchReport{orders: n, cancelled: len(r.Orders), complete: r.Complete != nil && *r.Complete,
-		rounds: r.Rounds, took: time.Since(start), perCategory: per}
+		rounds: r.Rounds, took: time.Since(start), perCategory: per, latency: latency}
 	for _, q := range ex.Requests() {
 		switch q.Path {
 		case "/v5/order/cancel-all":
@@ -156,10 +157,10 @@ func writeFlattenBench(w io.Writer, r flattenBenchReport) {
 		}
 		split += fmt.Sprintf("%s %d", c, r.perCategory[c])
 	}
-	fmt.Fprintf(w, "\n| flatten: resting orders | split | limits | complete | cancelled | rounds | cancel-all calls | lookups | 10006 | flatten took | %d single cancels need |\n", r.orders)
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
-	fmt.Fprintf(w, "| %d | %s | Bybit base tier | %v | %d | %d | %d | %d | %d | %s | %s |\n",
-		r.orders, split, r.complete, r.cancelled, r.rounds, r.cancelAlls, r.lookups, r.tooMany,
+	fmt.Fprintf(w, "\n| flatten: resting orders | split | limits | latency | complete | cancelled | rounds | cancel-all calls | lookups | 10006 | flatten took | %d single cancels need |\n", r.orders)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(w, "| %d | %s | Bybit base tier | %v | %v | %d | %d | %d | %d | %d | %s | %s |\n",
+		r.orders, split, r.latency, r.complete, r.cancelled, r.rounds, r.cancelAlls, r.lookups, r.tooMany,
 		r.took.Round(10*time.Millisecond), r.singles.Round(100*time.Millisecond))
 }
 

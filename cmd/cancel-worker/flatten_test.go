@@ -74,3 +74,19 @@ func TestFlattenCommandWithoutTheSyncServiceWaitsOnTheResultSubjects(t *testing.
 	require.Contains(t, errOut, "published as incident-2")
 	require.Contains(t, out, "spot     1 cancelled")
 }
+
+// A flatten that outlasts the service's SYNC_MAX_TIMEOUT: the service
+// answers 504 with the request's sequence, and the command goes on waiting
+// for the result on the result subjects.
+func TestFlattenCommandWaitsPastTheServicesTimeoutCap(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, bybittest.Options{Latency: 20 * time.Millisecond}, nil)
+	s.env["SYNC_MAX_TIMEOUT"] = "100ms"
+	s.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT", Kind: "OcoOrder"})
+	s.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"})
+	s.runWorkerInBackground()
+	out, errOut, err := s.flattenCmd("--request-id", "incident-3")
+	require.NoError(t, err, "%s\n%s", out, errOut)
+	require.Contains(t, errOut, "still running past the service's wait")
+	require.Contains(t, out, "status cancelled, complete true, 2 orders cancelled")
+}

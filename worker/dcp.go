@@ -85,9 +85,11 @@ func (w *Worker) armDCP(ctx context.Context, a *account) error {
 	}
 	var off []string
 	for _, p := range bybit.DCPProducts {
-		d, ok := got[p]
-		if !ok || d.Status != "ON" || d.WindowSeconds != secs {
-			off = append(off, fmt.Sprintf("%s (%s %ds)", p, d.Status, d.WindowSeconds))
+		switch d, ok := got[p]; {
+		case !ok:
+			off = append(off, p+" (not listed)")
+		case d.Status != "ON" || d.WindowSeconds != secs:
+			off = append(off, fmt.Sprintf("%s (%s, %ds)", p, d.Status, d.WindowSeconds))
 		}
 	}
 	sort.Strings(off)

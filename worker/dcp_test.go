@@ -1,10 +1,12 @@
 package worker_test
 
 import (
+	"net/http"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -80,8 +82,14 @@ func TestDCPArmedFiresWhenEveryReplicaIsGone(t *testing.T) {
 	t.Parallel()
 	e, events := dcpSetup(t, 3*time.Second, 10*time.Millisecond)
 	orders := restingEverywhere(e.ex)
-	a, b := e.start(), e.start()
+	reg := prometheus.NewRegistry()
+	e.cfg.Registerer = reg
+	a := e.start()
+	e.cfg.Registerer = nil
+	b := e.start()
 	e.requireArmedReplicas(2)
+	require.Equal(t, 1.0, gauge(t, reg, "cancel_worker_dcp_armed", "default"))
+	require.Equal(t, 3.0, gauge(t, reg, "cancel_worker_dcp_window_seconds", "default", "SPOT"))
 	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
 		require.Equal(t, 3, e.ex.DCPWindow("demo", p), "the window is set for %s", p)
 	}
@@ -92,6 +100,7 @@ func TestDCPArmedFiresWhenEveryReplicaIsGone(t *testing.T) {
 
 	a.stop()
 	b.stop()
+	require.Eventually(t, func() bool { return gauge(t, reg, "cancel_worker_dcp_armed", "default") == 0 }, waitFor, 5*time.Millisecond, "a stopped replica does not hold the switch")
 	fired := map[string]int{}
 	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
 		fired[p] = waitDCP(t, events, "fired", p).Cancelled
@@ -156,4 +165,63 @@ func TestDCPWindowIsCheckedAtConfiguration(t *testing.T) {
 	e.cfg.DCPWindow, e.cfg.Confirm = 30*time.Second, false
 	_, err = worker.New(e.cfg, e.js, e.client())
 	require.ErrorContains(t, err, "BYBIT_DCP_WINDOW needs CONFIRM=true")
+}
+
+// Bybit refusing the window stops the start with its answer; a read-back
+// that does not show the window for every product starts, but says the
+// switch is not armed.
+func TestDCPRefusedOrNotReadBackIsReported(t *testing.T) {
+	t.Parallel()
+	e, _ := dcpSetup(t, 30*time.Second, time.Second)
+	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v5/order/disconnected-cancel-all" {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"retCode":10001,"retMsg":"dcp not enabled","result":{},"retExtInfo":{},"time":1}`))
+			return
+		}
+		e.ex.ServeHTTP(w, r)
+	})
+	w, err := worker.New(e.cfg, e.js, e.client())
+	require.NoError(t, err)
+	err = w.Setup(t.Context())
+	require.ErrorContains(t, err, "setting Bybit's Disconnect Cancel All window (30s) for DERIVATIVES")
+	require.ErrorContains(t, err, "dcp not enabled")
+
+	// Bybit switched DCP on for spot only: the others are not shown.
+	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v5/account/query-dcp-info" {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"retCode":0,"retMsg":"success","result":{"dcpInfos":[{"product":"SPOT","dcpStatus":"ON","timeWindow":"30"}]},"retExtInfo":{},"time":1}`))
+			return
+		}
+		e.ex.ServeHTTP(w, r)
+	})
+	r := e.start()
+	require.Eventually(t, func() bool { ok, _ := r.w.Ready(); return ok }, waitFor, 5*time.Millisecond)
+	_, why := r.w.Ready()
+	require.Contains(t, why, "account default: window set, not shown by query-dcp-info for DERIVATIVES (not listed), OPTIONS (not listed)")
+	require.Contains(t, e.logs.String(), "dead-man switch not armed")
+}
+
+// gauge reads one gauge of reg by its label values (in label order).
+func gauge(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i, l := range m.GetLabel() {
+				if i >= len(labels) || l.GetValue() != labels[i] {
+					continue next
+				}
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no %s%v", name, labels)
+	return 0
 }

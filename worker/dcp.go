@@ -67,12 +67,21 @@ func dcpTopics(a *account) []string {
 func (w *Worker) armDCP(ctx context.Context, a *account) error {
 	secs := int(a.dcp.window / time.Second)
 	for _, p := range bybit.DCPProducts {
-		if _, err := a.client.SetDCP(ctx, p, secs); err != nil {
+		err := w.retryTransient(ctx, "setting the Disconnect Cancel All window", a, func() error {
+			_, err := a.client.SetDCP(ctx, p, secs)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("account %s: setting Bybit's Disconnect Cancel All window (%ds) for %s: %w (Bybit switches DCP on for an account on request)", a.name, secs, p, err)
 		}
 	}
 	a.dcp.set.Store(true)
-	infos, err := a.client.DCPInfos(ctx)
+	var infos []bybit.DCPInfo
+	err := w.retryTransient(ctx, "reading the Disconnect Cancel All window back", a, func() error {
+		var err error
+		infos, err = a.client.DCPInfos(ctx)
+		return err
+	})
 	if err != nil {
 		w.log.Warn("Disconnect Cancel All window set, but reading it back failed", "account", a.name, "error", err)
 		w.setDCPDetail(a, "window set, not read back: "+err.Error())
@@ -102,6 +111,23 @@ func (w *Worker) armDCP(ctx context.Context, a *account) error {
 	a.dcp.readBack.Store(true)
 	w.setDCPDetail(a, "")
 	return nil
+}
+
+// retryTransient makes call until it succeeds, fails for good (a
+// permanent answer) or ctx ends: network trouble at start is waited out,
+// as the key check does.
+func (w *Worker) retryTransient(ctx context.Context, what string, a *account, call func() error) error {
+	retry := newRetryBackoff()
+	for {
+		err := call()
+		if err == nil || bybit.ClassOf(err) == bybit.ClassPermanent || ctx.Err() != nil {
+			return err
+		}
+		w.log.Warn(what+" failed; retrying", "account", a.name, "error", err)
+		if sleepCtx(ctx, retry.NextBackOff()) != nil {
+			return err
+		}
+	}
 }
 
 func (w *Worker) setDCPDetail(a *account, s string) { a.dcp.detail.Store(&s) }

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,8 +174,14 @@ func TestDCPWindowIsCheckedAtConfiguration(t *testing.T) {
 func TestDCPRefusedOrNotReadBackIsReported(t *testing.T) {
 	t.Parallel()
 	e, _ := dcpSetup(t, 30*time.Second, time.Second)
+	var unavailable atomic.Int32
 	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v5/order/disconnected-cancel-all" {
+			if unavailable.Add(1) == 1 {
+				// Network trouble first: waited out, not a start-up error.
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write([]byte(`{"retCode":10001,"retMsg":"dcp not enabled","result":{},"retExtInfo":{},"time":1}`))
 			return
@@ -186,6 +193,7 @@ func TestDCPRefusedOrNotReadBackIsReported(t *testing.T) {
 	err = w.Setup(t.Context())
 	require.ErrorContains(t, err, "setting Bybit's Disconnect Cancel All window (30s) for DERIVATIVES")
 	require.ErrorContains(t, err, "dcp not enabled")
+	require.EqualValues(t, 2, unavailable.Load(), "the 502 was retried")
 
 	// Bybit switched DCP on for spot only: the others are not shown.
 	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

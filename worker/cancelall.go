@@ -65,6 +65,7 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 			return shutdown
 		}
 		if err == nil {
+			w.keyWorks(a)
 			orders := make([]messages.OrderRef, len(res.Orders))
 			for i, o := range res.Orders {
 				orders[i] = ref(o)

@@ -60,11 +60,18 @@ func dcpTopics(a *account) []string {
 }
 
 // armDCP sets the account's window for every product and reads it back.
-// Bybit refusing the window is a start-up error (the switch was asked for
-// and would not be there); a read-back that does not show it yet is
-// logged (Bybit says a change takes a while: "query or set again after 10
-// seconds") and reported as not confirmed.
-func (w *Worker) armDCP(ctx context.Context, a *account) error {
+// Neither Bybit refusing the window nor a read-back that does not show it
+// (Bybit says a change takes a while: "query or set again after 10
+// seconds") stops the start — the cancels matter more than the switch —
+// but the switch is then reported not armed, with why.
+func (w *Worker) armDCP(ctx context.Context, a *account) {
+	if err := w.tryArmDCP(ctx, a); err != nil {
+		w.log.Error("dead-man switch NOT armed: Bybit refused its window", "account", a.name, "error", err)
+		w.setDCPDetail(a, "not armed: "+err.Error())
+	}
+}
+
+func (w *Worker) tryArmDCP(ctx context.Context, a *account) error {
 	secs := int(a.dcp.window / time.Second)
 	for _, p := range bybit.DCPProducts {
 		err := w.retryTransient(ctx, "setting the Disconnect Cancel All window", a, func() error {

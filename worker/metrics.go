@@ -42,6 +42,10 @@ type Metrics struct {
 	// (NATS_STREAM_MAX_BYTES; 0: none), for an alert before it is full.
 	storeBytes    prometheus.Gauge
 	storeMaxBytes prometheus.Gauge
+	// Environment and account fitness (issue 16).
+	accountUsable    *prometheus.GaugeVec
+	batchUnavailable *prometheus.GaugeVec
+	batchRefused     *prometheus.CounterVec
 }
 
 const namespace = "cancel_worker"
@@ -104,11 +108,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nats_stream_bytes", Help: "Bytes stored in the NATS stream (NATS_STREAM)."}),
 		storeMaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "nats_stream_max_bytes", Help: "The NATS stream's size limit (MaxBytes); 0 when it has none. A full stream refuses new messages (discard new) or deletes old ones (discard old)."}),
+		accountUsable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "account_usable", Help: "1 when the account's start-up check passed or Bybit has accepted its key since; 0 while its check's failure stands (its cancels are still sent)."}, []string{"account"}),
+		batchUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "batch_unavailable", Help: "1 once Bybit said cancel-batch is not offered to the account and category: that lane sends single cancels only."}, []string{"account", "category"}),
+		batchRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "batch_refused_total", Help: "cancel-batch requests refused as a whole, whose orders were retried one by one as single cancels."}, []string{"category"}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow, m.storeBytes, m.storeMaxBytes)
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow, m.storeBytes, m.storeMaxBytes,
+		m.accountUsable, m.batchUnavailable, m.batchRefused)
 	return m
 }
 

@@ -111,7 +111,7 @@ func TestStreamMaxBytesRefusesNewMessagesWhenFull(t *testing.T) {
 	ctx := context.Background()
 	e.cfg.Stream, e.cfg.Consumer = "SMALL", "small"
 	e.cfg.CancelSubject, e.cfg.CancelAllSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "small.cancel", "small.cancel-all", "small.ack", "small.rejected"
-	e.cfg.CancelAllProgressSubject = "small.cancel-all.progress" // ORDERS has orders.cancel-all.progress
+	e.cfg.CancelAllProgressSubject = "small.cancel-all.progress" // not ORDERS's: streams' subjects must not overlap
 	cfg, err := worker.EnsureStream(ctx, e.js, e.cfg)
 	require.NoError(t, err)
 	require.Equal(t, int64(-1), cfg.MaxBytes, "0 is no limit")

@@ -338,6 +338,7 @@ func runSim(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&orders, "order", "rest open orders: CATEGORY:SYMBOL[:COUNT[:KIND]] (KIND: Order, StopOrder, tpslOrder, OcoOrder, BidirectionalTpslOrder), for cancel-all; repeatable")
 	fs.Var(&readOnly, "read-only-key", "also accept a read-only HMAC key: KEY:SECRET (cancels answer 10005); repeatable")
 	fs.Var(&rsaKeys, "rsa-key", "also accept an RSA key: KEY:PUBLIC_KEY_PEM_FILE (the private key signs); repeatable")
+	demo := fs.Bool("demo", false, "behave like Bybit's demo trading (BYBIT_ENV=demo): cancel-batch for linear and option only, no GET /v5/user/query-api (retCode 10032)")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -345,7 +346,7 @@ func runSim(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency, Accounts: setup.accounts})
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency, Accounts: setup.accounts, Demo: *demo})
 	ex.SetPushDelay(*pushDelay)
 	for _, o := range setup.orders {
 		o = ex.AddOrder(o)

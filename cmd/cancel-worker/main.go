@@ -286,7 +286,8 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 }
 
 // serveHTTP serves /metrics, /healthz (the process is alive) and /readyz (200
-// when the worker can process requests, 503 with the reason otherwise).
+// when the worker can process requests, with what runs degraded if anything;
+// 503 with the reason otherwise).
 func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string), log *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -303,7 +304,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, why)
+		fmt.Fprintln(w, why) // "ready", or "ready; " and what runs degraded
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

@@ -73,3 +73,32 @@ func TestOptionCancelAllAcceptsOrderAndStopOrderFilters(t *testing.T) {
 		require.Equal(t, f, c.OrderFilter)
 	}
 }
+
+func FuzzDecodeCancelAll(f *testing.F) {
+	for _, seed := range []string{
+		`{"category":"linear","settleCoin":"USDT"}`,
+		`{"category":"spot","orderFilter":"tpslOrder","requestId":"kill-1"}`,
+		`{"scope":"account","account":"hedge","requestId":"flatten-1"}`,
+		`{"scope":"account","category":"spot"}`,
+		`{"scope":"","category":"option"}`,
+		`{"scope":null}`, `{}`, `[]`, "\xff",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := DecodeCancelAll(data)
+		if err != nil {
+			require.ErrorIs(t, err, ErrInvalid)
+			return
+		}
+		// Whatever decodes must validate and survive a round trip; a
+		// flatten names no category.
+		require.NoError(t, c.Validate())
+		require.Equal(t, c.Flatten(), c.Category == "")
+		b, err := json.Marshal(c)
+		require.NoError(t, err)
+		again, err := DecodeCancelAll(b)
+		require.NoError(t, err)
+		require.Equal(t, c, again)
+	})
+}

@@ -23,6 +23,9 @@ const (
 	flattenPages = 10
 	// flattenLeftShown bounds the orders a result lists as left.
 	flattenLeftShown = 100
+	// flattenSettles bounds the looks again, a backoff apart, when the
+	// lookups list only orders already cancelled (about 3 s in all).
+	flattenSettles = 5
 )
 
 // flattenSettleCoins are the settle coins of linear contracts (USDT and
@@ -36,6 +39,10 @@ var flattenSpotFilters = []string{"Order", "tpslOrder", "StopOrder", "OcoOrder",
 // flattenScan is what one round of lookups found.
 type flattenScan struct {
 	open []bybit.Order
+	// fresh counts the open orders no cancel-all of this request listed
+	// yet; the others are cancels Bybit accepted that the list does not
+	// show yet.
+	fresh int
 	// more: a lookup had pages it did not read.
 	more    bool
 	calls   []bybit.CancelAllRequest
@@ -57,7 +64,8 @@ func (w *Worker) flatten(j *job, a *account) {
 	// refusal is the result's reason.
 	refused := map[string]bool{}
 	var refusal *decision
-	for round := 0; ; round++ {
+	settles, settle := 0, newRetryBackoff()
+	for round := 0; ; {
 		scan, d, ok := w.flattenLookups(ctx, j, a)
 		if !ok {
 			if d.action == actFinish {
@@ -70,12 +78,30 @@ func (w *Worker) flatten(j *job, a *account) {
 			w.finish(j, w.flattenResult(j, scan, round, refusal))
 			return
 		}
-		sent := 0
+		var calls []bybit.CancelAllRequest
 		for _, req := range scan.calls {
-			if refused[callKey(req)] {
-				continue
+			if !refused[callKey(req)] {
+				calls = append(calls, req)
 			}
-			sent++
+		}
+		if len(calls) == 0 {
+			if scan.fresh > 0 || settles == flattenSettles {
+				// Every call that would cover what is left was refused,
+				// or the list never caught up with the cancels.
+				w.finish(j, w.flattenResult(j, scan, round, refusal))
+				return
+			}
+			// Only orders already cancelled are listed: Bybit's cancel is
+			// asynchronous, its list catches up; look again shortly.
+			settles++
+			if sleepCtx(ctx, settle.NextBackOff()) != nil {
+				w.release(j, 0, "shutdown")
+				return
+			}
+			continue
+		}
+		round++
+		for _, req := range calls {
 			j.lane = w.lane(a, req.Category)
 			d := w.cancelAllRun(ctx, j, a, req, flattenRef(req, scan.symbols))
 			switch {
@@ -84,7 +110,7 @@ func (w *Worker) flatten(j *job, a *account) {
 				return
 			case d.result.Status == messages.StatusFailed:
 				// Too old: what is left is reported as it stands.
-				w.finish(j, w.flattenResult(j, flattenScan{open: scan.open, more: true}, round+1, &d))
+				w.finish(j, w.flattenResult(j, flattenScan{open: scan.open, more: true}, round, &d))
 				return
 			case d.result.Status != messages.StatusCancelled:
 				refused[callKey(req)] = true
@@ -92,11 +118,6 @@ func (w *Worker) flatten(j *job, a *account) {
 					refusal = &d
 				}
 			}
-		}
-		if sent == 0 {
-			// Every call that would cover what is left was refused.
-			w.finish(j, w.flattenResult(j, scan, round, refusal))
-			return
 		}
 	}
 }
@@ -174,14 +195,18 @@ func (w *Worker) flattenLookups(ctx context.Context, j *job, a *account) (flatte
 			}
 			q.Cursor = res.NextPageCursor
 		}
-		if len(found) == 0 {
-			continue
-		}
+		var fresh []bybit.Order
 		for _, o := range found {
 			scan.symbols[o.OrderID] = o.Symbol
+			if !j.prog.seen[o.OrderID] {
+				fresh = append(fresh, o)
+			}
 		}
 		scan.open = append(scan.open, found...)
-		scan.calls = append(scan.calls, l.plan(found)...)
+		scan.fresh += len(fresh)
+		if len(fresh) > 0 {
+			scan.calls = append(scan.calls, l.plan(fresh)...)
+		}
 	}
 	return scan, decision{}, true
 }
@@ -265,6 +290,9 @@ func (w *Worker) flattenResult(j *job, scan flattenScan, rounds int, refusal *de
 		r.Status = messages.StatusRejected
 		r.RetCode, r.RetMsg = refusal.result.RetCode, refusal.result.RetMsg
 		r.LastError = fmt.Sprintf("Bybit refused a %s call (%s); %s", refusal.result.Category, refusal.result.RetMsg, left)
+	case scan.fresh == 0:
+		r.Status = messages.StatusFailed
+		r.LastError = fmt.Sprintf("%s: Bybit accepted their cancel, but its open-order list still shows them after waiting for it to catch up; look them up", left)
 	default:
 		r.Status = messages.StatusFailed
 		r.LastError = fmt.Sprintf("%s after %d rounds: orders are placed as fast as they are cancelled", left, rounds)

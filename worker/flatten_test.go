@@ -195,3 +195,28 @@ func TestFlattenReleasedMidRunListsWhatEveryDeliveryCancelled(t *testing.T) {
 	}
 	e.settled()
 }
+
+// Bybit's cancel is asynchronous: for a while after a cancel-all answered,
+// the open-order list may still show the orders it cancelled. The flatten
+// waits for the list to catch up instead of cancelling them again, and
+// ends complete.
+func TestFlattenWaitsForTheOpenListToCatchUpWithItsCancels(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.ex.SetOpenListLag(300 * time.Millisecond)
+	var orders []bybittest.Order
+	for range 30 {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
+	}
+	orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "ETHUSD"}))
+	calls := e.countCancelAlls()
+	e.start()
+	seq := e.publishAll(`{"scope":"account"}`)
+	r := e.waitResults(1)[seq]
+	require.Equal(t, messages.StatusCancelled, r.Status, "%s", r.LastError)
+	require.True(t, *r.Complete)
+	require.Empty(t, r.Left)
+	e.requireListsEveryCancelledOrder(r, orders)
+	require.EqualValues(t, 2, calls.Load(), "one cancel-all for linear USDT, one for inverse ETH: none sent again for orders already cancelled")
+	e.settled()
+}

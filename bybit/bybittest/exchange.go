@@ -148,6 +148,10 @@ type Order struct {
 	// SettleCoin is what a settleCoin selects it by; empty: a symbol that
 	// ends with the coin (BTCUSDT settles in USDT; set USDC for ETHPERP).
 	SettleCoin string
+	// closedAt and statusBefore: when a cancel closed it, and its status
+	// until then (SetOpenListLag).
+	closedAt     time.Time
+	statusBefore string
 	// Respawn: once cancelled, a new order like it is placed (a strategy
 	// that keeps quoting while a flatten runs).
 	Respawn bool
@@ -206,6 +210,7 @@ type Exchange struct {
 	limits         map[string]int
 	private        privateState
 	dcp            dcpState
+	listLag        time.Duration
 }
 
 // New returns an exchange with an empty book.

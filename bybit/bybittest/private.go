@@ -68,6 +68,15 @@ func (p *privateState) init() {
 	}
 }
 
+// SetOpenListLag makes GET /v5/order/realtime list an order as still open
+// for d after it was cancelled: Bybit's cancel is asynchronous, and its
+// lists follow the cancel's answer.
+func (e *Exchange) SetOpenListLag(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.listLag = d
+}
+
 // SetPushDelay delays every order update on the private stream (Bybit's
 // cancel is asynchronous: the update follows the cancel's answer).
 func (e *Exchange) SetPushDelay(d time.Duration) {
@@ -137,6 +146,7 @@ func (e *Exchange) cancelLocked(o *Order) { e.cancelAsLocked(o, "CancelByUser") 
 
 // cancelAsLocked is cancelLocked with the cancelType to report.
 func (e *Exchange) cancelAsLocked(o *Order, cancelType string) {
+	o.closedAt, o.statusBefore = e.nowLocked(), o.Status
 	switch {
 	case o.FillOnCancel:
 		o.Status, o.CancelType, o.CumExecQty = "Filled", "UNKNOWN", o.Qty
@@ -541,6 +551,12 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 			visible = !o.NotRecent && !o.open()
 		default:
 			visible = o.open()
+			if !visible && e.listLag > 0 && o.statusBefore != "" && e.nowLocked().Sub(o.closedAt) < e.listLag {
+				// The cancel is not in the list yet: still shown open.
+				shown := *o
+				shown.Status, shown.CancelType = o.statusBefore, ""
+				o, visible = &shown, true
+			}
 		}
 		if !visible {
 			continue

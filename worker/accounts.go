@@ -18,6 +18,8 @@ type account struct {
 	limits map[string]int
 	group  string
 	wsURL  string
+	// dcp is the account's dead-man switch; nil: not armed.
+	dcp *dcpState
 
 	syncMu   sync.Mutex
 	lastSync time.Time

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -12,37 +13,35 @@ import (
 )
 
 // apply carries out a decision for j; p is the budget its attempt spent (nil:
-// it made none). A cancel's requeue puts it back in its lane; a cancel-all
-// runs its calls in its own goroutine, so apply only reports its requeue
-// (true) and the caller waits d.delay and calls again.
-func (w *Worker) apply(j *job, p *pacer, d decision) (again bool) {
-	j.ambiguous = j.ambiguous || d.ambiguous
+// it made none). A requeue puts a cancel back in its lane; a call that runs
+// in its own goroutine (a cancel-all's, a flatten's lookup) waits with
+// waitRetry instead and applies only the decision that ends it.
+func (w *Worker) apply(j *job, p *pacer, d decision) {
 	switch d.action {
 	case actAck, actTerm:
 		// Bybit answered: the key works; a cancel went through: the lane's
 		// rate-limit backoff starts over.
-		switch d.result.Status {
-		case messages.StatusCancelled:
-			j.lane.resetRateLimitBackoff()
-			w.keyWorks(j.lane.account)
-		case messages.StatusNotOpen:
-			w.keyWorks(j.lane.account)
+		if l := j.lane; l != nil {
+			switch d.result.Status {
+			case messages.StatusCancelled:
+				l.resetRateLimitBackoff()
+				w.keyWorks(l.account)
+			case messages.StatusNotOpen:
+				w.keyWorks(l.account)
+			}
 		}
 		w.finish(j, d)
-		return false
+		return
 	case actNak:
 		if d.reason == "retry_budget" {
 			w.metrics.retries.WithLabelValues(d.reason).Inc()
 			w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
 		}
 		w.release(j, d.delay)
-		return false
+		return
 	}
 	w.metrics.retries.WithLabelValues(d.reason).Inc()
 	w.retryEffects(j, p, d)
-	if j.all != nil {
-		return true
-	}
 	delay := d.delay
 	if d.class == bybit.ClassRateLimited {
 		// The budget's block holds the lane until the reset; the request
@@ -50,7 +49,15 @@ func (w *Worker) apply(j *job, p *pacer, d decision) (again bool) {
 		delay = 0
 	}
 	w.requeue(j, delay)
-	return false
+}
+
+// waitRetry carries out a requeue of a call paced by p that runs in its own
+// goroutine: the retry's effects, then its delay. It fails only when ctx
+// ends first.
+func (w *Worker) waitRetry(ctx context.Context, j *job, p *pacer, d decision) error {
+	w.metrics.retries.WithLabelValues(d.reason).Inc()
+	w.retryEffects(j, p, d)
+	return sleepCtx(ctx, d.delay)
 }
 
 // retryEffects is what a requeue does beyond waiting: a rate limit blocks
@@ -240,9 +247,12 @@ func (w *Worker) jobAttrs(j *job, extra ...any) []any {
 		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
 }
 
-// decide decides for the job j what happened to it.
+// decide decides for the job j what happened to it. The job stays ambiguous
+// once an attempt may have reached the exchange unanswered.
 func (w *Worker) decide(j *job, ev event) decision {
-	return decide(ev, w.request(j), &j.retry, w.policy(j), w.now())
+	d := decide(ev, w.request(j), &j.retry, w.policy(j), w.now())
+	j.ambiguous = j.ambiguous || d.ambiguous
+	return d
 }
 
 func (w *Worker) request(j *job) request {

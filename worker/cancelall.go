@@ -15,8 +15,6 @@ import (
 func (w *Worker) cancelAll(j *job, a *account) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
-	p := w.gw.pacer(a, budget{endpointCancelAll, j.all.Category})
-	futures := j.all.Category == messages.CategoryLinear || j.all.Category == messages.CategoryInverse
 	req := bybit.CancelAllRequest{
 		Category: j.all.Category, Symbol: j.all.Symbol, BaseCoin: j.all.BaseCoin, SettleCoin: j.all.SettleCoin,
 		OrderFilter: j.all.OrderFilter, StopOrderType: j.all.StopOrderType,
@@ -27,25 +25,39 @@ func (w *Worker) cancelAll(j *job, a *account) {
 		w.giveBack(j, 0, "shutdown")
 		return
 	}
+	w.apply(j, nil, w.cancelAllRun(ctx, j, a, req, nil))
+}
+
+// cancelAllRun makes the calls of one cancel-all (req) until an answer comes
+// back short or the outcome is decided, and returns that decision for the
+// caller to apply: a result to publish, or a give-back (stopping, or the
+// retry budget spent). Every call is recorded in the job's progress, each
+// order as ref makes it (nil: id and link id).
+func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit.CancelAllRequest, ref func(bybit.CancelledOrder) messages.OrderRef) decision {
+	p := w.gw.pacer(a, budget{endpointCancelAll, req.Category})
+	futures := req.Category == messages.CategoryLinear || req.Category == messages.CategoryInverse
+	if ref == nil {
+		ref = func(o bybit.CancelledOrder) messages.OrderRef {
+			return messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}
+		}
+	}
 	queued := time.Now()
 	for {
 		if age := w.now().Sub(j.stored); age > w.cfg.MaxAge {
-			w.apply(j, p, w.decide(j, event{kind: evExpired, why: "finish"}))
-			return
+			return w.decide(j, event{kind: evExpired, why: "finish"})
 		}
 		res, sent, err := w.cancelAllCall(ctx, j, a, p, req)
 		j.rateLimitWait += time.Since(queued)
 		if !sent {
 			// Stopping before this call went out. The release records
 			// that every call so far is recorded, for the redelivery.
-			w.giveBack(j, 0, "shutdown")
-			return
+			return w.decide(j, event{kind: evGiveBack, why: "shutdown"})
 		}
 		if err == nil {
 			w.keyWorks(a)
 			orders := make([]messages.OrderRef, len(res.Orders))
 			for i, o := range res.Orders {
-				orders[i] = messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}
+				orders[i] = ref(o)
 			}
 			w.recordCall(j, orders)
 			if futures && len(res.Orders) >= bybit.MaxCancelAll {
@@ -56,12 +68,11 @@ func (w *Worker) cancelAll(j *job, a *account) {
 			w.recordLost(j)
 		}
 		d := w.decide(j, answered(bybit.CancelOrderResult{Time: res.Time}, err))
-		if !w.apply(j, p, d) {
-			return
+		if d.action != actRequeue {
+			return d
 		}
-		if sleepCtx(ctx, d.delay) != nil {
-			w.giveBack(j, 0, "shutdown")
-			return
+		if w.waitRetry(ctx, j, p, d) != nil {
+			return w.decide(j, event{kind: evGiveBack, why: "shutdown"})
 		}
 		queued = time.Now()
 	}

@@ -41,6 +41,9 @@ type confirmer struct {
 type accountStream struct {
 	stream *bybit.OrderStream
 	up     atomic.Bool
+	// subscribed: connected, authenticated and subscribed now (up also
+	// counts a first connection under way).
+	subscribed atomic.Bool
 }
 
 // confirmDeps is what the confirmer works with.
@@ -56,6 +59,17 @@ type confirmDeps struct {
 	// refused is told of an account whose private stream refused its key
 	// at start; it reports whether the others go on without it.
 	refused func(a *account, err error) (goOn bool)
+	dcp     dcpHooks
+}
+
+// dcpHooks are the worker's dead-man switch, which rides on the
+// confirmer's private streams: arm sets an account's window before its
+// stream connects, observe follows the stream's state, armed says whether
+// the switch is armed now (and if not, why).
+type dcpHooks struct {
+	arm     func(ctx context.Context, a *account)
+	observe func(a *account)
+	armed   func(a *account) (bool, string)
 }
 
 func newConfirmer(d confirmDeps) *confirmer {
@@ -70,7 +84,8 @@ func newConfirmer(d confirmDeps) *confirmer {
 		as.up.Store(true)
 		log := c.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
-			URL: a.wsURL,
+			URL:    a.wsURL,
+			Topics: dcpTopics(a),
 			OnOrders: func(orders []bybit.Order) {
 				for _, o := range orders {
 					c.book.put(name, o)
@@ -78,6 +93,8 @@ func newConfirmer(d confirmDeps) *confirmer {
 			},
 			OnState: func(up bool, err error) {
 				as.up.Store(up)
+				as.subscribed.Store(up)
+				c.dcp.observe(a)
 				c.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
 				switch {
 				case up:
@@ -136,6 +153,11 @@ func (c *confirmer) setup(ctx context.Context) error {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
 	c.cons, c.settings = cons, settingsOf(info)
+	for _, name := range sortedAccountNames(c.accounts) {
+		if a := c.accounts[name]; a.dcp != nil {
+			c.dcp.arm(ctx, a)
+		}
+	}
 	// Subscribed before the first cancel is pulled, so that no update of
 	// this process's cancels is missed; run goes on with these connections.
 	for name, as := range c.streams {
@@ -151,6 +173,17 @@ func (c *confirmer) setup(ctx context.Context) error {
 			}
 		case err != nil:
 			c.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
+		case c.accounts[name].dcp != nil:
+			as.subscribed.Store(true)
+		}
+		if a := c.accounts[name]; a.dcp != nil {
+			c.dcp.observe(a)
+			if armed, why := c.dcp.armed(a); armed {
+				c.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
+					"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
+			} else {
+				c.log.Warn("dead-man switch not armed", "account", name, "why", why)
+			}
 		}
 	}
 	return nil
@@ -244,6 +277,7 @@ func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Re
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			r := scopeOf(r, ref)
 			conf := messages.Confirmation{
 				RequestID: r.RequestID, RequestSeq: r.RequestSeq, OrderID: ref.OrderID, OrderLinkID: ref.OrderLinkID,
 				Category: r.Category, Symbol: r.Symbol, Account: r.Account, ResultStatus: r.Status,

@@ -54,6 +54,10 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		w.refuse(j, msg.Data(), err)
 		return
 	}
+	if j.all != nil && j.all.Flatten() {
+		go w.flatten(j, acct) // lanes per category, as it goes
+		return
+	}
 	l := w.lane(acct, j.req.Category)
 	j.lane = l
 	if j.all != nil {

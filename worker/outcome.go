@@ -244,3 +244,16 @@ func failed(req request, rs *retryState, lastError string) decision {
 	}
 	return decision{action: actTerm, result: r}
 }
+
+// concluded publishes a result put together from several answers (a
+// flatten's): a failed or invalid one terminates the message, as decide's
+// would; any other acks it.
+func concluded(r messages.Result) decision {
+	if r.Status == messages.StatusFailed || r.Status == messages.StatusInvalid {
+		return decision{action: actTerm, result: r}
+	}
+	return decision{action: actAck, result: r}
+}
+
+// publishes reports whether the decision ends the request with a result.
+func (d decision) publishes() bool { return d.action == actAck || d.action == actTerm }

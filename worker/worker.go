@@ -103,7 +103,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
@@ -112,7 +112,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
@@ -144,6 +144,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 				w.markStartupProblem(a, err)
 				return true
 			},
+			dcp: dcpHooks{arm: w.armDCP, observe: w.observeDCP, armed: w.dcpArmed},
 		})
 	}
 	return w, nil
@@ -178,6 +179,9 @@ func (w *Worker) Ready() (bool, string) {
 		if _, ok := a.client.ClockOffset(); !ok {
 			return false, "clock offset to Bybit not measured for account " + a.name
 		}
+	}
+	if dcp := w.DCPStatus(); dcp != "" {
+		notes = append(notes, dcp)
 	}
 	if len(notes) == 0 {
 		return true, "ready"

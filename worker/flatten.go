@@ -60,10 +60,7 @@ func (w *Worker) flatten(j *job, a *account) {
 		w.giveBack(j, 0, "shutdown")
 		return
 	}
-	// refused: calls Bybit refused for good, not sent again; the first
-	// refusal is the result's reason.
-	refused := map[string]bool{}
-	var refusal *decision
+	var st flattenState
 	settles, settle := 0, newRetryBackoff()
 	for round := 0; ; {
 		scan, d, ok := w.flattenLookups(ctx, j, a)
@@ -75,20 +72,15 @@ func (w *Worker) flatten(j *job, a *account) {
 			return
 		}
 		if len(scan.open) == 0 || round == flattenRounds {
-			w.apply(j, nil, w.flattenResult(j, scan, round, refusal))
+			w.apply(j, nil, w.flattenResult(j, scan, round, st.refusal))
 			return
 		}
-		var calls []bybit.CancelAllRequest
-		for _, req := range scan.calls {
-			if !refused[callKey(req)] {
-				calls = append(calls, req)
-			}
-		}
+		calls := st.pending(scan.calls)
 		if len(calls) == 0 {
 			if scan.fresh > 0 || settles == flattenSettles {
 				// Every call that would cover what is left was refused,
 				// or the list never caught up with the cancels.
-				w.apply(j, nil, w.flattenResult(j, scan, round, refusal))
+				w.apply(j, nil, w.flattenResult(j, scan, round, st.refusal))
 				return
 			}
 			// Only orders already cancelled are listed: Bybit's cancel is
@@ -101,25 +93,54 @@ func (w *Worker) flatten(j *job, a *account) {
 			continue
 		}
 		round++
-		for _, req := range calls {
-			j.lane = w.lane(a, req.Category)
-			d := w.cancelAllRun(ctx, j, a, req, flattenRef(req, scan.symbols))
-			switch {
-			case !d.publishes():
-				w.apply(j, nil, d)
-				return
-			case d.result.Status == messages.StatusFailed:
-				// Too old: what is left is reported as it stands.
-				w.apply(j, nil, w.flattenResult(j, flattenScan{open: scan.open, more: true}, round, &d))
-				return
-			case d.result.Status != messages.StatusCancelled:
-				refused[callKey(req)] = true
-				if refusal == nil {
-					refusal = &d
-				}
+		if d, done := w.flattenCalls(ctx, j, a, calls, scan, round, &st); done {
+			w.apply(j, nil, d)
+			return
+		}
+	}
+}
+
+// flattenState is what a flatten's rounds remember: the calls Bybit refused
+// for good, not sent again, and the first refusal, the result's reason.
+type flattenState struct {
+	refused map[string]bool
+	refusal *decision
+}
+
+// pending are the calls not refused yet.
+func (st *flattenState) pending(calls []bybit.CancelAllRequest) []bybit.CancelAllRequest {
+	var out []bybit.CancelAllRequest
+	for _, req := range calls {
+		if !st.refused[callKey(req)] {
+			out = append(out, req)
+		}
+	}
+	return out
+}
+
+// flattenCalls sends one round's cancel-alls; done says a call's outcome
+// ends the request, with d.
+func (w *Worker) flattenCalls(ctx context.Context, j *job, a *account, calls []bybit.CancelAllRequest, scan flattenScan, round int, st *flattenState) (d decision, done bool) {
+	for _, req := range calls {
+		j.lane = w.lane(a, req.Category)
+		d := w.cancelAllRun(ctx, j, a, req, flattenRef(req, scan.symbols))
+		switch {
+		case !d.publishes():
+			return d, true
+		case d.result.Status == messages.StatusFailed:
+			// Too old: what is left is reported as it stands.
+			return w.flattenResult(j, flattenScan{open: scan.open, more: true}, round, &d), true
+		case d.result.Status != messages.StatusCancelled:
+			if st.refused == nil {
+				st.refused = map[string]bool{}
+			}
+			st.refused[callKey(req)] = true
+			if st.refusal == nil {
+				st.refusal = &d
 			}
 		}
 	}
+	return decision{}, false
 }
 
 // flattenRef tags each order of a call with where it was.

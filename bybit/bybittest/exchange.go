@@ -385,27 +385,30 @@ func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("<html><body>403 Forbidden: access too frequent</body></html>"))
 		return
 	}
-	switch {
-	case r.Method == http.MethodGet && r.URL.Path == "/v5/market/time":
-		e.serveTime(w, r)
-	case r.Method == http.MethodGet && r.URL.Path == "/v5/user/query-api":
-		e.serveQueryAPI(w, r)
-	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel":
-		e.serveCancel(w, r)
-	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel-batch":
-		e.serveCancelBatch(w, r)
-	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/cancel-all":
-		e.serveCancelAll(w, r)
-	case r.Method == http.MethodGet && (r.URL.Path == "/v5/order/realtime" || r.URL.Path == "/v5/order/history"):
-		e.serveOrderLookup(w, r)
-	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/disconnected-cancel-all":
-		e.serveSetDCP(w, r)
-	case r.Method == http.MethodGet && r.URL.Path == "/v5/account/query-dcp-info":
-		e.serveDCPInfo(w, r)
-	case r.URL.Path == "/v5/private":
+	if r.URL.Path == "/v5/private" {
 		e.servePrivate(w, r)
-	default:
+		return
+	}
+	serve, ok := e.routes()[r.Method+" "+r.URL.Path]
+	if !ok {
 		e.writeEnvelope(w, r, Request{}, 10017, "route not found", nil, nil)
+		return
+	}
+	serve(w, r)
+}
+
+// routes are the endpoints served, by method and path.
+func (e *Exchange) routes() map[string]http.HandlerFunc {
+	return map[string]http.HandlerFunc{
+		"GET /v5/market/time":                    e.serveTime,
+		"GET /v5/user/query-api":                 e.serveQueryAPI,
+		"POST /v5/order/cancel":                  e.serveCancel,
+		"POST /v5/order/cancel-batch":            e.serveCancelBatch,
+		"POST /v5/order/cancel-all":              e.serveCancelAll,
+		"GET /v5/order/realtime":                 e.serveOrderLookup,
+		"GET /v5/order/history":                  e.serveOrderLookup,
+		"POST /v5/order/disconnected-cancel-all": e.serveSetDCP,
+		"GET /v5/account/query-dcp-info":         e.serveDCPInfo,
 	}
 }
 
@@ -617,23 +620,36 @@ func (e *Exchange) nextFault(b cancelBody) (Fault, bool) {
 	return Fault{}, false
 }
 
-func (e *Exchange) serveCancel(w http.ResponseWriter, r *http.Request) {
+// signedBody reads a POST's JSON body into v and checks the request's
+// signature; entry is the log entry of a refusal, made from v. It answers a
+// refused request itself (ok false).
+func (e *Exchange) signedBody(w http.ResponseWriter, r *http.Request, v any, entry func() Request) (acct Account, ok bool) {
 	body, err := readBody(r)
 	if err != nil {
 		e.writeEnvelope(w, r, Request{}, 10001, "unreadable body", nil, nil)
-		return
+		return Account{}, false
 	}
-	var b cancelBody
-	if err := json.Unmarshal(body, &b); err != nil {
+	if err := json.Unmarshal(body, v); err != nil {
 		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
+		return Account{}, false
+	}
+	acct, code, msg := e.authenticate(r, body)
+	if code != 0 {
+		e.writeEnvelope(w, r, entry(), code, msg, nil, nil)
+		return Account{}, false
+	}
+	return acct, true
+}
+
+func (e *Exchange) serveCancel(w http.ResponseWriter, r *http.Request) {
+	var b cancelBody
+	acct, ok := e.signedBody(w, r, &b, func() Request {
+		return Request{Category: b.Category, Symbol: b.Symbol, OrderID: b.OrderID, OrderLinkID: b.OrderLinkID}
+	})
+	if !ok {
 		return
 	}
 	q := Request{Category: b.Category, Symbol: b.Symbol, OrderID: b.OrderID, OrderLinkID: b.OrderLinkID}
-	acct, code, msg := e.authenticate(r, body)
-	if code != 0 {
-		e.writeEnvelope(w, r, q, code, msg, nil, nil)
-		return
-	}
 	if acct.ReadOnly {
 		e.writeEnvelope(w, r, q, 10005, permissionDenied, nil, nil)
 		return
@@ -678,41 +694,12 @@ type batchBody struct {
 // unit of the batch budget (separate from single cancels'), orders past the
 // budget fail one by one with 10006, and the top-level retCode stays 0.
 func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r)
-	if err != nil {
-		e.writeEnvelope(w, r, Request{}, 10001, "unreadable body", nil, nil)
-		return
-	}
 	var b batchBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
+	acct, ok := e.signedBody(w, r, &b, func() Request { return Request{Category: b.Category} })
+	if !ok {
 		return
 	}
-	acct, code, msg := e.authenticate(r, body)
-	if code != 0 {
-		e.writeEnvelope(w, r, Request{Category: b.Category}, code, msg, nil, nil)
-		return
-	}
-	if acct.Classic {
-		e.record(r, Request{Category: b.Category, HTTPStatus: http.StatusNotFound, RetCode: -1})
-		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		w.WriteHeader(http.StatusNotFound)
-		return
-	}
-	if e.opts.Demo && b.Category != "linear" && b.Category != "option" {
-		e.writeEnvelope(w, r, Request{Category: b.Category}, 10032, demoUnsupported, nil, nil)
-		return
-	}
-	if acct.ReadOnly {
-		e.writeEnvelope(w, r, Request{Category: b.Category}, 10005, permissionDenied, nil, nil)
-		return
-	}
-	max := 20
-	if b.Category == "spot" {
-		max = 10
-	}
-	if len(b.Request) == 0 || len(b.Request) > max {
-		e.writeEnvelope(w, r, Request{Category: b.Category}, 10001, fmt.Sprintf("params error: request must hold 1 to %d orders", max), nil, nil)
+	if e.refuseBatch(w, r, acct, b) {
 		return
 	}
 	first := b.Request[0]
@@ -723,19 +710,64 @@ func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	type item struct {
-		Category    string `json:"category"`
-		Symbol      string `json:"symbol"`
-		OrderID     string `json:"orderId"`
-		OrderLinkID string `json:"orderLinkId"`
+	items, exts, h := e.cancelBatchItems(r, acct, b)
+	if faulty && fault.Apply && e.serveFault(w, r, Request{Category: b.Category, Symbol: first.Symbol, OrderID: first.OrderID}, fault) {
+		return
 	}
-	type ext struct {
-		Code int    `json:"code"`
-		Msg  string `json:"msg"`
+	e.mu.Lock()
+	now := e.nowLocked()
+	e.mu.Unlock()
+	for k, v := range h {
+		w.Header()[k] = v
 	}
-	var items []item
-	var exts []ext
-	var h http.Header
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(envelope{RetCode: 0, RetMsg: "OK", Result: map[string]any{"list": items},
+		RetExtInfo: map[string]any{"list": exts}, Time: now.UnixMilli()})
+}
+
+// refuseBatch answers a batch this account or environment does not take, or
+// whose size is wrong; false: none of that.
+func (e *Exchange) refuseBatch(w http.ResponseWriter, r *http.Request, acct Account, b batchBody) bool {
+	q := Request{Category: b.Category}
+	if acct.Classic {
+		q.HTTPStatus, q.RetCode = http.StatusNotFound, -1
+		e.record(r, q)
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusNotFound)
+		return true
+	}
+	max := 20
+	if b.Category == "spot" {
+		max = 10
+	}
+	switch {
+	case e.opts.Demo && b.Category != "linear" && b.Category != "option":
+		e.writeEnvelope(w, r, q, 10032, demoUnsupported, nil, nil)
+	case acct.ReadOnly:
+		e.writeEnvelope(w, r, q, 10005, permissionDenied, nil, nil)
+	case len(b.Request) == 0 || len(b.Request) > max:
+		e.writeEnvelope(w, r, q, 10001, fmt.Sprintf("params error: request must hold 1 to %d orders", max), nil, nil)
+	default:
+		return false
+	}
+	return true
+}
+
+type batchItem struct {
+	Category    string `json:"category"`
+	Symbol      string `json:"symbol"`
+	OrderID     string `json:"orderId"`
+	OrderLinkID string `json:"orderLinkId"`
+}
+
+type batchExt struct {
+	Code int    `json:"code"`
+	Msg  string `json:"msg"`
+}
+
+// cancelBatchItems cancels a batch's orders one by one, each spending one
+// unit of the batch budget; h is the last one's headers.
+func (e *Exchange) cancelBatchItems(r *http.Request, acct Account, b batchBody) (items []batchItem, exts []batchExt, h http.Header) {
 	// Each order is logged as its own entry, so that the log reads the same
 	// whichever endpoint carried a cancel.
 	for _, c := range b.Request {
@@ -751,7 +783,7 @@ func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
 				res = m
 			}
 		}
-		it := item{Category: c.Category, Symbol: c.Symbol}
+		it := batchItem{Category: c.Category, Symbol: c.Symbol}
 		if res != nil {
 			it.OrderID, it.OrderLinkID = res["orderId"], res["orderLinkId"]
 		}
@@ -759,22 +791,11 @@ func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
 			msg = "OK"
 		}
 		items = append(items, it)
-		exts = append(exts, ext{Code: code, Msg: msg})
+		exts = append(exts, batchExt{Code: code, Msg: msg})
 		q.RetCode = code
 		e.record(r, q)
 	}
-	if faulty && fault.Apply && e.serveFault(w, r, Request{Category: b.Category, Symbol: first.Symbol, OrderID: first.OrderID}, fault) {
-		return
-	}
-	e.mu.Lock()
-	now := e.nowLocked()
-	e.mu.Unlock()
-	for k, v := range h {
-		w.Header()[k] = v
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(envelope{RetCode: 0, RetMsg: "OK", Result: map[string]any{"list": items},
-		RetExtInfo: map[string]any{"list": exts}, Time: now.UnixMilli()})
+	return items, exts, h
 }
 
 // SetCancelAllFails makes cancel-all answer retCode 0 with success "0".
@@ -791,35 +812,17 @@ func (e *Exchange) SetCancelAllFails(fail bool) {
 // orders without one; futures and option cancel every kind. Futures cancel
 // at most 500 a call.
 func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r)
-	if err != nil {
-		e.writeEnvelope(w, r, Request{}, 10001, "unreadable body", nil, nil)
-		return
-	}
-	var b struct {
-		Category      string `json:"category"`
-		Symbol        string `json:"symbol"`
-		BaseCoin      string `json:"baseCoin"`
-		SettleCoin    string `json:"settleCoin"`
-		OrderFilter   string `json:"orderFilter"`
-		StopOrderType string `json:"stopOrderType"`
-	}
-	if err := json.Unmarshal(body, &b); err != nil {
-		e.writeEnvelope(w, r, Request{}, 10001, "params error: body is not JSON", nil, nil)
+	var b cancelAllBody
+	acct, ok := e.signedBody(w, r, &b, func() Request { return Request{Category: b.Category, Symbol: b.Symbol} })
+	if !ok {
 		return
 	}
 	q := Request{Category: b.Category, Symbol: b.Symbol}
-	acct, code, msg := e.authenticate(r, body)
-	if code != 0 {
-		e.writeEnvelope(w, r, q, code, msg, nil, nil)
-		return
-	}
 	if acct.ReadOnly {
 		e.writeEnvelope(w, r, q, 10005, permissionDenied, nil, nil)
 		return
 	}
-	futures := b.Category == "linear" || b.Category == "inverse"
-	if futures && b.Symbol == "" && b.BaseCoin == "" && b.SettleCoin == "" {
+	if b.futures() && b.Symbol == "" && b.BaseCoin == "" && b.SettleCoin == "" {
 		e.writeEnvelope(w, r, q, 10001, "params error: symbol, baseCoin or settleCoin is required", nil, nil)
 		return
 	}
@@ -836,23 +839,46 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 		e.writeEnvelope(w, r, q, 10006, "Too many visits!", nil, h)
 		return
 	}
-	// Only the highest-priority selector counts.
-	selects := func(o *Order) bool { return true }
-	switch {
-	case b.Symbol != "":
-		selects = func(o *Order) bool { return o.Symbol == b.Symbol }
-	case b.BaseCoin != "":
-		selects = func(o *Order) bool { return strings.HasPrefix(o.Symbol, b.BaseCoin) }
-	case b.SettleCoin != "" && b.Category != "spot":
-		selects = func(o *Order) bool { return o.settles(b.SettleCoin) }
-	}
 	e.mu.Lock()
 	if e.cancelAllFails {
 		e.mu.Unlock()
 		e.writeEnvelope(w, r, q, 0, "cancel all failed: try again", map[string]any{"list": []any{}, "success": "0"}, h)
 		return
 	}
-	var list []map[string]string
+	list := e.cancelAllLocked(b, kinds, acct.UID)
+	e.mu.Unlock()
+	e.writeEnvelope(w, r, q, 0, "OK", map[string]any{"list": list, "success": "1"}, h)
+}
+
+type cancelAllBody struct {
+	Category      string `json:"category"`
+	Symbol        string `json:"symbol"`
+	BaseCoin      string `json:"baseCoin"`
+	SettleCoin    string `json:"settleCoin"`
+	OrderFilter   string `json:"orderFilter"`
+	StopOrderType string `json:"stopOrderType"`
+}
+
+func (b cancelAllBody) futures() bool { return b.Category == "linear" || b.Category == "inverse" }
+
+// selects reports whether the cancel-all takes o: only the highest-priority
+// selector counts.
+func (b cancelAllBody) selects(o *Order) bool {
+	switch {
+	case b.Symbol != "":
+		return o.Symbol == b.Symbol
+	case b.BaseCoin != "":
+		return strings.HasPrefix(o.Symbol, b.BaseCoin)
+	case b.SettleCoin != "" && b.Category != "spot":
+		return o.settles(b.SettleCoin)
+	}
+	return true
+}
+
+// cancelAllLocked cancels the open orders of uid that b and kinds (nil:
+// every kind) select, in id order, at most 500 for futures.
+func (e *Exchange) cancelAllLocked(b cancelAllBody, kinds map[string]bool, uid string) []map[string]string {
+	list := []map[string]string{}
 	ids := make([]string, 0, len(e.books[b.Category]))
 	for id := range e.books[b.Category] {
 		ids = append(ids, id)
@@ -860,20 +886,16 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	sort.Strings(ids)
 	for _, id := range ids {
 		o := e.books[b.Category][id]
-		if !o.open() || !selects(o) || (kinds != nil && !kinds[o.Kind]) || (o.UID != "" && o.UID != acct.UID) {
+		if !o.open() || !b.selects(o) || (kinds != nil && !kinds[o.Kind]) || (o.UID != "" && o.UID != uid) {
 			continue
 		}
-		if futures && len(list) == 500 {
+		if b.futures() && len(list) == 500 {
 			break
 		}
 		e.cancelLocked(o)
 		list = append(list, map[string]string{"orderId": o.OrderID, "orderLinkId": o.OrderLinkID})
 	}
-	e.mu.Unlock()
-	if list == nil {
-		list = []map[string]string{}
-	}
-	e.writeEnvelope(w, r, q, 0, "OK", map[string]any{"list": list, "success": "1"}, h)
+	return list
 }
 
 // cancelAllKinds is which order kinds a cancel-all's orderFilter selects

@@ -182,6 +182,42 @@ type Config struct {
 	Now func() time.Time
 }
 
+// DefaultConfig is the configuration of `cancel-worker run` with no setting
+// given (Logger aside): the one source of the defaults the command's help
+// shows, the demo and the benchmark start from and the tests adjust.
+func DefaultConfig() Config {
+	return Config{
+		Stream:                   "ORDERS",
+		Consumer:                 "cancel-worker",
+		CancelSubject:            "orders.cancel",
+		CancelAllSubject:         "orders.cancel-all",
+		CancelAllProgressSubject: "orders.cancel-all.progress",
+		AckSubject:               "orders.cancel.ack",
+		RejectedSubject:          "orders.cancel.rejected",
+		AckWait:                  5 * time.Second,
+		MaxDeliver:               20,
+		MaxAckPending:            1000,
+		DuplicateWindow:          time.Hour,
+		StreamReplicas:           1,
+		StreamMaxBytes:           4 << 30,
+		Concurrency:              16,
+		RetryBudget:              2 * time.Minute,
+		MaxAge:                   50 * time.Minute,
+		ShutdownTimeout:          20 * time.Second,
+		Limits:                   DefaultLimits(),
+		LimitShare:               1,
+		Batch:                    true,
+		IPLimit:                  Rate{N: 500, Per: 5 * time.Second},
+		BanPause:                 10 * time.Minute,
+		Confirm:                  true,
+		ConfirmedSubject:         "orders.cancel.confirmed",
+		ConfirmTimeout:           5 * time.Second,
+		SyncCancelSubject:        "orders.sync.cancel",
+		SyncCancelAllSubject:     "orders.sync.cancel-all",
+		SyncMaxTimeout:           30 * time.Second,
+	}
+}
+
 // Validate checks the configuration; errors name the setting. New calls it;
 // a command can call it before connecting to anything.
 func (c Config) Validate() error {

@@ -109,6 +109,9 @@ type pass struct {
 	probe  bool
 	slot   bool
 	ipDone func()
+	// sentAt is on the worker's clock (Config.Now), which dates the
+	// pacers' slots; start is the monotonic clock, for the latency metric.
+	sentAt time.Time
 	start  time.Time
 }
 
@@ -148,7 +151,7 @@ func (g *gateway) admit(ctx context.Context, b budget, p *pacer, held []*slot, p
 		g.metrics.inFlight.Inc()
 	}
 	p.markSent(held)
-	return &pass{g: g, budget: b, p: p, held: held, probe: probe, slot: slot, ipDone: ipDone, start: time.Now()}, nil
+	return &pass{g: g, budget: b, p: p, held: held, probe: probe, slot: slot, ipDone: ipDone, sentAt: g.now(), start: time.Now()}, nil
 }
 
 // done is the bookkeeping every request shares, whichever path sent it: an
@@ -163,7 +166,7 @@ func (ps *pass) done(rl bybit.RateLimit, err error) {
 	}
 	// Book what the headers say before the slot is freed, so the next
 	// request already counts with it.
-	ps.p.observe(rl, ps.start)
+	ps.p.observe(rl, ps.sentAt)
 	ps.p.answered(ps.held)
 	ps.ipDone()
 	if ps.slot {

@@ -70,16 +70,15 @@ func setup(t *testing.T, exOpts bybittest.Options) *env {
 	e.js, err = jetstream.New(e.nc)
 	require.NoError(t, err)
 
-	e.cfg = worker.Config{
-		Stream: "ORDERS", Consumer: "cancel-worker",
-		CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
-		CancelAllProgressSubject: "orders.cancel-all.progress",
-		AckWait:                  5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
-		DuplicateWindow: time.Hour, StreamReplicas: 1,
-		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 5 * time.Second,
-		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
-		Logger: newTestLogger(e.logs),
-	}
+	e.cfg = worker.DefaultConfig()
+	// What the tests run without unless they turn it on: confirmations,
+	// the sync service, the IP ceiling and the stream's size limit; and a
+	// shorter stop.
+	e.cfg.Confirm, e.cfg.ConfirmedSubject, e.cfg.ConfirmTimeout = false, "", 0
+	e.cfg.SyncCancelSubject, e.cfg.SyncCancelAllSubject, e.cfg.SyncMaxTimeout = "", "", 0
+	e.cfg.IPLimit, e.cfg.StreamMaxBytes = worker.Rate{}, 0
+	e.cfg.ShutdownTimeout = 5 * time.Second
+	e.cfg.Logger = newTestLogger(e.logs)
 	// Requests may be published before the worker starts.
 	_, err = worker.EnsureStream(context.Background(), e.js, e.cfg)
 	require.NoError(t, err)

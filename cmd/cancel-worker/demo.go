@@ -249,17 +249,15 @@ func formatConfirmation(at time.Duration, c messages.Confirmation) string {
 }
 
 func demoWorkerConfig(log *slog.Logger) worker.Config {
-	return worker.Config{
-		Stream: "ORDERS", Consumer: "cancel-worker",
-		CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
-		CancelAllProgressSubject: "orders.cancel-all.progress",
-		AckWait:                  5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
-		DuplicateWindow: time.Hour, StreamReplicas: 1,
-		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 20 * time.Second,
-		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
-		ConfirmedSubject: "orders.cancel.confirmed", ConfirmTimeout: 5 * time.Second,
-		Logger: log,
-	}
+	cfg := worker.DefaultConfig()
+	// In process beside the simulator: no IP ceiling (a scenario sets its
+	// own), no size limit on the embedded stream, no sync service;
+	// confirmations as the scenario chooses.
+	cfg.IPLimit, cfg.StreamMaxBytes = worker.Rate{}, 0
+	cfg.Confirm = false
+	cfg.SyncCancelSubject, cfg.SyncCancelAllSubject, cfg.SyncMaxTimeout = "", "", 0
+	cfg.Logger = log
+	return cfg
 }
 
 // demoScript fills the simulated book and returns the requests to publish.

@@ -135,8 +135,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	// What `cancel-worker replay` says of this stream, for incident review.
-	rep, err := replay.Read(ctx, js, replay.Config{Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject,
-		CancelAllSubject: cfg.CancelAllSubject, AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, ConfirmedSubject: cfg.ConfirmedSubject}, replay.Window{}, replay.Filter{})
+	rep, err := replay.Read(ctx, js, replayConfig(cfg), replay.Window{}, replay.Filter{})
 	if err != nil {
 		return fmt.Errorf("demo: replay: %w", err)
 	}

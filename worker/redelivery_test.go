@@ -241,3 +241,46 @@ func TestALastDeliveryThatFindsItsMessageHeldIsAnsweredAtTheBudgetsEnd(t *testin
 	e.settled()
 	require.EqualValues(t, 1, e.storedResults())
 }
+
+// Issue 13, defect 6: when an earlier delivery already stored the result
+// (the PubAck says Duplicate), the metrics and the log give the stored
+// result, not this delivery's own, and the log says the stored one was kept.
+func TestMetricsAndLogsGiveTheStoredResultWhenAnEarlierOneWasKept(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	ctx := context.Background()
+	cons, _, err := worker.EnsureConsumer(ctx, e.js, e.cfg)
+	require.NoError(t, err)
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	seq := e.publish(cancelBody(o, false, "kept"), "")
+
+	// An earlier worker cancelled the order, stored its result and died
+	// before its ack arrived.
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor))
+	require.NoError(t, err)
+	msg := <-batch.Messages()
+	require.NotNil(t, msg)
+	e.ex.SetOrderStatus("linear", o.OrderID, "Cancelled")
+	earlier := messages.Result{RequestID: "kept", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1, Deliveries: 1}
+	data, err := earlier.Marshal()
+	require.NoError(t, err)
+	_, err = e.js.PublishMsg(ctx, &nats.Msg{Subject: e.cfg.AckSubject, Data: data}, jetstream.WithMsgID(messages.ResultMsgID(seq)))
+	require.NoError(t, err)
+	require.NoError(t, msg.Nak())
+
+	reg := prometheus.NewRegistry()
+	e.cfg.Registerer = reg
+	e.start()
+	e.settled()
+	require.EqualValues(t, 1, e.storedResults())
+	require.Equal(t, messages.StatusCancelled, e.waitResults(1)[seq].Status)
+	require.Equal(t, 1.0, counter(t, reg, "cancel_worker_results_total", "status", "cancelled"), "the stored result is counted")
+	require.Zero(t, counter(t, reg, "cancel_worker_results_total", "status", "not_open"), "this delivery's own not_open was not stored")
+	// The outcome is logged once the request is acked.
+	require.Eventually(t, func() bool {
+		return strings.Contains(e.logs.String(), `msg="cancel cancelled (the result stored by an earlier delivery was kept)"`)
+	}, waitFor, 5*time.Millisecond)
+	logs := e.logs.String()
+	require.Contains(t, logs, "storedResultKept=true thisDeliveryStatus=not_open")
+	require.NotContains(t, logs, `msg="cancel not_open"`)
+}

@@ -82,16 +82,29 @@ func (j *job) redelivered(msg jetstream.Msg, deliveries uint64, pulledAt time.Ti
 	j.stale, j.confirmedAt = false, pulledAt
 }
 
-// checkStale marks the job stale once no heartbeat was confirmed for
-// staleAfter (0: never), and reports whether it is.
-func (j *job) checkStale(now time.Time, staleAfter time.Duration) bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.checkStaleLocked(now, staleAfter)
+// staleRule says when a held message counts as possibly handed to another
+// consumer: no heartbeat of it answered for after, with heartbeats seen to
+// fail (the connection down, or no consumer leader to answer) since the last
+// answered one; or for silent, without any sign (a connection that stalls
+// without closing). Zero: never (heartbeats are not answered at all).
+type staleRule struct {
+	after, silent time.Duration
+	troubleAt     time.Time
 }
 
-func (j *job) checkStaleLocked(now time.Time, staleAfter time.Duration) bool {
-	if !j.stale && staleAfter > 0 && !j.confirmedAt.IsZero() && now.Sub(j.confirmedAt) >= staleAfter {
+// checkStale marks the job stale by rule, and reports whether it is.
+func (j *job) checkStale(now time.Time, rule staleRule) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.checkStaleLocked(now, rule)
+}
+
+func (j *job) checkStaleLocked(now time.Time, rule staleRule) bool {
+	if j.stale || rule.after <= 0 || j.confirmedAt.IsZero() {
+		return j.stale
+	}
+	age := now.Sub(j.confirmedAt)
+	if age >= rule.silent || (age >= rule.after && rule.troubleAt.After(j.confirmedAt)) {
 		j.stale, j.handedOut = true, true
 	}
 	return j.stale
@@ -107,7 +120,7 @@ func (j *job) checkStaleLocked(now time.Time, staleAfter time.Duration) bool {
 // which the consumer leader answers once it has heard them: the connection
 // delivers in order, so when both are answered the round arrived. A message
 // that no answered round (or, just pulled, no answered heartbeat of its own)
-// covered for staleAfter is stale: see Worker.letGo.
+// covered for long enough is stale (see staleRule and Worker.letGo).
 type heldSet struct {
 	mu      sync.Mutex
 	jobs    map[uint64]*job
@@ -115,14 +128,18 @@ type heldSet struct {
 
 	// Set while heartbeats run: nc carries them, inbox collects their
 	// answers, base dates them (an answer names its heartbeat's send time
-	// as an offset from base). staleAfter is AckWait less half a heartbeat
-	// interval: the server may hand a message out AckWait after the last
-	// heartbeat it heard, and the half interval covers the time between
-	// the last look at a message and its cancel leaving.
+	// as an offset from base), rule decides staleness and reconnects is the
+	// connection's count at the last round. rule.after is AckWait less half
+	// a heartbeat interval: the server may hand a message out AckWait after
+	// the last heartbeat it heard (a new consumer leader, one interval
+	// earlier if the newest was not replicated yet, but only after an
+	// election of seconds), and the rest covers the time between the last
+	// look at a message and its cancel leaving. rule.silent is twice AckWait.
 	nc         *nats.Conn
 	inbox      string
 	base       time.Time
-	staleAfter time.Duration
+	rule       staleRule
+	reconnects uint64
 	rounds     map[uint64]*round
 	nextRound  uint64
 }
@@ -194,11 +211,13 @@ func (h *heldSet) heartbeatLoop(ctx context.Context, nc *nats.Conn, ackWait time
 	if err == nil {
 		defer func() { _ = sub.Unsubscribe() }()
 		h.mu.Lock()
-		h.nc, h.inbox, h.base, h.staleAfter = nc, inbox, time.Now(), ackWait-interval/2
+		h.nc, h.inbox, h.base = nc, inbox, time.Now()
+		h.rule = staleRule{after: ackWait - interval/2, silent: 2 * ackWait}
+		h.reconnects = nc.Stats().Reconnects
 		h.mu.Unlock()
 		defer func() {
 			h.mu.Lock()
-			h.nc, h.inbox, h.staleAfter = nil, "", 0
+			h.nc, h.inbox, h.rule = nil, "", staleRule{}
 			h.mu.Unlock()
 		}()
 	}
@@ -230,7 +249,15 @@ func (h *heldSet) heartbeat(keep time.Duration) {
 	now := time.Now()
 	jobs := h.snapshot()
 	h.mu.Lock()
-	nc, inbox, staleAfter := h.nc, h.inbox, h.staleAfter
+	nc, inbox := h.nc, h.inbox
+	if nc != nil {
+		// Heartbeats sent while the connection is down, or across a
+		// reconnect since the last round, may not have arrived.
+		if rc := nc.Stats().Reconnects; nc.Status() != nats.CONNECTED || rc != h.reconnects {
+			h.rule.troubleAt, h.reconnects = now, rc
+		}
+	}
+	rule := h.rule
 	h.nextRound++
 	n := h.nextRound
 	r := &round{at: now, jobs: make([]*job, 0, len(jobs)), deliveries: make([]uint64, 0, len(jobs))}
@@ -248,7 +275,7 @@ func (h *heldSet) heartbeat(keep time.Duration) {
 		j.mu.Lock()
 		msg, deliveries, done := j.msg, j.deliveries, j.done
 		if !done {
-			j.checkStaleLocked(now, staleAfter)
+			j.checkStaleLocked(now, rule)
 		}
 		j.mu.Unlock()
 		if !done {
@@ -278,6 +305,9 @@ func (h *heldSet) heartbeat(keep time.Duration) {
 // nothing.
 func (h *heldSet) confirmed(m *nats.Msg) {
 	if m.Header.Get("Status") != "" {
+		h.mu.Lock()
+		h.rule.troubleAt = time.Now()
+		h.mu.Unlock()
 		return
 	}
 	parts := strings.Split(strings.TrimPrefix(m.Subject, h.inboxName()+"."), ".")
@@ -291,10 +321,10 @@ func (h *heldSet) confirmed(m *nats.Msg) {
 			return
 		}
 		h.mu.Lock()
-		j, sent, staleAfter := h.jobs[seq], h.base.Add(time.Duration(offset)), h.staleAfter
+		j, sent, rule := h.jobs[seq], h.base.Add(time.Duration(offset)), h.rule
 		h.mu.Unlock()
 		if j != nil {
-			j.confirm(deliveries, sent, now, staleAfter)
+			j.confirm(deliveries, sent, now, rule)
 		}
 	case len(parts) == 3 && parts[0] == "r":
 		n, err := strconv.ParseUint(parts[1], 10, 64)
@@ -302,7 +332,7 @@ func (h *heldSet) confirmed(m *nats.Msg) {
 			return
 		}
 		h.mu.Lock()
-		r, staleAfter := h.rounds[n], h.staleAfter
+		r, rule := h.rounds[n], h.rule
 		done := false
 		if r != nil {
 			if parts[2] == "first" {
@@ -318,7 +348,7 @@ func (h *heldSet) confirmed(m *nats.Msg) {
 		h.mu.Unlock()
 		if done {
 			for i, j := range r.jobs {
-				j.confirm(r.deliveries[i], r.at, now, staleAfter)
+				j.confirm(r.deliveries[i], r.at, now, rule)
 			}
 		}
 	}
@@ -332,14 +362,14 @@ func (h *heldSet) inboxName() string {
 
 // confirm records that the server heard a heartbeat of the given delivery
 // sent at sent; the answer came at now.
-func (j *job) confirm(deliveries uint64, sent, now time.Time, staleAfter time.Duration) {
+func (j *job) confirm(deliveries uint64, sent, now time.Time, rule staleRule) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.deliveries != deliveries || j.done {
 		return
 	}
 	// A gap that has already happened counts even if this answer ends it.
-	if !j.checkStaleLocked(now, staleAfter) && sent.After(j.confirmedAt) {
+	if !j.checkStaleLocked(now, rule) && sent.After(j.confirmedAt) {
 		j.confirmedAt = sent
 	}
 }
@@ -348,9 +378,9 @@ func (j *job) confirm(deliveries uint64, sent, now time.Time, staleAfter time.Du
 // long enough that the server may have handed it to another consumer.
 func (h *heldSet) stale(j *job) bool {
 	h.mu.Lock()
-	staleAfter := h.staleAfter
+	rule := h.rule
 	h.mu.Unlock()
-	return j.checkStale(time.Now(), staleAfter)
+	return j.checkStale(time.Now(), rule)
 }
 
 // seqMemory remembers up to n stream sequences (oldest forgotten first).

@@ -9,14 +9,16 @@ import (
 )
 
 // proxy forwards TCP connections to a server on loopback. freeze holds every
-// byte in both directions without closing anything, as a network partition
-// does; thaw lets it all through.
+// byte in both directions without closing anything, as a stalled network
+// does; thaw lets it all through. cut closes every connection and refuses new
+// ones, as a server that went away; restore accepts them again.
 type proxy struct {
 	ln     net.Listener
 	target string
 
 	mu     sync.Mutex
 	thawed chan struct{} // closed while traffic flows
+	cutOff bool
 	conns  []net.Conn
 	wg     sync.WaitGroup
 }
@@ -57,6 +59,12 @@ func (p *proxy) serve() {
 			continue
 		}
 		p.mu.Lock()
+		if p.cutOff {
+			p.mu.Unlock()
+			_ = c.Close()
+			_ = s.Close()
+			continue
+		}
 		p.conns = append(p.conns, c, s)
 		p.mu.Unlock()
 		p.wg.Add(2)
@@ -105,4 +113,20 @@ func (p *proxy) thaw() {
 	default:
 		close(p.thawed)
 	}
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cutOff = true
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cutOff = false
 }

@@ -103,7 +103,7 @@ func (e *env) resultFor(seq uint64) bool {
 }
 
 // Issue 19, deterministically. Worker A holds two requests, one sent and one
-// waiting for budget, when it loses its broker for longer than AckWait; the
+// waiting for budget, when it loses its server for longer than AckWait; the
 // broker hands both to worker B, whose cancels land. A's own copies must not
 // then race B's: A does not send the one it had not sent, and does not store
 // the not_open its earlier call got back (the order is gone because B's
@@ -158,13 +158,13 @@ func TestACopyTheBrokerHandedToAnotherWorkerIsNotRaced(t *testing.T) {
 		info, err := c.Info(context.Background())
 		return err == nil && info.NumAckPending == 2 && info.NumPending == 0
 	}, waitFor, 10*time.Millisecond, "A holds both requests")
-	pa.freeze()
+	pa.cut()
 
 	cfgB := e.cfg
 	cfgB.Logger = e.cfg.Logger.With("worker", "B")
 	startWorkerVia(t, cfgB, e.ns.ClientURL(), bFront)
 	<-bCancelledX
-	pa.thaw()
+	pa.restore()
 	// A has decided about X once it stored a result for it, or let both
 	// go (S when its not_open came back, X before sending).
 	require.Eventually(t, func() bool {

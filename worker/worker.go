@@ -671,9 +671,9 @@ func (w *Worker) dropStale(units []*unit) []*unit {
 }
 
 // possiblyRedelivered reports whether the server may have handed j's
-// delivery to another consumer: its heartbeats went unconfirmed for AckWait
-// less one heartbeat interval, and it is not the consumer's last delivery
-// (the server does not hand out a last delivery again).
+// delivery to another consumer: its heartbeats went unanswered too long (see
+// staleRule), and it is not the consumer's last delivery (the server does not
+// hand out a last delivery again).
 func (w *Worker) possiblyRedelivered(j *job) bool {
 	return !w.lastDelivery(j) && w.held.stale(j)
 }

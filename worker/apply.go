@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -37,7 +38,7 @@ func (w *Worker) apply(j *job, p *pacer, d decision) {
 			w.metrics.retries.WithLabelValues(d.reason).Inc()
 			w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
 		}
-		w.release(j, d.delay)
+		w.release(j, d.delay, d.reason)
 		return
 	}
 	w.metrics.retries.WithLabelValues(d.reason).Inc()
@@ -134,15 +135,20 @@ func (w *Worker) giveBack(j *job, delay time.Duration, why string) {
 	w.apply(j, nil, w.decide(j, event{kind: evGiveBack, why: why, delay: delay}))
 }
 
-// release gives a message back for another delivery with NakWithDelay.
-func (w *Worker) release(j *job, delay time.Duration) {
+// release gives a message back for another delivery with NakWithDelay;
+// reason names why.
+func (w *Worker) release(j *job, delay time.Duration, reason string) {
 	defer w.jobs.Done()
+	if w.possiblyRedelivered(j) {
+		w.letGo(j, "not released ("+reason+")")
+		return
+	}
 	if j.prog != nil {
 		w.recordReleased(j)
 	}
-	msg := j.letGo()
+	msg, deliveries := j.end()
 	if j.attempts == 0 && !j.ambiguous {
-		w.released.put(j.seq, j.deliveries)
+		w.released.put(j.seq, deliveries)
 	}
 	var err error
 	if delay > 0 {
@@ -163,6 +169,14 @@ func (w *Worker) release(j *job, delay time.Duration) {
 func (w *Worker) finish(j *job, d decision) {
 	defer w.jobs.Done()
 	r := d.result
+	if w.possiblyRedelivered(j) && r.Status == messages.StatusNotOpen {
+		// The answer came after the server may have handed the request
+		// to another consumer: the order may be gone because that
+		// consumer's cancel landed first, whose result is the true one.
+		w.letGo(j, "its not_open not stored")
+		return
+	}
+	_, deliveries := j.delivery()
 	if j.prog != nil {
 		// A cancel-all lists what every call of every delivery cancelled,
 		// whichever way it ends.
@@ -170,9 +184,9 @@ func (w *Worker) finish(j *job, d decision) {
 		r.OrdersComplete = new(j.prog.complete())
 	}
 	r.Attempts = j.attempts
-	r.Ambiguous = j.ambiguous
+	r.Ambiguous = j.ambiguous || j.handedOutNow()
 	r.RateLimitWaitMs = j.rateLimitWait.Milliseconds()
-	r.Deliveries = j.deliveries
+	r.Deliveries = deliveries
 	if !j.sentAt.IsZero() {
 		r.SentAt = new(j.sentAt.UTC())
 	}
@@ -186,18 +200,29 @@ func (w *Worker) finish(j *job, d decision) {
 		subject = w.cfg.AckSubject
 	}
 	ctx := w.sendCtx
-	if err := w.pub.publish(ctx, subject, data, r.MsgID()); err != nil {
+	ack, err := w.pub.publishAck(ctx, subject, data, r.MsgID())
+	if err != nil {
 		// The result may or may not be stored: the redelivery finds out
 		// (the Nats-Msg-Id keeps it from being stored twice).
 		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
-		_ = j.letGo().Nak()
+		msg, _ := j.end()
+		_ = msg.Nak()
 		w.held.remove(&j.heldMsg)
 		return
+	}
+	var local *messages.Result
+	if ack.Duplicate {
+		// An earlier delivery stored a result first: that one is what
+		// readers see, so it is what is counted, logged and acted on.
+		if stored, ok := w.storedResult(ctx, j, ack.Sequence); ok {
+			local = new(r)
+			r = stored
+		}
 	}
 	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
 
-	msg := j.letGo()
+	msg, _ := j.end()
 	if d.action == actTerm {
 		reason := r.Error
 		if reason == "" {
@@ -212,10 +237,70 @@ func (w *Worker) finish(j *job, d decision) {
 		w.log.Warn("ack failed after the result was published; a redelivery will be acked without a second result", "seq", j.seq, "error", err)
 	}
 	w.held.remove(&j.heldMsg)
-	w.logOutcome(j, r)
+	w.logOutcome(j, r, local)
 }
 
-func (w *Worker) logOutcome(j *job, r messages.Result) {
+// storedResult reads the result the stream kept at seq (a duplicate
+// PubAck's sequence). It reports false, having logged why, when that cannot
+// be read or is not this request's.
+func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, bool) {
+	var m *jetstream.RawStreamMsg
+	err := backoff.Retry(func() error {
+		s, err := w.js.Stream(ctx, w.cfg.Stream)
+		if err == nil {
+			m, err = s.GetMsg(ctx, seq)
+		}
+		return err
+	}, backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 3), ctx))
+	if err != nil {
+		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
+		return messages.Result{}, false
+	}
+	r, err := messages.DecodeResult(m.Data)
+	if err == nil && r.RequestSeq != j.seq {
+		err = fmt.Errorf("it answers request %d", r.RequestSeq)
+	}
+	if err != nil {
+		w.log.Error("the stream's duplicate of this result is not one: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
+		return messages.Result{}, false
+	}
+	return r, true
+}
+
+// possiblyRedelivered reports whether the server may have handed j's
+// delivery to another consumer: its heartbeats went unanswered too long (see
+// staleRule), and it is not the consumer's last delivery (the server does not
+// hand out a last delivery again).
+func (w *Worker) possiblyRedelivered(j *job) bool {
+	_, deliveries := j.delivery()
+	return !w.policy(j).lastDelivery(deliveries) && w.held.stale(&j.heldMsg)
+}
+
+// letGo gives up a held message that the server may have handed to another
+// consumer, which then answers it. Sending it too would race that consumer's
+// call at the exchange, and storing what came back would race its result for
+// the Nats-Msg-Id result:<seq>, which keeps whichever is stored first: an
+// answer like not_open may be what the other call did, and is not the truth
+// to keep. No Nak: acks name the stream sequence, not the delivery, so a Nak
+// would make the server hand out again a message another consumer works on.
+// Left alone, the message is redelivered AckWait after the last heartbeat the
+// server heard if nobody else holds it. The caller accounts for w.jobs.
+func (w *Worker) letGo(j *job, what string) {
+	_, deliveries := j.end()
+	if j.attempts == 0 && !j.ambiguous {
+		// Nothing was sent: back straight to this process, it is not
+		// ambiguous.
+		w.released.put(j.seq, deliveries)
+	}
+	w.metrics.retries.WithLabelValues("possibly_redelivered").Inc()
+	w.log.Warn("heartbeats unanswered for most of AckWait: the server may have handed this request to another consumer; "+what+", left to the current delivery",
+		w.jobAttrs(j, "deliveries", deliveries, "ackWait", w.consumer.AckWait)...)
+	w.held.remove(&j.heldMsg)
+}
+
+// logOutcome logs the stored result r; local is this delivery's own, when a
+// result stored earlier was kept instead.
+func (w *Worker) logOutcome(j *job, r messages.Result, local *messages.Result) {
 	attrs := []any{
 		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
 		"orderId", r.OrderID, "orderLinkId", r.OrderLinkID, "status", r.Status,
@@ -239,6 +324,12 @@ func (w *Worker) logOutcome(j *job, r messages.Result) {
 	case messages.StatusRejected:
 		attrs = append(attrs, "retMsg", r.RetMsg)
 	}
+	if local != nil {
+		attrs = append(attrs, "storedResultKept", true, "thisDeliveryStatus", local.Status,
+			"thisDeliveryAmbiguous", local.Ambiguous, "deliveries", local.Deliveries)
+		w.log.Info("cancel "+string(r.Status)+" (the result stored by an earlier delivery was kept)", attrs...)
+		return
+	}
 	w.log.Info("cancel "+string(r.Status), attrs...)
 }
 
@@ -256,7 +347,8 @@ func (w *Worker) decide(j *job, ev event) decision {
 }
 
 func (w *Worker) request(j *job) request {
-	req := request{base: j.invalid, deliveries: j.deliveries, requestTime: j.stored}
+	_, deliveries := j.delivery()
+	req := request{base: j.invalid, deliveries: deliveries, requestTime: j.stored}
 	switch {
 	case j.invalid.Status != "":
 	case j.all != nil:

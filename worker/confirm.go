@@ -219,7 +219,7 @@ func (c *confirmer) run(ctx context.Context, maxHeld int) {
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		c.held.heartbeatLoop(ctx, c.settings.AckWait)
+		c.held.heartbeatLoop(ctx, c.js.Conn(), c.settings.AckWait)
 	}()
 
 	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept}.run(ctx)
@@ -230,7 +230,7 @@ func (c *confirmer) run(ctx context.Context, maxHeld int) {
 }
 
 // accept starts confirming one result, or acks it when it needs none.
-func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
+func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Time) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		_ = msg.Term()
@@ -249,7 +249,7 @@ func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	h := newHeldMsg(msg, meta)
+	h := newHeldMsg(msg, meta, pulledAt)
 	if _, fresh := c.held.add(&h); !fresh {
 		return // a redelivery of one still being confirmed
 	}
@@ -307,7 +307,7 @@ func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Re
 		}()
 	}
 	wg.Wait()
-	msg := h.letGo()
+	msg, _ := h.end()
 	switch {
 	case failed.Load() && ctx.Err() != nil:
 		// Stopping: another process, or this one restarted, finishes it;

@@ -53,6 +53,14 @@ func (w *Worker) dispatch(l *lane) {
 			}
 			return
 		}
+		// Last look before sending: a copy the server may have handed to
+		// another consumer is not sent.
+		if units = w.dropStale(units); len(units) == 0 {
+			ps.cancel()
+			continue
+		}
+		ps.keep(len(units))
+		ps.send()
 		for _, u := range units {
 			for _, j := range u.jobs {
 				// Everything between entering the lane and now was waiting
@@ -132,6 +140,28 @@ func (w *Worker) dropExpired(units []*unit) []*unit {
 				continue
 			}
 			go w.apply(j, nil, w.decide(j, event{kind: evExpired, why: "be sent"}))
+		}
+		if len(jobs) > 0 {
+			u.jobs = jobs
+			kept = append(kept, u)
+		}
+	}
+	return kept
+}
+
+// dropStale lets go of the cancels the server may have handed to another
+// consumer (see letGo) and returns the units left to send.
+func (w *Worker) dropStale(units []*unit) []*unit {
+	kept := units[:0]
+	for _, u := range units {
+		jobs := u.jobs[:0]
+		for _, j := range u.jobs {
+			if !w.possiblyRedelivered(j) {
+				jobs = append(jobs, j)
+				continue
+			}
+			w.letGo(j, "not sent")
+			w.jobs.Done()
 		}
 		if len(jobs) > 0 {
 			u.jobs = jobs

@@ -150,8 +150,33 @@ func (g *gateway) admit(ctx context.Context, b budget, p *pacer, held []*slot, p
 	if slot {
 		g.metrics.inFlight.Inc()
 	}
-	p.markSent(held)
-	return &pass{g: g, budget: b, p: p, held: held, probe: probe, slot: slot, ipDone: ipDone, sentAt: g.now(), start: time.Now()}, nil
+	return &pass{g: g, budget: b, p: p, held: held, probe: probe, slot: slot, ipDone: ipDone}, nil
+}
+
+// keep gives back the budget held beyond n requests' worth (a batch that
+// lost orders at the last look).
+func (ps *pass) keep(n int) {
+	if len(ps.held) > n {
+		ps.p.unreserve(ps.held[n:])
+		ps.held = ps.held[:n]
+	}
+}
+
+// cancel gives back all the pass holds: nothing is sent after all.
+func (ps *pass) cancel() {
+	ps.p.unreserve(ps.held)
+	ps.ipDone()
+	if ps.slot {
+		<-ps.g.slots
+		ps.g.metrics.inFlight.Dec()
+	}
+	ps.g.handBack(ps.probe)
+}
+
+// send marks the request as going out now.
+func (ps *pass) send() {
+	ps.p.markSent(ps.held)
+	ps.sentAt, ps.start = ps.g.now(), time.Now()
 }
 
 // done is the bookkeeping every request shares, whichever path sent it: an
@@ -206,6 +231,7 @@ func (g *gateway) call(ctx context.Context, b budget, p *pacer, slot bool, send 
 		if err != nil {
 			return false, err
 		}
+		ps.send()
 		rl, err := send()
 		ps.done(rl, err)
 		return true, err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,7 +34,10 @@ type puller struct {
 	// with ctx: a message given back at a stop must not come back into the
 	// same pull (each delivery counts to MaxDeliver).
 	outliveStop bool
-	accept      func(ctx context.Context, msg jetstream.Msg)
+	// accept takes a message; pulledAt is when the pull that brought it
+	// was asked for: the server starts a delivery's AckWait when it hands
+	// the message to the pull, never before.
+	accept func(ctx context.Context, msg jetstream.Msg, pulledAt time.Time)
 }
 
 // run pulls until ctx ends.
@@ -72,12 +77,13 @@ func (p puller) run(ctx context.Context) {
 
 // fetch takes one batch of up to room messages to accept.
 func (p puller) fetch(ctx, fctx context.Context, room int) error {
+	pulledAt := time.Now()
 	batch, err := p.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
 	if err != nil {
 		return err
 	}
 	for msg := range batch.Messages() {
-		p.accept(ctx, msg)
+		p.accept(ctx, msg, pulledAt)
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
@@ -86,73 +92,176 @@ func (p puller) fetch(ctx, fctx context.Context, room int) error {
 }
 
 // heldMsg is one message a consumer holds: pulled, not yet acked, given
-// back or terminated. Its delivery is heartbeated until it is let go; a
+// back or terminated. Its delivery is heartbeated until it ends; a
 // redelivery that arrives meanwhile replaces it, so that the answer goes to
-// the newest delivery.
+// the newest delivery. The fields under mu are shared with the heartbeat and
+// with the pull.
 type heldMsg struct {
 	seq uint64
 	// stored is when the stream stored the message.
 	stored time.Time
 
-	mu         sync.Mutex
-	msg        jetstream.Msg
+	mu   sync.Mutex
+	msg  jetstream.Msg
+	done bool
+	// deliveries is the NumDelivered of msg, the newest delivery.
 	deliveries uint64
-	done       bool
+	// confirmedAt is the latest moment from which the server is known to
+	// count this delivery's AckWait: when it was pulled, then the send time
+	// of each heartbeat the consumer leader answered.
+	confirmedAt time.Time
+	// stale: heartbeats went unconfirmed long enough that the server may
+	// have handed this delivery to another consumer. A newer delivery to
+	// this process makes it current again.
+	stale bool
+	// handedOut: while this process held the message, the server may have
+	// handed it to another consumer (stale once, or a redelivery skipped a
+	// delivery count). What that consumer sent may have been applied.
+	handedOut bool
 }
 
-func newHeldMsg(msg jetstream.Msg, meta *jetstream.MsgMetadata) heldMsg {
-	return heldMsg{seq: meta.Sequence.Stream, stored: meta.Timestamp, msg: msg, deliveries: meta.NumDelivered}
+func newHeldMsg(msg jetstream.Msg, meta *jetstream.MsgMetadata, pulledAt time.Time) heldMsg {
+	return heldMsg{seq: meta.Sequence.Stream, stored: meta.Timestamp, msg: msg, deliveries: meta.NumDelivered, confirmedAt: pulledAt}
 }
 
-// redelivered takes a redelivery of the message in place of the delivery
-// held so far.
-func (h *heldMsg) redelivered(msg jetstream.Msg) {
+// delivery returns the newest delivery of the message and its count.
+func (h *heldMsg) delivery() (jetstream.Msg, uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.msg = msg
+	return h.msg, h.deliveries
 }
 
-// letGo stops the heartbeats and returns the delivery to answer.
-func (h *heldMsg) letGo() jetstream.Msg {
+// end stops the heartbeats and returns the delivery to answer and its count.
+func (h *heldMsg) end() (jetstream.Msg, uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.done = true
-	return h.msg
+	return h.msg, h.deliveries
 }
 
-// heartbeat tells the server the message is still being worked on.
-func (h *heldMsg) heartbeat() {
+// redelivered makes a newer delivery of the held message the one to answer:
+// its count is what the retry budget's end and the result go by, and this
+// process holds the current delivery again. A count that skipped one means
+// another consumer had the message in between.
+func (h *heldMsg) redelivered(msg jetstream.Msg, deliveries uint64, pulledAt time.Time) {
 	h.mu.Lock()
-	msg, done := h.msg, h.done
-	h.mu.Unlock()
-	if !done {
-		_ = msg.InProgress() // a lost heartbeat is retried at the next tick
+	defer h.mu.Unlock()
+	if deliveries <= h.deliveries {
+		return
 	}
+	if deliveries > h.deliveries+1 {
+		h.handedOut = true
+	}
+	h.msg, h.deliveries = msg, deliveries
+	h.stale, h.confirmedAt = false, pulledAt
+}
+
+// handedOutNow reports whether another consumer may have had the message.
+func (h *heldMsg) handedOutNow() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.handedOut
+}
+
+// staleRule says when a held message counts as possibly handed to another
+// consumer: no heartbeat of it answered for after, with heartbeats seen to
+// fail (the connection down, or no consumer leader to answer) since the last
+// answered one; or for silent, without any sign (a connection that stalls
+// without closing). Zero: never (heartbeats are not answered at all).
+type staleRule struct {
+	after, silent time.Duration
+	troubleAt     time.Time
+}
+
+// checkStale marks the message stale by rule, and reports whether it is.
+func (h *heldMsg) checkStale(now time.Time, rule staleRule) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.checkStaleLocked(now, rule)
+}
+
+func (h *heldMsg) checkStaleLocked(now time.Time, rule staleRule) bool {
+	if h.stale || rule.after <= 0 || h.confirmedAt.IsZero() {
+		return h.stale
+	}
+	age := now.Sub(h.confirmedAt)
+	if age >= rule.silent || (age >= rule.after && rule.troubleAt.After(h.confirmedAt)) {
+		h.stale, h.handedOut = true, true
+	}
+	return h.stale
 }
 
 // heldSet is every message this process holds, keyed by stream sequence. One
 // ticker heartbeats all of them, wherever they wait.
+//
+// Only an answer shows a heartbeat arrived: a plain InProgress is lost
+// without a trace while the connection is down or the consumer has no
+// leader, and the server then hands the message to whichever consumer pulls
+// next. So each round of heartbeats is bracketed by two sent as requests,
+// which the consumer leader answers once it has heard them: the connection
+// delivers in order, so when both are answered the round arrived. A message
+// that no answered round (or, just pulled, no answered heartbeat of its own)
+// covered for long enough is stale (see staleRule and Worker.letGo).
 type heldSet struct {
 	mu      sync.Mutex
 	msgs    map[uint64]*heldMsg
 	changed chan struct{}
+
+	// Set while heartbeats run: nc carries them, inbox collects their
+	// answers, base dates them (an answer names its heartbeat's send time
+	// as an offset from base), rule decides staleness and reconnects is the
+	// connection's count at the last round. rule.after is AckWait less half
+	// a heartbeat interval: the server may hand a message out AckWait after
+	// the last heartbeat it heard (a new consumer leader, one interval
+	// earlier if the newest was not replicated yet, but only after an
+	// election of seconds), and the rest covers the time between the last
+	// look at a message and its cancel leaving. rule.silent is twice AckWait.
+	nc         *nats.Conn
+	inbox      string
+	base       time.Time
+	rule       staleRule
+	reconnects uint64
+	rounds     map[uint64]*round
+	nextRound  uint64
+}
+
+// round is one round of heartbeats: the messages it covered (at their
+// delivery then) and which of its two bracketing requests were answered.
+type round struct {
+	at          time.Time
+	msgs        []*heldMsg
+	deliveries  []uint64
+	first, last bool
 }
 
 func newHeldSet() *heldSet {
-	return &heldSet{msgs: map[uint64]*heldMsg{}, changed: make(chan struct{})}
+	return &heldSet{msgs: map[uint64]*heldMsg{}, changed: make(chan struct{}), rounds: map[uint64]*round{}}
 }
 
 // add registers m, or returns the message already held for the same
 // sequence (a redelivery of a message this process still works on).
 func (h *heldSet) add(m *heldMsg) (*heldMsg, bool) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if prev, ok := h.msgs[m.seq]; ok {
+		h.mu.Unlock()
 		return prev, false
 	}
 	h.msgs[m.seq] = m
+	nc, inbox, base := h.nc, h.inbox, h.base
+	h.mu.Unlock()
+	// The first heartbeat goes at once, answered on its own: the next
+	// round may be a third of AckWait away, and the server's AckWait began
+	// when it sent the message.
+	if nc != nil {
+		msg, deliveries := m.delivery()
+		reply := inbox + ".j." + strconv.FormatUint(m.seq, 10) + "." + strconv.FormatUint(deliveries, 10) + "." +
+			strconv.FormatInt(int64(time.Since(base)), 10)
+		_ = nc.PublishMsg(&nats.Msg{Subject: msg.Reply(), Reply: reply, Data: ackProgress})
+	}
 	return m, true
 }
+
+var ackProgress = []byte("+WPI")
 
 func (h *heldSet) remove(m *heldMsg) {
 	h.mu.Lock()
@@ -173,16 +282,32 @@ func (h *heldSet) len() (int, <-chan struct{}) {
 }
 
 // heartbeatLoop heartbeats every held message at a third of ackWait until
-// ctx ends.
-func (h *heldSet) heartbeatLoop(ctx context.Context, ackWait time.Duration) {
-	t := time.NewTicker(max(ackWait/3, 10*time.Millisecond))
+// ctx ends; nc carries the heartbeats and their answers.
+func (h *heldSet) heartbeatLoop(ctx context.Context, nc *nats.Conn, ackWait time.Duration) {
+	interval := max(ackWait/3, 10*time.Millisecond)
+	inbox := nats.NewInbox()
+	sub, err := nc.Subscribe(inbox+".>", h.confirmed)
+	if err == nil {
+		defer func() { _ = sub.Unsubscribe() }()
+		h.mu.Lock()
+		h.nc, h.inbox, h.base = nc, inbox, time.Now()
+		h.rule = staleRule{after: ackWait - interval/2, silent: 2 * ackWait}
+		h.reconnects = nc.Stats().Reconnects
+		h.mu.Unlock()
+		defer func() {
+			h.mu.Lock()
+			h.nc, h.inbox, h.rule = nil, "", staleRule{}
+			h.mu.Unlock()
+		}()
+	}
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			h.heartbeat()
+			h.heartbeat(2 * ackWait)
 		}
 	}
 }
@@ -197,11 +322,144 @@ func (h *heldSet) snapshot() []*heldMsg {
 	return out
 }
 
-// heartbeat keeps every held message alive with InProgress.
-func (h *heldSet) heartbeat() {
-	for _, m := range h.snapshot() {
-		m.heartbeat()
+// heartbeat sends one round: InProgress for every held message, the first
+// and the last sent as requests. Rounds older than keep are forgotten.
+func (h *heldSet) heartbeat(keep time.Duration) {
+	now := time.Now()
+	held := h.snapshot()
+	h.mu.Lock()
+	nc, inbox := h.nc, h.inbox
+	if nc != nil {
+		// Heartbeats sent while the connection is down, or across a
+		// reconnect since the last round, may not have arrived.
+		if rc := nc.Stats().Reconnects; nc.Status() != nats.CONNECTED || rc != h.reconnects {
+			h.rule.troubleAt, h.reconnects = now, rc
+		}
 	}
+	rule := h.rule
+	h.nextRound++
+	n := h.nextRound
+	r := &round{at: now, msgs: make([]*heldMsg, 0, len(held)), deliveries: make([]uint64, 0, len(held))}
+	if nc != nil {
+		h.rounds[n] = r
+		for k, old := range h.rounds {
+			if now.Sub(old.at) > keep {
+				delete(h.rounds, k)
+			}
+		}
+	}
+	h.mu.Unlock()
+	var msgs []jetstream.Msg
+	for _, m := range held {
+		m.mu.Lock()
+		msg, deliveries, done := m.msg, m.deliveries, m.done
+		if !done {
+			m.checkStaleLocked(now, rule)
+		}
+		m.mu.Unlock()
+		if !done {
+			msgs = append(msgs, msg)
+			r.msgs, r.deliveries = append(r.msgs, m), append(r.deliveries, deliveries)
+		}
+	}
+	if len(msgs) == 0 {
+		return
+	}
+	if nc == nil { // no answers to be had: heartbeat blind
+		for _, msg := range msgs {
+			_ = msg.InProgress() // a lost heartbeat is retried at the next tick
+		}
+		return
+	}
+	prefix := inbox + ".r." + strconv.FormatUint(n, 10)
+	_ = nc.PublishMsg(&nats.Msg{Subject: msgs[0].Reply(), Reply: prefix + ".first", Data: ackProgress})
+	for _, msg := range msgs {
+		_ = msg.InProgress()
+	}
+	_ = nc.PublishMsg(&nats.Msg{Subject: msgs[len(msgs)-1].Reply(), Reply: prefix + ".last", Data: ackProgress})
+}
+
+// confirmed takes the consumer leader's answer to a heartbeat sent as a
+// request. A status message (503: no consumer leader heard it) confirms
+// nothing.
+func (h *heldSet) confirmed(m *nats.Msg) {
+	if m.Header.Get("Status") != "" {
+		h.mu.Lock()
+		h.rule.troubleAt = time.Now()
+		h.mu.Unlock()
+		return
+	}
+	parts := strings.Split(strings.TrimPrefix(m.Subject, h.inboxName()+"."), ".")
+	now := time.Now()
+	switch {
+	case len(parts) == 4 && parts[0] == "j":
+		seq, err1 := strconv.ParseUint(parts[1], 10, 64)
+		deliveries, err2 := strconv.ParseUint(parts[2], 10, 64)
+		offset, err3 := strconv.ParseInt(parts[3], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return
+		}
+		h.mu.Lock()
+		m, sent, rule := h.msgs[seq], h.base.Add(time.Duration(offset)), h.rule
+		h.mu.Unlock()
+		if m != nil {
+			m.confirm(deliveries, sent, now, rule)
+		}
+	case len(parts) == 3 && parts[0] == "r":
+		n, err := strconv.ParseUint(parts[1], 10, 64)
+		if err != nil {
+			return
+		}
+		h.mu.Lock()
+		r, rule := h.rounds[n], h.rule
+		done := false
+		if r != nil {
+			if parts[2] == "first" {
+				r.first = true
+			} else {
+				r.last = true
+			}
+			done = r.first && r.last
+			if done {
+				delete(h.rounds, n)
+			}
+		}
+		h.mu.Unlock()
+		if done {
+			for i, m := range r.msgs {
+				m.confirm(r.deliveries[i], r.at, now, rule)
+			}
+		}
+	}
+}
+
+func (h *heldSet) inboxName() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.inbox
+}
+
+// confirm records that the server heard a heartbeat of the given delivery
+// sent at sent; the answer came at now.
+func (h *heldMsg) confirm(deliveries uint64, sent, now time.Time, rule staleRule) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.deliveries != deliveries || h.done {
+		return
+	}
+	// A gap that has already happened counts even if this answer ends it.
+	if !h.checkStaleLocked(now, rule) && sent.After(h.confirmedAt) {
+		h.confirmedAt = sent
+	}
+}
+
+// stale reports whether a held message's heartbeats went unconfirmed for
+// long enough that the server may have handed it to another consumer.
+func (h *heldSet) stale(m *heldMsg) bool {
+	h.mu.Lock()
+	rule := h.rule
+	h.mu.Unlock()
+	return m.checkStale(time.Now(), rule)
 }
 
 // seqMemory remembers up to n stream sequences (oldest forgotten first).

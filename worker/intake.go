@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -10,8 +11,9 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
-// accept takes one delivered request into the worker.
-func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
+// accept takes one delivered request into the worker; pulledAt is when the
+// pull that brought it was asked for.
+func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Time) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.Error("message without JetStream metadata; terminated", "subject", msg.Subject(), "error", err)
@@ -31,11 +33,12 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.DoubleAck(w.sendCtxOr(ctx))
 		return
 	}
-	j := &job{heldMsg: newHeldMsg(msg, meta)}
+	j := &job{heldMsg: newHeldMsg(msg, meta, pulledAt)}
 	if cur, added := w.held.add(&j.heldMsg); !added {
 		// A redelivery of a message this process still holds (its
-		// heartbeats were lost): answer it once, via the newest delivery.
-		cur.redelivered(msg)
+		// heartbeats were lost): answer it once, via the newest delivery,
+		// whose count the retry budget's end and the result go by.
+		cur.redelivered(msg, meta.NumDelivered, pulledAt)
 		return
 	}
 	w.jobs.Add(1)

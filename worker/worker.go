@@ -377,7 +377,9 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // heartbeatLoop keeps every held message alive with one ticker, at a third of
 // AckWait, wherever it waits (queue, rate limit, backoff, PubAck).
-func (w *Worker) heartbeatLoop(ctx context.Context) { w.held.heartbeatLoop(ctx, w.consumer.AckWait) }
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	w.held.heartbeatLoop(ctx, w.js.Conn(), w.consumer.AckWait)
+}
 
 // lane returns the queue of an (account, category), starting its dispatcher
 // on first use. Accounts of one limit group (one Bybit UID) share a pacer.

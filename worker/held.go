@@ -393,42 +393,54 @@ func (h *heldSet) confirmed(m *nats.Msg) {
 	now := time.Now()
 	switch {
 	case len(parts) == 4 && parts[0] == "j":
-		seq, err1 := strconv.ParseUint(parts[1], 10, 64)
-		deliveries, err2 := strconv.ParseUint(parts[2], 10, 64)
-		offset, err3 := strconv.ParseInt(parts[3], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
-			return
-		}
-		h.mu.Lock()
-		m, sent, rule := h.msgs[seq], h.base.Add(time.Duration(offset)), h.rule
-		h.mu.Unlock()
-		if m != nil {
-			m.confirm(deliveries, sent, now, rule)
-		}
+		h.confirmedOne(parts[1:], now)
 	case len(parts) == 3 && parts[0] == "r":
-		n, err := strconv.ParseUint(parts[1], 10, 64)
-		if err != nil {
-			return
+		h.confirmedRound(parts[1], parts[2], now)
+	}
+}
+
+// confirmedOne takes the answer to a just-pulled message's own heartbeat,
+// named by its sequence, delivery count and send time (an offset from base).
+func (h *heldSet) confirmedOne(parts []string, now time.Time) {
+	seq, err1 := strconv.ParseUint(parts[0], 10, 64)
+	deliveries, err2 := strconv.ParseUint(parts[1], 10, 64)
+	offset, err3 := strconv.ParseInt(parts[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return
+	}
+	h.mu.Lock()
+	held, sent, rule := h.msgs[seq], h.base.Add(time.Duration(offset)), h.rule
+	h.mu.Unlock()
+	if held != nil {
+		held.confirm(deliveries, sent, now, rule)
+	}
+}
+
+// confirmedRound takes the answer to one of a round's two bracketing
+// requests (which: first or last); with both in, the round arrived.
+func (h *heldSet) confirmedRound(number, which string, now time.Time) {
+	n, err := strconv.ParseUint(number, 10, 64)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	r, rule := h.rounds[n], h.rule
+	done := false
+	if r != nil {
+		if which == "first" {
+			r.first = true
+		} else {
+			r.last = true
 		}
-		h.mu.Lock()
-		r, rule := h.rounds[n], h.rule
-		done := false
-		if r != nil {
-			if parts[2] == "first" {
-				r.first = true
-			} else {
-				r.last = true
-			}
-			done = r.first && r.last
-			if done {
-				delete(h.rounds, n)
-			}
-		}
-		h.mu.Unlock()
+		done = r.first && r.last
 		if done {
-			for i, m := range r.msgs {
-				m.confirm(r.deliveries[i], r.at, now, rule)
-			}
+			delete(h.rounds, n)
+		}
+	}
+	h.mu.Unlock()
+	if done {
+		for i, m := range r.msgs {
+			m.confirm(r.deliveries[i], r.at, now, rule)
 		}
 	}
 }

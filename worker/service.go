@@ -178,6 +178,40 @@ func endpointSafe(name string) string {
 	}, name)
 }
 
+// usable are the endpoints the stream lets work: none when it captures a
+// sync subject itself (JetStream would answer those requests with a
+// receipt); without an endpoint whose input subject it does not capture.
+// offParts say why each endpoint left out is off; off says it in one line.
+func (s *Service) usable(endpoints []syncEndpoint, streamSubjects []string) (usable []syncEndpoint, offParts []string, off string) {
+	var captured []string
+	for _, ep := range endpoints {
+		if subjectCovered(streamSubjects, ep.subject) {
+			captured = append(captured, ep.subject)
+		}
+	}
+	if len(captured) > 0 {
+		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other sync subjects",
+			s.c.Worker.Stream, strings.Join(captured, ", "))
+		s.log.Warn(why)
+		return nil, nil, why
+	}
+	endpoints = slices.DeleteFunc(endpoints, func(ep syncEndpoint) bool {
+		if subjectCovered(streamSubjects, ep.input) {
+			return false
+		}
+		what := "cancel requests"
+		if ep.all {
+			what = "cancel-all requests"
+		}
+		offParts = append(offParts, fmt.Sprintf("sync %s off: stream %s does not capture %s (%s are off)", ep.name, s.c.Worker.Stream, ep.input, what))
+		return true
+	})
+	for _, why := range offParts {
+		s.log.Warn(why)
+	}
+	return endpoints, offParts, strings.Join(offParts, "; ")
+}
+
 // Start checks that the stream does not capture a sync subject, starts
 // following the results and registers the service. A stream that captures
 // a sync subject (JetStream would answer the request with a receipt) leaves
@@ -199,36 +233,9 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.stream = st // before any endpoint takes a request
 	s.mu.Unlock()
-	var captured []string
-	for _, ep := range endpoints {
-		if subjectCovered(streamSubjects, ep.subject) {
-			captured = append(captured, ep.subject)
-		}
-	}
-	if len(captured) > 0 {
-		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other sync subjects",
-			s.c.Worker.Stream, strings.Join(captured, ", "))
-		s.log.Warn(why)
-		s.setOff(why)
-		return nil
-	}
-	var offParts []string
-	endpoints = slices.DeleteFunc(endpoints, func(ep syncEndpoint) bool {
-		if subjectCovered(streamSubjects, ep.input) {
-			return false
-		}
-		what := "cancel requests"
-		if ep.all {
-			what = "cancel-all requests"
-		}
-		offParts = append(offParts, fmt.Sprintf("sync %s off: stream %s does not capture %s (%s are off)", ep.name, s.c.Worker.Stream, ep.input, what))
-		return true
-	})
-	for _, why := range offParts {
-		s.log.Warn(why)
-	}
+	endpoints, offParts, off := s.usable(endpoints, streamSubjects)
 	if len(endpoints) == 0 {
-		s.setOff(strings.Join(offParts, "; "))
+		s.setOff(off)
 		return nil
 	}
 	if err := s.follow.Start(ctx); err != nil {

@@ -178,7 +178,12 @@ type Config struct {
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
 	Registerer prometheus.Registerer
-	// Now is the clock; default time.Now.
+	// Now is the clock of everything compared with a time: request ages
+	// (MaxAge), the pacers' windows, ban pauses, rate-limit resets, the
+	// times a result names. Durations the worker reports (rate-limit waits,
+	// request latencies) are measured on the monotonic clock instead, so
+	// that a stepped wall clock (or a test's) cannot make them negative.
+	// Default time.Now.
 	Now func() time.Time
 }
 

@@ -113,8 +113,14 @@ type Config struct {
 	ShutdownTimeout time.Duration
 
 	// Limits per second keyed "endpoint/category" (BYBIT_LIMITS; default
-	// DefaultLimits). A missing key or 0 is unlimited.
+	// DefaultLimits). A missing key or 0 is unlimited. A budget starts at
+	// its figure and then follows the X-Bapi-Limit of Bybit's answers, up
+	// as well as down (linear and inverse share one budget).
 	Limits map[string]int
+	// LimitCeilings are the explicit limits (the entries of BYBIT_LIMITS):
+	// a budget never paces above its ceiling, whatever Bybit reports. An
+	// Account's Limits are its ceilings too.
+	LimitCeilings map[string]int
 	// LimitShare is the fraction of each budget this process may use when
 	// several replicas share an account (BYBIT_LIMIT_SHARE, 1).
 	LimitShare float64

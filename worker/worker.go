@@ -93,8 +93,11 @@ type account struct {
 	name   string
 	client *bybit.Client
 	limits map[string]int
-	group  string
-	wsURL  string
+	// ceilings are the explicit limits (Config.LimitCeilings, the
+	// account's own Limits) the learned ones never exceed.
+	ceilings map[string]int
+	group    string
+	wsURL    string
 
 	syncMu   sync.Mutex
 	lastSync time.Time
@@ -121,16 +124,21 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, ceilings: cfg.LimitCeilings, group: DefaultAccount, wsURL: cfg.WSURL}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
 		maps.Copy(limits, a.Limits)
+		ceilings := maps.Clone(cfg.LimitCeilings)
+		if ceilings == nil {
+			ceilings = map[string]int{}
+		}
+		maps.Copy(ceilings, a.Limits)
 		group := a.LimitGroup
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, ceilings: ceilings, group: group, wsURL: a.WSURL}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
@@ -492,11 +500,10 @@ func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
 // budgetLocked returns the pacer of one of an account's limits (a key of
 // Config.Limits), shared by its limit group; lanesMu is held.
 func (w *Worker) budgetLocked(a *account, budget string) *pacer {
-	p, ok := w.pacers[a.group+"/"+budget]
+	p, ok := w.pacers[a.group+"/"+budgetKey(budget)]
 	if !ok {
-		p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
-		p.share = w.cfg.LimitShare
-		w.pacers[a.group+"/"+budget] = p
+		p = w.newBudget(a, budget)
+		w.pacers[a.group+"/"+budgetKey(budget)] = p
 	}
 	return p
 }

@@ -71,6 +71,9 @@ type Options struct {
 	// Limits per window keyed "endpoint/category" (see DefaultLimits). A
 	// missing key or 0 means unlimited. Nil means DefaultLimits.
 	Limits map[string]int
+	// UIDLimits override Limits for one UID (keyed by UID, then like
+	// Limits): an account above the base tier. X-Bapi-Limit reports them.
+	UIDLimits map[string]map[string]int
 	// Window is the rolling rate-limit window; default 1s.
 	Window time.Duration
 	// Latency delays every answer.
@@ -130,10 +133,12 @@ type Order struct {
 
 // Request is one entry of the exchange's request log.
 type Request struct {
-	Time        time.Time
-	Method      string
-	Path        string
-	APIKey      string
+	Time   time.Time
+	Method string
+	Path   string
+	APIKey string
+	// RemoteAddr is the client's address: its connection.
+	RemoteAddr  string
 	Category    string
 	Symbol      string
 	OrderID     string
@@ -369,6 +374,7 @@ func (e *Exchange) record(r *http.Request, q Request) {
 	if q.APIKey == "" {
 		q.APIKey = r.Header.Get("X-BAPI-API-KEY")
 	}
+	q.RemoteAddr = r.RemoteAddr
 	e.log = append(e.log, q)
 }
 
@@ -508,12 +514,21 @@ func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool
 		name += "/" + category
 	}
 	limit := e.limits[name]
+	if n, ok := e.opts.UIDLimits[uid][name]; ok {
+		limit = n
+	}
 	now := e.nowLocked()
 	h := http.Header{}
 	if limit <= 0 {
 		return h, true
 	}
-	key := uid + "/" + endpoint + "/" + category
+	// Bybit's table gives linear and inverse one limit spanning both
+	// columns: one window per UID for both.
+	window := category
+	if window == "inverse" {
+		window = "linear"
+	}
+	key := uid + "/" + endpoint + "/" + window
 	times := e.windows[key]
 	cut := 0
 	for cut < len(times) && !times[cut].After(now.Add(-e.opts.Window)) {

@@ -81,7 +81,7 @@ var settings = []setting{
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
 	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
-	{env: "BYBIT_LIMITS", def: "", usage: "per-second limits overriding Bybit's documented ones, e.g. cancel/linear=20,cancel-batch/linear=20"},
+	{env: "BYBIT_LIMITS", def: "", usage: "per-second ceilings on the limits learned from Bybit's X-Bapi-Limit (which start at the documented base tier), e.g. cancel/linear=20,cancel-batch/linear=20"},
 	{env: "BYBIT_LIMIT_SHARE", def: "1", usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
 	{env: "BYBIT_BATCH", def: "true", usage: "also send waiting cancels through cancel-batch, spending both budgets"},
 	{env: "BYBIT_BAN_PAUSE", def: "10m", usage: "how long every request stops after an IP-ban 403"},
@@ -262,6 +262,20 @@ func (p *parser) limits(name string) map[string]int {
 	return out
 }
 
+// explicitLimits are the entries an operator set in "endpoint/category=N,..."
+// (limits reports a malformed one): ceilings the limits learned from Bybit
+// never exceed.
+func (p *parser) explicitLimits(name string) map[string]int {
+	out := map[string]int{}
+	for _, part := range strings.Split(p.v[name], ",") {
+		k, n, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if count, err := strconv.Atoi(n); ok && err == nil && count >= 0 {
+			out[k] = count
+		}
+	}
+	return out
+}
+
 // wsURLOf is the private WebSocket of a base URL: a preset's, or the same
 // host's for a local http:// URL (the simulator serves both); "" when it
 // cannot be known.
@@ -380,6 +394,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		MaxAge:                   p.duration("WORKER_MAX_AGE"),
 		ShutdownTimeout:          p.duration("WORKER_SHUTDOWN_TIMEOUT"),
 		Limits:                   p.limits("BYBIT_LIMITS"),
+		LimitCeilings:            p.explicitLimits("BYBIT_LIMITS"),
 		IPLimit:                  p.rate("BYBIT_IP_LIMIT"),
 		LimitShare:               p.fraction("BYBIT_LIMIT_SHARE"),
 		Batch:                    p.boolean("BYBIT_BATCH"),

@@ -1,0 +1,116 @@
+package worker_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+)
+
+// An account above the base tier: the worker starts at Bybit's documented
+// 10/s and paces to the 40/s every answer reports, without BYBIT_LIMITS;
+// an explicit entry caps what it learns. From the exchange's request log:
+// never more in one window than the limit in force, no 10006.
+func TestLimitLearnedFromHeaderCappedByExplicitCeiling(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		ceiling map[string]int
+		want    int
+	}{
+		{"raised to the header", nil, 40},
+		{"capped by an explicit entry", map[string]int{"cancel/linear": 15}, 15},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t, bybittest.Options{AutoCreate: true,
+				UIDLimits: map[string]map[string]int{"demo": {"cancel/linear": 40}}})
+			e.cfg.Batch = false
+			e.cfg.LimitCeilings = tc.ceiling
+			reg := prometheus.NewRegistry()
+			e.cfg.Registerer = reg
+			const n = 120
+			for i := range n {
+				e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
+			}
+			e.start()
+			got := e.waitResults(n)
+			for _, r := range got {
+				require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+			}
+			require.Equal(t, float64(tc.want), budgetLimit(t, reg, "cancel", "linear"), "the learned limit")
+			require.Equal(t, float64(tc.want), budgetLimit(t, reg, "cancel", "inverse"), "linear and inverse share one budget")
+			require.Zero(t, e.requestsWith(10006))
+			require.LessOrEqual(t, maxInWindow(e.ex.Requests(), time.Second), tc.want)
+			require.Contains(t, e.logs.String(), fmt.Sprintf("limit=%d", tc.want), "the change is logged")
+		})
+	}
+}
+
+// Linear and inverse cancels spend one budget of the UID, as Bybit's table
+// has it: paced together, they never exceed it and meet no 10006.
+func TestLinearAndInverseShareOneBudget(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{AutoCreate: true})
+	e.cfg.Batch = false
+	const n = 40
+	for i := range n {
+		category, symbol := "linear", "BTCUSDT"
+		if i%2 == 1 {
+			category, symbol = "inverse", "BTCUSD"
+		}
+		e.publish(map[string]string{"category": category, "symbol": symbol, "orderId": fmt.Sprint("o-", i)}, "")
+	}
+	e.start()
+	e.waitResults(n)
+	require.Zero(t, e.requestsWith(10006), "both categories paced to the one budget")
+	require.LessOrEqual(t, maxInWindow(e.ex.Requests(), time.Second), 10)
+}
+
+// maxInWindow is the most single cancels the exchange accepted in any
+// window of length d.
+func maxInWindow(log []bybittest.Request, d time.Duration) int {
+	var times []time.Time
+	for _, q := range log {
+		if q.Path == "/v5/order/cancel" && q.RetCode != 10006 {
+			times = append(times, q.Time)
+		}
+	}
+	most := 0
+	for i := range times {
+		j := i
+		for j < len(times) && times[j].Sub(times[i]) < d {
+			j++
+		}
+		most = max(most, j-i)
+	}
+	return most
+}
+
+// budgetLimit reads cancel_worker_budget_limit of an endpoint and category
+// (-1: no such series).
+func budgetLimit(t *testing.T, reg *prometheus.Registry, endpoint, category string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "cancel_worker_budget_limit" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["endpoint"] == endpoint && labels["category"] == category {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
+}

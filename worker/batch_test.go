@@ -18,7 +18,7 @@ func TestBatchAnswersMapBackPerRequest(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.cfg.Limits = map[string]int{"cancel/linear": 1, "cancel-batch/linear": 10} // the exchange's batch limit
-	e.cfg.LimitCeilings = e.cfg.Limits // explicit: not raised to what Bybit reports
+	e.cfg.LimitCeilings = e.cfg.Limits                                           // explicit: not raised to what Bybit reports
 	want := map[uint64]messages.Status{}
 	orderOf := map[uint64]string{}
 	for i := range 16 {

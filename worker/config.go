@@ -91,7 +91,11 @@ type Config struct {
 	// AckWait, MaxDeliver and MaxAckPending are applied to a consumer the
 	// worker created (5s, 20, 1000). What the consumer really has is read
 	// back and used.
-	AckWait       time.Duration
+	AckWait time.Duration
+	// PinnedTTL is how long the consumers keep a replica pinned after its
+	// last pull (NATS_PINNED_TTL, 5s; 0: the default): the takeover time
+	// after a replica dies. It must exceed the 1 s pull interval.
+	PinnedTTL     time.Duration
 	MaxDeliver    int
 	MaxAckPending int
 	// DuplicateWindow and StreamReplicas are applied to a stream the worker
@@ -215,6 +219,9 @@ func (c Config) Validate() error {
 	positive(c.BanPause, "BYBIT_BAN_PAUSE")
 	if c.MaxDeliver < 1 && c.MaxDeliver != -1 {
 		errs = append(errs, fmt.Errorf("NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver))
+	}
+	if c.PinnedTTL != 0 && c.PinnedTTL < 3*pullInterval {
+		errs = append(errs, fmt.Errorf("NATS_PINNED_TTL must be at least %v (above the 1 s pull interval and the replica's lease), not %v", 3*pullInterval, c.PinnedTTL))
 	}
 	if c.MaxAckPending < 1 {
 		errs = append(errs, fmt.Errorf("NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending))

@@ -6,6 +6,7 @@
 package bybittest
 
 import (
+	"context"
 	"crypto"
 	"crypto/hmac"
 	"crypto/rsa"
@@ -133,10 +134,13 @@ type Order struct {
 
 // Request is one entry of the exchange's request log.
 type Request struct {
-	Time   time.Time
-	Method string
-	Path   string
-	APIKey string
+	// Time is when the exchange answered; Arrived when the request
+	// reached it (before Options.Latency).
+	Time    time.Time
+	Arrived time.Time
+	Method  string
+	Path    string
+	APIKey  string
 	// RemoteAddr is the client's address: its connection.
 	RemoteAddr  string
 	Category    string
@@ -327,7 +331,11 @@ type envelope struct {
 }
 
 // ServeHTTP implements the endpoints the worker uses.
+// arrivedKey carries a request's arrival time to record.
+type arrivedKey struct{}
+
 func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = r.WithContext(context.WithValue(r.Context(), arrivedKey{}, time.Now()))
 	if e.opts.Latency > 0 {
 		select {
 		case <-time.After(e.opts.Latency):
@@ -369,6 +377,7 @@ func (e *Exchange) record(r *http.Request, q Request) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	q.Time = time.Now()
+	q.Arrived, _ = r.Context().Value(arrivedKey{}).(time.Time)
 	q.Method = r.Method
 	q.Path = r.URL.Path
 	if q.APIKey == "" {

@@ -66,6 +66,7 @@ var settings = []setting{
 	{env: "NATS_REJECTED_SUBJECT", def: "orders.cancel.rejected", usage: "results: every other final outcome"},
 	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", def: "orders.cancel-all.progress", usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
 	{env: "NATS_ACK_WAIT", def: "5s", usage: "AckWait of a consumer the worker creates"},
+	{env: "NATS_PINNED_TTL", def: "5s", usage: "how long a consumer the worker creates keeps a replica pinned after its last pull: the takeover time after a replica dies (at least 3s)"},
 	{env: "NATS_MAX_DELIVER", def: "20", usage: "MaxDeliver of a consumer the worker creates"},
 	{env: "NATS_MAX_ACK_PENDING", def: "1000", usage: "MaxAckPending of a consumer the worker creates (messages held)"},
 	{env: "NATS_DUPLICATE_WINDOW", def: "1h", usage: "duplicate window of a stream the worker creates"},
@@ -105,7 +106,7 @@ var settings = []setting{
 // NATS and where the worker keeps its messages.
 var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
 	switch s.env {
-	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
+	case "NATS_ACK_WAIT", "NATS_PINNED_TTL", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
 		"NATS_CANCEL_ALL_PROGRESS_SUBJECT", "NATS_SYNC_CANCEL_SUBJECT", "NATS_SYNC_CANCEL_ALL_SUBJECT": // replay reads requests and results only
 		return true
 	}
@@ -385,6 +386,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		RejectedSubject:          p.str("NATS_REJECTED_SUBJECT"),
 		CancelAllProgressSubject: p.str("NATS_CANCEL_ALL_PROGRESS_SUBJECT"),
 		AckWait:                  p.duration("NATS_ACK_WAIT"),
+		PinnedTTL:                p.duration("NATS_PINNED_TTL"),
 		MaxDeliver:               p.integer("NATS_MAX_DELIVER"),
 		MaxAckPending:            p.integer("NATS_MAX_ACK_PENDING"),
 		DuplicateWindow:          p.duration("NATS_DUPLICATE_WINDOW"),

@@ -37,15 +37,16 @@ func budgetKeys(key string) []string {
 }
 
 // newBudget builds the pacer of one limit key of an account's limit group:
-// its start is the smallest figure in force among the keys that share it,
-// its ceiling the smallest explicit one (after the share); it follows
+// its start is the figure in force for budget (the other key's when it has
+// none), its ceiling the smallest explicit one of the keys that share it
+// (after the share); it follows
 // Bybit's headers and reports every change of its limit as a metric and a
 // log line.
 func (w *Worker) newBudget(a *account, budget string) *pacer {
 	key := budgetKey(budget)
-	start, ceiling := 0, 0 // 0: unlimited, none
+	start, ceiling := a.limits[budget], 0 // 0: unlimited, none
 	for _, k := range budgetKeys(key) {
-		if n := a.limits[k]; n > 0 && (start == 0 || n < start) {
+		if n := a.limits[k]; start == 0 && n > 0 {
 			start = n
 		}
 		if n := a.ceilings[k]; n > 0 && (ceiling == 0 || n < ceiling) {

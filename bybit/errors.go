@@ -63,6 +63,9 @@ type RetCode struct {
 	// MayApply: the answer proves the request reached the matching engine,
 	// or may have: a retry after it can find the order already gone.
 	MayApply bool
+	// Unavailable: the endpoint (or the category on it) is not offered to
+	// this account or environment (see Unavailable).
+	Unavailable bool
 }
 
 // RetCodes is the one table of the retCodes a cancel can be answered with
@@ -70,40 +73,47 @@ type RetCode struct {
 // README's retCode table is checked against it by a test.
 var RetCodes = []RetCode{
 	// UTA and general codes.
-	{429, "The trading service is experiencing a high server load. Please retry if you encounter this issue.", ClassTransient, true},
-	{10000, "Server Timeout", ClassTransient, true},
-	{10001, "Request parameter error", ClassPermanent, false},
-	{10002, "The request time exceeds the time window range.", ClassClockSkew, false},
-	{10003, "API key is invalid. Check whether the key and domain are matched, there are 4 env: mainnet, testnet, mainnet-demo, testnet-demo", ClassPermanent, false},
-	{10004, "Error sign, please check your signature generation algorithm.", ClassPermanent, false},
-	{10005, "Permission denied, please check your API key permissions.", ClassPermanent, false},
-	{10006, "Too many visits. Exceeded the API Rate Limit.", ClassRateLimited, false},
-	{10010, "Unmatched IP, please check your API key's bound IP addresses.", ClassPermanent, false},
-	{10016, "Server error.", ClassTransient, true},
+	{429, "The trading service is experiencing a high server load. Please retry if you encounter this issue.", ClassTransient, true, false},
+	{10000, "Server Timeout", ClassTransient, true, false},
+	{10001, "Request parameter error", ClassPermanent, false, false},
+	{10002, "The request time exceeds the time window range.", ClassClockSkew, false, false},
+	{10003, "API key is invalid. Check whether the key and domain are matched, there are 4 env: mainnet, testnet, mainnet-demo, testnet-demo", ClassPermanent, false, false},
+	{10004, "Error sign, please check your signature generation algorithm.", ClassPermanent, false, false},
+	{10005, "Permission denied, please check your API key permissions.", ClassPermanent, false, false},
+	{10006, "Too many visits. Exceeded the API Rate Limit.", ClassRateLimited, false, false},
+	{10010, "Unmatched IP, please check your API key's bound IP addresses.", ClassPermanent, false, false},
+	{10016, "Server error.", ClassTransient, true, false},
+	// The endpoint, or the category on it, is not offered here: retrying it
+	// cannot help, another endpoint may (Unavailable).
+	{10017, "Route not found.", ClassPermanent, false, true},
 	// Struck out in Bybit's table, still mapped by ccxt: an IP-level limit.
-	{10018, "Exceeded the IP Rate Limit.", ClassIPRateLimited, false},
-	{30035, "Option: Too fast to cancel, Try it later", ClassTransient, true},
+	{10018, "Exceeded the IP Rate Limit.", ClassIPRateLimited, false, false},
+	{10028, "The API can only be accessed by unified account users.", ClassPermanent, false, true},
+	// Not in Bybit's table: what its demo-trading service answers for an
+	// endpoint it does not offer (seen in ccxt/ccxt#23232).
+	{10032, "Demo trading are not supported.", ClassPermanent, false, true},
+	{30035, "Option: Too fast to cancel, Try it later", ClassTransient, true, false},
 	// Derivatives.
-	{110001, "Order does not exist", ClassNotOpen, false},
-	{110008, "The order has been completed or cancelled.", ClassNotOpen, false},
-	{110010, "The order has been cancelled", ClassNotOpen, false},
-	{110079, "The order is processing and can not be operated, please try again later", ClassTransient, true},
+	{110001, "Order does not exist", ClassNotOpen, false, false},
+	{110008, "The order has been completed or cancelled.", ClassNotOpen, false, false},
+	{110010, "The order has been cancelled", ClassNotOpen, false, false},
+	{110079, "The order is processing and can not be operated, please try again later", ClassTransient, true, false},
 	// Spot.
-	{170001, "Internal error.", ClassTransient, true},
-	{170007, "Timeout waiting for response from backend server.", ClassTransient, true},
-	{170032, "Network error. Please try again later", ClassTransient, true},
-	{170139, "Order has been filled.", ClassNotOpen, false},
-	{170142, "Order has been cancelled", ClassNotOpen, false},
-	{170143, "Cannot be found on order book", ClassNotOpen, false},
-	{170144, "Order has been locked", ClassTransient, true},
-	{170145, "This order type does not support cancellation", ClassPermanent, false},
-	{170147, "Order cancellation timeout", ClassTransient, true},
-	{170150, "Cancel order failed", ClassTransient, true},
-	{170190, "Cancel order has been finished", ClassNotOpen, false},
-	{170191, "Can not cancel order, please try again later", ClassTransient, false},
-	{170212, "Cancel order request processing", ClassTransient, true},
-	{170213, "Order does not exist.", ClassNotOpen, false},
-	{170222, "Too many requests in this time frame.", ClassRateLimited, false},
+	{170001, "Internal error.", ClassTransient, true, false},
+	{170007, "Timeout waiting for response from backend server.", ClassTransient, true, false},
+	{170032, "Network error. Please try again later", ClassTransient, true, false},
+	{170139, "Order has been filled.", ClassNotOpen, false, false},
+	{170142, "Order has been cancelled", ClassNotOpen, false, false},
+	{170143, "Cannot be found on order book", ClassNotOpen, false, false},
+	{170144, "Order has been locked", ClassTransient, true, false},
+	{170145, "This order type does not support cancellation", ClassPermanent, false, false},
+	{170147, "Order cancellation timeout", ClassTransient, true, false},
+	{170150, "Cancel order failed", ClassTransient, true, false},
+	{170190, "Cancel order has been finished", ClassNotOpen, false, false},
+	{170191, "Can not cancel order, please try again later", ClassTransient, false, false},
+	{170212, "Cancel order request processing", ClassTransient, true, false},
+	{170213, "Order does not exist.", ClassNotOpen, false, false},
+	{170222, "Too many requests in this time frame.", ClassRateLimited, false, false},
 }
 
 var retCodes = func() map[int]RetCode {
@@ -233,6 +243,25 @@ func MayHaveApplied(err error) bool {
 		return httpErr.Class() == ClassTransient
 	case errors.As(err, &trErr):
 		return trErr.Written
+	}
+	return false
+}
+
+// Unavailable reports whether an error says that the endpoint, or the
+// category on it, is not offered to this account or environment: a retCode
+// of RetCodes marked so (10017 route not found, 10028 unified accounts only,
+// 10032 not offered by demo trading), or HTTP 404 without an envelope
+// (docs/v5/error.mdx: a wrong path, or a category that does not match the
+// account mode; a classic account's cancel-batch). Nothing was applied;
+// retrying the same endpoint cannot help, another endpoint may.
+func Unavailable(err error) bool {
+	var apiErr *APIError
+	var httpErr *HTTPError
+	switch {
+	case errors.As(err, &apiErr):
+		return retCodes[apiErr.RetCode].Unavailable
+	case errors.As(err, &httpErr):
+		return httpErr.StatusCode == http.StatusNotFound
 	}
 	return false
 }

@@ -151,3 +151,38 @@ func TestBybitsCancelCodesAreClassified(t *testing.T) {
 		})
 	}
 }
+
+// An endpoint (or category) not offered here: demo trading's 10032, route
+// not found, unified-only, or a bare 404 (a classic account's cancel-batch).
+// Permanent for the request, and nothing was applied.
+func TestUnavailableSaysTheEndpointIsNotOffered(t *testing.T) {
+	t.Parallel()
+	envelope := func(code int) string {
+		return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
+	}
+	for name, tc := range map[string]struct {
+		status      int
+		body        string
+		unavailable bool
+	}{
+		"10017 route not found":      {200, envelope(10017), true},
+		"10028 unified only":         {200, envelope(10028), true},
+		"10032 not in demo trading":  {200, envelope(10032), true},
+		"404 without an envelope":    {404, "", true},
+		"404 with a retCode":         {404, envelope(10001), false},
+		"10001 parameter error":      {200, envelope(10001), false},
+		"110001 not open":            {200, envelope(110001), false},
+		"502 without an envelope":    {502, "<html>bad gateway</html>", false},
+		"403 ban without a envelope": {403, "access too frequent", false},
+	} {
+		_, err := decodeResponse(tc.status, http.Header{}, []byte(tc.body))
+		require.Error(t, err, name)
+		require.Equal(t, tc.unavailable, Unavailable(err), name)
+		if tc.unavailable {
+			require.Equal(t, ClassPermanent, ClassOf(err), name)
+			require.False(t, MayHaveApplied(err), name)
+		}
+	}
+	require.False(t, Unavailable(nil))
+	require.False(t, Unavailable(errors.New("other")))
+}

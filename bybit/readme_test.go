@@ -36,6 +36,9 @@ func renderRetCodeTable() string {
 		if rc.MayApply {
 			act += "; `ambiguous`: the cancel may have applied"
 		}
+		if rc.Unavailable {
+			act += " for a single cancel; a `cancel-batch` refused with it as a whole: its orders are sent as single cancels, and that lane sends no more batches; at start-up, the key check: a warning"
+		}
 		fmt.Fprintf(&b, "| %d | %s | `%s` | %s |\n", rc.Code, strings.ReplaceAll(rc.Msg, "|", `\|`), rc.Class, act)
 	}
 	b.WriteString("| any other | | `permanent` | `rejected` |\n")

@@ -44,6 +44,7 @@ func (w *Worker) cancelAll(j *job, a *account) {
 			return
 		}
 		if err == nil {
+			w.keyWorks(a)
 			orders := make([]messages.OrderRef, len(res.Orders))
 			for i, o := range res.Orders {
 				orders[i] = messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}

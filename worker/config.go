@@ -102,6 +102,11 @@ type Config struct {
 	// created (1h, 1).
 	DuplicateWindow time.Duration
 	StreamReplicas  int
+	// StreamMaxBytes is the size limit of a stream the worker manages
+	// (NATS_STREAM_MAX_BYTES); 0 is none. Such a stream discards new
+	// messages when full: publishers get an error instead of old, possibly
+	// unanswered requests being deleted.
+	StreamMaxBytes int64
 
 	// Concurrency bounds HTTP requests in flight (WORKER_CONCURRENCY, 16).
 	Concurrency int

@@ -135,8 +135,14 @@ func (c *confirmer) setup(ctx context.Context) error {
 		err := as.stream.Connect(ctx)
 		switch {
 		case bybit.IsAuthError(err):
-			c.close()
-			return fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.w.accounts[name].wsURL), err)
+			err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.w.accounts[name].wsURL), err)
+			if !c.w.otherAccountUsable(name) {
+				c.close()
+				return err
+			}
+			// One refused key does not stop the other accounts: this
+			// one's stream keeps retrying, REST lookups cover meanwhile.
+			c.w.markStartupProblem(c.w.accounts[name], err)
 		case err != nil:
 			c.w.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
 		}

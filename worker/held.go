@@ -41,6 +41,8 @@ type job struct {
 	lastErr        error
 	sentAt         time.Time
 	backoff        *backoff.ExponentialBackOff
+	// noBatch: a batch carrying it was refused as a whole; it goes alone.
+	noBatch bool
 }
 
 // heldSet is every message this process holds, keyed by stream sequence. One

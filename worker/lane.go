@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -27,6 +28,9 @@ type lane struct {
 	single   *pacer
 	batch    *pacer
 	maxBatch int
+	// batchOff: Bybit does not offer cancel-batch to this lane (its account
+	// or environment); only single cancels are sent. Set once, never reset.
+	batchOff atomic.Bool
 	mu       sync.Mutex
 	queue    []*job
 	// keys counts the queued cancels per order, filtered those with an
@@ -109,7 +113,7 @@ func (l *lane) take(n int, batch bool) []*unit {
 	i := 0
 	for ; i < len(l.queue) && len(units) < n; i++ {
 		j := l.queue[i]
-		if batch && j.req.OrderFilter != "" {
+		if batch && j.singleOnly() {
 			skipped = append(skipped, j)
 			continue
 		}
@@ -142,9 +146,13 @@ func (l *lane) take(n int, batch bool) []*unit {
 	return units
 }
 
+// singleOnly: the cancel never goes in a batch (it has an orderFilter, or a
+// batch carrying it was refused as a whole).
+func (j *job) singleOnly() bool { return j.req.OrderFilter != "" || j.noBatch }
+
 func (l *lane) rememberLocked(j *job) {
 	l.keys[j.req.OrderKey()]++
-	if j.req.OrderFilter != "" {
+	if j.singleOnly() {
 		l.filtered++
 	}
 }
@@ -154,7 +162,7 @@ func (l *lane) forgetLocked(j *job) {
 	if l.keys[key]--; l.keys[key] <= 0 {
 		delete(l.keys, key)
 	}
-	if j.req.OrderFilter != "" {
+	if j.singleOnly() {
 		l.filtered--
 	}
 }

@@ -38,6 +38,14 @@ type Metrics struct {
 	confirmLatency  *prometheus.HistogramVec
 	streamUp        *prometheus.GaugeVec
 	streamDrops     *prometheus.CounterVec
+	// storeBytes and storeMaxBytes are the NATS stream's size and limit
+	// (NATS_STREAM_MAX_BYTES; 0: none), for an alert before it is full.
+	storeBytes    prometheus.Gauge
+	storeMaxBytes prometheus.Gauge
+	// Environment and account fitness (issue 16).
+	accountUsable    *prometheus.GaugeVec
+	batchUnavailable *prometheus.GaugeVec
+	batchRefused     *prometheus.CounterVec
 }
 
 const namespace = "cancel_worker"
@@ -96,11 +104,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "private_stream_up", Help: "1 while the account's private order stream is authenticated and subscribed."}, []string{"account"}),
 		streamDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "private_stream_drops_total", Help: "Private order stream connections lost or refused."}, []string{"account"}),
+		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "nats_stream_bytes", Help: "Bytes stored in the NATS stream (NATS_STREAM)."}),
+		storeMaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "nats_stream_max_bytes", Help: "The NATS stream's size limit (MaxBytes); 0 when it has none. A full stream refuses new messages (discard new) or deletes old ones (discard old)."}),
+		accountUsable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "account_usable", Help: "1 when the account's start-up check passed or Bybit has accepted its key since; 0 while its check's failure stands (its cancels are still sent)."}, []string{"account"}),
+		batchUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "batch_unavailable", Help: "1 once Bybit said cancel-batch is not offered to the account and category: that lane sends single cancels only."}, []string{"account", "category"}),
+		batchRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
+			Name: "batch_refused_total", Help: "cancel-batch requests refused as a whole, whose orders were retried one by one as single cancels."}, []string{"category"}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.budgetLimit, m.active, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops)
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.storeBytes, m.storeMaxBytes,
+		m.accountUsable, m.batchUnavailable, m.batchRefused)
 	return m
 }
 
@@ -204,5 +223,10 @@ func (w *Worker) sample(ctx context.Context) {
 	defer cancel()
 	if info, err := w.cons.Info(ictx); err == nil {
 		m.backlog.Set(float64(info.NumPending))
+	}
+	if s, err := w.js.Stream(ictx, w.cfg.Stream); err == nil {
+		info := s.CachedInfo()
+		m.storeBytes.Set(float64(info.State.Bytes))
+		m.storeMaxBytes.Set(float64(max(info.Config.MaxBytes, 0)))
 	}
 }

@@ -16,7 +16,8 @@ import (
 // Preflight measures the clock offset to Bybit and checks the API key with
 // GET /v5/user/query-api. A key Bybit does not know (10003: often a key of
 // another environment), a read-only key, or one without trade permission is
-// an error that says which; network trouble is retried until ctx ends.
+// an error that says which; network trouble is retried until ctx ends. Where
+// the environment does not offer the key check (demo trading) it warns.
 func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) error {
 	retry := func(what string, op func() error) error {
 		b := backoff.NewExponentialBackOff()
@@ -51,6 +52,13 @@ func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) erro
 		info, err = client.QueryAPIKey(ctx)
 		return err
 	})
+	if bybit.Unavailable(err) {
+		// Bybit's demo trading has no GET /v5/user/query-api
+		// (docs/v5/demo.mdx): nothing to check the key with here.
+		log.Warn("this Bybit environment does not offer the API key check (GET /v5/user/query-api; demo trading has none): the key's permissions are not checked at start, each cancel's answer decides",
+			"apiKey", client.APIKey(), "baseURL", client.BaseURL(), "error", err)
+		return nil
+	}
 	if err != nil {
 		return keyCheckError(client, err)
 	}

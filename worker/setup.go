@@ -40,6 +40,65 @@ func (c Config) streamSubjects() []string {
 	return subjects
 }
 
+// optionalSubject is a subject a stream of the operator's may lack: the
+// worker then runs without what needs it, and says which subject to add, at
+// start and on its readiness detail (Worker.Ready).
+type optionalSubject struct {
+	// name says what the subject is; probe is a literal subject the stream
+	// must capture; add is what to add to the stream's subjects.
+	name, probe, add string
+	// without is what is off (or degraded) while the stream lacks it.
+	without string
+}
+
+// optionalSubjects are the subjects beyond the cancel and result subjects.
+func (c Config) optionalSubjects() []optionalSubject {
+	o := []optionalSubject{
+		{name: "the cancel-all subject", probe: c.CancelAllSubject, add: c.CancelAllSubject,
+			without: "cancel-all requests are off (no stream stores them: a JetStream publish fails with no responders, a core NATS publish is lost)"},
+		{name: "the cancel-all progress subject", probe: c.progressSubject(1), add: c.progressSubjects(),
+			without: "a cancel-all redelivered after it partly ran cannot list what the earlier delivery cancelled, and its result says ordersComplete false"},
+	}
+	if c.Confirm {
+		o = append(o, optionalSubject{name: "the confirmed subject", probe: c.ConfirmedSubject, add: c.ConfirmedSubject,
+			without: "confirmations are off (CONFIRM=true, but there is nowhere to store them)"})
+	}
+	return o
+}
+
+func (c Config) isOptional(subj string) bool {
+	return slices.ContainsFunc(c.optionalSubjects(), func(o optionalSubject) bool { return o.add == subj })
+}
+
+// missingOptional lists the optional subjects a stream does not capture (the
+// progress records only when it captures cancel-alls at all).
+func (c Config) missingOptional(streamSubjects []string) []optionalSubject {
+	var missing []optionalSubject
+	cancelAll := false // the stream captures some cancel-all subject
+	for subj, r := range c.routes() {
+		cancelAll = cancelAll || (r.all && subjectCovered(streamSubjects, subj))
+	}
+	for _, o := range c.optionalSubjects() {
+		if subjectCovered(streamSubjects, o.probe) || (o.add == c.progressSubjects() && !cancelAll) {
+			continue
+		}
+		missing = append(missing, o)
+	}
+	return missing
+}
+
+// capturedInputs are the input subjects the stream captures: the consumer
+// filters those (the cancel subject always; EnsureStream requires it).
+func (c Config) capturedInputs(streamSubjects []string) []string {
+	var inputs []string
+	for _, subj := range c.inputSubjects() {
+		if subj == c.CancelSubject || subjectCovered(streamSubjects, subj) {
+			inputs = append(inputs, subj)
+		}
+	}
+	return inputs
+}
+
 // progressSubjects is the wildcard of every cancel-all's progress records.
 func (c Config) progressSubjects() string { return c.CancelAllProgressSubject + ".>" }
 
@@ -69,6 +128,17 @@ func (c Config) checkProgressSubject() error {
 
 // ConfirmConsumer is the name of the durable consumer that drives
 // confirmations.
+// streamMaxBytes is the MaxBytes of a stream the worker manages: -1 (no
+// limit) when StreamMaxBytes is 0. A full stream refuses new messages
+// (DiscardNew): a publisher is told its cancel was not stored, where
+// DiscardOld would silently delete the oldest requests, answered or not.
+func (c Config) streamMaxBytes() int64 {
+	if c.StreamMaxBytes <= 0 {
+		return -1
+	}
+	return c.StreamMaxBytes
+}
+
 func (c Config) ConfirmConsumer() string { return c.Consumer + "-confirm" }
 
 // EnsureStream creates the stream if it is missing (Config.Validate has
@@ -88,6 +158,8 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 			MaxAge:      StreamMaxAge,
 			Duplicates:  c.DuplicateWindow,
 			Replicas:    c.StreamReplicas,
+			MaxBytes:    c.streamMaxBytes(),
+			Discard:     jetstream.DiscardNew,
 			Metadata:    map[string]string{ManagedKey: ManagedValue},
 		})
 		if err != nil {
@@ -102,10 +174,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	if cfg.Metadata[ManagedKey] != ManagedValue {
 		var missing []string
 		for _, subj := range c.streamSubjects() {
-			// Progress records are optional on a stream of the
-			// operator's: without them a redelivered cancel-all says
-			// its list may be incomplete (Worker.Setup warns).
-			if subj == c.progressSubjects() {
+			// The cancel-all, progress and confirmed subjects are
+			// optional on a stream of the operator's: without one, what
+			// needs it is off (Worker.Setup says so).
+			if c.isOptional(subj) {
 				continue
 			}
 			if !subjectCovered(cfg.Subjects, subj) {
@@ -130,7 +202,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	}
 	want.Duplicates = c.DuplicateWindow
 	want.Replicas = c.StreamReplicas
-	if slices.Equal(want.Subjects, cfg.Subjects) && want.Duplicates == cfg.Duplicates && want.Replicas == cfg.Replicas {
+	want.MaxBytes = c.streamMaxBytes()
+	want.Discard = jetstream.DiscardNew
+	if slices.Equal(want.Subjects, cfg.Subjects) && want.Duplicates == cfg.Duplicates && want.Replicas == cfg.Replicas &&
+		want.MaxBytes == cfg.MaxBytes && want.Discard == cfg.Discard {
 		return cfg, nil
 	}
 	s, err = js.UpdateStream(ctx, want)
@@ -180,8 +255,14 @@ type ConsumerSettings struct {
 }
 
 // EnsureConsumer creates the durable consumer if it is missing, updates one the
-// worker created, and checks an operator's one without changing it.
+// worker created, and checks an operator's one without changing it. It
+// filters the input subjects the stream captures.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.Consumer, ConsumerSettings, error) {
+	s, err := js.Stream(ctx, c.Stream)
+	if err != nil {
+		return nil, ConsumerSettings{}, fmt.Errorf("look up stream %s: %w", c.Stream, err)
+	}
+	inputs := c.capturedInputs(s.CachedInfo().Config.Subjects)
 	cons, err := js.Consumer(ctx, c.Stream, c.Consumer)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
@@ -190,7 +271,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config) (jets
 	default:
 		cfg := cons.CachedInfo().Config
 		if cfg.Metadata[ManagedKey] != ManagedValue {
-			if err := checkOperatorConsumer(cfg, c); err != nil {
+			if err := checkOperatorConsumer(cfg, c, inputs); err != nil {
 				return nil, ConsumerSettings{}, err
 			}
 			return cons, settingsOf(cfg), nil
@@ -199,7 +280,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config) (jets
 	want := jetstream.ConsumerConfig{
 		Durable:        c.Consumer,
 		Description:    "bybit-cancel-worker",
-		FilterSubjects: c.inputSubjects(),
+		FilterSubjects: inputs,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        c.AckWait,
 		MaxDeliver:     c.MaxDeliver,
@@ -223,13 +304,13 @@ func settingsOf(cfg jetstream.ConsumerConfig) ConsumerSettings {
 	return s
 }
 
-func checkOperatorConsumer(cfg jetstream.ConsumerConfig, c Config) error {
+func checkOperatorConsumer(cfg jetstream.ConsumerConfig, c Config, want []string) error {
 	filters := cfg.FilterSubjects
 	if cfg.FilterSubject != "" {
 		filters = []string{cfg.FilterSubject}
 	}
-	want := c.inputSubjects()
-	if !sameSet(filters, want) {
+	// Filtering an input subject the stream does not capture is harmless.
+	if !sameSet(filters, want) && !sameSet(filters, c.inputSubjects()) {
 		return fmt.Errorf("consumer %s (not created by the worker, so left unchanged) filters %q; it must filter exactly %q",
 			c.Consumer, filters, want)
 	}

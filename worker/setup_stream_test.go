@@ -102,3 +102,50 @@ func TestOperatorConsumerIsCheckedNotChanged(t *testing.T) {
 		require.Equal(t, worker.ConsumerSettings{AckWait: 9 * time.Second, MaxDeliver: 3}, settings, "read back from the consumer")
 	}
 }
+
+// A full stream the worker manages refuses new messages, so a publisher
+// learns its cancel was not stored, and keeps every request already stored.
+func TestStreamMaxBytesRefusesNewMessagesWhenFull(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	ctx := context.Background()
+	e.cfg.Stream, e.cfg.Consumer = "SMALL", "small"
+	e.cfg.CancelSubject, e.cfg.CancelAllSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "small.cancel", "small.cancel-all", "small.ack", "small.rejected"
+	e.cfg.CancelAllProgressSubject = "small.cancel-all.progress" // not ORDERS's: streams' subjects must not overlap
+	cfg, err := worker.EnsureStream(ctx, e.js, e.cfg)
+	require.NoError(t, err)
+	require.Equal(t, int64(-1), cfg.MaxBytes, "0 is no limit")
+	require.Equal(t, jetstream.DiscardNew, cfg.Discard)
+
+	// A tagged stream made by an earlier version (discard old, no limit)
+	// takes the policy and the limit at the next start.
+	old := cfg
+	old.Discard = jetstream.DiscardOld
+	_, err = e.js.UpdateStream(ctx, old)
+	require.NoError(t, err)
+	e.cfg.StreamMaxBytes = 2048
+	cfg, err = worker.EnsureStream(ctx, e.js, e.cfg)
+	require.NoError(t, err)
+	require.Equal(t, int64(2048), cfg.MaxBytes)
+	require.Equal(t, jetstream.DiscardNew, cfg.Discard)
+
+	body := []byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"` + strings.Repeat("x", 200) + `"}`)
+	var stored uint64
+	var refused error
+	for range 100 {
+		ack, err := e.js.Publish(ctx, "small.cancel", body)
+		if err != nil {
+			refused = err
+			break
+		}
+		stored = ack.Sequence
+	}
+	require.Error(t, refused, "a full stream refuses the publish")
+	require.ErrorContains(t, refused, "maximum bytes exceeded")
+	s, err := e.js.Stream(ctx, "SMALL")
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), info.State.FirstSeq, "no stored request was discarded")
+	require.Equal(t, stored, info.State.LastSeq)
+}

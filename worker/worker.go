@@ -50,6 +50,9 @@ type Worker struct {
 	maxHeld  int
 	// keepProgress: the stream captures the cancel-all progress subject.
 	keepProgress bool
+	// degraded says, for Ready's detail, what is off because the stream
+	// lacks an optional subject, and which subject to add (set by Setup).
+	degraded []string
 
 	held     *heldSet
 	answered *seqMemory
@@ -103,6 +106,24 @@ type account struct {
 
 	syncMu   sync.Mutex
 	lastSync time.Time
+
+	// checkErr is why the start-up check failed; nil once it passed, or a
+	// later answer of Bybit's proved the key works (guarded by checkMu;
+	// unchecked is set while it is not nil).
+	checkMu   sync.Mutex
+	checkErr  error
+	unchecked atomic.Bool
+}
+
+// startupProblem returns why the account's start-up check failed, nil if it
+// passed or the key has worked since.
+func (a *account) startupProblem() error {
+	if !a.unchecked.Load() {
+		return nil
+	}
+	a.checkMu.Lock()
+	defer a.checkMu.Unlock()
+	return a.checkErr
 }
 
 // New checks the configuration and prepares a worker. client sends the
@@ -171,6 +192,9 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 
 // Ready reports whether the worker can process requests now, and if not,
 // why: connected to NATS, consumer bound, clock offset known, no IP ban.
+// When ready, the detail also says what runs degraded: a feature off for a
+// subject the stream lacks (and which to add), an account whose start-up
+// check failed.
 func (w *Worker) Ready() (bool, string) {
 	switch {
 	case !w.ready.Load():
@@ -184,12 +208,22 @@ func (w *Worker) Ready() (bool, string) {
 		}
 		return false, "the pause of a Bybit IP ban is over; waiting for a request Bybit answers to show the ban has ended"
 	}
-	for _, a := range w.accounts {
+	notes := slices.Clone(w.degraded)
+	for _, name := range slices.Sorted(maps.Keys(w.accounts)) {
+		a := w.accounts[name]
+		if err := a.startupProblem(); err != nil {
+			// Its clock may be unmeasured; a 10002 resyncs it.
+			notes = append(notes, "account "+name+": start-up check failed, its cancels are still sent and Bybit's answer decides each: "+err.Error())
+			continue
+		}
 		if _, ok := a.client.ClockOffset(); !ok {
 			return false, "clock offset to Bybit not measured for account " + a.name
 		}
 	}
-	return true, "ready"
+	if len(notes) == 0 {
+		return true, "ready"
+	}
+	return true, "ready; " + strings.Join(notes, "; ")
 }
 
 // Stats returns live counters.
@@ -206,21 +240,27 @@ func (w *Worker) Setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.keepProgress = subjectCovered(scfg.Subjects, w.cfg.progressSubject(1))
-	if !w.keepProgress {
-		w.log.Warn("the stream does not capture the cancel-all progress subject: a cancel-all redelivered after it partly ran cannot list what the earlier delivery cancelled, and its result says ordersComplete false",
-			"stream", w.cfg.Stream, "add", w.cfg.progressSubjects())
+	// A stream of the operator's may lack the optional subjects: what
+	// needs one is off, said once here and on Ready's detail.
+	w.keepProgress = true
+	w.degraded = nil
+	for _, o := range w.cfg.missingOptional(scfg.Subjects) {
+		switch o.add {
+		case w.cfg.progressSubjects():
+			w.keepProgress = false
+		case w.cfg.ConfirmedSubject:
+			w.confirm = nil
+		}
+		w.log.Warn("the stream does not capture "+o.name+" ("+o.add+"): "+o.without+"; add "+o.add+" to the stream's subjects",
+			"stream", w.cfg.Stream, "add", o.add)
+		w.degraded = append(w.degraded, fmt.Sprintf("stream %s does not capture %s: %s (add it to the stream's subjects)", w.cfg.Stream, o.add, o.without))
 	}
 	cons, settings, err := EnsureConsumer(ctx, w.js, w.cfg)
 	if err != nil {
 		return err
 	}
-	for _, name := range slices.Sorted(maps.Keys(w.accounts)) {
-		a := w.accounts[name]
-		if err := Preflight(ctx, a.client, w.log.With("account", name)); err != nil {
-			return fmt.Errorf("account %s: %w", name, err)
-		}
-		a.lastSync = w.now()
+	if err := w.checkAccounts(ctx); err != nil {
+		return err
 	}
 	w.maxHeld = cons.CachedInfo().Config.MaxAckPending
 	if w.maxHeld <= 0 {
@@ -241,6 +281,84 @@ func (w *Worker) Setup(ctx context.Context) error {
 		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.cfg.pinnedTTL()), w.now)
 	}
 	return nil
+}
+
+// checkAccounts runs every account's start-up check. An account whose check
+// fails is only warned about (and shown on Ready's detail and
+// cancel_worker_account_usable): its cancels are still sent, and Bybit's
+// answer decides each, so a key fixed on Bybit's side works without a
+// restart. Only when no account passes does the worker refuse to start.
+func (w *Worker) checkAccounts(ctx context.Context) error {
+	var failed []error
+	names := slices.Sorted(maps.Keys(w.accounts))
+	for _, name := range names {
+		a := w.accounts[name]
+		err := Preflight(ctx, a.client, w.log.With("account", name))
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("account %s: %w", name, err)
+		}
+		a.checkMu.Lock()
+		a.checkErr = err
+		a.unchecked.Store(err != nil)
+		a.checkMu.Unlock()
+		if err != nil {
+			failed = append(failed, fmt.Errorf("account %s: %w", name, err))
+			continue
+		}
+		a.lastSync = w.now()
+		w.metrics.accountUsable.WithLabelValues(name).Set(1)
+	}
+	if len(failed) == len(names) {
+		return errors.Join(failed...)
+	}
+	for _, name := range names {
+		if a := w.accounts[name]; a.startupProblem() != nil {
+			w.markStartupProblem(a, a.startupProblem())
+		}
+	}
+	return nil
+}
+
+// otherAccountUsable reports whether an account other than name passed its
+// start-up check.
+func (w *Worker) otherAccountUsable(name string) bool {
+	for n, a := range w.accounts {
+		if n != name && a.startupProblem() == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// markStartupProblem records a start-up check an account failed after the
+// others passed theirs, and warns.
+func (w *Worker) markStartupProblem(a *account, err error) {
+	a.checkMu.Lock()
+	a.checkErr = err
+	a.unchecked.Store(true)
+	a.checkMu.Unlock()
+	w.metrics.accountUsable.WithLabelValues(a.name).Set(0)
+	w.log.Warn("account "+a.name+": its start-up check failed; the worker runs for the other accounts and still sends this one's cancels, Bybit's answer decides each (a key fixed on Bybit's side works without a restart)",
+		"account", a.name, "error", err)
+}
+
+// keyWorks records that Bybit authenticated an account's request (a cancel
+// accepted, or answered not open): a start-up check that failed no longer
+// counts against it.
+func (w *Worker) keyWorks(a *account) {
+	if !a.unchecked.Load() {
+		return
+	}
+	a.checkMu.Lock()
+	err := a.checkErr
+	a.checkErr = nil
+	a.unchecked.Store(false)
+	a.checkMu.Unlock()
+	if err == nil {
+		return
+	}
+	w.metrics.accountUsable.WithLabelValues(a.name).Set(1)
+	w.log.Info("account "+a.name+": Bybit accepted its key now; its start-up check no longer counts", "account", a.name, "startupError", err)
 }
 
 // Run processes requests until ctx ends, then stops gracefully: it stops
@@ -645,7 +763,7 @@ func (w *Worker) nextRequest(l *lane) (*pacer, []*slot, []*unit) {
 		}
 		return l.single, got, units
 	}
-	if l.batch == nil {
+	if l.batch == nil || l.batchOff.Load() {
 		return nil, nil, nil
 	}
 	n := min(l.batchable(), l.maxBatch)
@@ -672,7 +790,7 @@ func (w *Worker) waitBudget(ctx context.Context, l *lane) error {
 		return ctx.Err()
 	}
 	var bChanged <-chan struct{}
-	if l.batch != nil {
+	if l.batch != nil && !l.batchOff.Load() {
 		bFree, bWait, bc := l.batch.room()
 		if bFree > 0 && l.batchable() > 0 {
 			return ctx.Err()
@@ -782,6 +900,9 @@ func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
 		rl, _ = bybit.RateLimitOf(err)
 	}
 	w.afterRequest(l.batch, "cancel-batch", l.key.category, probe, start, rl, err, done)
+	if err != nil && w.batchRefused(l, units, err) {
+		return
+	}
 	for i, u := range units {
 		if err != nil { // the whole request failed: every order shares it
 			w.settle(l.batch, u, bybit.CancelOrderResult{}, err)
@@ -790,6 +911,51 @@ func (w *Worker) sendBatch(l *lane, units []*unit, probe bool, done func()) {
 		it := res.Items[i]
 		w.settle(l.batch, u, bybit.CancelOrderResult{OrderID: it.OrderID, OrderLinkID: it.OrderLinkID, Time: res.Time, RateLimit: res.RateLimit}, it.Err)
 	}
+}
+
+// batchRefused handles a cancel-batch refused as a whole, which applied
+// nothing: its orders are queued again as single cancels, whose own answers
+// decide their results. Where the endpoint (or the category on it) is not
+// offered, the lane sends no more batches and says so once; after any other
+// refusal only these orders go alone. It returns false for failures its
+// orders share as before (transient, rate limits, a ban, our own context).
+func (w *Worker) batchRefused(l *lane, units []*unit, err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	n := 0
+	for _, u := range units {
+		n += len(u.jobs)
+	}
+	switch c := bybit.ClassOf(err); {
+	case bybit.Unavailable(err):
+		if l.batchOff.CompareAndSwap(false, true) {
+			w.metrics.batchUnavailable.WithLabelValues(l.key.account, categoryLabel(l.key.category)).Set(1)
+			w.log.Warn("cancel-batch is not available for this account and category (Bybit's demo trading offers it for linear and option only, classic accounts not at all): this lane sends single cancels from now on",
+				"account", l.key.account, "category", l.key.category, "error", err)
+		}
+	case c == bybit.ClassPermanent || c == bybit.ClassNotOpen:
+		w.metrics.batchRefused.WithLabelValues(categoryLabel(l.key.category)).Inc()
+		w.log.Warn("cancel-batch refused as a whole; its orders are retried one by one as single cancels",
+			"account", l.key.account, "category", l.key.category, "orders", n, "error", err)
+		for _, u := range units {
+			for _, j := range u.jobs {
+				j.noBatch = true // not queued now: the lane's counts stay true
+			}
+		}
+	default:
+		return false
+	}
+	// Back to the front of the lane, in the order they were taken.
+	for i := len(units) - 1; i >= 0; i-- {
+		for k := len(units[i].jobs) - 1; k >= 0; k-- {
+			j := units[i].jobs[k]
+			if !j.lane.push(j, true) {
+				w.release(j, 0, "shutdown")
+			}
+		}
+	}
+	return true
 }
 
 func (w *Worker) markSent(u *unit) {
@@ -834,6 +1000,9 @@ func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
 	case actFinish:
 		if err == nil {
 			j.lane.resetRateLimitBackoff()
+		}
+		if err == nil || d.class == bybit.ClassNotOpen {
+			w.keyWorks(j.lane.account)
 		}
 		w.finish(j, d)
 	case actRelease:

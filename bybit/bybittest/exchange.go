@@ -52,6 +52,10 @@ type Account struct {
 	// ExpiresAt is the key's expiry; zero: it never expires (Bybit then
 	// reports expiredAt "1970-01-01T00:00:00Z", as for a key bound to IPs).
 	ExpiresAt time.Time
+	// Classic is a classic (non-UTA) account: it has no cancel-batch
+	// endpoint, which answers HTTP 404 with an empty body (as Bybit did in
+	// ccxt/ccxt#23050; cancel-batch is for unified accounts only).
+	Classic bool
 }
 
 // DefaultLimits are Bybit's documented per-UID limits per second of the base
@@ -89,7 +93,16 @@ type Options struct {
 	// AutoCreate answers a cancel of an unknown order as if it were open
 	// (the benchmark's book has no bottom). Off: unknown orders are not open.
 	AutoCreate bool
+	// Demo behaves like Bybit's demo-trading service (api-demo.bybit.com,
+	// docs/v5/demo.mdx), which offers only part of the API: cancel-batch for
+	// linear and option only, and no GET /v5/user/query-api. What it does
+	// not offer is answered retCode 10032 "Demo trading are not supported.",
+	// as Bybit's demo answers endpoints it lacks (ccxt/ccxt#23232).
+	Demo bool
 }
+
+// demoUnsupported is the demo-trading service's answer to what it lacks.
+const demoUnsupported = "Demo trading are not supported."
 
 // Order is one order in the simulated book.
 type Order struct {
@@ -221,6 +234,17 @@ func New(o Options) *Exchange {
 		e.accounts[a.APIKey] = a
 	}
 	return e
+}
+
+// AddAccount registers a key, or replaces the one with the same APIKey (a
+// key fixed on Bybit's side: new permissions, IPs or secret).
+func (e *Exchange) AddAccount(a Account) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if a.UID == "" {
+		a.UID = a.APIKey
+	}
+	e.accounts[a.APIKey] = a
 }
 
 // AddOrder puts an open order in the book and returns it; an empty OrderID
@@ -464,6 +488,10 @@ func verify(acct Account, origin, sig string) bool {
 }
 
 func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {
+	if e.opts.Demo {
+		e.writeEnvelope(w, r, Request{}, 10032, demoUnsupported, nil, nil)
+		return
+	}
 	acct, code, msg := e.authenticate(r, []byte(r.URL.RawQuery))
 	if code != 0 {
 		e.writeEnvelope(w, r, Request{}, code, msg, nil, nil)
@@ -494,12 +522,16 @@ func (e *Exchange) serveQueryAPI(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	uid := userID(acct.UID)
+	uta := 1
+	if acct.Classic {
+		uta = 0
+	}
 	// The fields of Bybit's answer (docs/v5/user/apikey-info.mdx).
 	e.writeEnvelope(w, r, Request{}, 0, "", map[string]any{
 		"id": strconv.FormatInt(uid, 10), "note": "bybittest", "apiKey": acct.APIKey, "readOnly": readOnly, "secret": "",
 		"permissions": perms, "ips": []string{"*"}, "type": 1, "deadlineDay": deadlineDay,
 		"expiredAt": expiredAt.Format(time.RFC3339), "createdAt": now.Add(-24 * time.Hour).UTC().Format(time.RFC3339),
-		"unified": 0, "uta": 1, "userID": uid, "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0",
+		"unified": 0, "uta": uta, "userID": uid, "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0",
 		"affiliateID": 0, "rsaPublicKey": rsaPublicKey, "isMaster": true, "parentUid": "0",
 		"kycLevel": "LEVEL_DEFAULT", "kycRegion": "", "userIDInt64": strconv.FormatInt(uid, 10),
 		"inviterIDInt64": "0", "affiliateIDInt64": "0",
@@ -658,6 +690,16 @@ func (e *Exchange) serveCancelBatch(w http.ResponseWriter, r *http.Request) {
 	acct, code, msg := e.authenticate(r, body)
 	if code != 0 {
 		e.writeEnvelope(w, r, Request{Category: b.Category}, code, msg, nil, nil)
+		return
+	}
+	if acct.Classic {
+		e.record(r, Request{Category: b.Category, HTTPStatus: http.StatusNotFound, RetCode: -1})
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	if e.opts.Demo && b.Category != "linear" && b.Category != "option" {
+		e.writeEnvelope(w, r, Request{Category: b.Category}, 10032, demoUnsupported, nil, nil)
 		return
 	}
 	if acct.ReadOnly {

@@ -289,3 +289,53 @@ func TestPrivateStreamAcceptsWhatSDKsSend(t *testing.T) {
 	require.NoError(t, wsjson.Read(ctx, bad, &resp))
 	require.Equal(t, false, resp["success"])
 }
+
+// docs/v5/demo.mdx: demo trading lists cancel, cancel-all, the order lookups
+// and the private stream, cancel-batch for linear and option only, and no
+// GET /v5/user/query-api; what it lacks it answers 10032.
+func TestDemoModeRefusesWhatBybitsDemoRefuses(t *testing.T) {
+	t.Parallel()
+	s := newSim(t, bybittest.Options{Demo: true})
+	require.Equal(t, 10032, s.demo(http.MethodGet, "/v5/user/query-api", "").RetCode)
+	for cat, want := range map[string]int{"linear": 0, "option": 0, "spot": 10032, "inverse": 10032} {
+		o := s.ex.AddOrder(bybittest.Order{Category: cat, Symbol: "BTCUSDT"})
+		a := s.demo(http.MethodPost, "/v5/order/cancel-batch", `{"category":"`+cat+`","request":[{"symbol":"BTCUSDT","orderId":"`+o.OrderID+`"}]}`)
+		require.Equal(t, want, a.RetCode, cat)
+		if want != 0 {
+			a = s.demo(http.MethodPost, "/v5/order/cancel", `{"category":"`+cat+`","symbol":"BTCUSDT","orderId":"`+o.OrderID+`"}`)
+			require.Zero(t, a.RetCode, "%s: the single cancel is offered: %s", cat, a.RetMsg)
+		}
+		got, _ := s.ex.Order(cat, o.OrderID)
+		require.Equal(t, "Cancelled", got.Status, cat)
+	}
+	require.Zero(t, s.demo(http.MethodGet, "/v5/market/time", "").RetCode)
+	require.Zero(t, s.demo(http.MethodPost, "/v5/order/cancel-all", `{"category":"spot"}`).RetCode)
+}
+
+// A classic (non-UTA) account has no cancel-batch: HTTP 404, no body.
+func TestClassicAccountHasNoBatchEndpoint(t *testing.T) {
+	t.Parallel()
+	s := newSim(t, bybittest.Options{Accounts: []bybittest.Account{{APIKey: "classic", Secret: "c-secret", Classic: true}}})
+	o := s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	body := `{"category":"linear","request":[{"symbol":"BTCUSDT","orderId":"` + o.OrderID + `"}]}`
+	req, err := http.NewRequest(http.MethodPost, s.srv.URL+"/v5/order/cancel-batch", strings.NewReader(body))
+	require.NoError(t, err)
+	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	req.Header.Set("X-BAPI-API-KEY", "classic")
+	req.Header.Set("X-BAPI-TIMESTAMP", ts)
+	req.Header.Set("X-BAPI-RECV-WINDOW", "5000")
+	req.Header.Set("X-BAPI-SIGN", sign("c-secret", ts+"classic5000"+body))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.Empty(t, raw)
+	a := s.call("classic", "c-secret", http.MethodPost, "/v5/order/cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"`+o.OrderID+`"}`)
+	require.Zero(t, a.RetCode, a.RetMsg)
+	var info struct {
+		UTA int `json:"uta"`
+	}
+	require.NoError(t, json.Unmarshal(s.call("classic", "c-secret", http.MethodGet, "/v5/user/query-api", "").Result, &info))
+	require.Zero(t, info.UTA)
+}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -146,13 +148,37 @@ func relativeTo(file, p string) string {
 	return filepath.Join(filepath.Dir(file), p)
 }
 
+// unknownField is yaml's report of a key the file's structure lacks.
+var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)`)
+
+// yamlKeys are the keys a struct takes, in its order.
+func yamlKeys(v any) []string {
+	t := reflect.TypeOf(v)
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		if k, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 // scrubYAMLError keeps yaml's position and kind of error but drops quoted
-// values, which could be a secret on a malformed line.
+// values, which could be a secret on a malformed line. An unknown key is
+// told with the keys allowed there, not a Go type name.
 func scrubYAMLError(err error) string {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
 		msgs := make([]string, 0, len(te.Errors))
 		for _, m := range te.Errors {
+			if g := unknownField.FindStringSubmatch(m); g != nil {
+				where, allowed := "at the top level", []string{"accounts"}
+				if strings.HasSuffix(g[3], "accountEntry") {
+					where, allowed = "in an account", yamlKeys(accountEntry{})
+				}
+				msgs = append(msgs, fmt.Sprintf("line %s: field %s not found %s; allowed keys: %s", g[1], g[2], where, strings.Join(allowed, ", ")))
+				continue
+			}
 			if i := strings.Index(m, "`"); i >= 0 {
 				m = m[:i] + "(value hidden)"
 			}

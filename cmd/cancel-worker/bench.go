@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -105,8 +104,7 @@ type confirmReport struct {
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("bench", commandAbout("bench"), stderr)
 	var o benchOptions
 	var cats string
 	fs.IntVar(&o.n, "n", 600, "cancels to publish")
@@ -130,7 +128,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.cancelAllOrders, "cancel-all-orders", 50, "resting orders each --cancel-all request cancels")
 	fs.StringVar(&o.ipLimit, "ip-limit", "off", "BYBIT_IP_LIMIT of each replica: N/duration (production: 500/5s) or off")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if *cpuProfile != "" {

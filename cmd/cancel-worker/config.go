@@ -47,6 +47,7 @@ func (s setting) flagName() string {
 // settings is the configuration contract of `cancel-worker run`.
 var settings = []setting{
 	{env: "NATS_URL", def: "nats://127.0.0.1:4222", usage: "NATS servers, comma-separated"},
+	{env: "NATS_CONTEXT", def: "", usage: "nats CLI context (a name under ~/.config/nats/context, or a .json file) supplying the NATS_* connection settings not set otherwise"},
 	{env: "NATS_CREDS", def: "", usage: "NATS .creds file (user JWT and nkey seed)"},
 	{env: "NATS_NKEY", def: "", usage: "NATS nkey seed file"},
 	{env: "NATS_USER", def: "", usage: "NATS user (with NATS_PASSWORD or NATS_PASSWORD_FILE)"},
@@ -71,6 +72,7 @@ var settings = []setting{
 	{env: "NATS_MAX_ACK_PENDING", def: "1000", usage: "MaxAckPending of a consumer the worker creates (messages held)"},
 	{env: "NATS_DUPLICATE_WINDOW", def: "1h", usage: "duplicate window of a stream the worker creates"},
 	{env: "NATS_STREAM_REPLICAS", def: "1", usage: "replicas of a stream the worker creates"},
+	{env: "NATS_STREAM_MAX_BYTES", def: "4GiB", usage: "size limit of a stream the worker creates (e.g. 512MiB, 10GB), or off; when full, new messages are refused (discard new)"},
 	{env: "BYBIT_API_KEY", def: "", usage: "Bybit API key (HMAC)"},
 	{env: "BYBIT_API_SECRET", secret: true, usage: "Bybit API secret (environment only)"},
 	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
@@ -97,7 +99,7 @@ var settings = []setting{
 	{env: "WORKER_RETRY_BUDGET", def: "2m", usage: "in-process retrying of transient failures per delivery"},
 	{env: "WORKER_MAX_AGE", def: "50m", usage: "request age after which it is answered failed"},
 	{env: "WORKER_SHUTDOWN_TIMEOUT", def: "20s", usage: "how long a stop waits for requests already sent"},
-	{env: "HTTP_ADDR", def: ":9090", usage: "address of /metrics, /healthz and /readyz; empty disables", emptyAllowed: true},
+	{env: "HTTP_ADDR", def: ":9478", usage: "address of /metrics, /healthz and /readyz; empty disables", emptyAllowed: true},
 	{env: "LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "LOG_FORMAT", def: "text", usage: "text (colour on a terminal) or json"},
 }
@@ -106,7 +108,7 @@ var settings = []setting{
 // NATS and where the worker keeps its messages.
 var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
 	switch s.env {
-	case "NATS_ACK_WAIT", "NATS_PINNED_TTL", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS",
+	case "NATS_ACK_WAIT", "NATS_PINNED_TTL", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS", "NATS_STREAM_MAX_BYTES",
 		"NATS_CANCEL_ALL_PROGRESS_SUBJECT", "NATS_SYNC_CANCEL_SUBJECT", "NATS_SYNC_CANCEL_ALL_SUBJECT": // replay reads requests and results only
 		return true
 	}
@@ -116,40 +118,56 @@ var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) b
 // values is the resolved configuration: env name -> value.
 type values map[string]string
 
-// parseSettings resolves every setting from flags, the environment and the
-// defaults. It returns flag.ErrHelp after printing usage for -h/--help.
+// isBool: a setting whose default is true or false is an on/off switch,
+// with a boolean flag twin (--confirm, --confirm=false).
+func (s setting) isBool() bool { return s.def == "true" || s.def == "false" }
+
+// parseSettings resolves every setting from flags, the environment, the
+// NATS context (NATS_CONTEXT, for the NATS_* settings) and the defaults. It
+// returns flag.ErrHelp after printing the help for -h/--help; about is what
+// the help says the command does. extra registers the command's own flags.
 func parseSettings(name string, list []setting, args []string, env lookupEnv, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
+	return parseCommand(name, "", list, args, env, out, extra)
+}
+
+func parseCommand(name, about string, list []setting, args []string, env lookupEnv, out io.Writer, extra func(*flag.FlagSet)) (values, error) {
+	if about == "" {
+		about = commandAbout(name)
+	}
+	fs := newFlagSet(name, about, out)
 	flags := map[string]*string{}
 	for _, s := range list {
 		if s.secret {
 			continue
 		}
-		flags[s.env] = fs.String(s.flagName(), s.def, fmt.Sprintf("%s (env %s)", s.usage, s.env))
+		val := s.def
+		flags[s.env] = &val
+		usage := fmt.Sprintf("%s (env %s)", s.usage, s.env)
+		fs.Var(settingFlag{value: &val, boolean: s.isBool()}, s.flagName(), usage)
 	}
 	if extra != nil {
-		extra(fs)
+		extra(fs.FlagSet)
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: cancel-worker %s [flags]\n\nEvery flag has an environment twin; flags win. Secrets are read only from the environment:\n", name)
+	fs.preamble = func(w io.Writer) {
+		fmt.Fprintln(w, "A flag marked (env NAME) has that environment variable as its twin; flags win over the environment.")
+		first := true
 		for _, s := range list {
 			if s.secret {
-				fmt.Fprintf(out, "  %-24s %s\n", s.env, s.usage)
+				if first {
+					fmt.Fprintln(w, "Secrets are read only from the environment:")
+					first = false
+				}
+				fmt.Fprintf(w, "  %-26s %s\n", s.env, s.usage)
 			}
 		}
-		fmt.Fprintln(out, "\nFlags:")
-		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	v := values{}
+	defaulted := map[string]bool{}
 	for _, s := range list {
 		switch {
 		case !s.secret && set[s.flagName()]:
@@ -162,9 +180,18 @@ func parseSettings(name string, list []setting, args []string, env lookupEnv, ou
 				continue
 			}
 			v[s.env] = s.def
+			defaulted[s.env] = true
 		default:
 			v[s.env] = s.def
+			defaulted[s.env] = true
 		}
+	}
+	if ctxName := v["NATS_CONTEXT"]; ctxName != "" {
+		nctx, err := loadNATSContext(ctxName, env)
+		if err != nil {
+			return nil, err
+		}
+		nctx.fill(v, defaulted)
 	}
 	return v, nil
 }
@@ -329,11 +356,19 @@ type natsConfig struct {
 // authentication settings make sense together.
 func (n *natsConfig) readSecrets(env lookupEnv) error {
 	var err error
+	fromContext := *n
 	if n.password, err = readSecret(env, "NATS_PASSWORD"); err != nil {
 		return err
 	}
 	if n.token, err = readSecret(env, "NATS_TOKEN"); err != nil {
 		return err
+	}
+	// NATS_CONTEXT's password and token, when the environment gives none.
+	if n.password.IsZero() {
+		n.password = fromContext.password
+	}
+	if n.token.IsZero() {
+		n.token = fromContext.token
 	}
 	switch {
 	case n.user != "" && n.password.IsZero():
@@ -348,11 +383,49 @@ func (n *natsConfig) readSecrets(env lookupEnv) error {
 	return nil
 }
 
+// natsConfig reads the connection settings. password and token are those
+// resolved with NATS_CONTEXT; readSecrets reads the environment's over them.
 func (p *parser) natsConfig() natsConfig {
 	return natsConfig{
 		url: p.str("NATS_URL"), name: p.str("NATS_CONNECTION_NAME"), creds: p.str("NATS_CREDS"), nkey: p.str("NATS_NKEY"),
 		user: p.str("NATS_USER"), ca: p.str("NATS_CA"), cert: p.str("NATS_CERT"), key: p.str("NATS_KEY"),
+		password: bybit.Secret(p.str("NATS_PASSWORD")), token: bybit.Secret(p.str("NATS_TOKEN")),
 	}
+}
+
+// streamName checks a stream or consumer name as the server would (it
+// answers a bad one with "invalid stream name" and no setting named).
+func (p *parser) streamName(name string) string {
+	s := p.v[name]
+	if s == "" || strings.ContainsAny(s, ". *>/\\\t\r\n") {
+		p.fail(name, "%q is not a valid JetStream name: it must be non-empty, without '.', '*', '>', '/', '\\' or white space", s)
+	}
+	return s
+}
+
+// byteSize parses 4GiB, 512MB, 1048576 or off (0: no limit).
+func (p *parser) byteSize(name string) int64 {
+	s := strings.TrimSpace(p.v[name])
+	if s == "off" || s == "" {
+		return 0
+	}
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(num), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		p.fail(name, "%q is not a size such as 4GiB, 512MB or 1048576 (bytes), or off", p.v[name])
+		return 0
+	}
+	return n * mult
 }
 
 // runConfig is everything `run` needs.
@@ -378,8 +451,8 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	var rc runConfig
 	rc.nats = p.natsConfig()
 	rc.worker = worker.Config{
-		Stream:                   p.str("NATS_STREAM"),
-		Consumer:                 p.str("NATS_CONSUMER"),
+		Stream:                   p.streamName("NATS_STREAM"),
+		Consumer:                 p.streamName("NATS_CONSUMER"),
 		CancelSubject:            p.str("NATS_CANCEL_SUBJECT"),
 		CancelAllSubject:         p.str("NATS_CANCEL_ALL_SUBJECT"),
 		AckSubject:               p.str("NATS_ACK_SUBJECT"),
@@ -391,6 +464,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		MaxAckPending:            p.integer("NATS_MAX_ACK_PENDING"),
 		DuplicateWindow:          p.duration("NATS_DUPLICATE_WINDOW"),
 		StreamReplicas:           p.integer("NATS_STREAM_REPLICAS"),
+		StreamMaxBytes:           p.byteSize("NATS_STREAM_MAX_BYTES"),
 		Concurrency:              p.integer("WORKER_CONCURRENCY"),
 		RetryBudget:              p.duration("WORKER_RETRY_BUDGET"),
 		MaxAge:                   p.duration("WORKER_MAX_AGE"),
@@ -501,7 +575,7 @@ func (v values) effective(env lookupEnv) []any {
 		}
 		if s.secret {
 			val = "unset"
-			if env.get(s.env) != "" {
+			if env.get(s.env) != "" || v[s.env] != "" { // v: also from NATS_CONTEXT
 				val = "set"
 			}
 		}

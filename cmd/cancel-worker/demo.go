@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,12 +46,11 @@ func startSim(ex *bybittest.Exchange, addr string) (string, func(), error) {
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("demo", commandAbout("demo"), stderr)
 	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limits are 10/s single and 10/s batch)")
 	logLevel := fs.String("log-level", "warn", "the worker's log level (its lines go to stderr)")
 	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "how long after a cancel the simulated exchange pushes the order's update (Bybit cancels asynchronously)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	var level slog.Level
@@ -237,7 +235,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	// What `cancel-worker replay` says of this stream, for incident review.
 	rep, err := replay.Read(ctx, js, replay.Config{Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject,
-		CancelAllSubject: cfg.CancelAllSubject, AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject}, replay.Window{}, replay.Filter{})
+		CancelAllSubject: cfg.CancelAllSubject, AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, ConfirmedSubject: cfg.ConfirmedSubject}, replay.Window{}, replay.Filter{})
 	if err != nil {
 		return fmt.Errorf("demo: replay: %w", err)
 	}
@@ -332,8 +330,7 @@ func formatCountsOf(c map[string]int) string {
 }
 
 func runSim(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("sim", commandAbout("sim"), stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	latency := fs.Duration("latency", 0, "delay of every answer")
 	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "delay of each order update on the private WebSocket after its cancel")
@@ -341,14 +338,15 @@ func runSim(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&orders, "order", "rest open orders: CATEGORY:SYMBOL[:COUNT[:KIND]] (KIND: Order, StopOrder, tpslOrder, OcoOrder, BidirectionalTpslOrder), for cancel-all; repeatable")
 	fs.Var(&readOnly, "read-only-key", "also accept a read-only HMAC key: KEY:SECRET (cancels answer 10005); repeatable")
 	fs.Var(&rsaKeys, "rsa-key", "also accept an RSA key: KEY:PUBLIC_KEY_PEM_FILE (the private key signs); repeatable")
-	if err := fs.Parse(args); err != nil {
+	demo := fs.Bool("demo", false, "behave like Bybit's demo trading (BYBIT_ENV=demo): cancel-batch for linear and option only, no GET /v5/user/query-api (retCode 10032)")
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	setup, err := parseSimSetup(orders, readOnly, rsaKeys)
 	if err != nil {
 		return err
 	}
-	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency, Accounts: setup.accounts})
+	ex := bybittest.New(bybittest.Options{AutoCreate: true, Latency: *latency, Accounts: setup.accounts, Demo: *demo})
 	ex.SetPushDelay(*pushDelay)
 	for _, o := range setup.orders {
 		o = ex.AddOrder(o)

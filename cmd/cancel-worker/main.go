@@ -2,12 +2,15 @@
 // each as a signed Bybit v5 cancel within the rate limits, and publishes one
 // result per request.
 //
-//	cancel-worker [run]   the worker, configured by environment variables or flags
-//	cancel-worker demo    a self-contained scenario: embedded NATS, simulated Bybit, the worker
-//	cancel-worker sim     the simulated exchange alone, for a local stack
-//	cancel-worker bench   a burst drained against the simulated exchange, measured
-//	cancel-worker replay  requests joined with their results from the stream; resend what was left undone
-//	cancel-worker cancel, cancel-all  one cancel through the sync service, its result printed
+//	cancel-worker [run]        the worker, configured by environment variables or flags
+//	cancel-worker demo         a self-contained scenario: embedded NATS, simulated Bybit, the worker
+//	cancel-worker sim          the simulated exchange alone, for a local stack
+//	cancel-worker bench        a burst drained against the simulated exchange, measured
+//	cancel-worker replay       requests joined with their results from the stream; resend what was left undone
+//	cancel-worker cancel       one cancel through the sync service, its result printed
+//	cancel-worker cancel-all   one cancel-all through the sync service, its result printed
+//	cancel-worker healthcheck  asks a running worker's /readyz; exit 0 when ready
+//	cancel-worker version      the version, commit and build date
 package main
 
 import (
@@ -28,8 +31,10 @@ import (
 	"time"
 
 	"github.com/lmittmann/tint"
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,52 +55,146 @@ func main() {
 	}
 }
 
-const usage = `Usage: cancel-worker [command] [flags]
+// command is one subcommand: its name, the line the top-level help gives it,
+// what its own --help starts with, and how it runs.
+type command struct {
+	name, summary, about string
+	run                  func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error
+}
 
-Commands:
-  run     the worker (the default), configured by environment variables or flags
-  demo    a scripted scenario against an embedded nats-server and a simulated Bybit
-  sim     the simulated Bybit exchange alone (for a local stack)
-  bench   drain a burst against the simulated exchange and report drain time against the ideal
-  replay  read requests and results back from the stream for incident review; --resend finishes what was left undone
-  cancel      cancel one order through the sync service and wait for its result (exit 0 cancelled, 2 not_open, 3 rejected/invalid/failed, 4 timeout, 5 filled)
-  cancel-all  cancel a category's orders (by symbol, base or settle coin) through the sync service and wait for the result
+// commands are listed by the top-level help in this order. (Set in init:
+// their run functions read the list back for their help.)
+var commands []command
 
-Run 'cancel-worker <command> --help' for a command's flags.
-`
+func init() { commands = commandList() }
+
+func commandList() []command {
+	return []command{
+		{name: "run", summary: "the worker (the default command), configured by environment variables or flags",
+			about: "Run the worker: take cancel requests from NATS JetStream, send each to Bybit within the rate limits, publish one result per request.",
+			run: func(ctx context.Context, args []string, env lookupEnv, _, stderr io.Writer) error {
+				return runWorker(ctx, args, env, stderr)
+			}},
+		{name: "demo", summary: "a scripted scenario against an embedded nats-server and a simulated Bybit",
+			about: "Run a scripted scenario: an embedded nats-server, a simulated Bybit exchange and the worker; print every result and confirmation, exit 0 when each is as expected.",
+			run: func(ctx context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
+				return runDemo(ctx, args, stdout, stderr)
+			}},
+		{name: "sim", summary: "the simulated Bybit exchange alone (for a local stack)",
+			about: "Serve the simulated Bybit exchange (REST and the private WebSocket) for a local stack; every cancel of an unknown order succeeds once.",
+			run: func(ctx context.Context, args []string, _ lookupEnv, _, stderr io.Writer) error {
+				return runSim(ctx, args, stderr)
+			}},
+		{name: "bench", summary: "drain a burst against the simulated exchange and report drain time against the ideal",
+			about: "Publish a burst of cancels to an embedded nats-server, drain it through the worker against the simulated exchange, and report the drain time against what the rate limits allow.",
+			run: func(ctx context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
+				return runBench(ctx, args, stdout, stderr)
+			}},
+		{name: "replay", summary: "read requests and results back from the stream for incident review; --resend finishes what was left undone",
+			about: "Read the requests of a window back from the stream with their results and confirmations, for incident review; with --resend, republish what was left unanswered or failed.",
+			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+				return runReplay(ctx, args, env, os.Stdin, stdout, stderr)
+			}},
+		{name: "cancel", summary: "cancel one order through the sync service and wait for its result (exit 0 cancelled, 2 not_open, 3 rejected/invalid/failed, 4 timeout, 5 filled)",
+			about: "Cancel one order through the worker's sync service (orders.sync.cancel) and print its stored result; with --wait-confirmation, also the order's confirmation. Exit 0 cancelled, 2 not_open, 3 rejected, invalid or failed, 4 timeout (the request's sequence printed), 5 filled before the cancel landed, 1 any other error.",
+			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+				return runCancel(ctx, false, args, env, stdout, stderr)
+			}},
+		{name: "cancel-all", summary: "cancel a category's orders (by symbol, base or settle coin) through the sync service and wait for the result",
+			about: "Cancel every order of a category (narrowed by symbol, base coin or settle coin) through the worker's sync service (orders.sync.cancel-all) and print its stored result. Exit codes as for cancel.",
+			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+				return runCancel(ctx, true, args, env, stdout, stderr)
+			}},
+		{name: "healthcheck", summary: "ask a running worker's /readyz (HTTP_ADDR); exit 0 when ready, 1 otherwise",
+			about: "Ask the /readyz of the worker at HTTP_ADDR (on this host when its host part is empty or a wildcard): exit 0 when it answers ready, 1 with the reason otherwise. For a Docker HEALTHCHECK or a Kubernetes exec probe.",
+			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+				return runHealthcheck(ctx, args, env, stdout, stderr)
+			}},
+		{name: "version", summary: "print the version, commit and build date",
+			about: "Print the version, the commit and the build date of this binary (also: cancel-worker --version).",
+			run: func(_ context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
+				return runVersion(args, stdout, stderr)
+			}},
+	}
+}
+
+func findCommand(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// commandAbout is the description a command's --help starts with.
+func commandAbout(name string) string {
+	c, _ := findCommand(name)
+	return c.about
+}
+
+func writeUsage(w io.Writer) {
+	fmt.Fprint(w, "Usage: cancel-worker <command> [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "  help         this text; 'cancel-worker help <command>' is that command's help\n\n")
+	fmt.Fprint(w, "With no command, or flags first, cancel-worker runs the worker ('run').\n")
+	fmt.Fprint(w, "Run 'cancel-worker <command> --help' for what a command does and its flags; --version prints the version.\n")
+}
 
 // run dispatches to a subcommand. It reads the environment only through env.
+// Help that was asked for goes to stdout; errors go to stderr.
 func run(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
-	cmd := "run"
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "--h":
+			writeUsage(stdout)
+			return nil
+		case "-version", "--version":
+			return runVersion(args[1:], stdout, stderr)
+		case "help":
+			if len(args) == 1 {
+				writeUsage(stdout)
+				return nil
+			}
+			if _, ok := findCommand(args[1]); !ok {
+				writeUsage(stderr)
+				return fmt.Errorf("help: unknown command %q", args[1])
+			}
+			args = []string{args[1], "--help"}
+		}
+	}
+	name := "run"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
+		name, args = args[0], args[1:]
 	}
-	switch cmd {
-	case "run":
-		return runWorker(ctx, args, env, stderr)
-	case "demo":
-		return runDemo(ctx, args, stdout, stderr)
-	case "sim":
-		return runSim(ctx, args, stderr)
-	case "bench":
-		return runBench(ctx, args, stdout, stderr)
-	case "replay":
-		return runReplay(ctx, args, env, os.Stdin, stdout, stderr)
-	case "cancel", "cancel-all":
-		return runCancel(ctx, cmd == "cancel-all", args, env, stdout, stderr)
-	case "help":
-		fmt.Fprint(stdout, usage)
-		return nil
+	c, ok := findCommand(name)
+	if !ok {
+		writeUsage(stderr)
+		return fmt.Errorf("unknown command %q", name)
 	}
-	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", cmd)
+	if wantsHelp(args) {
+		stderr = stdout
+	}
+	return c.run(ctx, args, env, stdout, stderr)
 }
 
 func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationStrings}))
 	}
 	return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly + ".000", NoColor: !isTerminal(w)}))
+}
+
+// durationStrings writes every time.Duration of a JSON log line as a Go
+// duration string ("29.173µs", "20s"), as the text format does, instead of
+// slog's bare nanoseconds.
+func durationStrings(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 func isTerminal(w io.Writer) bool {
@@ -108,7 +207,7 @@ func isTerminal(w io.Writer) bool {
 }
 
 func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writer) error {
-	v, err := parseSettings("run", settings, args, env, stderr, nil)
+	v, err := parseCommand("run", "", settings, args, env, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -120,6 +219,8 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		return err
 	}
 	log := newLogger(stderr, rc.logLevel, rc.logFormat)
+	build := readBuildInfo()
+	log.Info("cancel-worker", build.logAttrs()...)
 	log.Info("configuration", v.effective(env)...)
 	rc.worker.Logger = log
 
@@ -151,6 +252,7 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build.register(reg)
 	rc.worker.Registerer = reg
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -177,7 +279,8 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 }
 
 // serveHTTP serves /metrics, /healthz (the process is alive) and /readyz (200
-// when the worker can process requests, 503 with the reason otherwise).
+// when the worker can process requests, with what runs degraded if anything;
+// 503 with the reason otherwise).
 func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string), log *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -194,7 +297,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, why)
+		fmt.Fprintln(w, why) // "ready", or "ready; " and what runs degraded
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
@@ -248,6 +351,9 @@ func connectNATS(c natsConfig, log *slog.Logger) (*nats.Conn, error) {
 		}),
 	}
 	if c.creds != "" {
+		if err := checkCredsFile(c.creds); err != nil {
+			return nil, err
+		}
 		opts = append(opts, nats.UserCredentials(c.creds))
 	}
 	if c.nkey != "" {
@@ -274,6 +380,25 @@ func connectNATS(c natsConfig, log *slog.Logger) (*nats.Conn, error) {
 		return nil, natsConnectError(c, err)
 	}
 	return nc, nil
+}
+
+// checkCredsFile reads NATS_CREDS before connecting, so that a missing or
+// malformed file is reported as such (nats.go reports it as a connect error).
+// The seed is never quoted.
+func checkCredsFile(path string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("NATS_CREDS: cannot read %s: %v", path, errors.Unwrap(err))
+	}
+	if tok, err := jwt.ParseDecoratedJWT(raw); err != nil || !strings.HasPrefix(tok, "ey") {
+		return fmt.Errorf("NATS_CREDS: %s holds no user JWT (want the .creds file of nsc or the NATS operator)", path)
+	}
+	kp, err := nkeys.ParseDecoratedNKey(raw)
+	if err != nil {
+		return fmt.Errorf("NATS_CREDS: %s holds no user nkey seed (want the .creds file of nsc or the NATS operator)", path)
+	}
+	kp.Wipe()
+	return nil
 }
 
 // natsConnectError says which setting to look at.

@@ -20,7 +20,7 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
-var httpAddrRe = regexp.MustCompile(`serving /metrics, /healthz and /readyz.*addr=(\S+)`)
+var httpAddrRe = regexp.MustCompile(`serving /metrics, /healthz and /readyz.*addr"?[=:]"?([^\s"]+)`)
 
 // startWorker runs `cancel-worker run` in-process with its HTTP endpoints on a
 // free port and returns their base URL and a stop function.
@@ -182,6 +182,10 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 		"consumer":     regexp.MustCompile(`^cancel-worker$`),
 		"outcome":      regexp.MustCompile(`^(ok|not_open|rate_limited|clock_skew|transient|ip_ban|permanent)$`),
 		"reason":       regexp.MustCompile(`^(rate_limited|clock_skew|transient|ip_ban|retry_budget)$`),
+		// cancel_worker_build_info: one series per process.
+		"version":   regexp.MustCompile(`^(\(devel\)|v\S+)$`),
+		"revision":  regexp.MustCompile(`^([0-9a-f]{7,40}(\+dirty)?|unknown)$`),
+		"goversion": regexp.MustCompile(`^go1\.\d+`),
 	}
 	for name, fam := range f {
 		if !strings.HasPrefix(name, "cancel_worker_") {

@@ -93,7 +93,7 @@ func (f *replayFlags) check() error {
 
 func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reader, stdout, stderr io.Writer) error {
 	var f replayFlags
-	v, err := parseSettings("replay", replaySettings, args, env, stderr, f.register)
+	v, err := parseCommand("replay", "", replaySettings, args, env, stderr, f.register)
 	if err != nil {
 		return err
 	}
@@ -113,6 +113,7 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 		Stream: p.str("NATS_STREAM"), Consumer: p.str("NATS_CONSUMER"),
 		CancelSubject: p.str("NATS_CANCEL_SUBJECT"), CancelAllSubject: p.str("NATS_CANCEL_ALL_SUBJECT"),
 		AckSubject: p.str("NATS_ACK_SUBJECT"), RejectedSubject: p.str("NATS_REJECTED_SUBJECT"),
+		ConfirmedSubject: p.str("NATS_CONFIRMED_SUBJECT"),
 	}
 	if nc.name == "" {
 		nc.name = "cancel-worker-replay"

@@ -22,11 +22,11 @@ var StatusOrder = []string{"cancelled", "not_open", "rejected", "invalid", "fail
 // WriteTable prints one line per row, then the summary.
 func WriteTable(w io.Writer, rows []*Row, s Summary) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME (UTC)\tSEQ\tREQUEST\tCATEGORY\tSYMBOL\tORDER\tSTATUS\tRETCODE\tAMBIGUOUS\tATTEMPTS\tRATE-LIMIT WAIT\tLATENCY\tNOTE")
+	fmt.Fprintln(tw, "TIME (UTC)\tSEQ\tREQUEST\tCATEGORY\tSYMBOL\tORDER\tSTATUS\tORDER STATUS\tRETCODE\tAMBIGUOUS\tATTEMPTS\tRATE-LIMIT WAIT\tLATENCY\tNOTE")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
 			r.RequestTime.UTC().Format(TimeFormat), r.Seq, dash(r.RequestID), dash(r.Category), dash(r.Symbol), dash(r.order()),
-			r.Status, retCode(r.RetCode), yes(r.Ambiguous), r.Attempts, msText(float64(r.RateLimitWaitMs)), latency(r.LatencyMs), r.note())
+			r.Status, dash(r.OrderStatus()), retCode(r.RetCode), yes(r.Ambiguous), r.Attempts, msText(float64(r.RateLimitWaitMs)), latency(r.LatencyMs), r.note())
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -45,6 +45,16 @@ func WriteSummary(w io.Writer, s Summary) error {
 	fmt.Fprintf(w, "answered by a replay: %d; still open (unanswered or failed, no replay answered): %d\n", s.AnsweredByReplay, s.Open)
 	if p := s.LatencyMs; p != nil {
 		fmt.Fprintf(w, "publish→result latency (%d answered): p50 %s, p95 %s, p99 %s, max %s\n", p.N, msText(p.P50), msText(p.P95), msText(p.P99), msText(p.Max))
+	}
+	if len(s.OrderStatuses) > 0 {
+		n := 0
+		for _, c := range s.OrderStatuses {
+			n += c
+		}
+		fmt.Fprintf(w, "confirmations: %s (%s)\n", plural(n, "order"), CountsText(s.OrderStatuses))
+	}
+	if len(s.FilledBeforeCancel) > 0 {
+		fmt.Fprintf(w, "accepted, yet the order was not cancelled (it filled first): %s\n", strings.Join(s.FilledBeforeCancel, ", "))
 	}
 	fmt.Fprintf(w, "waiting on rate limits: %s, %s in all, longest %s\n", plural(s.RateLimit.Requests, "request"), msText(float64(s.RateLimit.TotalMs)), msText(float64(s.RateLimit.MaxMs)))
 	if len(s.Gaps) > 0 {

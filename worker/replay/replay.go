@@ -11,10 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
@@ -28,10 +32,17 @@ type Config struct {
 	CancelAllSubject string
 	AckSubject       string
 	RejectedSubject  string
+	// ConfirmedSubject, when set, is read too: each request shows the
+	// order status its confirmations report.
+	ConfirmedSubject string
 }
 
 func (c Config) subjects() []string {
-	return []string{c.CancelSubject, c.CancelAllSubject, c.AckSubject, c.RejectedSubject}
+	s := []string{c.CancelSubject, c.CancelAllSubject, c.AckSubject, c.RejectedSubject}
+	if c.ConfirmedSubject != "" {
+		s = append(s, c.ConfirmedSubject)
+	}
+	return s
 }
 
 // Window selects requests by stream sequence and by stream time; zero values
@@ -118,6 +129,10 @@ type Row struct {
 	// Replays are the resends of this request found in the stream, oldest
 	// first, each with its own outcome.
 	Replays []Replay `json:"replays,omitempty"`
+	// Confirmations are the order states Bybit reported after an
+	// acknowledged cancel, one per order (read with
+	// Config.ConfirmedSubject).
+	Confirmations []Confirmed `json:"confirmations,omitempty"`
 
 	// req is the strictly decoded body (reqErr why it is not a request).
 	req    request
@@ -132,6 +147,52 @@ type Replay struct {
 	Status    string   `json:"status"`
 	RetCode   *int     `json:"retCode,omitempty"`
 	LatencyMs *float64 `json:"latencyMs,omitempty"`
+}
+
+// Confirmed is one order's confirmation: its status at Bybit after the
+// cancel (Cancelled, Filled, ...), whether that is final, and how it was
+// learnt.
+type Confirmed struct {
+	OrderID     string `json:"orderId,omitempty"`
+	OrderLinkID string `json:"orderLinkId,omitempty"`
+	OrderStatus string `json:"orderStatus,omitempty"`
+	Final       bool   `json:"final"`
+	ConfirmedBy string `json:"confirmedBy"`
+	Error       string `json:"error,omitempty"`
+}
+
+// OrderStatus is the confirmed order status of the request: the one
+// status, or for several orders each with its count ("Cancelled 3,
+// Filled 1"); "unknown" for a confirmation that learnt nothing; empty
+// without confirmations.
+func (r *Row) OrderStatus() string {
+	if len(r.Confirmations) == 0 {
+		return ""
+	}
+	counts := map[string]int{}
+	for _, c := range r.Confirmations {
+		counts[c.status()]++
+	}
+	if len(counts) == 1 && len(r.Confirmations) == 1 {
+		return r.Confirmations[0].status()
+	}
+	keys := slices.Sorted(maps.Keys(counts))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, counts[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (c Confirmed) status() string {
+	s := c.OrderStatus
+	if s == "" {
+		s = messages.ConfirmedByUnknown
+	}
+	if !c.Final && c.OrderStatus != "" {
+		s += " (not final)"
+	}
+	return s
 }
 
 // Latency is publish→result; ok is false without a result.
@@ -168,7 +229,8 @@ type Report struct {
 	ReadAt time.Time
 }
 
-// Read scans the stream from the window's start to its current end.
+// Read scans the stream from the window's start to its current end. The
+// consumers it reads with are deleted when it returns.
 func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, filter Filter) (*Report, error) {
 	rep := &Report{ReadAt: time.Now()}
 	// The consumer's state first, then the stream's end: a request at or
@@ -187,7 +249,11 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 		return nil, fmt.Errorf("stream %s: %w", cfg.Stream, err)
 	}
 	last := stream.CachedInfo().State.LastSeq
-	if win.FromSeq > last {
+	if cfg.ConfirmedSubject != "" && !captures(stream.CachedInfo().Config.Subjects, cfg.ConfirmedSubject) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("stream %s does not capture %s: no confirmations shown", cfg.Stream, cfg.ConfirmedSubject))
+		cfg.ConfirmedSubject = ""
+	}
+	if last == 0 || win.FromSeq > last {
 		return rep, nil
 	}
 
@@ -202,6 +268,13 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 		start := win.Since.Add(-time.Second)
 		oc.DeliverPolicy, oc.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
 	}
+	// The ordered consumer makes a new server consumer for every fetch
+	// (<prefix>_1, _2, ...) and deletes the one before in the background;
+	// all that carry this read's prefix are deleted at the end. The short
+	// inactivity threshold is for a replay killed before it could.
+	oc.NamePrefix = "cancel-worker-replay-" + nuid.Next()
+	oc.InactiveThreshold = ConsumerInactiveThreshold
+	defer deleteConsumers(ctx, stream, oc.NamePrefix)
 	cons, err := js.OrderedConsumer(ctx, cfg.Stream, oc)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
@@ -213,9 +286,11 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 	for done, waited := false, false; !done; {
 		// Take what is there; if nothing is, wait once before concluding
 		// that the stream holds nothing more for these subjects.
-		batch, err := cons.FetchNoWait(1000)
+		var batch jetstream.MessageBatch
 		if waited {
 			batch, err = cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		} else {
+			batch, err = cons.FetchNoWait(1000)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
@@ -233,6 +308,15 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 				done = true
 			}
 			switch msg.Subject() {
+			case cfg.ConfirmedSubject:
+				c, err := messages.DecodeConfirmation(msg.Data())
+				if err != nil {
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("confirmation at sequence %d is not a confirmation: %v", seq, err))
+					continue
+				}
+				if row := bySeq[c.RequestSeq]; row != nil {
+					row.addConfirmation(c)
+				}
 			case cfg.AckSubject, cfg.RejectedSubject:
 				res, err := messages.DecodeResult(msg.Data())
 				if err != nil {
@@ -289,6 +373,62 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 		}
 	}
 	return rep, nil
+}
+
+// captures reports whether one of a stream's subjects (wildcards allowed)
+// takes subj.
+func captures(streamSubjects []string, subj string) bool {
+	want := strings.Split(subj, ".")
+	for _, pattern := range streamSubjects {
+		p := strings.Split(pattern, ".")
+		for i, tok := range p {
+			if tok == ">" && i < len(want) {
+				return true
+			}
+			if i >= len(want) || tok != "*" && tok != want[i] {
+				break
+			}
+			if i == len(p)-1 && len(p) == len(want) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ConsumerInactiveThreshold is how long the server keeps a consumer of a
+// replay that ended without deleting it (killed).
+const ConsumerInactiveThreshold = 30 * time.Second
+
+// deleteConsumers deletes the consumers of stream whose names start with
+// prefix, also when ctx has ended.
+func deleteConsumers(ctx context.Context, stream jetstream.Stream, prefix string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	names := stream.ConsumerNames(ctx)
+	var mine []string
+	for name := range names.Name() {
+		if strings.HasPrefix(name, prefix+"_") {
+			mine = append(mine, name)
+		}
+	}
+	for _, name := range mine {
+		// Not found: the ordered consumer's own background delete won.
+		_ = stream.DeleteConsumer(ctx, name)
+	}
+}
+
+// addConfirmation records an order's confirmation; a later one for the same
+// order (a redelivered result outside the duplicate window) replaces it.
+func (r *Row) addConfirmation(c messages.Confirmation) {
+	conf := Confirmed{OrderID: c.OrderID, OrderLinkID: c.OrderLinkID, OrderStatus: c.OrderStatus, Final: c.Final, ConfirmedBy: c.ConfirmedBy, Error: c.Error}
+	for i, have := range r.Confirmations {
+		if have.OrderID == conf.OrderID && have.OrderLinkID == conf.OrderLinkID {
+			r.Confirmations[i] = conf
+			return
+		}
+	}
+	r.Confirmations = append(r.Confirmations, conf)
 }
 
 // ackFloor reads the stream sequence at or below which the worker's consumer

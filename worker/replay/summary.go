@@ -28,6 +28,13 @@ type Summary struct {
 	// no result was published, longest first.
 	Gaps      []Gap         `json:"longestGaps,omitempty"`
 	RateLimit RateLimitWait `json:"rateLimitWait"`
+	// OrderStatuses counts the confirmed orders by the status Bybit
+	// reported after the cancel (read with Config.ConfirmedSubject).
+	OrderStatuses map[string]int `json:"orderStatuses,omitempty"`
+	// FilledBeforeCancel are the requestIds whose cancel Bybit accepted
+	// while an order of it had filled: not cancelled, though the result
+	// says cancelled.
+	FilledBeforeCancel []string `json:"filledBeforeCancel,omitempty"`
 }
 
 // Percentiles of a set of durations in milliseconds (nearest rank).
@@ -69,6 +76,17 @@ func Summarise(rows []*Row) Summary {
 	var events []event
 	for _, r := range rows {
 		s.ByStatus[r.Status]++
+		filled := false
+		for _, c := range r.Confirmations {
+			if s.OrderStatuses == nil {
+				s.OrderStatuses = map[string]int{}
+			}
+			s.OrderStatuses[c.status()]++
+			filled = filled || c.OrderStatus == "Filled"
+		}
+		if filled && r.Status == string(messages.StatusCancelled) {
+			s.FilledBeforeCancel = append(s.FilledBeforeCancel, r.RequestID)
+		}
 		if s.First.IsZero() || r.RequestTime.Before(s.First) {
 			s.First = r.RequestTime
 		}

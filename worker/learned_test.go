@@ -1,15 +1,18 @@
 package worker_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
 // An account above the base tier: the worker starts at Bybit's documented
@@ -110,6 +113,73 @@ func budgetLimit(t *testing.T, reg *prometheus.Registry, endpoint, category stri
 			if labels["endpoint"] == endpoint && labels["category"] == category {
 				return m.GetGauge().GetValue()
 			}
+		}
+	}
+	return -1
+}
+
+// An operator's consumer without the fleet's priority group keeps today's
+// shares: the worker says at start what to add, and paces to its share.
+func TestOperatorConsumerWithoutPriorityGroupKeepsShares(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{AutoCreate: true})
+	_, err := e.js.CreateConsumer(context.Background(), e.cfg.Stream, jetstream.ConsumerConfig{
+		Durable: e.cfg.Consumer, FilterSubjects: []string{e.cfg.CancelSubject, e.cfg.CancelAllSubject},
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 5 * time.Second, MaxAckPending: 1000,
+	})
+	require.NoError(t, err)
+	e.cfg.LimitShare = 0.5
+	e.cfg.Batch = false
+	reg := prometheus.NewRegistry()
+	e.cfg.Registerer = reg
+	seq := e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": "share-1"}, "")
+	e.start()
+	require.Equal(t, messages.StatusCancelled, e.waitResults(1)[seq].Status)
+	require.Contains(t, e.logs.String(), "no pinned-client priority group")
+	require.Contains(t, e.logs.String(), "--pinned-groups "+worker.PriorityGroup)
+	require.Equal(t, float64(5), budgetLimit(t, reg, "cancel", "linear"), "half of the 10/s Bybit reports")
+}
+
+// Two replicas on the worker's consumer: both report ready, one reports
+// itself active and sends everything, the other stands by.
+func TestStandbyReportsReadyAndInactive(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{AutoCreate: true})
+	regs := []*prometheus.Registry{prometheus.NewRegistry(), prometheus.NewRegistry()}
+	var rs []*running
+	for _, reg := range regs {
+		e.cfg.Registerer = reg
+		rs = append(rs, e.start())
+	}
+	const n = 20
+	for i := range n {
+		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("standby-", i)}, "")
+	}
+	e.waitResults(n)
+	received := []int64{rs[0].w.Stats().Received.Load(), rs[1].w.Stats().Received.Load()}
+	active := 0
+	if received[1] > 0 {
+		active = 1
+	}
+	require.Zero(t, received[1-active], "the standby received nothing")
+	require.EqualValues(t, n, received[active])
+	require.Eventually(t, func() bool {
+		return gaugeOf(t, regs[active], "cancel_worker_active") == 1 && gaugeOf(t, regs[1-active], "cancel_worker_active") == 0
+	}, waitFor, 10*time.Millisecond)
+	for _, r := range rs {
+		ok, why := r.w.Ready()
+		require.True(t, ok, why)
+	}
+}
+
+// gaugeOf reads the single series of a gauge (-1: none).
+func gaugeOf(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
 		}
 	}
 	return -1

@@ -207,6 +207,7 @@ func (c *confirmer) run(ctx context.Context) {
 		}
 		for msg := range batch.Messages() {
 			c.w.fleet.confirm.pulled(start, pinOf(msg), nil)
+			c.w.fleet.confirm.takeover(ctx, c.cons, msg)
 			c.accept(ctx, msg)
 		}
 		cancel()

@@ -86,11 +86,13 @@ type pin struct {
 	// renewed is the start of the last pull the server took with id: the
 	// server's TTL started after it.
 	renewed time.Time
-	// got is when id was first delivered here: the replica starts one
-	// rate-limit window later, so that Bybit's window never holds both the
-	// last requests of the replica it took over from and its first.
-	got  time.Time
-	lost bool // a pull was refused: id is no longer the server's pin
+	// startAt is when a replica newly pinned may start: one rate-limit
+	// window after the pin came, so that Bybit's window never holds both
+	// the last requests of the replica it took over from and its first —
+	// unless takeover finds no sign of such a replica.
+	startAt   time.Time
+	unchecked bool // a new pin that takeover has not looked at yet
+	lost      bool // a pull was refused: id is no longer the server's pin
 }
 
 // takeoverWait is how long a newly pinned replica waits before its first
@@ -125,7 +127,8 @@ func (p *pin) pulled(start time.Time, seen string, err error) bool {
 	case seen != "":
 		// Delivered to this replica: the server's pin is this one.
 		if seen != p.id || p.lost {
-			p.id, p.lost, p.got = seen, false, p.now()
+			p.id, p.lost = seen, false
+			p.startAt, p.unchecked = p.now().Add(takeoverWait), true
 		}
 		p.renewed = start
 	case p.id != "" && !p.lost && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
@@ -142,10 +145,39 @@ func (p *pin) warmUntil() time.Time {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.id == "" || p.lost || !p.now().Before(p.got.Add(takeoverWait)) {
+	if p.id == "" || p.lost || !p.now().Before(p.startAt) {
 		return time.Time{}
 	}
-	return p.got.Add(takeoverWait)
+	return p.startAt
+}
+
+// takeover looks at a new pin once, at its first message: when nothing on
+// the consumer shows another replica at work in the last window — no ack
+// within it, and msg not a redelivery — the replica starts at once (a
+// first start); otherwise it waits out the window.
+func (p *pin) takeover(ctx context.Context, cons jetstream.Consumer, msg jetstream.Msg) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	check := p.unchecked
+	p.unchecked = false
+	p.mu.Unlock()
+	if !check {
+		return
+	}
+	if meta, err := msg.Metadata(); err != nil || meta.NumDelivered > 1 {
+		return
+	}
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
+	defer cancel()
+	info, err := cons.Info(ictx)
+	if err != nil || (info.AckFloor.Last != nil && p.now().Sub(*info.AckFloor.Last) < takeoverWait) {
+		return
+	}
+	p.mu.Lock()
+	p.startAt = p.now()
+	p.mu.Unlock()
 }
 
 // held reports the pin id this replica holds ("" none, or not any more).
@@ -167,7 +199,7 @@ func (p *pin) active(contact time.Time) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.id == "" || p.lost || p.now().Before(p.got.Add(takeoverWait)) {
+	if p.id == "" || p.lost || p.now().Before(p.startAt) {
 		return false
 	}
 	since := p.renewed
@@ -261,10 +293,12 @@ func (f *fleet) run(ctx context.Context) {
 	}
 }
 
-// touch confirms the contact with the server by a flush round trip.
+// touch confirms the contact with the server by a flush round trip. A slow
+// round trip (a loaded host) still confirms the contact at its start, so it
+// may take as long as the lease.
 func (f *fleet) touch() {
 	start := f.w.now()
-	if f.w.js.Conn().FlushTimeout(pullInterval) == nil {
+	if f.w.js.Conn().FlushTimeout(f.cancel.lease) == nil {
 		f.mu.Lock()
 		f.contact = start
 		f.mu.Unlock()
@@ -377,6 +411,7 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 	for msg := range batch.Messages() {
 		// None fits; should one come, it is taken like any other.
 		f.cancel.pulled(start, pinOf(msg), nil)
+		f.cancel.takeover(ctx, cons, msg)
 		f.w.accept(ctx, msg)
 	}
 	f.pulled(start, "", batch.Error())

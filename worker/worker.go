@@ -478,6 +478,7 @@ func (w *Worker) pull(ctx context.Context) {
 		for msg := range batch.Messages() {
 			// The pin first: a lane sends only for the active replica.
 			w.fleet.cancel.pulled(start, pinOf(msg), nil)
+			w.fleet.cancel.takeover(ctx, w.cons, msg)
 			w.accept(ctx, msg)
 		}
 		cancel()

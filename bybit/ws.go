@@ -38,6 +38,10 @@ type OrderStreamOptions struct {
 	// OnState is told when the stream is up (authenticated and subscribed)
 	// and when it is down, with the reason.
 	OnState func(up bool, err error)
+	// Topics are subscribed on every connection after order, e.g. the DCP
+	// topics (DCPTopic) that make the connection count for Bybit's
+	// Disconnect Cancel All. A refusal fails the connection, like order's.
+	Topics []string
 }
 
 // OrderStream is an authenticated subscription to the private order topic
@@ -138,6 +142,7 @@ type wsRequest struct {
 }
 
 type wsMessage struct {
+	ReqID   string          `json:"req_id"`
 	Success *bool           `json:"success"`
 	RetMsg  string          `json:"ret_msg"`
 	Op      string          `json:"op"`
@@ -160,6 +165,13 @@ func (s *OrderStream) connect(ctx context.Context) (*websocket.Conn, error) {
 		{ReqID: "auth", Op: "auth", Args: []any{s.c.apiKey, expires, sig}},
 		{ReqID: "subscribe", Op: "subscribe", Args: []any{"order"}},
 	}
+	if len(s.o.Topics) > 0 {
+		args := make([]any, len(s.o.Topics))
+		for i, t := range s.o.Topics {
+			args[i] = t
+		}
+		steps = append(steps, wsRequest{ReqID: "subscribe-topics", Op: "subscribe", Args: args})
+	}
 	for _, req := range steps {
 		if err := wsjson.Write(dctx, conn, req); err != nil {
 			conn.CloseNow()
@@ -171,7 +183,7 @@ func (s *OrderStream) connect(ctx context.Context) (*websocket.Conn, error) {
 				conn.CloseNow()
 				return nil, fmt.Errorf("bybit websocket: waiting for the %s answer: %w", req.Op, err)
 			}
-			if m.Op != req.Op || m.Success == nil {
+			if m.Op != req.Op || m.Success == nil || (m.ReqID != "" && m.ReqID != req.ReqID) {
 				continue // a push or pong racing the answer
 			}
 			if !*m.Success {
@@ -179,7 +191,7 @@ func (s *OrderStream) connect(ctx context.Context) (*websocket.Conn, error) {
 				if req.Op == "auth" {
 					return nil, &AuthError{Msg: m.RetMsg}
 				}
-				return nil, fmt.Errorf("bybit websocket: subscribe to order refused: %s", m.RetMsg)
+				return nil, fmt.Errorf("bybit websocket: subscribe to %v refused: %s", req.Args, m.RetMsg)
 			}
 			break
 		}

@@ -156,6 +156,20 @@ func TestResultGolden(t *testing.T) {
 			r.OrdersComplete = new(false)
 			return r
 		}(),
+		// A flatten that found nothing left: every order with its place,
+		// counted per category.
+		"flatten": func() Result {
+			r := NewCancelAllResult(CancelAll{Scope: ScopeAccount, Account: "hedge", RequestID: "flatten-1"}, "flatten-1", 15, sent.Add(-time.Second))
+			r.Status, r.RetCode, r.ExchangeTime, r.Attempts, r.SentAt, r.Deliveries = StatusCancelled, new(0), 1672217377164, 9, &sent, 1
+			r.Orders = []OrderRef{
+				{OrderID: "9f1e", OrderLinkID: "tp-1", Category: "spot", Symbol: "BTCUSDT"},
+				{OrderID: "a2c4", Category: "linear", Symbol: "ETHPERP", SettleCoin: "USDC"},
+				{OrderID: "b7d0", OrderLinkID: "inv-9", Category: "inverse", BaseCoin: "ETH"},
+			}
+			r.OrdersComplete, r.Complete, r.Rounds = new(true), new(true), 2
+			r.Cancelled = map[string]int{"spot": 1, "linear": 1, "inverse": 1}
+			return r
+		}(),
 	}
 	for name, r := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -6,9 +6,14 @@ import (
 )
 
 // CancelAll is the body of a message on the cancel-all subject: cancel every
-// open order of a category, narrowed by symbol, baseCoin or settleCoin.
+// open order of a category, narrowed by symbol, baseCoin or settleCoin — or,
+// with Scope "account" and no category, flatten the account: every open
+// order of every kind in every category.
 type CancelAll struct {
-	Category   string `json:"category"`
+	// Scope ScopeAccount flattens the account; it takes no category,
+	// symbol, baseCoin, settleCoin, orderFilter or stopOrderType.
+	Scope      string `json:"scope,omitempty"`
+	Category   string `json:"category,omitempty"`
 	Symbol     string `json:"symbol,omitempty"`
 	BaseCoin   string `json:"baseCoin,omitempty"`
 	SettleCoin string `json:"settleCoin,omitempty"`
@@ -25,6 +30,12 @@ type CancelAll struct {
 	ReplayOfSeq   uint64 `json:"replayOfSeq,omitempty"`
 }
 
+// ScopeAccount is the scope of a flatten: the whole account.
+const ScopeAccount = "account"
+
+// Flatten reports whether the request flattens the whole account.
+func (c CancelAll) Flatten() bool { return c.Scope == ScopeAccount }
+
 var cancelAllFilters = map[string]map[string]bool{
 	CategoryLinear:  {"Order": true, "StopOrder": true, "OpenOrder": true},
 	CategoryInverse: {"Order": true, "StopOrder": true, "OpenOrder": true},
@@ -36,6 +47,7 @@ var cancelAllFilters = map[string]map[string]bool{
 func DecodeCancelAll(data []byte) (CancelAll, error) {
 	var c CancelAll
 	err := decodeObject(data, map[string]any{
+		"scope":         &c.Scope,
 		"category":      &c.Category,
 		"symbol":        &c.Symbol,
 		"baseCoin":      &c.BaseCoin,
@@ -58,6 +70,21 @@ func DecodeCancelAll(data []byte) (CancelAll, error) {
 
 // Validate applies Bybit's rules for cancel-all per category.
 func (c CancelAll) Validate() error {
+	switch c.Scope {
+	case "":
+	case ScopeAccount:
+		if c.Category != "" || c.Symbol != "" || c.BaseCoin != "" || c.SettleCoin != "" || c.OrderFilter != "" || c.StopOrderType != "" {
+			return invalidf("scope account flattens every category: it takes no category, symbol, baseCoin, settleCoin, orderFilter or stopOrderType")
+		}
+		for _, f := range [...]struct{ name, v string }{{"account", c.Account}, {"requestId", c.RequestID}, {"replayOf", c.ReplayOf}} {
+			if err := validateID(f.name, f.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	default:
+		return invalidf("scope %q is not %q", truncate(c.Scope, 32), ScopeAccount)
+	}
 	if err := validateCategory(c.Category); err != nil {
 		return err
 	}
@@ -92,10 +119,16 @@ func (c CancelAll) Validate() error {
 	return nil
 }
 
-// OrderRef names one order a cancel-all cancelled.
+// OrderRef names one order a cancel-all cancelled. A flatten's orders
+// also say where they were: their category and, when known, their symbol
+// (else the settleCoin or baseCoin of the call that cancelled them).
 type OrderRef struct {
 	OrderID     string `json:"orderId"`
 	OrderLinkID string `json:"orderLinkId"`
+	Category    string `json:"category,omitempty"`
+	Symbol      string `json:"symbol,omitempty"`
+	BaseCoin    string `json:"baseCoin,omitempty"`
+	SettleCoin  string `json:"settleCoin,omitempty"`
 }
 
 // CancelAllProgress is one record of a cancel-all at work, stored in the

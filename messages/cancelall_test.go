@@ -18,6 +18,8 @@ func TestDecodeCancelAllPerCategory(t *testing.T) {
 		`{"category":"spot","orderFilter":"tpslOrder","requestId":"kill-1","account":"hedge"}`,
 		`{"category":"option"}`,
 		`{"category":"option","baseCoin":"ETH"}`,
+		`{"scope":"account"}`,
+		`{"scope":"account","account":"hedge","requestId":"flatten-1"}`,
 	}
 	for _, body := range valid {
 		_, err := DecodeCancelAll([]byte(body))
@@ -36,6 +38,10 @@ func TestDecodeCancelAllPerCategory(t *testing.T) {
 		`{"category":"linear","symbol":"btcusdt"}`:                                                        "lower-case",
 		`{"category":"linear","symbol":"BTCUSDT","orderId":"1"}`:                                          `unknown field "orderId"`,
 		`{"category":"futures","symbol":"BTCUSDT"}`:                                                       "not one of",
+		`{"scope":"account","category":"spot"}`:                                                           "takes no category",
+		`{"scope":"account","settleCoin":"USDT"}`:                                                         "takes no category",
+		`{"scope":"everything"}`:                                                                          `is not "account"`,
+		`{}`:                                                                                              "category",
 	}
 	for body, want := range invalid {
 		_, err := DecodeCancelAll([]byte(body))
@@ -66,4 +72,33 @@ func TestOptionCancelAllAcceptsOrderAndStopOrderFilters(t *testing.T) {
 		require.NoError(t, err, f)
 		require.Equal(t, f, c.OrderFilter)
 	}
+}
+
+func FuzzDecodeCancelAll(f *testing.F) {
+	for _, seed := range []string{
+		`{"category":"linear","settleCoin":"USDT"}`,
+		`{"category":"spot","orderFilter":"tpslOrder","requestId":"kill-1"}`,
+		`{"scope":"account","account":"hedge","requestId":"flatten-1"}`,
+		`{"scope":"account","category":"spot"}`,
+		`{"scope":"","category":"option"}`,
+		`{"scope":null}`, `{}`, `[]`, "\xff",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := DecodeCancelAll(data)
+		if err != nil {
+			require.ErrorIs(t, err, ErrInvalid)
+			return
+		}
+		// Whatever decodes must validate and survive a round trip; a
+		// flatten names no category.
+		require.NoError(t, c.Validate())
+		require.Equal(t, c.Flatten(), c.Category == "")
+		b, err := json.Marshal(c)
+		require.NoError(t, err)
+		again, err := DecodeCancelAll(b)
+		require.NoError(t, err)
+		require.Equal(t, c, again)
+	})
 }

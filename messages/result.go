@@ -57,6 +57,22 @@ type Result struct {
 	// progress subject). It errs on the side of false.
 	OrdersComplete *bool `json:"ordersComplete,omitempty"`
 
+	// Scope "account" marks the result of a flatten (see CancelAll).
+	Scope string `json:"scope,omitempty"`
+	// Complete is set on a flatten's result: true only when its last
+	// lookups found no open order in any category. Status is cancelled
+	// then; failed (rounds spent, retries outlasted) or rejected (Bybit
+	// refused a call: RetCode, RetMsg) otherwise, with Left and LastError.
+	Complete *bool `json:"complete,omitempty"`
+	// Cancelled counts a flatten's Orders per category.
+	Cancelled map[string]int `json:"cancelled,omitempty"`
+	// Left lists open orders a flatten's last lookups still found (at most
+	// one page of each lookup); LeftMore says there were more.
+	Left     []OrderRef `json:"left,omitempty"`
+	LeftMore bool       `json:"leftMore,omitempty"`
+	// Rounds counts a flatten's rounds of lookups and cancel-alls.
+	Rounds int `json:"rounds,omitempty"`
+
 	// RetCode and RetMsg are Bybit's answer, when there was one.
 	RetCode *int   `json:"retCode,omitempty"`
 	RetMsg  string `json:"retMsg,omitempty"`
@@ -112,7 +128,7 @@ func NewResult(c Cancel, requestID string, seq uint64, requestTime time.Time) Re
 // NewCancelAllResult starts the result of a cancel-all request.
 func NewCancelAllResult(c CancelAll, requestID string, seq uint64, requestTime time.Time) Result {
 	return Result{
-		RequestID: requestID, RequestSeq: seq, Category: c.Category, Symbol: c.Symbol,
+		RequestID: requestID, RequestSeq: seq, Scope: c.Scope, Category: c.Category, Symbol: c.Symbol,
 		BaseCoin: c.BaseCoin, SettleCoin: c.SettleCoin, Account: c.Account, RequestTime: requestTime,
 		ReplayOf: c.ReplayOf, ReplayOfSeq: c.ReplayOfSeq,
 	}

@@ -153,6 +153,12 @@ func TestWhatTheWorkerPublishesValidates(t *testing.T) {
 	all.Status, all.Attempts, all.Orders = StatusCancelled, 2, []OrderRef{{OrderID: "a", OrderLinkID: "la"}, {OrderID: "b"}}
 	all.OrdersComplete = new(false)
 	results["cancel-all"] = all
+	flat := NewCancelAllResult(CancelAll{Scope: ScopeAccount, RequestID: "flatten"}, "flatten", 8, at)
+	flat.Status, flat.Attempts, flat.Rounds, flat.Complete, flat.OrdersComplete = StatusFailed, 9, 5, new(false), new(true)
+	flat.Orders = []OrderRef{{OrderID: "a", Category: "linear", SettleCoin: "USDT"}, {OrderID: "b", Category: "spot", Symbol: "BTCUSDT"}}
+	flat.Cancelled = map[string]int{"linear": 1, "spot": 1}
+	flat.Left, flat.LeftMore, flat.LastError = []OrderRef{{OrderID: "c", Category: "spot", Symbol: "BTCUSDT"}}, true, "at least 1 open orders left after 5 rounds"
+	results["flatten"] = flat
 	for name, r := range results {
 		body, err := r.Marshal()
 		require.NoError(t, err)

@@ -15,10 +15,6 @@ import (
 func (w *Worker) cancelAll(j *job, a *account) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
-	w.lanesMu.Lock()
-	p := w.pacerForLocked(a, "cancel-all", j.all.Category)
-	w.lanesMu.Unlock()
-	futures := j.all.Category == messages.CategoryLinear || j.all.Category == messages.CategoryInverse
 	req := bybit.CancelAllRequest{
 		Category: j.all.Category, Symbol: j.all.Symbol, BaseCoin: j.all.BaseCoin, SettleCoin: j.all.SettleCoin,
 		OrderFilter: j.all.OrderFilter, StopOrderType: j.all.StopOrderType,
@@ -29,25 +25,50 @@ func (w *Worker) cancelAll(j *job, a *account) {
 		w.release(j, 0, "shutdown")
 		return
 	}
+	w.conclude(j, w.cancelAllRun(ctx, j, a, req, nil))
+}
+
+// conclude finishes or releases a cancel-all's job by the run's decision.
+func (w *Worker) conclude(j *job, d decision) {
+	if d.action == actRelease {
+		w.release(j, d.delay, d.reason)
+		return
+	}
+	w.finish(j, d)
+}
+
+// cancelAllRun makes the calls of one cancel-all (req) until an answer comes
+// back short or the outcome is decided: actFinish with the result, or
+// actRelease (stopping, or the retry budget spent). Every call is recorded
+// in the job's progress, each order as ref makes it (nil: id and link id).
+func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit.CancelAllRequest, ref func(bybit.CancelledOrder) messages.OrderRef) decision {
+	w.lanesMu.Lock()
+	p := w.pacerForLocked(a, "cancel-all", req.Category)
+	w.lanesMu.Unlock()
+	futures := req.Category == messages.CategoryLinear || req.Category == messages.CategoryInverse
+	if ref == nil {
+		ref = func(o bybit.CancelledOrder) messages.OrderRef {
+			return messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}
+		}
+	}
+	shutdown := decision{action: actRelease, reason: "shutdown"}
 	queued := time.Now()
 	for {
 		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
-			w.finish(j, w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish"))
-			return
+			return w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish")
 		}
 		res, sent, err := w.cancelAllCall(ctx, j, a, p, req)
 		j.rateLimitWait += time.Since(queued)
 		if !sent {
 			// Stopping before this call went out. The release records
 			// that every call so far is recorded, for the redelivery.
-			w.release(j, 0, "shutdown")
-			return
+			return shutdown
 		}
 		if err == nil {
 			w.keyWorks(a)
 			orders := make([]messages.OrderRef, len(res.Orders))
 			for i, o := range res.Orders {
-				orders[i] = messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}
+				orders[i] = ref(o)
 			}
 			w.recordCall(j, orders)
 			if futures && len(res.Orders) >= bybit.MaxCancelAll {
@@ -58,8 +79,7 @@ func (w *Worker) cancelAll(j *job, a *account) {
 			r.Status = messages.StatusCancelled
 			r.RetCode = new(0)
 			r.ExchangeTime = res.Time
-			w.finish(j, decision{action: actFinish, result: r})
-			return
+			return decision{action: actFinish, result: r}
 		}
 		if bybit.MayHaveApplied(err) {
 			w.recordLost(j)
@@ -67,38 +87,42 @@ func (w *Worker) cancelAll(j *job, a *account) {
 		d := w.decide(j, bybit.CancelOrderResult{}, err)
 		switch d.action {
 		case actFinish:
-			w.finish(j, d)
-			return
+			return d
 		case actRelease:
 			w.metrics.retries.WithLabelValues(d.reason).Inc()
-			w.release(j, d.delay, d.reason)
-			return
+			return d
 		}
-		w.metrics.retries.WithLabelValues(d.reason).Inc()
-		switch d.class {
-		case bybit.ClassRateLimited:
-			// Like a lane's request: the budget waits for the reset (the
-			// decision's delay ends there too).
-			w.rateLimited(j, p, d)
-		case bybit.ClassIPRateLimited:
-			w.stats.RateLimited.Add(1)
-			w.ipPacer.blockUntil(d.rateLimitReset)
-		case bybit.ClassClockSkew:
-			w.resync(a, j.sentAt)
-		}
-		if sleepCtx(ctx, d.delay) != nil {
-			w.release(j, 0, "shutdown")
-			return
+		if w.waitRetry(ctx, j, a, p, d) != nil {
+			return shutdown
 		}
 		queued = time.Now()
 	}
+}
+
+// waitRetry waits out a retry decision of a call paced by p: a rate limit
+// blocks the budget (or the IP pacer) until its reset, a clock skew
+// resyncs. It fails only when ctx ends first.
+func (w *Worker) waitRetry(ctx context.Context, j *job, a *account, p *pacer, d decision) error {
+	w.metrics.retries.WithLabelValues(d.reason).Inc()
+	switch d.class {
+	case bybit.ClassRateLimited:
+		// Like a lane's request: the budget waits for the reset (the
+		// decision's delay ends there too).
+		w.rateLimited(j, p, d)
+	case bybit.ClassIPRateLimited:
+		w.stats.RateLimited.Add(1)
+		w.ipPacer.blockUntil(d.rateLimitReset)
+	case bybit.ClassClockSkew:
+		w.resync(a, j.sentAt)
+	}
+	return sleepCtx(ctx, d.delay)
 }
 
 // cancelAllCall waits for budget and makes one call; sent is false when the
 // worker stopped first.
 func (w *Worker) cancelAllCall(ctx context.Context, j *job, a *account, p *pacer, req bybit.CancelAllRequest) (bybit.CancelAllResult, bool, error) {
 	var res bybit.CancelAllResult
-	sent, err := w.paced(ctx, p, true, "cancel-all", j.all.Category, func() (bybit.RateLimit, error) {
+	sent, err := w.paced(ctx, p, true, "cancel-all", req.Category, func() (bybit.RateLimit, error) {
 		j.attempts++
 		j.sentAt = w.now()
 		var err error

@@ -60,6 +60,9 @@ type Account struct {
 	WSURL string
 	// Subjects are the account's own subjects (optional).
 	Subjects AccountSubjects
+	// DCPWindow arms Bybit's Disconnect Cancel All for the account (the
+	// accounts file's dcpWindow; see Config.DCPWindow).
+	DCPWindow time.Duration
 }
 
 // Config is everything the worker needs besides its connections. Defaults are
@@ -151,6 +154,13 @@ type Config struct {
 	// WSURL is the default account's private WebSocket (BYBIT_WS_URL, the
 	// BYBIT_ENV preset); empty: REST lookups only.
 	WSURL string
+	// DCPWindow arms Bybit's Disconnect Cancel All for the default account
+	// (BYBIT_DCP_WINDOW; 0: off, else whole seconds from 3s to 300s): at
+	// start the window is set for every product and read back, and every
+	// private stream subscribes the dcp topics. Bybit cancels every order
+	// of the account once all of them have been gone for the window. It
+	// needs Confirm (the streams are the confirmations').
+	DCPWindow time.Duration
 
 	// Confirm follows every acknowledged cancel (and every ambiguous
 	// not_open) to the order's final state (CONFIRM, true).
@@ -240,10 +250,12 @@ func (c Config) Validate() error {
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency))
 	}
+	errs = append(errs, checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, "BYBIT_DCP_WINDOW")...)
 	for name, a := range c.Accounts {
 		if name == "" || name == DefaultAccount {
 			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account name %q is reserved", name))
 		}
+		errs = append(errs, checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, "BYBIT_ACCOUNTS_FILE: account "+name+": dcpWindow")...)
 		if a.Client == nil {
 			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q has no client", name))
 		}

@@ -43,6 +43,9 @@ type confirmer struct {
 type accountStream struct {
 	stream *bybit.OrderStream
 	up     atomic.Bool
+	// subscribed: connected, authenticated and subscribed now (up also
+	// counts a first connection under way).
+	subscribed atomic.Bool
 }
 
 func newConfirmer(w *Worker) *confirmer {
@@ -57,7 +60,8 @@ func newConfirmer(w *Worker) *confirmer {
 		as.up.Store(true)
 		log := w.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
-			URL: a.wsURL,
+			URL:    a.wsURL,
+			Topics: dcpTopics(a),
 			OnOrders: func(orders []bybit.Order) {
 				for _, o := range orders {
 					c.book.put(name, o)
@@ -65,6 +69,8 @@ func newConfirmer(w *Worker) *confirmer {
 			},
 			OnState: func(up bool, err error) {
 				as.up.Store(up)
+				as.subscribed.Store(up)
+				w.observeDCP(a)
 				w.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
 				switch {
 				case up:
@@ -129,6 +135,11 @@ func (c *confirmer) setup(ctx context.Context) error {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
 	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
+	for _, name := range sortedAccountNames(c.w.accounts) {
+		if a := c.w.accounts[name]; a.dcp != nil {
+			c.w.armDCP(ctx, a)
+		}
+	}
 	// Subscribed before the first cancel is pulled, so that no update of
 	// this process's cancels is missed; run goes on with these connections.
 	for name, as := range c.streams {
@@ -145,6 +156,17 @@ func (c *confirmer) setup(ctx context.Context) error {
 			c.w.markStartupProblem(c.w.accounts[name], err)
 		case err != nil:
 			c.w.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
+		case c.w.accounts[name].dcp != nil:
+			as.subscribed.Store(true)
+		}
+		if a := c.w.accounts[name]; a.dcp != nil {
+			c.w.observeDCP(a)
+			if armed, why := c.w.dcpArmed(a); armed {
+				c.w.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
+					"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
+			} else {
+				c.w.log.Warn("dead-man switch not armed", "account", name, "why", why)
+			}
 		}
 	}
 	return nil
@@ -278,6 +300,7 @@ func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			r := scopeOf(r, ref)
 			conf := messages.Confirmation{
 				RequestID: r.RequestID, RequestSeq: r.RequestSeq, OrderID: ref.OrderID, OrderLinkID: ref.OrderLinkID,
 				Category: r.Category, Symbol: r.Symbol, Account: r.Account, ResultStatus: r.Status,

@@ -37,6 +37,8 @@ type Metrics struct {
 	partlyFilled    *prometheus.CounterVec
 	confirmLatency  *prometheus.HistogramVec
 	streamUp        *prometheus.GaugeVec
+	dcpArmed        *prometheus.GaugeVec
+	dcpWindow       *prometheus.GaugeVec
 	streamDrops     *prometheus.CounterVec
 	// storeBytes and storeMaxBytes are the NATS stream's size and limit
 	// (NATS_STREAM_MAX_BYTES; 0: none), for an alert before it is full.
@@ -102,6 +104,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"confirmed_by"}),
 		streamUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "private_stream_up", Help: "1 while the account's private order stream is authenticated and subscribed."}, []string{"account"}),
+		dcpArmed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "dcp_armed", Help: "1 while this replica holds the account's dead-man switch (Bybit's Disconnect Cancel All): window set and read back, private stream subscribed to the dcp topics."}, []string{"account"}),
+		dcpWindow: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "dcp_window_seconds", Help: "The Disconnect Cancel All window Bybit reports per product (query-dcp-info) at start."}, []string{"account", "product"}),
 		streamDrops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "private_stream_drops_total", Help: "Private order stream connections lost or refused."}, []string{"account"}),
 		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace,
@@ -118,7 +124,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.budgetLimit, m.active, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
-		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.storeBytes, m.storeMaxBytes,
+		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow, m.storeBytes, m.storeMaxBytes,
 		m.accountUsable, m.batchUnavailable, m.batchRefused)
 	return m
 }

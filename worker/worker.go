@@ -103,6 +103,8 @@ type account struct {
 	ceilings map[string]int
 	group    string
 	wsURL    string
+	// dcp is the account's dead-man switch; nil: not armed.
+	dcp *dcpState
 
 	syncMu   sync.Mutex
 	lastSync time.Time
@@ -147,7 +149,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, ceilings: cfg.LimitCeilings, group: DefaultAccount, wsURL: cfg.WSURL}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, ceilings: cfg.LimitCeilings, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
@@ -161,7 +163,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, ceilings: ceilings, group: group, wsURL: a.WSURL}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, ceilings: ceilings, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
@@ -219,6 +221,9 @@ func (w *Worker) Ready() (bool, string) {
 		if _, ok := a.client.ClockOffset(); !ok {
 			return false, "clock offset to Bybit not measured for account " + a.name
 		}
+	}
+	if dcp := w.DCPStatus(); dcp != "" {
+		notes = append(notes, dcp)
 	}
 	if len(notes) == 0 {
 		return true, "ready"
@@ -594,6 +599,10 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		}
 		r := messages.NewInvalidResult(msg.Data(), err, j.requestID, seq, j.requestTime)
 		go w.finish(j, decision{action: actFinish, result: r})
+		return
+	}
+	if j.all != nil && j.all.Flatten() {
+		go w.flatten(j, acct) // lanes per category, as it goes
 		return
 	}
 	l := w.lane(acct, req.Category)

@@ -65,7 +65,7 @@ func DefaultLimits() map[string]int {
 		"cancel/linear": 10, "cancel/inverse": 10, "cancel/option": 10, "cancel/spot": 20,
 		"cancel-batch/linear": 10, "cancel-batch/inverse": 10, "cancel-batch/option": 10, "cancel-batch/spot": 20,
 		"cancel-all/linear": 10, "cancel-all/inverse": 10, "cancel-all/option": 1, "cancel-all/spot": 20,
-		"order-realtime": 50, "order-history": 50,
+		"order-realtime": 50, "order-history": 50, "query-dcp-info": 5,
 	}
 }
 
@@ -93,6 +93,12 @@ type Options struct {
 	// AutoCreate answers a cancel of an unknown order as if it were open
 	// (the benchmark's book has no bottom). Off: unknown orders are not open.
 	AutoCreate bool
+	// DCPSecond is how long one second of a Disconnect Cancel All window
+	// lasts (default time.Second): tests shrink it.
+	DCPSecond time.Duration
+	// OnDCP is told of every change of a DCP countdown (see DCPEvent), from
+	// the simulator's goroutines.
+	OnDCP func(DCPEvent)
 	// Demo behaves like Bybit's demo-trading service (api-demo.bybit.com,
 	// docs/v5/demo.mdx), which offers only part of the API: cancel-batch for
 	// linear and option only, and no GET /v5/user/query-api. What it does
@@ -143,6 +149,16 @@ type Order struct {
 	Kind string
 	// CreatedTime (ms) defaults to when it was added.
 	CreatedTime int64
+	// SettleCoin is what a settleCoin selects it by; empty: a symbol that
+	// ends with the coin (BTCUSDT settles in USDT; set USDC for ETHPERP).
+	SettleCoin string
+	// closedAt and statusBefore: when a cancel closed it, and its status
+	// until then (SetOpenListLag).
+	closedAt     time.Time
+	statusBefore string
+	// Respawn: once cancelled, a new order like it is placed (a strategy
+	// that keeps quoting while a flatten runs).
+	Respawn bool
 }
 
 // Request is one entry of the exchange's request log.
@@ -202,6 +218,8 @@ type Exchange struct {
 	nextID         int
 	limits         map[string]int
 	private        privateState
+	dcp            dcpState
+	listLag        time.Duration
 }
 
 // New returns an exchange with an empty book.
@@ -214,6 +232,9 @@ func New(o Options) *Exchange {
 	}
 	if o.Window == 0 {
 		o.Window = time.Second
+	}
+	if o.DCPSecond == 0 {
+		o.DCPSecond = time.Second
 	}
 	e := &Exchange{
 		opts:     o,
@@ -390,6 +411,10 @@ func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveCancelAll(w, r)
 	case r.Method == http.MethodGet && (r.URL.Path == "/v5/order/realtime" || r.URL.Path == "/v5/order/history"):
 		e.serveOrderLookup(w, r)
+	case r.Method == http.MethodPost && r.URL.Path == "/v5/order/disconnected-cancel-all":
+		e.serveSetDCP(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == "/v5/account/query-dcp-info":
+		e.serveDCPInfo(w, r)
 	case r.URL.Path == "/v5/private":
 		e.servePrivate(w, r)
 	default:
@@ -843,7 +868,7 @@ func (e *Exchange) serveCancelAll(w http.ResponseWriter, r *http.Request) {
 	case b.BaseCoin != "":
 		selects = func(o *Order) bool { return strings.HasPrefix(o.Symbol, b.BaseCoin) }
 	case b.SettleCoin != "" && b.Category != "spot":
-		selects = func(o *Order) bool { return strings.HasSuffix(o.Symbol, b.SettleCoin) }
+		selects = func(o *Order) bool { return o.settles(b.SettleCoin) }
 	}
 	e.mu.Lock()
 	if e.cancelAllFails {
@@ -981,4 +1006,12 @@ func (e *Exchange) cancelOne(b cancelBody) (int, string, any) {
 func readBody(r *http.Request) ([]byte, error) {
 	defer r.Body.Close()
 	return io.ReadAll(io.LimitReader(r.Body, 1<<20))
+}
+
+// settles reports whether the order's contract settles in coin.
+func (o *Order) settles(coin string) bool {
+	if o.SettleCoin != "" {
+		return o.SettleCoin == coin
+	}
+	return strings.HasSuffix(o.Symbol, coin)
 }

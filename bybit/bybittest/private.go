@@ -54,7 +54,7 @@ var privateTopics = map[string]bool{
 	"execution": true, "execution.spot": true, "execution.linear": true, "execution.inverse": true, "execution.option": true,
 	"execution.fast": true, "execution.fast.spot": true, "execution.fast.linear": true, "execution.fast.inverse": true, "execution.fast.option": true,
 	"position": true, "position.linear": true, "position.inverse": true, "position.option": true,
-	"wallet": true, "greeks": true, "dcp": true,
+	"wallet": true, "greeks": true, "dcp.future": true, "dcp.spot": true, "dcp.option": true,
 }
 
 type orderPush struct {
@@ -66,6 +66,15 @@ func (p *privateState) init() {
 	if p.sessions == nil {
 		p.sessions = map[*privateSession]struct{}{}
 	}
+}
+
+// SetOpenListLag makes GET /v5/order/realtime list an order as still open
+// for d after it was cancelled: Bybit's cancel is asynchronous, and its
+// lists follow the cancel's answer.
+func (e *Exchange) SetOpenListLag(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.listLag = d
 }
 
 // SetPushDelay delays every order update on the private stream (Bybit's
@@ -133,7 +142,11 @@ func (e *Exchange) PrivateSubscribers() int {
 
 // cancelLocked applies a cancel Bybit accepted: the order is cancelled, or
 // filled first when it was set to.
-func (e *Exchange) cancelLocked(o *Order) {
+func (e *Exchange) cancelLocked(o *Order) { e.cancelAsLocked(o, "CancelByUser") }
+
+// cancelAsLocked is cancelLocked with the cancelType to report.
+func (e *Exchange) cancelAsLocked(o *Order, cancelType string) {
+	o.closedAt, o.statusBefore = e.nowLocked(), o.Status
 	switch {
 	case o.FillOnCancel:
 		o.Status, o.CancelType, o.CumExecQty = "Filled", "UNKNOWN", o.Qty
@@ -141,15 +154,21 @@ func (e *Exchange) cancelLocked(o *Order) {
 			o.AvgPrice = o.Price
 		}
 	case o.Status == "Untriggered":
-		o.Status, o.CancelType = "Deactivated", "CancelByUser"
+		o.Status, o.CancelType = "Deactivated", cancelType
 	case o.Category == "spot" && o.CumExecQty != "0":
 		// Spot reports a partly filled order it cancelled so; derivatives
 		// report Cancelled with the executed quantity.
-		o.Status, o.CancelType = "PartiallyFilledCanceled", "CancelByUser"
+		o.Status, o.CancelType = "PartiallyFilledCanceled", cancelType
 	default:
-		o.Status, o.CancelType = "Cancelled", "CancelByUser"
+		o.Status, o.CancelType = "Cancelled", cancelType
 	}
 	e.changedLocked(o)
+	if o.Respawn && o.Status != "Filled" {
+		// A strategy that keeps quoting: a new order takes its place.
+		n := *o
+		n.OrderID, n.OrderLinkID, n.Status, n.CancelType, n.UpdatedTime, n.CreatedTime = "", "", "", "", 0, 0
+		e.addLocked(n)
+	}
 }
 
 // changedLocked stamps an order's update and pushes it to the private
@@ -323,6 +342,7 @@ func (e *Exchange) servePrivate(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		e.private.mu.Lock()
 		delete(e.private.sessions, s)
+		e.dcpRecheckLocked(s.uid)
 		e.private.mu.Unlock()
 		cancel()
 		conn.CloseNow()
@@ -365,6 +385,7 @@ func (e *Exchange) servePrivate(w http.ResponseWriter, r *http.Request) {
 				for _, t := range topics {
 					s.topics[t] = req.Op == "subscribe"
 				}
+				e.dcpRecheckLocked(s.uid)
 				e.private.mu.Unlock()
 				err = answer(req, true, "")
 			}
@@ -499,13 +520,25 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n >= 1 && n <= 50 {
 		limit = n
 	}
+	// orderFilter narrows by kind (every kind without one); the cursor is
+	// how many matching orders earlier pages held.
+	var kinds map[string]bool
+	if f := q.Get("orderFilter"); f != "" && !byID {
+		var ok bool
+		if kinds, ok = cancelAllKinds(rq.Category, f, ""); !ok {
+			e.mu.Unlock()
+			e.writeEnvelope(w, r, rq, 10001, "params error: orderFilter", nil, h)
+			return
+		}
+	}
+	skip, _ := strconv.Atoi(q.Get("cursor"))
+	matched := 0
+	next := ""
 	list := []any{}
 	for _, o := range candidates {
-		if len(list) == limit {
-			break
-		}
 		if o == nil || (rq.Symbol != "" && o.Symbol != rq.Symbol) || (o.UID != "" && acct.UID != o.UID) ||
-			!strings.HasPrefix(o.Symbol, q.Get("baseCoin")) || !strings.HasSuffix(o.Symbol, q.Get("settleCoin")) {
+			!strings.HasPrefix(o.Symbol, q.Get("baseCoin")) || (q.Get("settleCoin") != "" && !o.settles(q.Get("settleCoin"))) ||
+			(kinds != nil && !kinds[o.Kind]) {
 			continue
 		}
 		var visible bool
@@ -518,11 +551,26 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 			visible = !o.NotRecent && !o.open()
 		default:
 			visible = o.open()
+			if !visible && e.listLag > 0 && o.statusBefore != "" && e.nowLocked().Sub(o.closedAt) < e.listLag {
+				// The cancel is not in the list yet: still shown open.
+				shown := *o
+				shown.Status, shown.CancelType = o.statusBefore, ""
+				o, visible = &shown, true
+			}
 		}
-		if visible {
-			list = append(list, orderJSON(o))
+		if !visible {
+			continue
 		}
+		matched++
+		if matched <= skip {
+			continue
+		}
+		if len(list) == limit {
+			next = strconv.Itoa(skip + limit)
+			break
+		}
+		list = append(list, orderJSON(o))
 	}
 	e.mu.Unlock()
-	e.writeEnvelope(w, r, rq, 0, "OK", map[string]any{"category": rq.Category, "list": list, "nextPageCursor": ""}, h)
+	e.writeEnvelope(w, r, rq, 0, "OK", map[string]any{"category": rq.Category, "list": list, "nextPageCursor": next}, h)
 }

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -33,6 +34,9 @@ type accountEntry struct {
 	CancelAllSubject     string `yaml:"cancelAllSubject"`
 	SyncCancelSubject    string `yaml:"syncCancelSubject"`
 	SyncCancelAllSubject string `yaml:"syncCancelAllSubject"`
+	// DCPWindow arms Bybit's Disconnect Cancel All for the account
+	// (BYBIT_DCP_WINDOW for this account), e.g. "30s".
+	DCPWindow string `yaml:"dcpWindow"`
 }
 
 // accountCreds is an account resolved from the file: its key, its signer
@@ -46,6 +50,7 @@ type accountCreds struct {
 	limits     map[string]int
 	limitGroup string
 	subjects   worker.AccountSubjects
+	dcpWindow  time.Duration
 }
 
 // readAccountsFile reads BYBIT_ACCOUNTS_FILE. Errors name the file and the
@@ -88,6 +93,13 @@ func readAccountsFile(path, defaultBaseURL, defaultWSURL string, confirm bool) (
 		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, wsURL: e.WSURL, limits: e.Limits, limitGroup: e.LimitGroup,
 			subjects: worker.AccountSubjects{CancelSubject: e.CancelSubject, CancelAllSubject: e.CancelAllSubject,
 				SyncCancelSubject: e.SyncCancelSubject, SyncCancelAllSubject: e.SyncCancelAllSubject}}
+		if e.DCPWindow != "" {
+			d, err := time.ParseDuration(e.DCPWindow)
+			if err != nil {
+				return nil, fail("dcpWindow %q is not a Go duration such as 30s", e.DCPWindow)
+			}
+			c.dcpWindow = d
+		}
 		if name == worker.DefaultAccount && c.subjects != (worker.AccountSubjects{}) {
 			return nil, fail("the default account's subjects are NATS_CANCEL_SUBJECT and the other NATS_* settings")
 		}

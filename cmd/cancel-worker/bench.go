@@ -127,9 +127,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.cancelAll, "cancel-all", 0, "also publish this many option cancel-alls at the start, each for its own symbol with --cancel-all-orders resting orders")
 	fs.IntVar(&o.cancelAllOrders, "cancel-all-orders", 50, "resting orders each --cancel-all request cancels")
 	fs.StringVar(&o.ipLimit, "ip-limit", "off", "BYBIT_IP_LIMIT of each replica: N/duration (production: 500/5s) or off")
+	flattenN := fs.Int("flatten", 0, "instead: rest this many orders across "+strings.Join(flattenCategories, ", ")+" and flatten the account with one request at Bybit's base-tier limits")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof)")
 	if err := fs.parse(args); err != nil {
 		return err
+	}
+	if *flattenN > 0 {
+		return benchFlatten(ctx, *flattenN, o.latency, stdout, stderr)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

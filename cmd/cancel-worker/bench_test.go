@@ -37,3 +37,15 @@ func TestBenchReportsACancelAllRow(t *testing.T) {
 	row := regexp.MustCompile(`(?m)^\| 2 option \| 30 \| 500/5s \| 2/2 \| 60 \| [^|]+ \| [0-9]+ \| 0 \| 0\.00 % \|`)
 	require.Regexp(t, row, out.String())
 }
+
+// The flatten row: resting orders across the four categories, flattened by
+// one request at Bybit's base-tier limits, every order cancelled, no 10006.
+func TestBenchReportsAFlattenRow(t *testing.T) {
+	t.Parallel()
+	var out, errOut syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, run(ctx, []string{"bench", "--flatten", "200"}, envFunc(nil), &out, &errOut), "%s", &errOut)
+	row := regexp.MustCompile(`(?m)^\| 200 \| inverse 50 linear 50 option 50 spot 50 \| Bybit base tier \| 0s \| true \| 200 \| 1 \| 11 \| [0-9]+ \| 0 \| [^|]+ \| 5s \|$`)
+	require.Regexp(t, row, out.String())
+}

@@ -81,6 +81,7 @@ var settings = []setting{
 	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet, demo, or a regional site (mainnet-tr, mainnet-kz, mainnet-ge, mainnet-id, mainnet-jp; REST only: mainnet-nl, mainnet-ae)"},
 	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
 	{env: "BYBIT_WS_URL", def: "", usage: "private WebSocket for confirmations; default: the preset's (BYBIT_ENV, or a BYBIT_BASE_URL that is a preset's host), ws://<host>/v5/private for an http:// BYBIT_BASE_URL; required for any other host"},
+	{env: "BYBIT_DCP_WINDOW", def: "", emptyAllowed: true, usage: "arm Bybit's Disconnect Cancel All (dead-man switch) for the default account with this window (3s to 300s, needs CONFIRM=true): Bybit cancels every order of the account once every replica's private stream has been gone that long; empty: off"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
 	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
@@ -495,6 +496,13 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		rc.baseURL = u
 	} else if !strings.HasPrefix(rc.baseURL, "http://") && !strings.HasPrefix(rc.baseURL, "https://") {
 		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", rc.baseURL)
+	}
+	if v := p.str("BYBIT_DCP_WINDOW"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			p.fail("BYBIT_DCP_WINDOW", "%q is not a Go duration such as 30s", v)
+		}
+		rc.worker.DCPWindow = d
 	}
 	rc.worker.WSURL = p.str("BYBIT_WS_URL")
 	switch {

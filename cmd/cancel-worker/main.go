@@ -9,6 +9,7 @@
 //	cancel-worker replay       requests joined with their results from the stream; resend what was left undone
 //	cancel-worker cancel       one cancel through the sync service, its result printed
 //	cancel-worker cancel-all   one cancel-all through the sync service, its result printed
+//	cancel-worker flatten      every open order of an account cancelled; exit 0 only when nothing is left
 //	cancel-worker healthcheck  asks a running worker's /readyz; exit 0 when ready
 //	cancel-worker version      the version, commit and build date
 package main
@@ -105,6 +106,9 @@ func commandList() []command {
 			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
 				return runCancel(ctx, true, args, env, stdout, stderr)
 			}},
+		{name: "flatten", summary: "cancel every open order of an account (--account), in every category; exit 0 only when nothing is left",
+			about: "Flatten an account: one request ({\"scope\":\"account\"}) through the sync service's cancel-all endpoint that cancels every open order of every kind in every category, looking again until nothing is left; print what was cancelled per category and what is left. Exit 0 only when complete, 3 when not, 4 on a timeout.",
+			run:   runFlatten},
 		{name: "healthcheck", summary: "ask a running worker's /readyz (HTTP_ADDR); exit 0 when ready, 1 otherwise",
 			about: "Ask the /readyz of the worker at HTTP_ADDR (on this host when its host part is empty or a wildcard): exit 0 when it answers ready, 1 with the reason otherwise. For a Docker HEALTHCHECK or a Kubernetes exec probe.",
 			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
@@ -243,12 +247,15 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		}
 		if name == worker.DefaultAccount {
 			client, rc.worker.WSURL = c, a.wsURL
+			if a.dcpWindow != 0 {
+				rc.worker.DCPWindow = a.dcpWindow
+			}
 			continue
 		}
 		if rc.worker.Accounts == nil {
 			rc.worker.Accounts = map[string]worker.Account{}
 		}
-		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects, DCPWindow: a.dcpWindow}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -96,6 +96,9 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		"confirmed is an input":      {env: map[string]string{"NATS_CONFIRMED_SUBJECT": "orders.cancel"}, want: "NATS_CANCEL_SUBJECT and NATS_CONFIRMED_SUBJECT"},
 		"progress captures an input": {env: map[string]string{"NATS_CANCEL_ALL_PROGRESS_SUBJECT": "orders"}, want: `NATS_CANCEL_ALL_PROGRESS_SUBJECT "orders" overlaps NATS_CANCEL_SUBJECT`},
 		"progress is a wildcard":     {env: map[string]string{"NATS_CANCEL_ALL_PROGRESS_SUBJECT": "orders.*"}, want: "must be a literal subject"},
+		"bad dcp window":             {env: map[string]string{"BYBIT_DCP_WINDOW": "30"}, want: "BYBIT_DCP_WINDOW"},
+		"dcp window too long":        {env: map[string]string{"BYBIT_DCP_WINDOW": "10m"}, want: "BYBIT_DCP_WINDOW must be whole seconds from 3s to 300s"},
+		"dcp without confirm":        {env: map[string]string{"BYBIT_DCP_WINDOW": "30s", "CONFIRM": "false"}, want: "BYBIT_DCP_WINDOW needs CONFIRM=true"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

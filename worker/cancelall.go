@@ -177,7 +177,7 @@ func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, categ
 		}
 		w.metrics.inFlight.Inc()
 	}
-	if w.fleet.warm(ctx, endpoint) != nil || !w.fleet.mayCall(endpoint) {
+	if w.fleet.warm(ctx) != nil || !w.fleet.mayCall(ctx) {
 		// This replica is no longer the active one: nothing new goes out.
 		release()
 		releaseIP()

@@ -461,7 +461,7 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q b
 	p := w.budgetLocked(a, endpoint)
 	w.lanesMu.Unlock()
 	var res bybit.Lookup
-	sent, err := w.paced(ctx, p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
+	sent, err := w.paced(forConfirmations(ctx), p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
 		var err error
 		if endpoint == LookupRealtime {
 			res, err = a.client.OpenOrRecentOrder(ctx, q)

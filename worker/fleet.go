@@ -232,14 +232,27 @@ func newFleet(w *Worker, pinned bool) *fleet {
 	return f
 }
 
-// warm waits, when this replica was just pinned on the consumer of endpoint,
-// until it may start (see takeoverWait).
-func (f *fleet) warm(ctx context.Context, endpoint string) error {
+// confirmCall marks the context of a confirmation's lookup: it needs the
+// confirmation consumer's pin; every other call the cancel consumer's.
+type confirmCall struct{}
+
+func forConfirmations(ctx context.Context) context.Context {
+	return context.WithValue(ctx, confirmCall{}, true)
+}
+
+func isConfirmCall(ctx context.Context) bool {
+	v, _ := ctx.Value(confirmCall{}).(bool)
+	return v
+}
+
+// warm waits, when this replica was just pinned on the consumer the call of
+// ctx needs, until it may start (see takeoverWait).
+func (f *fleet) warm(ctx context.Context) error {
 	if f == nil {
 		return nil
 	}
 	p := f.cancel
-	if endpoint == LookupRealtime || endpoint == LookupHistory {
+	if isConfirmCall(ctx) {
 		p = f.confirm
 	}
 	if p == nil {
@@ -438,10 +451,11 @@ func (f *fleet) banReleased(ctx context.Context) {
 // errNotActive stops a call a replica may no longer start.
 var errNotActive = errors.New("this replica is no longer the active one (its pin or lease ended)")
 
-// mayCall reports whether a paced call of endpoint may start: a lookup
-// needs the confirmation consumer's pin, anything else the cancel consumer's.
-func (f *fleet) mayCall(endpoint string) bool {
-	if endpoint == LookupRealtime || endpoint == LookupHistory {
+// mayCall reports whether a paced call may start: a confirmation's lookup
+// needs the confirmation consumer's pin, anything else (a cancel-all, a
+// flatten's listing) the cancel consumer's.
+func (f *fleet) mayCall(ctx context.Context) bool {
+	if isConfirmCall(ctx) {
 		return f.mayLookUp()
 	}
 	return f.mayStart()

@@ -683,7 +683,7 @@ func (w *Worker) dispatch(l *lane) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
 	for l.waitWork(ctx) {
-		if w.fleet.warm(ctx, "cancel") != nil {
+		if w.fleet.warm(ctx) != nil {
 			return
 		}
 		probe, err := w.gate.wait(ctx)

@@ -49,7 +49,7 @@ func TestRedeliveryOfAnAnsweredSequenceIsAckedWithoutACall(t *testing.T) {
 	w.answered.put(42, 1)
 
 	m := &redelivery{seq: 42, delivered: 2}
-	w.accept(context.Background(), m)
+	w.accept(context.Background(), m, time.Now())
 	require.True(t, m.doubleAcked, "acked again")
 	held, _ := w.held.len()
 	require.Zero(t, held, "not held: no exchange call will be made")

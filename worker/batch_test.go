@@ -1,8 +1,13 @@
 package worker_test
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"net/http"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -177,4 +182,77 @@ func TestHeadersOfAnotherClientKeepTheWorkerUnderTheLimit(t *testing.T) {
 		require.Equal(t, messages.StatusCancelled, r.Status)
 	}
 	require.Zero(t, e.requestsWith(10006), "the headers kept the worker inside the shared budget")
+}
+
+// Issue 13, defect 5: with batching on, held cancels of one order that come
+// out of the queue together in a batch are sent once, and every copy is
+// answered from that call (sent three times, two of them came back not_open
+// and not ambiguous although the cancel worked).
+func TestDuplicateCancelsInOneBatchAreSentOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.cfg.Limits = map[string]int{"cancel/spot": 1, "cancel-batch/spot": 3}
+	spendOne := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"})
+	var spendBatch []bybittest.Order
+	for range 3 {
+		spendBatch = append(spendBatch, e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"}))
+	}
+	o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT", OrderLinkID: "dup-b"})
+	other := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"})
+
+	// The single cancel's budget stays spent until the end and the batch
+	// budget until the duplicates are all held: they then leave together.
+	singleHeld, batchHeld := make(chan struct{}), make(chan struct{})
+	var seen sync.Map
+	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		switch {
+		case bytes.Contains(body, []byte(spendOne.OrderID)):
+			seen.Store(spendOne.OrderID, true)
+			<-singleHeld
+		case bytes.Contains(body, []byte(spendBatch[0].OrderID)) || bytes.Contains(body, []byte(spendBatch[1].OrderID)) || bytes.Contains(body, []byte(spendBatch[2].OrderID)):
+			for _, s := range spendBatch {
+				if bytes.Contains(body, []byte(s.OrderID)) {
+					seen.Store(s.OrderID, true)
+				}
+			}
+			<-batchHeld
+		}
+		e.ex.ServeHTTP(w, r)
+	})
+	e.publish(cancelBody(spendOne, false, ""), "")
+	for _, s := range spendBatch {
+		e.publish(cancelBody(s, false, ""), "")
+	}
+	seqs := []uint64{
+		e.publish(cancelBody(o, true, "first"), ""),
+		e.publish(cancelBody(o, true, "second"), ""),
+		e.publish(cancelBody(o, true, "third"), ""),
+	}
+	otherSeq := e.publish(cancelBody(other, false, ""), "")
+	r := e.start()
+	require.Eventually(t, func() bool {
+		n := 0
+		seen.Range(func(any, any) bool { n++; return true })
+		return n == 4 && r.w.Stats().Received.Load() == 8
+	}, waitFor, 5*time.Millisecond)
+	close(batchHeld)
+	require.Eventually(t, func() bool {
+		return e.resultFor(seqs[0]) && e.resultFor(seqs[1]) && e.resultFor(seqs[2]) && e.resultFor(otherSeq)
+	}, waitFor, 5*time.Millisecond, "%s", e.logs)
+	close(singleHeld)
+	got := e.waitResults(8)
+	for _, s := range seqs {
+		require.Equal(t, messages.StatusCancelled, got[s].Status, "%+v", got[s])
+		require.Equal(t, o.OrderID, got[s].OrderID)
+	}
+	require.Equal(t, messages.StatusCancelled, got[otherSeq].Status)
+	sent := 0
+	for _, q := range e.ex.Requests() {
+		if isCancel(q) && q.OrderLinkID == o.OrderLinkID {
+			sent++
+		}
+	}
+	require.Equal(t, 1, sent, "one exchange call answered all three duplicates")
 }

@@ -202,7 +202,7 @@ func (c *confirmer) run(ctx context.Context) {
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		c.held.heartbeatLoop(ctx, c.settings.AckWait)
+		c.held.heartbeatLoop(ctx, c.w.js.Conn(), c.settings.AckWait)
 	}()
 
 	retry := newRetryBackoff()

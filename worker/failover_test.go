@@ -93,8 +93,11 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 
 	const n = 60
 	for i := range n {
+		// With a Nats-Msg-Id, as a user should: a retry after a lost PubAck
+		// is not stored as a second request for the same order.
 		require.Eventually(t, func() bool {
-			_, err := tjs.Publish(context.Background(), cfg.CancelSubject, []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"f-%d"}`, i)))
+			_, err := tjs.Publish(context.Background(), cfg.CancelSubject, []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"f-%d"}`, i)),
+				jetstream.WithMsgID(fmt.Sprintf("failover-%d", i)))
 			return err == nil
 		}, waitFor, 50*time.Millisecond)
 	}

@@ -417,6 +417,7 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
 	defer cancel()
 	start := f.w.now()
+	pulledAt := time.Now()
 	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts(fctx)...)
 	if err != nil {
 		return
@@ -425,7 +426,7 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 		// None fits; should one come, it is taken like any other.
 		f.cancel.pulled(start, pinOf(msg), nil)
 		f.cancel.takeover(ctx, cons, msg)
-		f.w.accept(ctx, msg)
+		f.w.accept(ctx, msg, pulledAt)
 	}
 	f.pulled(start, "", batch.Error())
 }

@@ -103,46 +103,43 @@ func (l *lane) batchable() int {
 
 // take removes up to n units from the front of the queue; batch takes only
 // cancels without an orderFilter. Every queued cancel of a taken order joins
-// its unit, so one order never appears twice in a request. It costs O(taken)
-// unless duplicates are queued.
+// its unit, wherever it waits (among the first n or behind them), so one
+// order never appears twice in a request and each copy is answered from the
+// one call. It costs O(taken) unless duplicates are queued.
 func (l *lane) take(n int, batch bool) []*unit {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var units []*unit
-	var skipped []*job
+	byKey := map[string]*unit{}
+	// waiting counts the queued cancels of taken orders not yet joined.
+	waiting := 0
+	kept := l.queue[:0]
 	i := 0
-	for ; i < len(l.queue) && len(units) < n; i++ {
+	for ; i < len(l.queue); i++ {
+		if len(units) == n && waiting == 0 {
+			break
+		}
 		j := l.queue[i]
-		if batch && j.singleOnly() {
-			skipped = append(skipped, j)
+		key := j.req.OrderKey()
+		if u, ok := byKey[key]; ok {
+			u.jobs = append(u.jobs, j)
+			l.forgetLocked(j)
+			waiting--
 			continue
 		}
-		l.forgetLocked(j)
-		units = append(units, &unit{jobs: []*job{j}})
-	}
-	rest := l.queue[i:]
-	for _, u := range units {
-		key := u.primary().req.OrderKey()
-		if l.keys[key] == 0 {
+		if len(units) < n && (!batch || !j.singleOnly()) {
+			u := &unit{jobs: []*job{j}}
+			units = append(units, u)
+			byKey[key] = u
+			l.forgetLocked(j)
+			waiting += l.keys[key]
 			continue
 		}
-		kept := rest[:0]
-		for _, j := range rest {
-			if j.req.OrderKey() == key {
-				u.jobs = append(u.jobs, j)
-				l.forgetLocked(j)
-				continue
-			}
-			kept = append(kept, j)
-		}
-		clear(rest[len(kept):])
-		rest = kept
+		kept = append(kept, j)
 	}
-	clear(l.queue[:i])
-	if len(skipped) > 0 { // rare: only batches step over orderFilter cancels
-		rest = append(skipped, rest...)
-	}
-	l.queue = rest
+	kept = append(kept, l.queue[i:]...)
+	clear(l.queue[len(kept):])
+	l.queue = kept
 	return units
 }
 

@@ -141,7 +141,8 @@ func (w *Worker) transient(j *job, err error, now time.Time, class bybit.Class) 
 	delay := j.backoff.NextBackOff()
 	if now.Sub(j.transientSince) >= w.cfg.RetryBudget {
 		if w.lastDelivery(j) {
-			return w.failed(j, fmt.Sprintf("retry budget spent on the consumer's last delivery (%d); last error: %v", j.deliveries, err))
+			_, deliveries := j.delivery()
+			return w.failed(j, fmt.Sprintf("retry budget spent on the consumer's last delivery (%d); last error: %v", deliveries, err))
 		}
 		return decision{action: actRelease, delay: delay, reason: "retry_budget", class: class}
 	}
@@ -160,7 +161,8 @@ func (w *Worker) failed(j *job, lastError string) decision {
 }
 
 func (w *Worker) lastDelivery(j *job) bool {
-	return w.consumer.MaxDeliver > 0 && j.deliveries >= uint64(w.consumer.MaxDeliver)
+	_, deliveries := j.delivery()
+	return w.consumer.MaxDeliver > 0 && deliveries >= uint64(w.consumer.MaxDeliver)
 }
 
 func newRetryBackoff() *backoff.ExponentialBackOff {

@@ -62,6 +62,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 
 	current.Shutdown()
 	current.WaitForShutdown()
+	down := time.Now()
 	// While the broker is down the worker keeps cancelling what it holds
 	// and cannot publish: wait until the exchange has applied more.
 	applied := func() int {
@@ -75,6 +76,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	}
 	base := applied()
 	require.Eventually(t, func() bool { return applied() > base }, waitFor, 10*time.Millisecond)
+	up := time.Now()
 	current, err = workertest.StartNATS(workertest.NATSOptions{StoreDir: store, Port: port})
 	require.NoError(t, err)
 
@@ -82,6 +84,22 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	var got []messages.Result
 	require.Eventually(t, func() bool { got = results(); return len(got) >= n }, waitFor, 20*time.Millisecond, "%s", e.logs)
 	requireOneCancelledResultEach(t, ex, got, n)
+
+	// The promise itself: a result held while the broker was down is the
+	// one stored. Every order the exchange cancelled during the outage has
+	// its cancelled result stored, not a not_open from a later attempt.
+	during := map[string]bool{}
+	for _, q := range ex.Requests() {
+		if isCancel(q) && q.RetCode == 0 && q.OrderID != "" && !q.Time.Before(down) && q.Time.Before(up) {
+			during[q.OrderID] = true
+		}
+	}
+	require.NotEmpty(t, during)
+	for _, r := range got {
+		if during[r.OrderID] {
+			require.Equal(t, messages.StatusCancelled, r.Status, "the result held during the outage: %+v", r)
+		}
+	}
 }
 
 func startExchange(t *testing.T, ex *bybittest.Exchange) string {

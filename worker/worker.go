@@ -441,7 +441,9 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // heartbeatLoop keeps every held message alive with one ticker, at a third of
 // AckWait, wherever it waits (queue, rate limit, backoff, PubAck).
-func (w *Worker) heartbeatLoop(ctx context.Context) { w.held.heartbeatLoop(ctx, w.consumer.AckWait) }
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	w.held.heartbeatLoop(ctx, w.js.Conn(), w.consumer.AckWait)
+}
 
 // pull fetches messages while fewer than MaxAckPending are held, and not at
 // all during an IP ban (a replica of a fleet keeps pulling, see keepPin).
@@ -471,6 +473,9 @@ func (w *Worker) pull(ctx context.Context) {
 		// messages already on their way are released, not lost until AckWait.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
 		start := w.now()
+		// The server starts a delivery's AckWait when it hands the message
+		// to this pull, never before the pull was asked for.
+		pulledAt := time.Now()
 		batch, err := w.cons.Fetch(min(room, maxFetch), w.fleet.cancel.fetchOpts(fctx)...)
 		if err != nil {
 			cancel()
@@ -484,7 +489,7 @@ func (w *Worker) pull(ctx context.Context) {
 			// The pin first: a lane sends only for the active replica.
 			w.fleet.cancel.pulled(start, pinOf(msg), nil)
 			w.fleet.cancel.takeover(ctx, w.cons, msg)
-			w.accept(ctx, msg)
+			w.accept(ctx, msg, pulledAt)
 		}
 		cancel()
 		w.fleet.pulled(start, "", batch.Error())
@@ -511,8 +516,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	return sleepOrChange(ctx, d, nil, nil)
 }
 
-// accept takes one delivered message into the worker.
-func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
+// accept takes one delivered message into the worker; pulledAt is when the
+// pull that brought it was asked for.
+func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Time) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.log.Error("message without JetStream metadata; terminated", "subject", msg.Subject(), "error", err)
@@ -537,13 +543,13 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg) {
 		deliveries:  meta.NumDelivered,
 		requestTime: meta.Timestamp,
 		msg:         msg,
+		confirmedAt: pulledAt,
 	}
 	if cur, added := w.held.add(j); !added {
 		// A redelivery of a message this process still holds (its
-		// heartbeats were lost): answer it once, via the newest delivery.
-		cur.mu.Lock()
-		cur.msg = msg
-		cur.mu.Unlock()
+		// heartbeats were lost): answer it once, via the newest delivery,
+		// whose count the retry budget's end and the result go by.
+		cur.redelivered(msg, meta.NumDelivered, pulledAt)
 		return
 	}
 	w.jobs.Add(1)
@@ -742,6 +748,19 @@ func (w *Worker) dispatch(l *lane) {
 			giveBack()
 			continue
 		}
+		// Last look before sending: a copy the server may have handed to
+		// another consumer is not sent.
+		if units = w.dropStale(units); len(units) == 0 {
+			releaseIP()
+			<-w.slots
+			p.unreserve(slots)
+			w.handBackProbe(probe)
+			continue
+		}
+		if len(slots) > len(units) {
+			p.unreserve(slots[len(units):])
+			slots = slots[:len(units)]
+		}
 		for _, u := range units {
 			for _, j := range u.jobs {
 				// Everything between entering the lane and now was waiting
@@ -835,6 +854,61 @@ func (w *Worker) dropExpired(units []*unit) []*unit {
 		}
 	}
 	return kept
+}
+
+// dropStale lets go of the cancels the server may have handed to another
+// consumer (see letGo) and returns the units left to send.
+func (w *Worker) dropStale(units []*unit) []*unit {
+	kept := units[:0]
+	for _, u := range units {
+		jobs := u.jobs[:0]
+		for _, j := range u.jobs {
+			if !w.possiblyRedelivered(j) {
+				jobs = append(jobs, j)
+				continue
+			}
+			w.letGo(j, "not sent")
+			w.jobs.Done()
+		}
+		if len(jobs) > 0 {
+			u.jobs = jobs
+			kept = append(kept, u)
+		}
+	}
+	return kept
+}
+
+// possiblyRedelivered reports whether the server may have handed j's
+// delivery to another consumer: its heartbeats went unanswered too long (see
+// staleRule), and it is not the consumer's last delivery (the server does not
+// hand out a last delivery again).
+func (w *Worker) possiblyRedelivered(j *job) bool {
+	return !w.lastDelivery(j) && w.held.stale(j)
+}
+
+// letGo gives up a held message that the server may have handed to another
+// consumer, which then answers it. Sending it too would race that consumer's
+// call at the exchange, and storing what came back would race its result for
+// the Nats-Msg-Id result:<seq>, which keeps whichever is stored first: an
+// answer like not_open may be what the other call did, and is not the truth
+// to keep. No Nak: acks name the stream sequence, not the delivery, so a Nak
+// would make the server hand out again a message another consumer works on.
+// Left alone, the message is redelivered AckWait after the last heartbeat the
+// server heard if nobody else holds it. The caller accounts for w.jobs.
+func (w *Worker) letGo(j *job, what string) {
+	j.mu.Lock()
+	j.done = true
+	deliveries := j.deliveries
+	j.mu.Unlock()
+	if j.attempts == 0 && !j.ambiguous {
+		// Nothing was sent: back straight to this process, it is not
+		// ambiguous.
+		w.released.put(j.seq, deliveries)
+	}
+	w.metrics.retries.WithLabelValues("possibly_redelivered").Inc()
+	w.log.Warn("heartbeats unanswered for most of AckWait: the server may have handed this request to another consumer; "+what+", left to the current delivery",
+		w.jobAttrs(j, "deliveries", deliveries, "ackWait", w.consumer.AckWait)...)
+	w.held.remove(j)
 }
 
 func (w *Worker) requeueUnits(units []*unit) {
@@ -1121,6 +1195,10 @@ func (w *Worker) resync(a *account, since time.Time) {
 // release gives a message back for another delivery.
 func (w *Worker) release(j *job, delay time.Duration, reason string) {
 	defer w.jobs.Done()
+	if w.possiblyRedelivered(j) {
+		w.letGo(j, "not released ("+reason+")")
+		return
+	}
 	if w.lastDelivery(j) {
 		// Nothing would redeliver it: answer it instead, so that it is
 		// accounted for.
@@ -1133,10 +1211,10 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 	}
 	j.mu.Lock()
 	j.done = true
-	msg := j.msg
+	msg, deliveries := j.msg, j.deliveries
 	j.mu.Unlock()
 	if j.attempts == 0 && !j.ambiguous {
-		w.released.put(j.seq, j.deliveries)
+		w.released.put(j.seq, deliveries)
 	}
 	var err error
 	if delay > 0 {
@@ -1157,6 +1235,16 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 func (w *Worker) finish(j *job, d decision) {
 	defer w.jobs.Done()
 	r := d.result
+	if w.possiblyRedelivered(j) && r.Status == messages.StatusNotOpen {
+		// The answer came after the server may have handed the request
+		// to another consumer: the order may be gone because that
+		// consumer's cancel landed first, whose result is the true one.
+		w.letGo(j, "its not_open not stored")
+		return
+	}
+	j.mu.Lock()
+	deliveries, handedOut := j.deliveries, j.handedOut
+	j.mu.Unlock()
 	if j.prog != nil {
 		// A cancel-all lists what every call of every delivery cancelled,
 		// whichever way it ends.
@@ -1164,9 +1252,9 @@ func (w *Worker) finish(j *job, d decision) {
 		r.OrdersComplete = new(j.prog.complete())
 	}
 	r.Attempts = j.attempts
-	r.Ambiguous = j.ambiguous
+	r.Ambiguous = j.ambiguous || handedOut
 	r.RateLimitWaitMs = j.rateLimitWait.Milliseconds()
-	r.Deliveries = j.deliveries
+	r.Deliveries = deliveries
 	if !j.sentAt.IsZero() {
 		r.SentAt = new(j.sentAt.UTC())
 	}
@@ -1180,7 +1268,8 @@ func (w *Worker) finish(j *job, d decision) {
 		subject = w.cfg.AckSubject
 	}
 	ctx := w.sendCtx
-	if err := w.publish(ctx, subject, data, r.MsgID()); err != nil {
+	ack, err := w.publishAck(ctx, subject, data, r.MsgID())
+	if err != nil {
 		// The result may or may not be stored: the redelivery finds out
 		// (the Nats-Msg-Id keeps it from being stored twice).
 		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
@@ -1191,6 +1280,15 @@ func (w *Worker) finish(j *job, d decision) {
 		_ = msg.Nak()
 		w.held.remove(j)
 		return
+	}
+	var local *messages.Result
+	if ack.Duplicate {
+		// An earlier delivery stored a result first: that one is what
+		// readers see, so it is what is counted, logged and acted on.
+		if stored, ok := w.storedResult(ctx, j, ack.Sequence); ok {
+			local = new(r)
+			r = stored
+		}
 	}
 	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
@@ -1213,25 +1311,61 @@ func (w *Worker) finish(j *job, d decision) {
 		w.log.Warn("ack failed after the result was published; a redelivery will be acked without a second result", "seq", j.seq, "error", err)
 	}
 	w.held.remove(j)
-	w.logOutcome(j, r)
+	w.logOutcome(j, r, local)
+}
+
+// storedResult reads the result the stream kept at seq (a duplicate
+// PubAck's sequence). It reports false, having logged why, when that cannot
+// be read or is not this request's.
+func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, bool) {
+	var m *jetstream.RawStreamMsg
+	err := backoff.Retry(func() error {
+		s, err := w.js.Stream(ctx, w.cfg.Stream)
+		if err == nil {
+			m, err = s.GetMsg(ctx, seq)
+		}
+		return err
+	}, backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 3), ctx))
+	if err != nil {
+		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
+		return messages.Result{}, false
+	}
+	r, err := messages.DecodeResult(m.Data)
+	if err == nil && r.RequestSeq != j.seq {
+		err = fmt.Errorf("it answers request %d", r.RequestSeq)
+	}
+	if err != nil {
+		w.log.Error("the stream's duplicate of this result is not one: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
+		return messages.Result{}, false
+	}
+	return r, true
 }
 
 // publish stores a message in the stream with its Nats-Msg-Id, waiting for
 // the PubAck and retrying until ctx ends.
 func (w *Worker) publish(ctx context.Context, subject string, data []byte, msgID string) error {
+	_, err := w.publishAck(ctx, subject, data, msgID)
+	return err
+}
+
+// publishAck is publish returning the PubAck: Duplicate when a message with
+// the same Nats-Msg-Id was stored before, whose sequence it then names.
+func (w *Worker) publishAck(ctx context.Context, subject string, data []byte, msgID string) (*jetstream.PubAck, error) {
 	retry := newRetryBackoff()
 	for {
-		_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+		ack, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
 			jetstream.WithMsgID(msgID), jetstream.WithExpectStream(w.cfg.Stream))
 		if err == nil || ctx.Err() != nil {
-			return err
+			return ack, err
 		}
 		w.log.Warn("publish failed; retrying", "subject", subject, "msgId", msgID, "error", err)
 		_ = sleepCtx(ctx, retry.NextBackOff())
 	}
 }
 
-func (w *Worker) logOutcome(j *job, r messages.Result) {
+// logOutcome logs the stored result r; local is this delivery's own, when a
+// result stored earlier was kept instead.
+func (w *Worker) logOutcome(j *job, r messages.Result, local *messages.Result) {
 	attrs := []any{
 		"requestId", r.RequestID, "seq", r.RequestSeq, "category", r.Category, "symbol", r.Symbol,
 		"orderId", r.OrderID, "orderLinkId", r.OrderLinkID, "status", r.Status,
@@ -1254,6 +1388,12 @@ func (w *Worker) logOutcome(j *job, r messages.Result) {
 		attrs = append(attrs, "error", r.LastError)
 	case messages.StatusRejected:
 		attrs = append(attrs, "retMsg", r.RetMsg)
+	}
+	if local != nil {
+		attrs = append(attrs, "storedResultKept", true, "thisDeliveryStatus", local.Status,
+			"thisDeliveryAmbiguous", local.Ambiguous, "deliveries", local.Deliveries)
+		w.log.Info("cancel "+string(r.Status)+" (the result stored by an earlier delivery was kept)", attrs...)
+		return
 	}
 	w.log.Info("cancel "+string(r.Status), attrs...)
 }

@@ -1,0 +1,286 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+)
+
+// exchangeFront serves the simulated exchange to one worker, letting a test
+// hold a cancel or its answer: before(body) runs before the exchange sees the
+// request, after(body) once it has answered and before the answer goes back.
+func exchangeFront(t *testing.T, ex http.Handler, before, after func(body []byte)) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		cancel := strings.HasPrefix(r.URL.Path, "/v5/order/cancel")
+		if before != nil && cancel {
+			before(body)
+		}
+		rec := httptest.NewRecorder()
+		ex.ServeHTTP(rec, r)
+		if after != nil && cancel {
+			after(body)
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// startWorkerVia runs a worker with cfg on its own NATS connection to
+// natsURL, sending to the exchange at baseURL, until the test ends.
+func startWorkerVia(t *testing.T, cfg worker.Config, natsURL, baseURL string) *worker.Worker {
+	t.Helper()
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: waitFor})
+	require.NoError(t, err)
+	w, err := worker.New(cfg, js, client)
+	require.NoError(t, err)
+	require.NoError(t, w.Setup(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	return w
+}
+
+// counter reads one labelled counter of a registry (0 if never counted).
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func (e *env) resultFor(seq uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range e.results {
+		if r.RequestSeq == seq {
+			return true
+		}
+	}
+	return false
+}
+
+// Issue 19, deterministically. Worker A holds two requests, one sent and one
+// waiting for budget, when it loses its server for longer than AckWait; the
+// broker hands both to worker B, whose cancels land. A's own copies must not
+// then race B's: A does not send the one it had not sent, and does not store
+// the not_open its earlier call got back (the order is gone because B's
+// cancel landed first). Stored first, A's not_open — deliveries 1, not
+// ambiguous — would be kept by the result's Nats-Msg-Id and tell an
+// untruth; the stored results are B's, cancelled.
+func TestACopyTheBrokerHandedToAnotherWorkerIsNotRaced(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.cfg.AckWait = time.Second
+	e.cfg.MaxAckPending = 2 // A holds both, and pulls nothing more
+	e.cfg.Batch = false
+	e.cfg.Limits = map[string]int{"cancel/linear": 1} // X waits behind S
+	s := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	x := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	seqS := e.publish(cancelBody(s, false, "s"), "")
+	seqX := e.publish(cancelBody(x, false, "x"), "")
+
+	aGotS := make(chan struct{})
+	bCancelledX := make(chan struct{})
+	aDecidedX := make(chan struct{})
+	var aSentX atomic.Bool
+	var once sync.Once
+	aFront := exchangeFront(t, e.ex, func(body []byte) {
+		switch {
+		case bytes.Contains(body, []byte(s.OrderID)):
+			close(aGotS)
+			<-bCancelledX // A's first call lands after B's
+		case bytes.Contains(body, []byte(x.OrderID)):
+			aSentX.Store(true)
+		}
+	}, nil)
+	bFront := exchangeFront(t, e.ex, nil, func(body []byte) {
+		if bytes.Contains(body, []byte(x.OrderID)) {
+			once.Do(func() { close(bCancelledX) })
+			<-aDecidedX // B's result for X is stored after A had its chance
+		}
+	})
+
+	regA := prometheus.NewRegistry()
+	cfgA := e.cfg
+	cfgA.Registerer = regA
+	cfgA.Logger = e.cfg.Logger.With("worker", "A")
+	pa := newProxy(t, e.ns.Addr().String())
+	startWorkerVia(t, cfgA, pa.url(), aFront)
+	<-aGotS
+	require.Eventually(t, func() bool {
+		c, err := e.js.Consumer(context.Background(), e.cfg.Stream, e.cfg.Consumer)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumAckPending == 2 && info.NumPending == 0
+	}, waitFor, 10*time.Millisecond, "A holds both requests")
+	pa.cut()
+
+	cfgB := e.cfg
+	cfgB.Logger = e.cfg.Logger.With("worker", "B")
+	startWorkerVia(t, cfgB, e.ns.ClientURL(), bFront)
+	<-bCancelledX
+	pa.restore()
+	// A has decided about X once it stored a result for it, or let both
+	// go (S when its not_open came back, X before sending).
+	require.Eventually(t, func() bool {
+		return e.resultFor(seqX) || counter(t, regA, "cancel_worker_retries_total", "reason", "possibly_redelivered") >= 2
+	}, waitFor, 10*time.Millisecond, "%s", e.logs)
+	close(aDecidedX)
+
+	got := e.waitResults(2)
+	e.settled()
+	require.EqualValues(t, 2, e.storedResults())
+	requireOneCancelledResultEach(t, e.ex, []messages.Result{got[seqS], got[seqX]}, 2)
+	for _, seq := range []uint64{seqS, seqX} {
+		require.Equal(t, messages.StatusCancelled, got[seq].Status, "the result of the cancel that landed: %+v", got[seq])
+		require.True(t, got[seq].Ambiguous, "B's delivery came after A's: %+v", got[seq])
+		require.EqualValues(t, 2, got[seq].Deliveries)
+	}
+	require.False(t, aSentX.Load(), "A sent its copy of a request the broker had handed to B")
+}
+
+// Issue 13, defect 2. A held message the broker redelivers to the same
+// worker (its heartbeats were lost meanwhile) on the consumer's last
+// delivery: the retry budget's end answers failed, as on any last delivery.
+// Going by the stale first delivery, it was Nak'd into nothing: the broker
+// delivers it no more, and the request never got a result.
+func TestALastDeliveryThatFindsItsMessageHeldIsAnsweredAtTheBudgetsEnd(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.cfg.AckWait = time.Second
+	e.cfg.MaxDeliver = 3
+	e.cfg.RetryBudget = 200 * time.Millisecond
+	e.cfg.Batch = false
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	for range 200 {
+		e.ex.InjectFault(bybittest.Fault{RetCode: 10016, RetMsg: "service restarting"})
+	}
+	seq := e.publish(cancelBody(o, false, ""), "")
+
+	first := make(chan struct{})
+	redelivered := make(chan struct{})
+	var once sync.Once
+	front := exchangeFront(t, e.ex, func([]byte) {
+		once.Do(func() {
+			close(first)
+			<-redelivered // the first attempt is answered after the last delivery arrived
+		})
+	}, nil)
+	pa := newProxy(t, e.ns.Addr().String())
+	w := startWorkerVia(t, e.cfg, pa.url(), front)
+	<-first
+	pa.freeze()
+
+	// The worker cannot heartbeat: past AckWait the broker hands the
+	// message out again (here to the test, which gives it back), and then
+	// a third and last time, to the worker again.
+	cons, err := e.js.Consumer(context.Background(), e.cfg.Stream, e.cfg.Consumer)
+	require.NoError(t, err)
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor))
+	require.NoError(t, err)
+	msg := <-batch.Messages()
+	require.NotNil(t, msg)
+	meta, err := msg.Metadata()
+	require.NoError(t, err)
+	require.EqualValues(t, 2, meta.NumDelivered)
+	require.NoError(t, msg.Nak())
+	pa.thaw()
+	require.Eventually(t, func() bool { return w.Stats().Redelivered.Load() >= 1 }, waitFor, 10*time.Millisecond)
+	close(redelivered)
+
+	r := e.waitResults(1)[seq]
+	require.Equal(t, messages.StatusFailed, r.Status, "%+v", r)
+	require.Contains(t, r.LastError, "last delivery")
+	require.EqualValues(t, 3, r.Deliveries)
+	require.True(t, r.Ambiguous, "another consumer held the message in between")
+	e.settled()
+	require.EqualValues(t, 1, e.storedResults())
+}
+
+// Issue 13, defect 6: when an earlier delivery already stored the result
+// (the PubAck says Duplicate), the metrics and the log give the stored
+// result, not this delivery's own, and the log says the stored one was kept.
+func TestMetricsAndLogsGiveTheStoredResultWhenAnEarlierOneWasKept(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	ctx := context.Background()
+	cons, _, err := worker.EnsureConsumer(ctx, e.js, e.cfg)
+	require.NoError(t, err)
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	seq := e.publish(cancelBody(o, false, "kept"), "")
+
+	// An earlier worker cancelled the order, stored its result and died
+	// before its ack arrived.
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor))
+	require.NoError(t, err)
+	msg := <-batch.Messages()
+	require.NotNil(t, msg)
+	e.ex.SetOrderStatus("linear", o.OrderID, "Cancelled")
+	earlier := messages.Result{RequestID: "kept", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1, Deliveries: 1}
+	data, err := earlier.Marshal()
+	require.NoError(t, err)
+	_, err = e.js.PublishMsg(ctx, &nats.Msg{Subject: e.cfg.AckSubject, Data: data}, jetstream.WithMsgID(messages.ResultMsgID(seq)))
+	require.NoError(t, err)
+	require.NoError(t, msg.Nak())
+
+	reg := prometheus.NewRegistry()
+	e.cfg.Registerer = reg
+	e.start()
+	e.settled()
+	require.EqualValues(t, 1, e.storedResults())
+	require.Equal(t, messages.StatusCancelled, e.waitResults(1)[seq].Status)
+	require.Equal(t, 1.0, counter(t, reg, "cancel_worker_results_total", "status", "cancelled"), "the stored result is counted")
+	require.Zero(t, counter(t, reg, "cancel_worker_results_total", "status", "not_open"), "this delivery's own not_open was not stored")
+	// The outcome is logged once the request is acked.
+	require.Eventually(t, func() bool {
+		return strings.Contains(e.logs.String(), `msg="cancel cancelled (the result stored by an earlier delivery was kept)"`)
+	}, waitFor, 5*time.Millisecond)
+	logs := e.logs.String()
+	require.Contains(t, logs, "storedResultKept=true thisDeliveryStatus=not_open")
+	require.NotContains(t, logs, `msg="cancel not_open"`)
+}

@@ -16,8 +16,11 @@ type account struct {
 	name   string
 	client *bybit.Client
 	limits map[string]int
-	group  string
-	wsURL  string
+	// ceilings are the explicit limits (Config.LimitCeilings, the
+	// account's own Limits) the learned ones never exceed.
+	ceilings map[string]int
+	group    string
+	wsURL    string
 	// dcp is the account's dead-man switch; nil: not armed.
 	dcp *dcpState
 

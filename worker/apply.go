@@ -76,7 +76,8 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 		w.resync(j.lane.account, j.sentAt)
 	case bybit.ClassIPBan:
 		if w.cfg.BanRelease && j.all == nil {
-			w.releaseAllQueued(w.cfg.BanPause)
+			w.releaseAllQueued(w.cfg.BanPause, "ip_ban")
+			w.fleet.banReleased(w.sendCtxOr(context.Background()))
 		}
 	default:
 		w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
@@ -115,7 +116,7 @@ func (w *Worker) requeue(j *job, delay time.Duration) {
 
 // releaseAllQueued gives every queued message back to the consumer, for other
 // replicas (on other IPs) to take during an IP ban.
-func (w *Worker) releaseAllQueued(delay time.Duration) {
+func (w *Worker) releaseAllQueued(delay time.Duration, reason string) {
 	w.lanesMu.Lock()
 	lanes := make([]*lane, 0, len(w.lanes))
 	for _, l := range w.lanes {
@@ -124,7 +125,7 @@ func (w *Worker) releaseAllQueued(delay time.Duration) {
 	w.lanesMu.Unlock()
 	for _, l := range lanes {
 		for _, j := range l.drain() {
-			w.giveBack(j, delay, "ip_ban")
+			w.giveBack(j, delay, reason)
 		}
 	}
 }

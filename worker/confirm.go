@@ -31,6 +31,7 @@ type confirmer struct {
 	confirmDeps
 	cons     jetstream.Consumer
 	settings ConsumerSettings
+	pinned   bool // the consumer pins replicas (fleet.go)
 	book     *orderBook
 	streams  map[string]*accountStream // by account name
 	held     *heldSet
@@ -127,7 +128,7 @@ func (c *confirmer) setup(ctx context.Context) error {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		// New results only: a stream's history is not confirmed again
 		// when the feature is first turned on.
-		cons, err = c.js.CreateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+		cons, err = c.js.CreateConsumer(ctx, cfg.Stream, pinnedConfig(jetstream.ConsumerConfig{
 			Durable:        cfg.ConfirmConsumer(),
 			Description:    "bybit-cancel-worker confirmations",
 			FilterSubjects: cfg.resultSubjects(),
@@ -137,12 +138,18 @@ func (c *confirmer) setup(ctx context.Context) error {
 			MaxAckPending:  cfg.MaxAckPending,
 			DeliverPolicy:  jetstream.DeliverNewPolicy,
 			Metadata:       map[string]string{ManagedKey: ManagedValue},
-		})
+		}, cfg))
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", cfg.ConfirmConsumer(), err)
 		}
 	case err != nil:
 		return fmt.Errorf("look up consumer %s: %w", cfg.ConfirmConsumer(), err)
+	case cons.CachedInfo().Config.Metadata[ManagedKey] == ManagedValue && !isPinned(cons.CachedInfo().Config):
+		// One created before the fleet's priority group: given it.
+		cons, err = c.js.UpdateConsumer(ctx, cfg.Stream, pinnedConfig(cons.CachedInfo().Config, cfg))
+		if err != nil {
+			return fmt.Errorf("update consumer %s: %w", cfg.ConfirmConsumer(), err)
+		}
 	}
 	info := cons.CachedInfo().Config
 	filters := info.FilterSubjects
@@ -152,7 +159,7 @@ func (c *confirmer) setup(ctx context.Context) error {
 	if !sameSet(filters, cfg.resultSubjects()) {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
-	c.cons, c.settings = cons, settingsOf(info)
+	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
 	for _, name := range sortedAccountNames(c.accounts) {
 		if a := c.accounts[name]; a.dcp != nil {
 			c.dcp.arm(ctx, a)
@@ -207,7 +214,7 @@ func redactWS(u string) string {
 
 // run keeps the streams up and confirms results until ctx ends; held
 // results are then released (Nak) for a later delivery.
-func (c *confirmer) run(ctx context.Context, maxHeld int) {
+func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin) {
 	var streams sync.WaitGroup
 	for _, as := range c.streams {
 		streams.Add(1)
@@ -222,7 +229,8 @@ func (c *confirmer) run(ctx context.Context, maxHeld int) {
 		c.held.heartbeatLoop(ctx, c.js.Conn(), c.settings.AckWait)
 	}()
 
-	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept}.run(ctx)
+	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept,
+		pin: pin, now: c.now, pulled: func(start time.Time, err error) { pin.pulled(start, "", err) }}.run(ctx)
 	c.work.Wait()
 	<-hbDone
 	streams.Wait()
@@ -433,7 +441,7 @@ func fill(conf *messages.Confirmation, o bybit.Order, by string) {
 func (c *confirmer) lookup(ctx context.Context, a *account, endpoint endpoint, q bybit.OrderQuery) (bybit.Order, bool, error) {
 	b := budget{endpoint, q.Category}
 	var res bybit.Lookup
-	sent, err := c.gw.call(ctx, b, c.gw.pacer(a, b), false, func() (bybit.RateLimit, error) {
+	sent, err := c.gw.call(forConfirmations(ctx), b, c.gw.pacer(a, b), false, func() (bybit.RateLimit, error) {
 		var err error
 		if endpoint == endpointRealtime {
 			res, err = a.client.OpenOrRecentOrder(ctx, q)

@@ -18,9 +18,20 @@ func (w *Worker) dispatch(l *lane) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
 	for l.waitWork(ctx) {
+		if w.fleet.warm(ctx) != nil {
+			return
+		}
 		probe, err := w.gw.enter(ctx)
 		if err != nil {
 			return
+		}
+		if !w.fleet.mayStart() {
+			// Not (or no longer) the active replica: what waits goes back.
+			w.gw.handBack(probe)
+			for _, j := range l.drain() {
+				w.giveBack(j, 0, "lease")
+			}
+			continue
 		}
 		p, slots, units := w.nextRequest(l)
 		if len(units) == 0 {
@@ -52,6 +63,12 @@ func (w *Worker) dispatch(l *lane) {
 				continue
 			}
 			return
+		}
+		if !w.fleet.mayStart() {
+			// This replica's lease ended while the request waited.
+			ps.cancel()
+			w.requeueUnits(units)
+			continue
 		}
 		// Last look before sending: a copy the server may have handed to
 		// another consumer is not sent.

@@ -48,9 +48,8 @@ type gateway struct {
 	log     *slog.Logger
 	metrics *Metrics
 	now     func() time.Time
-	// banPause is BanPause; share is LimitShare.
+	// banPause is BanPause.
 	banPause time.Duration
-	share    float64
 
 	ban   *banGate
 	ip    *pacer
@@ -58,11 +57,17 @@ type gateway struct {
 
 	mu     sync.Mutex
 	pacers map[string]*pacer // by limit group and budget key
+	// newBudget makes the pacer of one of an account's budgets (budgets.go:
+	// learned from X-Bapi-Limit, under its ceiling), by its key.
+	newBudget func(a *account, key string) *pacer
+	// active, when set, says whether this replica may make a call now (the
+	// fleet: only the active replica sends).
+	active func(ctx context.Context) error
 }
 
 func newGateway(cfg Config, m *Metrics) *gateway {
 	return &gateway{
-		log: cfg.Logger, metrics: m, now: cfg.Now, banPause: cfg.BanPause, share: cfg.LimitShare,
+		log: cfg.Logger, metrics: m, now: cfg.Now, banPause: cfg.BanPause,
 		ban: newBanGate(cfg.Now), ip: newPacer(cfg.IPLimit, cfg.Now), slots: make(chan struct{}, cfg.Concurrency),
 		pacers: map[string]*pacer{},
 	}
@@ -71,13 +76,13 @@ func newGateway(cfg Config, m *Metrics) *gateway {
 // pacer returns the pacer of one of an account's budgets, shared by its
 // limit group.
 func (g *gateway) pacer(a *account, b budget) *pacer {
-	key := a.group + "/" + b.key()
+	// Budgets that Bybit counts together share one pacer (budgetKey).
+	key := a.group + "/" + budgetKey(b.key())
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	p, ok := g.pacers[key]
 	if !ok {
-		p = newPacer(Rate{N: shareOf(a.limits[b.key()], g.share), Per: time.Second}, g.now)
-		p.share = g.share
+		p = g.newBudget(a, b.key())
 		g.pacers[key] = p
 	}
 	return p
@@ -230,6 +235,12 @@ func (g *gateway) call(ctx context.Context, b budget, p *pacer, slot bool, send 
 		}
 		if err != nil {
 			return false, err
+		}
+		if g.active != nil {
+			if err := g.active(ctx); err != nil {
+				ps.cancel()
+				return false, err
+			}
 		}
 		ps.send()
 		rl, err := send()

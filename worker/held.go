@@ -38,21 +38,42 @@ type puller struct {
 	// was asked for: the server starts a delivery's AckWait when it hands
 	// the message to the pull, never before.
 	accept func(ctx context.Context, msg jetstream.Msg, pulledAt time.Time)
+
+	// The fleet (fleet.go): pin is the consumer's pin (one that is off
+	// does nothing); now is the clock it goes by. keepPin, when set and
+	// true, keeps pulling where the loop would otherwise wait (an IP ban;
+	// a full held set, where renew renews the pin every renewal); pulled is
+	// told how each pull ended; standBy that another replica holds the pin.
+	pin     *pin
+	now     func() time.Time
+	keepPin func() bool
+	renew   func(ctx context.Context)
+	renewal func() <-chan time.Time
+	pulled  func(start time.Time, err error)
+	standBy func()
 }
+
+func (p puller) keepingPin() bool { return p.keepPin != nil && p.keepPin() }
 
 // run pulls until ctx ends.
 func (p puller) run(ctx context.Context) {
 	retry := newRetryBackoff()
 	for ctx.Err() == nil {
-		if p.ban != nil && p.ban.waitOpen(ctx) != nil {
+		if p.ban != nil && !p.keepingPin() && p.ban.waitOpen(ctx) != nil {
 			return
 		}
 		n, changed := p.held.len()
 		room := p.max - n
 		if room <= 0 {
+			var renewal <-chan time.Time
+			if p.keepingPin() {
+				p.renew(ctx)
+				renewal = p.renewal()
+			}
 			select {
 			case <-ctx.Done():
 			case <-changed:
+			case <-renewal:
 			}
 			continue
 		}
@@ -60,11 +81,17 @@ func (p puller) run(ctx context.Context) {
 		if p.outliveStop {
 			fctx = context.WithoutCancel(ctx)
 		}
-		fctx, cancel := context.WithTimeout(fctx, time.Second)
+		fctx, cancel := context.WithTimeout(fctx, pullInterval)
 		err := p.fetch(ctx, fctx, room)
 		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, jetstream.ErrPinIDMismatch) {
+			if p.standBy != nil {
+				p.standBy()
+			}
+			continue
 		}
 		if err != nil {
 			p.log.Warn(p.name+"pull failed", "error", err)
@@ -77,14 +104,19 @@ func (p puller) run(ctx context.Context) {
 
 // fetch takes one batch of up to room messages to accept.
 func (p puller) fetch(ctx, fctx context.Context, room int) error {
+	start := p.now()
 	pulledAt := time.Now()
-	batch, err := p.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
+	batch, err := p.cons.Fetch(min(room, maxFetch), p.pin.fetchOpts(fctx)...)
 	if err != nil {
 		return err
 	}
 	for msg := range batch.Messages() {
+		// The pin first: a lane sends only for the active replica.
+		p.pin.pulled(start, pinOf(msg), nil)
+		p.pin.takeover(ctx, p.cons, msg)
 		p.accept(ctx, msg, pulledAt)
 	}
+	p.pulled(start, batch.Error())
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
 	}

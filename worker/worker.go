@@ -70,6 +70,8 @@ type Worker struct {
 	ready   atomic.Bool
 	// confirm follows acknowledged cancels (Config.Confirm); nil when off.
 	confirm *confirmer
+	// fleet follows this replica's pins (fleet.go); set by Setup.
+	fleet *fleet
 	// routes: what each input subject means (cancel or cancel-all, and
 	// the account of an account's own subject).
 	routes map[string]route
@@ -103,16 +105,21 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, ceilings: cfg.LimitCeilings, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
 		maps.Copy(limits, a.Limits)
+		ceilings := maps.Clone(cfg.LimitCeilings)
+		if ceilings == nil {
+			ceilings = map[string]int{}
+		}
+		maps.Copy(ceilings, a.Limits)
 		group := a.LimitGroup
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, ceilings: ceilings, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
@@ -134,6 +141,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		stopping: make(chan struct{}),
 		routes:   cfg.routes(),
 	}
+	w.gw.newBudget = w.newBudget
 	if cfg.Confirm {
 		w.confirm = newConfirmer(confirmDeps{
 			js: js, cfg: cfg, accounts: accounts, gw: w.gw, pub: w.pub, metrics: metrics, log: w.log, now: w.now,
@@ -235,6 +243,22 @@ func (w *Worker) Setup(ctx context.Context) error {
 		}
 	}
 	w.cons, w.consumer = cons, settings
+	pinned := isPinned(cons.CachedInfo().Config)
+	w.fleet = newFleet(w, pinned)
+	if pinned {
+		w.cfg.LimitShare = 1 // one replica works at a time, at the whole budget
+	}
+	// Only the active replica of a fleet calls Bybit: a paced call checks
+	// the pin of the consumer it serves.
+	w.gw.active = func(ctx context.Context) error {
+		if w.fleet.warm(ctx) != nil || !w.fleet.mayCall(ctx) {
+			return errNotActive
+		}
+		return nil
+	}
+	if w.confirm != nil {
+		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.cfg.pinnedTTL()), w.now)
+	}
 	return nil
 }
 
@@ -342,14 +366,23 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		defer close(confirmDone)
 		if w.confirm != nil {
-			w.confirm.run(ctx, w.maxHeld)
+			w.confirm.run(ctx, w.maxHeld, w.fleet.confirm)
 		}
+	}()
+	if w.fleet.cancel.on {
+		w.fleet.touch() // the first contact, before the first pull
+		w.fleet.report(false)
+	}
+	fleetDone := make(chan struct{})
+	go func() {
+		defer close(fleetDone)
+		w.fleet.run(hbCtx)
 	}()
 	w.ready.Store(true)
 	w.log.Info("worker started", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
 		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld,
 		"confirm", w.confirm != nil)
-	puller{cons: w.cons, held: w.held, max: w.maxHeld, log: w.log, ban: w.gw.ban, outliveStop: true, accept: w.accept}.run(ctx)
+	w.pullRequests(ctx)
 
 	// Stop: no more pulling; lanes stop dispatching and give back what waits.
 	w.log.Info("stopping: releasing queued requests, finishing those already sent", "timeout", w.cfg.ShutdownTimeout)
@@ -366,13 +399,33 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	w.lanesMu.Unlock()
+	// Nothing new goes out from here: hand the pin over at once (only
+	// if this replica holds it); requests in flight still finish.
+	w.fleet.unpin(w.sendCtx, w.fleet.cancel)
 	w.jobs.Wait()
 	<-confirmDone
+	w.fleet.unpin(w.sendCtx, w.fleet.confirm)
 	stopHB()
+	<-fleetDone
 	<-hbDone
 	<-sampleDone
 	w.log.Info("worker stopped")
 	return nil
+}
+
+// pullRequests pulls the requests' consumer while fewer than MaxAckPending
+// are held, not during an IP ban's pause (a replica of a fleet keeps pulling
+// to keep its pin, see keepPin).
+func (w *Worker) pullRequests(ctx context.Context) {
+	puller{cons: w.cons, held: w.held, max: w.maxHeld, log: w.log, ban: w.gw.ban, outliveStop: true, accept: w.accept,
+		pin: w.fleet.cancel, now: w.now, keepPin: w.fleet.keepPin,
+		renew:   func(ctx context.Context) { w.fleet.renew(ctx, w.cons) },
+		renewal: w.fleet.renewal,
+		pulled:  func(start time.Time, err error) { w.fleet.pulled(start, "", err) },
+		standBy: func() {
+			w.log.Info("the consumer pinned another replica: this one stands by", "consumer", w.cfg.Consumer)
+		},
+	}.run(ctx)
 }
 
 // heartbeatLoop keeps every held message alive with one ticker, at a third of

@@ -15,12 +15,21 @@ func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool
 		name += "/" + category
 	}
 	limit := e.limits[name]
+	if n, ok := e.opts.UIDLimits[uid][name]; ok {
+		limit = n
+	}
 	now := e.nowLocked()
 	h := http.Header{}
 	if limit <= 0 {
 		return h, true
 	}
-	key := uid + "/" + endpoint + "/" + category
+	// Bybit's table gives linear and inverse one limit spanning both
+	// columns: one window per UID for both.
+	window := category
+	if window == "inverse" {
+		window = "linear"
+	}
+	key := uid + "/" + endpoint + "/" + window
 	times := e.windows[key]
 	cut := 0
 	for cut < len(times) && !times[cut].After(now.Add(-e.opts.Window)) {

@@ -216,3 +216,12 @@ func FuzzDecodeCancel(f *testing.F) {
 		require.Equal(t, c, again)
 	})
 }
+
+func TestTheWorkersOwnMsgIDsAreReserved(t *testing.T) {
+	for _, id := range []string{ResultMsgID(7), ConfirmedMsgID(7, "o-1", ""), CancelAllProgressMsgID(CancelAllProgress{RequestSeq: 7, Run: "r", Call: 1})} {
+		_, reserved := ReservedMsgID(id)
+		require.True(t, reserved, id)
+	}
+	_, reserved := ReservedMsgID("strategy-1")
+	require.False(t, reserved)
+}

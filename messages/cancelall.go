@@ -157,7 +157,7 @@ type CancelAllProgress struct {
 // CancelAllProgressMsgID is the Nats-Msg-Id of a progress record: a record
 // published twice (a lost PubAck) is stored once.
 func CancelAllProgressMsgID(p CancelAllProgress) string {
-	id := "progress:" + strconv.FormatUint(p.RequestSeq, 10) + ":" + p.Run + ":"
+	id := ProgressMsgIDPrefix + strconv.FormatUint(p.RequestSeq, 10) + ":" + p.Run + ":"
 	if p.Released {
 		return id + "released"
 	}

@@ -78,7 +78,7 @@ func ConfirmedMsgID(seq uint64, orderID, orderLinkID string) string {
 	if id == "" {
 		id = "link:" + orderLinkID
 	}
-	return "confirmed:" + strconv.FormatUint(seq, 10) + ":" + id
+	return ConfirmedMsgIDPrefix + strconv.FormatUint(seq, 10) + ":" + id
 }
 
 // Marshal encodes the confirmation for publishing.

@@ -164,7 +164,7 @@ func (r Result) Acknowledged() bool { return r.Status == StatusCancelled }
 func (r Result) MsgID() string { return ResultMsgID(r.RequestSeq) }
 
 // ResultMsgID is the Nats-Msg-Id of the result of the request at seq.
-func ResultMsgID(seq uint64) string { return "result:" + strconv.FormatUint(seq, 10) }
+func ResultMsgID(seq uint64) string { return ResultMsgIDPrefix + strconv.FormatUint(seq, 10) }
 
 // Marshal encodes the result for publishing.
 func (r Result) Marshal() ([]byte, error) { return json.Marshal(r) }

@@ -89,6 +89,9 @@ type Stats struct {
 	Received    atomic.Int64
 	Redelivered atomic.Int64
 	RateLimited atomic.Int64
+	// MsgIDCollisions counts results whose Nats-Msg-Id the stream already
+	// held for another message, stored under their fallback id instead.
+	MsgIDCollisions atomic.Int64
 }
 
 // account is a configured account and its clock-resync state.
@@ -529,6 +532,9 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 		req = messages.Cancel{Category: all.Category, Account: all.Account, RequestID: all.RequestID}
 	} else {
 		req, err = messages.DecodeCancel(msg.Data())
+	}
+	if err == nil {
+		err = reservedMsgID(msgID)
 	}
 	if err == nil {
 		// A request on an account's own subject is for that account.
@@ -1224,9 +1230,37 @@ func (w *Worker) finish(j *job, d decision) {
 	}
 	var local *messages.Result
 	if ack.Duplicate {
-		// An earlier delivery stored a result first: that one is what
-		// readers see, so it is what is counted, logged and acted on.
-		if stored, ok := w.storedResult(ctx, j, ack.Sequence); ok {
+		stored, found := w.storedResult(ctx, j, ack.Sequence)
+		if found == storedOther {
+			// Another message holds this result's id (JetStream
+			// deduplicates across the stream's subjects): a request
+			// published with it. Every replica falls back to the same
+			// id, which no publisher can know before this request
+			// was stored.
+			fallback := messages.FallbackResultMsgID(j.seq, j.requestTime)
+			w.stats.MsgIDCollisions.Add(1)
+			w.metrics.msgIDCollisions.Inc()
+			w.log.Error("another message in the stream holds this result's Nats-Msg-Id (a request published with a reserved id); result stored under its fallback id",
+				w.jobAttrs(j, "msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
+			ack, err = w.publishAck(ctx, subject, data, fallback)
+			if err != nil {
+				w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+				j.mu.Lock()
+				j.done = true
+				msg := j.msg
+				j.mu.Unlock()
+				_ = msg.Nak()
+				w.held.remove(j)
+				return
+			}
+			if ack.Duplicate {
+				stored, found = w.storedResult(ctx, j, ack.Sequence)
+			}
+		}
+		if found == storedMine {
+			// An earlier delivery stored a result first: that one is
+			// what readers see, so it is what is counted, logged and
+			// acted on.
 			local = new(r)
 			r = stored
 		}
@@ -1255,10 +1289,17 @@ func (w *Worker) finish(j *job, d decision) {
 	w.logOutcome(j, r, local)
 }
 
-// storedResult reads the result the stream kept at seq (a duplicate
-// PubAck's sequence). It reports false, having logged why, when that cannot
-// be read or is not this request's.
-func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, bool) {
+// What storedResult found at a duplicate PubAck's sequence.
+const (
+	storedMine       = iota // this request's result, stored earlier
+	storedUnreadable        // nothing could be read
+	storedOther             // another message: its id collides with the result's
+)
+
+// storedResult reads the message the stream kept at seq (a duplicate
+// PubAck's sequence): this request's result, stored by an earlier delivery,
+// or another message holding the same Nats-Msg-Id. Unreadable is logged.
+func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, int) {
 	var m *jetstream.RawStreamMsg
 	err := backoff.Retry(func() error {
 		s, err := w.js.Stream(ctx, w.cfg.Stream)
@@ -1269,17 +1310,26 @@ func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages
 	}, backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 3), ctx))
 	if err != nil {
 		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
-		return messages.Result{}, false
+		return messages.Result{}, storedUnreadable
+	}
+	if m.Subject != w.cfg.AckSubject && m.Subject != w.cfg.RejectedSubject {
+		return messages.Result{}, storedOther
 	}
 	r, err := messages.DecodeResult(m.Data)
-	if err == nil && r.RequestSeq != j.seq {
-		err = fmt.Errorf("it answers request %d", r.RequestSeq)
+	if err != nil || r.RequestSeq != j.seq {
+		return messages.Result{}, storedOther
 	}
-	if err != nil {
-		w.log.Error("the stream's duplicate of this result is not one: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
-		return messages.Result{}, false
+	return r, storedMine
+}
+
+// reservedMsgID refuses a request whose Nats-Msg-Id has one of the worker's
+// own prefixes: JetStream deduplicates ids across the stream, so the request
+// would take the place of one of the worker's messages.
+func reservedMsgID(id string) error {
+	if p, ok := messages.ReservedMsgID(id); ok {
+		return fmt.Errorf("%w: Nats-Msg-Id %q starts with %q, which is reserved for the worker's own messages (results, progress records, confirmations); give the request another id", messages.ErrInvalid, id, p)
 	}
-	return r, true
+	return nil
 }
 
 // publish stores a message in the stream with its Nats-Msg-Id, waiting for

@@ -103,6 +103,19 @@ func (w *Worker) startProgress(ctx context.Context, j *job) error {
 	return nil
 }
 
+// loadProgressForRelease reads a cancel-all's earlier records for the
+// result of a last delivery given back before its run started (a worker
+// stopping), bounded by progressTimeout: records it cannot read make the
+// list say it may be incomplete.
+func (w *Worker) loadProgressForRelease(j *job) {
+	ctx, cancel := context.WithTimeout(w.sendCtxOr(context.Background()), progressTimeout)
+	defer cancel()
+	if w.startProgress(ctx, j) != nil {
+		w.log.Warn("a cancel-all's progress could not be read for its last delivery's result; its list is reported possibly incomplete", w.jobAttrs(j)...)
+		j.prog = &cancelAllProgress{seen: map[string]bool{}, unknownEarlier: true}
+	}
+}
+
 // readProgress reads every progress record of the request at seq, retrying
 // until ctx ends.
 func (w *Worker) readProgress(ctx context.Context, seq uint64) ([]messages.CancelAllProgress, error) {

@@ -509,10 +509,6 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 		return
 	}
 	w.jobs.Add(1)
-	if w.stopped.Load() || ctx.Err() != nil {
-		w.release(j, 0, "shutdown")
-		return
-	}
 	j.ambiguous = meta.NumDelivered > 1
 	if prev, ok := w.released.get(seq); ok && prev == meta.NumDelivered-1 {
 		// This process itself released the previous delivery before
@@ -551,6 +547,12 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
 	if rt.all {
 		j.all = &all
+	}
+	if w.stopped.Load() || ctx.Err() != nil {
+		// Decoded first: a release on the last delivery is answered
+		// with the request's fields.
+		w.release(j, 0, "shutdown")
+		return
 	}
 	name := req.Account
 	if name == "" {
@@ -1148,7 +1150,11 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 	}
 	if w.lastDelivery(j) {
 		// Nothing would redeliver it: answer it instead, so that it is
-		// accounted for.
+		// accounted for — a cancel-all with what its earlier deliveries
+		// recorded.
+		if j.all != nil && j.prog == nil {
+			w.loadProgressForRelease(j)
+		}
 		w.jobs.Add(1)
 		w.finish(j, w.failed(j, "released on the consumer's last delivery: "+reason))
 		return

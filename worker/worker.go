@@ -50,6 +50,9 @@ type Worker struct {
 	maxHeld  int
 	// keepProgress: the stream captures the cancel-all progress subject.
 	keepProgress bool
+	// progressRefused: the server refused a progress record for want of
+	// permission; records are not written any more (one warning).
+	progressRefused atomic.Bool
 	// degraded says, for Ready's detail, what is off because the stream
 	// lacks an optional subject, and which subject to add (set by Setup).
 	degraded []string
@@ -1200,7 +1203,8 @@ func (w *Worker) finish(j *job, d decision) {
 	j.mu.Unlock()
 	if j.prog != nil {
 		// A cancel-all lists what every call of every delivery cancelled,
-		// whichever way it ends.
+		// whichever way it ends — also a run that overlaps this one.
+		w.settleProgress(j)
 		r.Orders = j.prog.orders
 		r.OrdersComplete = new(j.prog.complete())
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
+
 // Two runs of one cancel-all at once: the request was redelivered to
 // another replica (its holder's heartbeats were lost past AckWait, issue 13
 // defect 2) while the first still runs. Run b records what its call

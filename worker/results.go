@@ -41,7 +41,24 @@ type ResultFollower struct {
 	horizon uint64
 	waiters map[uint64]map[*resultWaiter]struct{}
 	cc      jetstream.ConsumeContext
+
+	// backlog are the waiters that need what is stored up to the horizon;
+	// one backfill at a time reads it for all of them (backfilling).
+	backlog     map[*resultWaiter]struct{}
+	backfilling bool
+	bctx        context.Context
+	bstop       context.CancelFunc
+	bwg         sync.WaitGroup
 }
+
+// Backfill settings: a backfill's consumer is deleted when it ends, and
+// the server removes one left behind (the follower's connection lost)
+// after backfillInactive; a backfill that gets no message for backfillIdle
+// gives up (what it waited for is gone from the stream).
+const (
+	backfillInactive = 30 * time.Second
+	backfillIdle     = 5 * time.Second
+)
 
 // FollowerConfig is what a ResultFollower reads.
 type FollowerConfig struct {
@@ -79,6 +96,7 @@ func NewResultFollower(js jetstream.JetStream, c FollowerConfig) *ResultFollower
 	return &ResultFollower{
 		js: js, stream: c.Stream, subjects: subjects, confirmed: c.ConfirmedSubject, log: c.Logger, capacity: c.Capacity,
 		recent: map[uint64]*recentEntry{}, waiters: map[uint64]map[*resultWaiter]struct{}{},
+		backlog: map[*resultWaiter]struct{}{},
 	}
 }
 
@@ -100,6 +118,7 @@ func (f *ResultFollower) Start(ctx context.Context) error {
 	}
 	f.mu.Lock()
 	f.horizon = last
+	f.bctx, f.bstop = context.WithCancel(context.Background())
 	f.mu.Unlock()
 	cc, err := cons.Consume(f.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		f.log.Debug("result follower", "error", err)
@@ -118,7 +137,11 @@ func (f *ResultFollower) Stop() {
 	f.mu.Lock()
 	cc := f.cc
 	f.cc = nil
+	if f.bstop != nil {
+		f.bstop() // under the mutex: no backfill starts after this
+	}
 	f.mu.Unlock()
+	f.bwg.Wait()
 	if cc != nil {
 		cc.Stop()
 		<-cc.Closed()
@@ -191,6 +214,11 @@ func (f *ResultFollower) Wait(ctx context.Context, seq uint64, confirmations boo
 		f.waiters[seq] = map[*resultWaiter]struct{}{}
 	}
 	f.waiters[seq][w] = struct{}{}
+	if seq < horizon && !w.isDone() {
+		// Part of what belongs to this request may have been stored before
+		// the follower started, or evicted since: the backfill reads it.
+		f.needBackfill(w)
+	}
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
@@ -198,16 +226,9 @@ func (f *ResultFollower) Wait(ctx context.Context, seq uint64, confirmations boo
 		if len(f.waiters[seq]) == 0 {
 			delete(f.waiters, seq)
 		}
+		delete(f.backlog, w)
 		f.mu.Unlock()
 	}()
-	if seq < horizon && !w.isDone() {
-		// Part of what belongs to this request may have been stored before
-		// the follower started, or evicted since: read that part of the
-		// stream.
-		if err := f.scan(ctx, seq, horizon, w); err != nil && ctx.Err() == nil {
-			f.log.Warn("sync service: reading older results failed", "requestSeq", seq, "error", err)
-		}
-	}
 	var err error
 	select {
 	case <-w.done:
@@ -229,51 +250,116 @@ func (f *ResultFollower) Wait(ctx context.Context, seq uint64, confirmations boo
 	}
 }
 
-// scan reads the followed subjects from just after seq up to horizon and
-// gives the waiter what belongs to its request.
-func (f *ResultFollower) scan(ctx context.Context, seq, horizon uint64, w *resultWaiter) error {
+// needBackfill puts the waiter on the backlog and starts the backfill if
+// none runs; the follower's mutex is held.
+func (f *ResultFollower) needBackfill(w *resultWaiter) {
+	if f.bctx == nil || f.bctx.Err() != nil {
+		return
+	}
+	f.backlog[w] = struct{}{}
+	if !f.backfilling {
+		f.backfilling = true
+		f.bwg.Add(1)
+		go f.backfill()
+	}
+}
+
+// backfill reads the stream for the waiters on the backlog, one pass at a
+// time: each pass takes every waiter waiting then, and reads from just after
+// the lowest of their sequences up to the horizon with one consumer. A
+// waiter that comes during a pass is taken by the next.
+func (f *ResultFollower) backfill() {
+	defer f.bwg.Done()
+	for {
+		f.mu.Lock()
+		var pass []*resultWaiter
+		var from uint64
+		for w := range f.backlog {
+			if !w.closed {
+				if len(pass) == 0 || w.requestSeq < from {
+					from = w.requestSeq
+				}
+				pass = append(pass, w)
+			}
+		}
+		clear(f.backlog)
+		horizon := f.horizon
+		if len(pass) == 0 || f.bctx.Err() != nil {
+			f.backfilling = false
+			f.mu.Unlock()
+			return
+		}
+		f.mu.Unlock()
+		if err := f.readBack(from, horizon, pass); err != nil && f.bctx.Err() == nil {
+			f.log.Warn("sync service: reading older results failed", "fromRequestSeq", from, "toSeq", horizon, "error", err)
+		}
+	}
+}
+
+// readBack reads the followed subjects from just after from up to horizon
+// and hands each message to the waiters of its request, until none of the
+// pass's waiters still waits. Its consumer is deleted when it ends.
+func (f *ResultFollower) readBack(from, horizon uint64, pass []*resultWaiter) error {
+	ctx := f.bctx
 	cons, err := f.js.OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: f.subjects, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq + 1,
+		FilterSubjects: f.subjects, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from + 1,
+		InactiveThreshold: backfillInactive,
 	})
 	if err != nil {
 		return err
 	}
-	for ctx.Err() == nil && !w.isDone() {
-		wait := time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			wait = min(wait, time.Until(dl))
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	stopOnEnd := context.AfterFunc(ctx, it.Stop)
+	defer func() {
+		stopOnEnd()
+		it.Stop()
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := f.js.DeleteConsumer(dctx, f.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				f.log.Debug("sync service: delete the backfill's consumer", "consumer", info.Name, "error", err)
+			}
+			cancel()
 		}
-		if wait < 100*time.Millisecond {
+	}()
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		return nil
+	}
+	for {
+		f.mu.Lock()
+		open := slices.ContainsFunc(pass, func(w *resultWaiter) bool { return !w.closed })
+		f.mu.Unlock()
+		if !open {
 			return nil
 		}
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(wait))
+		m, err := it.Next(jetstream.NextMaxWait(backfillIdle))
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			meta, err := m.Metadata()
-			if err != nil {
-				continue
-			}
-			if meta.Sequence.Stream > horizon {
-				return nil
-			}
-			if rs, ok := requestSeqOf(m.Data()); ok && rs == seq {
-				f.mu.Lock()
-				w.add(storedMsg{seq: meta.Sequence.Stream, data: m.Data(), confirmation: m.Subject() == f.confirmed})
-				f.mu.Unlock()
-			}
-			if meta.NumPending == 0 {
-				return nil
-			}
+		meta, err := m.Metadata()
+		if err != nil {
+			continue
 		}
-		if n == 0 {
-			return batch.Error()
+		if meta.Sequence.Stream > horizon {
+			return nil
+		}
+		if rs, ok := requestSeqOf(m.Data()); ok {
+			sm := storedMsg{seq: meta.Sequence.Stream, data: m.Data(), confirmation: m.Subject() == f.confirmed}
+			f.mu.Lock()
+			for w := range f.waiters[rs] {
+				w.add(sm)
+			}
+			f.mu.Unlock()
+		}
+		if meta.NumPending == 0 {
+			return nil
 		}
 	}
-	return nil
 }
 
 // SyncAnswer is what a waiter collected: the stored result and the

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -8,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,7 +64,9 @@ type Service struct {
 
 	mu       sync.Mutex
 	svc      micro.Service
-	off      string // why the service is off; empty while it runs
+	stream   jetstream.Stream
+	off      string   // why the service is off; empty while it runs
+	offParts []string // endpoints off while the service runs, and why
 	stopping bool
 	inFlight sync.WaitGroup
 	stopCtx  context.Context
@@ -91,7 +96,7 @@ type serviceMetrics struct {
 func newServiceMetrics(reg prometheus.Registerer) *serviceMetrics {
 	m := &serviceMetrics{
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: "sync",
-			Name: "replies_total", Help: "Replies of the sync service by endpoint and outcome (answered, timeout, bad_request, unavailable, error)."},
+			Name: "replies_total", Help: "Replies of the sync service by endpoint and outcome (answered, timeout, bad_request, conflict, unavailable, error)."},
 			[]string{"endpoint", "outcome"}),
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Subsystem: "sync",
 			Name: "wait_seconds", Help: "Time from a sync request to its reply, answered or timed out.",
@@ -136,6 +141,8 @@ func NewService(c ServiceConfig) (*Service, error) {
 // syncEndpoint is one endpoint of the sync service.
 type syncEndpoint struct {
 	name, subject, input, account string
+	// all: a cancel-all endpoint.
+	all bool
 }
 
 // syncEndpoints are the service's endpoints: cancel and cancel-all, and
@@ -147,7 +154,7 @@ func (c Config) syncEndpoints() []syncEndpoint {
 		out = append(out, syncEndpoint{name: EndpointCancel, subject: c.SyncCancelSubject, input: c.CancelSubject})
 	}
 	if c.SyncCancelAllSubject != "" {
-		out = append(out, syncEndpoint{name: EndpointCancelAll, subject: c.SyncCancelAllSubject, input: c.CancelAllSubject})
+		out = append(out, syncEndpoint{name: EndpointCancelAll, subject: c.SyncCancelAllSubject, input: c.CancelAllSubject, all: true})
 	}
 	for _, name := range c.accountNames() {
 		a := c.Accounts[name].Subjects
@@ -155,7 +162,7 @@ func (c Config) syncEndpoints() []syncEndpoint {
 			out = append(out, syncEndpoint{name: EndpointCancel + "-" + endpointSafe(name), subject: a.SyncCancelSubject, input: a.CancelSubject, account: name})
 		}
 		if a.SyncCancelAllSubject != "" {
-			out = append(out, syncEndpoint{name: EndpointCancelAll + "-" + endpointSafe(name), subject: a.SyncCancelAllSubject, input: a.CancelAllSubject, account: name})
+			out = append(out, syncEndpoint{name: EndpointCancelAll + "-" + endpointSafe(name), subject: a.SyncCancelAllSubject, input: a.CancelAllSubject, account: name, all: true})
 		}
 	}
 	return out
@@ -175,7 +182,9 @@ func endpointSafe(name string) string {
 // following the results and registers the service. A stream that captures
 // a sync subject (JetStream would answer the request with a receipt) leaves
 // the service off: Start logs a warning and returns nil, and Status says
-// why. Errors are those of NATS.
+// why. An endpoint whose input subject the stream does not capture (an
+// operator's stream without the cancel-all subject: cancel-all intake is
+// off) is off too, and Off says why. Errors are those of NATS.
 func (s *Service) Start(ctx context.Context) error {
 	endpoints := s.c.Worker.syncEndpoints()
 	if len(endpoints) == 0 {
@@ -187,6 +196,9 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("sync service: look up stream %s: %w", s.c.Worker.Stream, err)
 	}
 	streamSubjects := st.CachedInfo().Config.Subjects
+	s.mu.Lock()
+	s.stream = st // before any endpoint takes a request
+	s.mu.Unlock()
 	var captured []string
 	for _, ep := range endpoints {
 		if subjectCovered(streamSubjects, ep.subject) {
@@ -198,6 +210,25 @@ func (s *Service) Start(ctx context.Context) error {
 			s.c.Worker.Stream, strings.Join(captured, ", "))
 		s.log.Warn(why)
 		s.setOff(why)
+		return nil
+	}
+	var offParts []string
+	endpoints = slices.DeleteFunc(endpoints, func(ep syncEndpoint) bool {
+		if subjectCovered(streamSubjects, ep.input) {
+			return false
+		}
+		what := "cancel requests"
+		if ep.all {
+			what = "cancel-all requests"
+		}
+		offParts = append(offParts, fmt.Sprintf("sync %s off: stream %s does not capture %s (%s are off)", ep.name, s.c.Worker.Stream, ep.input, what))
+		return true
+	})
+	for _, why := range offParts {
+		s.log.Warn(why)
+	}
+	if len(endpoints) == 0 {
+		s.setOff(strings.Join(offParts, "; "))
 		return nil
 	}
 	if err := s.follow.Start(ctx); err != nil {
@@ -227,7 +258,7 @@ func (s *Service) Start(ctx context.Context) error {
 		if ep.account != "" {
 			md["account"] = ep.account
 		}
-		if err := svc.AddEndpoint(ep.name, s.handler(ep.name, ep.input), micro.WithEndpointSubject(ep.subject),
+		if err := svc.AddEndpoint(ep.name, s.handler(ep), micro.WithEndpointSubject(ep.subject),
 			micro.WithEndpointMetadata(md)); err != nil {
 			_ = svc.Stop()
 			s.follow.Stop()
@@ -240,7 +271,7 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("sync service: register: %w", err)
 	}
 	s.mu.Lock()
-	s.svc, s.off = svc, ""
+	s.svc, s.off, s.offParts = svc, "", offParts
 	s.mu.Unlock()
 	subjects := make([]string, len(endpoints))
 	for i, ep := range endpoints {
@@ -264,6 +295,14 @@ func (s *Service) Status() (bool, string) {
 		return false, s.off
 	}
 	return true, "sync service on"
+}
+
+// Off lists the endpoints that are off while the service runs, and why
+// (for /readyz's detail).
+func (s *Service) Off() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.offParts)
 }
 
 // Stop deregisters the service, answers every request still waiting with a
@@ -290,23 +329,71 @@ func (s *Service) Stop() {
 	s.follow.Stop()
 }
 
-// handler hands each request to its own goroutine: micro runs a handler at
-// a time per endpoint, and a request waits for its result.
-func (s *Service) handler(endpoint, input string) micro.HandlerFunc {
+// handler checks a request's headers and answers a bad one at once (with
+// micro's Error, which `nats micro stats` counts), then hands the request to
+// its own goroutine: micro runs a handler at a time per endpoint, and a
+// request waits for its result.
+func (s *Service) handler(ep syncEndpoint) micro.HandlerFunc {
 	return func(req micro.Request) {
+		r, bad := s.parse(nats.Header(req.Headers()))
+		if bad != "" {
+			s.refuse(req, ep.name, "bad_request", 400, bad)
+			return
+		}
 		s.mu.Lock()
 		if s.stopping {
 			s.mu.Unlock()
-			s.respondError(req, endpoint, "unavailable", 503, "cancel-worker is stopping: send the request again (another replica takes it)", nil)
+			s.refuse(req, ep.name, "unavailable", 503, "cancel-worker is stopping: send the request again (another replica takes it)")
 			return
 		}
 		s.inFlight.Add(1)
 		s.mu.Unlock()
 		go func() {
 			defer s.inFlight.Done()
-			s.handle(req, endpoint, input)
+			s.handle(req, ep, r)
 		}()
 	}
+}
+
+// syncRequest is what a request's headers ask for.
+type syncRequest struct {
+	confirmed bool
+	timeout   time.Duration
+	msgID     string
+}
+
+// parse reads a request's headers; bad says what is wrong with them.
+func (s *Service) parse(h nats.Header) (r syncRequest, bad string) {
+	switch wait := h.Get(messages.HeaderWait); wait {
+	case "", messages.WaitResult:
+	case messages.WaitConfirmed:
+		if !s.c.Worker.Confirm {
+			return r, fmt.Sprintf("header %s: confirmed: confirmations are off on this worker (CONFIRM=false)", messages.HeaderWait)
+		}
+		r.confirmed = true
+	default:
+		return r, fmt.Sprintf("header %s: %q is not %s or %s", messages.HeaderWait, wait, messages.WaitResult, messages.WaitConfirmed)
+	}
+	r.timeout = DefaultSyncTimeout
+	if v := h.Get(messages.HeaderTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return r, fmt.Sprintf("header %s: %q is not a positive Go duration such as 4s or 500ms", messages.HeaderTimeout, v)
+		}
+		r.timeout = d
+	}
+	if max := s.c.Worker.SyncMaxTimeout; max > 0 && r.timeout > max {
+		r.timeout = max
+	}
+	r.msgID = h.Get(nats.MsgIdHdr)
+	if p, reserved := messages.ReservedMsgID(r.msgID); reserved {
+		return r, fmt.Sprintf("header %s: Nats-Msg-Id %s starts with %q, a prefix the worker gives its own messages (%s): choose another id, e.g. with a uuid",
+			nats.MsgIdHdr, r.msgID, p, strings.Join(messages.ReservedMsgIDPrefixes, ", "))
+	}
+	if r.msgID == "" {
+		r.msgID = newMsgID()
+	}
+	return r, ""
 }
 
 // serviceReply is a reply to send.
@@ -315,37 +402,9 @@ type serviceReply struct {
 	data    []byte
 }
 
-func (s *Service) handle(req micro.Request, endpoint, input string) {
+func (s *Service) handle(req micro.Request, ep syncEndpoint, r syncRequest) {
 	start := time.Now()
-	h := nats.Header(req.Headers())
-	wait := h.Get(messages.HeaderWait)
-	switch wait {
-	case "", messages.WaitResult, messages.WaitConfirmed:
-	default:
-		s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: %q is not %s or %s", messages.HeaderWait, wait, messages.WaitResult, messages.WaitConfirmed), nil)
-		return
-	}
-	confirmed := wait == messages.WaitConfirmed
-	if confirmed && !s.c.Worker.Confirm {
-		s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: confirmed: confirmations are off on this worker (CONFIRM=false)", messages.HeaderWait), nil)
-		return
-	}
-	timeout := DefaultSyncTimeout
-	if v := h.Get(messages.HeaderTimeout); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			s.respondError(req, endpoint, "bad_request", 400, fmt.Sprintf("header %s: %q is not a positive Go duration such as 4s or 500ms", messages.HeaderTimeout, v), nil)
-			return
-		}
-		timeout = d
-	}
-	if max := s.c.Worker.SyncMaxTimeout; max > 0 && timeout > max {
-		timeout = max
-	}
-	msgID := h.Get(nats.MsgIdHdr)
-	if msgID == "" {
-		msgID = newMsgID()
-	}
+	endpoint, input, msgID, timeout := ep.name, ep.input, r.msgID, r.timeout
 	replyHeaders := nats.Header{nats.MsgIdHdr: []string{msgID}, messages.HeaderStream: []string{s.c.Worker.Stream}}
 
 	ctx, cancel := context.WithTimeout(s.stopCtx, timeout)
@@ -365,13 +424,16 @@ func (s *Service) handle(req micro.Request, endpoint, input string) {
 		}
 		return
 	}
+	if ack.Duplicate && !s.sameRequest(ctx, req, endpoint, input, msgID, ack.Sequence, replyHeaders) {
+		return
+	}
 	replyHeaders.Set(messages.HeaderRequestSeq, strconv.FormatUint(ack.Sequence, 10))
 	if ack.Duplicate {
 		replyHeaders.Set(messages.HeaderDuplicate, "true")
 	}
 
 	s.waiting(endpoint, 1)
-	ans, err := s.follow.Wait(ctx, ack.Sequence, confirmed)
+	ans, err := s.follow.Wait(ctx, ack.Sequence, r.confirmed)
 	s.waiting(endpoint, -1)
 	waited := time.Since(start)
 	if err != nil {
@@ -389,7 +451,7 @@ func (s *Service) handle(req micro.Request, endpoint, input string) {
 		s.respondError(req, endpoint, "timeout", 504, fmt.Sprintf("no %s within %v for the request stored in stream %s at sequence %d: find it later by requestSeq %d on the result subjects", what, timeout, s.c.Worker.Stream, ack.Sequence, ack.Sequence), replyHeaders, data)
 		return
 	}
-	data, err := ans.Marshal(confirmed)
+	data, err := ans.Marshal(r.confirmed)
 	if err != nil {
 		s.respondError(req, endpoint, "error", 500, "encode the answer: "+err.Error(), replyHeaders)
 		return
@@ -398,9 +460,68 @@ func (s *Service) handle(req micro.Request, endpoint, input string) {
 	s.respond(req, endpoint, "answered", serviceReply{headers: replyHeaders, data: data})
 }
 
-// respondError answers with micro's error headers, set here (micro's own
-// Error records the error after the handler returns, which races with a
-// reply from another goroutine).
+// sameRequest checks, for a duplicate PubAck, that the message stored at seq
+// is this request: on this endpoint's input subject, with this body. The
+// stream deduplicates by Nats-Msg-Id alone, across every subject and
+// publisher, so an id reused for another order (a caller's counter that
+// restarted) or another kind of message names a sequence that does not hold
+// this request; such a request was not stored, and is answered with a 409
+// (or, when the check cannot be made, an error) instead of another
+// message's result. It reports whether the request may wait.
+func (s *Service) sameRequest(ctx context.Context, req micro.Request, endpoint, input, msgID string, seq uint64, headers nats.Header) bool {
+	s.mu.Lock()
+	st := s.stream
+	s.mu.Unlock()
+	m, err := st.GetMsg(ctx, seq)
+	switch {
+	case err == nil && m.Subject == input && sameBody(m.Data, req.Data()):
+		return true
+	case err == nil:
+		s.respondError(req, endpoint, "conflict", 409, fmt.Sprintf("Nats-Msg-Id %s was used at sequence %d for another message; nothing was stored", msgID, seq), headers)
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		s.respondError(req, endpoint, "conflict", 409, fmt.Sprintf("Nats-Msg-Id %s was used at sequence %d, which stream %s no longer holds; nothing was stored: send the request with a new Nats-Msg-Id", msgID, seq, s.c.Worker.Stream), headers)
+	case s.stopCtx.Err() != nil:
+		s.respondError(req, endpoint, "unavailable", 503, "cancel-worker is stopping: send the request again with the same Nats-Msg-Id "+msgID, headers)
+	default:
+		s.respondError(req, endpoint, "error", 500, fmt.Sprintf("Nats-Msg-Id %s is a duplicate of sequence %d of stream %s, which could not be read to check it is this request: %v; send the request again with the same Nats-Msg-Id", msgID, seq, s.c.Worker.Stream, err), headers)
+	}
+	return false
+}
+
+// sameBody reports whether two request bodies are the same message: equal
+// bytes, or equal JSON (a caller that encodes its retry anew may order the
+// keys or space them differently).
+func sameBody(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var va, vb any
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	return reflect.DeepEqual(va, vb)
+}
+
+// refuse answers a request from the handler itself with micro's Error, so
+// that `nats micro stats` counts it (num_errors, last_error).
+func (s *Service) refuse(req micro.Request, endpoint, outcome string, code int, description string) {
+	s.metrics.replies.WithLabelValues(endpoint, outcome).Inc()
+	s.mu.Lock()
+	s.stats[endpoint].Errors++
+	s.mu.Unlock()
+	if req.Reply() == "" {
+		return // published, not requested: nobody to answer
+	}
+	if err := req.Error(strconv.Itoa(code), description, nil); err != nil {
+		s.log.Warn("sync service: reply not sent", "endpoint", endpoint, "error", err)
+	}
+}
+
+// respondError answers with micro's error headers, set here, from a
+// request's own goroutine (micro's own Error records the error after the
+// handler returns, which races with a reply from another goroutine): these
+// errors (409, 500, 503, 504) are counted in the endpoint's data (errors,
+// timeouts), not in micro's num_errors.
 func (s *Service) respondError(req micro.Request, endpoint, outcome string, code int, description string, headers nats.Header, data ...[]byte) {
 	hdr := nats.Header{}
 	for k, v := range headers {

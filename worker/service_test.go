@@ -146,12 +146,16 @@ func TestSyncDuplicateIsAnsweredFromTheOriginalsResult(t *testing.T) {
 	require.Equal(t, messages.StatusCancelled, first.Status)
 
 	for _, c := range []struct {
-		id      string
-		seq     uint64
-		orderID string
-	}{{"id-before", before, o1.OrderID}, {"id-after", first.RequestSeq, o2.OrderID}} {
+		id   string
+		seq  uint64
+		body string
+	}{
+		{"id-before", before, `{"category":"linear","symbol":"BTCUSDT","orderId":"` + o1.OrderID + `","requestId":"before"}`},
+		// Encoded anew: other key order and spacing, the same message.
+		{"id-after", first.RequestSeq, `{"requestId": "after", "orderId": "` + o2.OrderID + `", "symbol": "BTCUSDT", "category": "linear"}`},
+	} {
 		// A retry after a lost reply: same Nats-Msg-Id, same body.
-		reply := e.syncRequest("orders.sync.cancel", map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": c.orderID}, nats.Header{nats.MsgIdHdr: []string{c.id}})
+		reply := e.syncRequest("orders.sync.cancel", c.body, nats.Header{nats.MsgIdHdr: []string{c.id}})
 		a := requireAnswer(t, reply)
 		require.Equal(t, "true", reply.Header.Get(messages.HeaderDuplicate))
 		require.Equal(t, c.seq, a.RequestSeq, "the original's result")
@@ -389,4 +393,174 @@ func answeredOf(t *testing.T, nc *nats.Conn, endpoint string) int64 {
 
 func waitingOf(t *testing.T, nc *nats.Conn, endpoint string) int64 {
 	return statsOf(t, nc, endpoint).Waiting
+}
+
+// A Nats-Msg-Id reused for another order (a strategy whose counter
+// restarted) is refused with a 409 naming the sequence that holds the
+// other message: never answered with the first order's result as if the
+// second were cancelled.
+func TestSyncMsgIDReusedForAnotherOrderIsNotAnsweredWithTheFirstOrdersResult(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	e.service()
+	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	hdr := nats.Header{nats.MsgIdHdr: []string{"strategy-1"}}
+	first := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o1, false, ""), hdr))
+	require.Equal(t, messages.StatusCancelled, first.Status)
+
+	reply := e.syncRequest("orders.sync.cancel", cancelBody(o2, false, ""), hdr)
+	require.Equal(t, "409", reply.Header.Get(micro.ErrorCodeHeader), "the reply to a cancel of %s: %s", o2.OrderID, reply.Data)
+	require.Equal(t, fmt.Sprintf("Nats-Msg-Id strategy-1 was used at sequence %d for another message; nothing was stored", first.RequestSeq),
+		reply.Header.Get(micro.ErrorHeader))
+	st2, _ := e.ex.Order("linear", o2.OrderID)
+	require.Equal(t, "New", st2.Status, "o2 was never cancelled")
+	e.settled()
+	require.EqualValues(t, 1, e.storedResults())
+}
+
+// A Nats-Msg-Id the stream holds for a message that is not this endpoint's
+// request — a result's (the worker's own prefixes), or a request on another
+// input subject — is never waited on as if it were this request (a 504
+// naming a sequence that does not hold it).
+func TestSyncMsgIDOfAResultIsNotWaitedOnAsARequest(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	e.service()
+	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	first := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o1, false, ""), nil))
+	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	for _, id := range []string{messages.ResultMsgID(first.RequestSeq), "progress:1:x:1", "confirmed:1:o-1"} {
+		reply := e.syncRequest("orders.sync.cancel", cancelBody(o2, false, ""), nats.Header{
+			nats.MsgIdHdr: []string{id}, messages.HeaderTimeout: []string{"500ms"},
+		})
+		require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader), "%s: %s", id, reply.Header.Get(micro.ErrorHeader))
+		require.Contains(t, reply.Header.Get(micro.ErrorHeader), "Nats-Msg-Id "+id)
+	}
+	// The id of a cancel-all, sent again as a cancel.
+	all := requireAnswer(t, e.syncRequest("orders.sync.cancel-all", `{"category":"linear","symbol":"ETHUSDT"}`, nats.Header{nats.MsgIdHdr: []string{"desk-9"}}))
+	reply := e.syncRequest("orders.sync.cancel", cancelBody(o2, false, ""), nats.Header{nats.MsgIdHdr: []string{"desk-9"}, messages.HeaderTimeout: []string{"500ms"}})
+	require.Equal(t, "409", reply.Header.Get(micro.ErrorCodeHeader), "%s", reply.Header.Get(micro.ErrorHeader))
+	require.Contains(t, reply.Header.Get(micro.ErrorHeader), fmt.Sprintf("was used at sequence %d for another message", all.RequestSeq))
+	st2, _ := e.ex.Order("linear", o2.OrderID)
+	require.Equal(t, "New", st2.Status, "o2 was never cancelled")
+}
+
+// Looking up a result stored before the service started (a retry of an old
+// request) leaves no consumer on the server: a retry storm after a restart
+// would otherwise pile up consumers for 5 minutes each (and hit a stream's
+// MaxConsumers, which the worker's own consumers need).
+func TestSyncLookupOfAnOlderResultLeavesNoConsumerBehind(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	seq := e.publish(cancelBody(o, false, ""), "old-1")
+	e.waitResults(1)
+	e.service()
+	consumers := func() int {
+		s, err := e.js.Stream(context.Background(), e.cfg.Stream)
+		require.NoError(t, err)
+		info, err := s.Info(context.Background())
+		require.NoError(t, err)
+		return info.State.Consumers
+	}
+	// The worker's durable, the test's result reader and the service's
+	// follower.
+	require.Eventually(t, func() bool { return consumers() == 3 }, waitFor, 10*time.Millisecond)
+	for range 5 {
+		a := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o, false, ""), nats.Header{nats.MsgIdHdr: []string{"old-1"}}))
+		require.Equal(t, seq, a.RequestSeq)
+	}
+	require.Eventually(t, func() bool { return consumers() == 3 }, 10*time.Second, 50*time.Millisecond,
+		"consumers left on the server after 5 lookups: %d (an ordered consumer's InactiveThreshold is 5 minutes)", consumers())
+}
+
+// Many lookups of older results at once (a retry storm after a restart) are
+// each answered with their own result.
+func TestSyncConcurrentLookupsOfOlderResultsAreEachAnswered(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	const n = 20
+	bodies := make([]map[string]string, n)
+	seqs := make([]uint64, n)
+	for i := range n {
+		o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+		bodies[i] = cancelBody(o, false, "")
+		seqs[i] = e.publish(bodies[i], fmt.Sprint("old-", i))
+	}
+	e.waitResults(n)
+	e.service()
+	var wg sync.WaitGroup
+	replies := make([]*nats.Msg, n)
+	for i := range n {
+		wg.Go(func() {
+			data, _ := json.Marshal(bodies[i])
+			m, err := e.nc.RequestMsg(&nats.Msg{Subject: "orders.sync.cancel", Data: data, Header: nats.Header{nats.MsgIdHdr: []string{fmt.Sprint("old-", i)}}}, waitFor)
+			if err == nil {
+				replies[i] = m
+			}
+		})
+	}
+	wg.Wait()
+	for i, m := range replies {
+		require.NotNil(t, m, "reply %d", i)
+		a := requireAnswer(t, m)
+		require.Equal(t, seqs[i], a.RequestSeq)
+		require.Equal(t, bodies[i]["orderId"], a.OrderID)
+	}
+}
+
+// `nats micro stats` shows num_errors: a 400 (a bad header) is counted there,
+// not only in the endpoint's data.
+func TestSyncMicroStatsCountTheServicesErrors(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.service()
+	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"soon"}})
+	require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader))
+	m, err := e.nc.Request("$SRV.STATS."+worker.ServiceName, nil, waitFor)
+	require.NoError(t, err)
+	var st micro.Stats
+	require.NoError(t, json.Unmarshal(m.Data, &st))
+	found := false
+	for _, ep := range st.Endpoints {
+		if ep.Name == "cancel" {
+			found = true
+			require.EqualValues(t, 1, ep.NumRequests)
+			require.EqualValues(t, 1, ep.NumErrors, "num_errors of `nats micro stats` after a 400 (last_error %q, data %s)", ep.LastError, ep.Data)
+			require.Contains(t, ep.LastError, messages.HeaderTimeout)
+		}
+	}
+	require.True(t, found, "%s", m.Data)
+}
+
+// An operator's stream without the cancel-all subject: cancel-all intake is
+// off, so the sync cancel-all endpoint is off too (nothing answers it, and
+// Status says why); the cancel endpoint runs.
+func TestSyncCancelAllIsOffWhenTheStreamDoesNotStoreCancelAlls(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	require.NoError(t, e.js.DeleteStream(context.Background(), e.cfg.Stream))
+	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: e.cfg.Stream,
+		Subjects: []string{e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject}, Duplicates: time.Hour})
+	require.NoError(t, err)
+	e.start()
+	s := e.service()
+	ok, why := s.Status()
+	require.True(t, ok, why)
+	require.Equal(t, []string{"sync cancel-all off: stream ORDERS does not capture orders.cancel-all (cancel-all requests are off)"}, s.Off())
+	_, err = e.nc.Request("orders.sync.cancel-all", []byte(`{"category":"linear","symbol":"BTCUSDT"}`), time.Second)
+	require.ErrorIs(t, err, nats.ErrNoResponders, "no endpoint answers cancel-all")
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	require.Equal(t, messages.StatusCancelled, requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o, false, ""), nil)).Status)
 }

@@ -64,6 +64,17 @@ func TestCancelCommandExitCodes(t *testing.T) {
 	require.Equal(t, 5, code, "filled before the cancel landed: %s%s", out, errOut)
 	require.Contains(t, out, "Filled")
 
+	// A Nats-Msg-Id reused for another order: exit 1, nothing cancelled.
+	o3 := s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	o4 := s.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	code, out, errOut = s.cancelCmd("cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", o3.OrderID, "--msg-id", "desk-reused")
+	require.Equal(t, 0, code, "%s%s", out, errOut)
+	code, out, errOut = s.cancelCmd("cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", o4.OrderID, "--msg-id", "desk-reused")
+	require.Equal(t, 1, code, "%s%s", out, errOut)
+	require.Regexp(t, `the service answered 409: Nats-Msg-Id desk-reused was used at sequence \d+ for another message; nothing was stored`, errOut)
+	st4, _ := s.ex.Order("linear", o4.OrderID)
+	require.Equal(t, "New", st4.Status)
+
 	code, _, errOut = s.cancelCmd("cancel", "--category", "linear", "--symbol", "BTCUSDT")
 	require.Equal(t, 3, code, "invalid")
 	require.Contains(t, errOut, "invalid")

@@ -78,5 +78,9 @@ func TestReadyzSaysWhichSubjectToAdd(t *testing.T) {
 	}, waitFor, 10*time.Millisecond, "%s", logs)
 	require.Contains(t, body, "does not capture orders.cancel-all: cancel-all requests are off")
 	require.Contains(t, body, "does not capture orders.cancel.confirmed: confirmations are off")
+	require.Contains(t, body, "sync cancel-all off: stream ORDERS does not capture orders.cancel-all")
+	code, _, errOut := s.cancelCmd("cancel-all", "--category", "linear", "--symbol", "BTCUSDT")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "no cancel-worker service answers on orders.sync.cancel-all")
 	require.NoError(t, stop())
 }

@@ -38,13 +38,17 @@ func (s *syncService) start(ctx context.Context, nc *nats.Conn, js jetstream.Jet
 }
 
 // ready is /readyz: the worker decides readiness; a sync service that is
-// off (the stream captures its subject) is named in the detail.
+// off (the stream captures its subject), or an endpoint of it that is off
+// (the stream does not capture its input subject), is named in the detail.
 func (s *syncService) ready(ready func() (bool, string)) func() (bool, string) {
 	return func() (bool, string) {
 		ok, why := ready()
 		if svc := s.svc.Load(); svc != nil {
 			if on, detail := svc.Status(); !on && detail != "stopped" {
 				why += "; " + detail
+			}
+			for _, off := range svc.Off() {
+				why += "; " + off
 			}
 		}
 		return ok, why

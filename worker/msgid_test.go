@@ -27,7 +27,7 @@ func TestARequestsMsgIDCannotSuppressAnotherRequestsResult(t *testing.T) {
 	a := e.publish(cancelBody(o1, false, "a"), fmt.Sprintf("result:%d", next+1))
 	b := e.publish(cancelBody(o2, false, "b"), "")
 	require.Equal(t, next+1, b)
-	e.start()
+	run := e.start()
 	e.settled()
 	st2, _ := e.ex.Order("linear", o2.OrderID)
 	require.Equal(t, "Cancelled", st2.Status, "b's cancel was sent")
@@ -39,4 +39,6 @@ func TestARequestsMsgIDCannotSuppressAnotherRequestsResult(t *testing.T) {
 	require.Contains(t, got[a].Error, `"result:"`)
 	st1, _ := e.ex.Order("linear", o1.OrderID)
 	require.Equal(t, "New", st1.Status, "a request with a reserved Nats-Msg-Id is not sent")
+	require.EqualValues(t, 1, run.w.Stats().MsgIDCollisions.Load(), "b's result was stored under its fallback id, and counted")
+	require.Contains(t, e.logs.String(), "result stored under its fallback id")
 }

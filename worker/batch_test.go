@@ -23,6 +23,7 @@ func TestBatchAnswersMapBackPerRequest(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.cfg.Limits = map[string]int{"cancel/linear": 1, "cancel-batch/linear": 10} // the exchange's batch limit
+	e.cfg.LimitCeilings = e.cfg.Limits                                           // explicit: not raised to what Bybit reports
 	want := map[uint64]messages.Status{}
 	orderOf := map[uint64]string{}
 	for i := range 16 {
@@ -67,6 +68,7 @@ func TestBatchItemsAnswered10006AreRequeued(t *testing.T) {
 	e := setup(t, bybittest.Options{AutoCreate: true, OmitLimitHeader: true,
 		Limits: map[string]int{"cancel/linear": 1, "cancel-batch/linear": 3}})
 	e.cfg.Limits = map[string]int{"cancel/linear": 1, "cancel-batch/linear": 20}
+	e.cfg.LimitCeilings = e.cfg.Limits // explicit: not raised to what Bybit reports
 	const n = 12
 	for i := range n {
 		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
@@ -89,6 +91,7 @@ func TestDuplicateCancelsAreCoalesced(t *testing.T) {
 	// The first cancel spends the only request of the window, so the three
 	// duplicates are all held together when budget returns.
 	e.cfg.Limits = map[string]int{"cancel/spot": 1}
+	e.cfg.LimitCeilings = e.cfg.Limits // explicit: not raised to what Bybit reports
 	e.cfg.Batch = false
 	e.publish(cancelBody(e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"}), false, "spend"), "")
 	o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT", OrderLinkID: "dup-1"})
@@ -112,6 +115,7 @@ func TestLostBatchResponseIsAmbiguousForEveryItem(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.cfg.Limits = map[string]int{"cancel/inverse": 1, "cancel-batch/inverse": 10}
+	e.cfg.LimitCeilings = e.cfg.Limits // explicit: not raised to what Bybit reports
 	var seqs []uint64
 	var first bybittest.Order
 	for i := range 6 {

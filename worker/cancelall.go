@@ -182,6 +182,17 @@ func (w *Worker) paced(ctx context.Context, p *pacer, slot bool, endpoint, categ
 		}
 		w.metrics.inFlight.Inc()
 	}
+	if w.fleet.warm(ctx) != nil || !w.fleet.mayCall(ctx) {
+		// This replica is no longer the active one: nothing new goes out.
+		release()
+		releaseIP()
+		if slot {
+			<-w.slots
+			w.metrics.inFlight.Dec()
+		}
+		w.handBackProbe(probe)
+		return false, errNotActive
+	}
 	start := time.Now()
 	rl, err := call()
 	w.afterRequest(p, endpoint, category, probe, start, rl, err, func() {

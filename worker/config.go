@@ -94,7 +94,11 @@ type Config struct {
 	// AckWait, MaxDeliver and MaxAckPending are applied to a consumer the
 	// worker created (5s, 20, 1000). What the consumer really has is read
 	// back and used.
-	AckWait       time.Duration
+	AckWait time.Duration
+	// PinnedTTL is how long the consumers keep a replica pinned after its
+	// last pull (NATS_PINNED_TTL, 5s; 0: the default): the takeover time
+	// after a replica dies. It must exceed the 1 s pull interval.
+	PinnedTTL     time.Duration
 	MaxDeliver    int
 	MaxAckPending int
 	// DuplicateWindow and StreamReplicas are applied to a stream the worker
@@ -121,8 +125,14 @@ type Config struct {
 	ShutdownTimeout time.Duration
 
 	// Limits per second keyed "endpoint/category" (BYBIT_LIMITS; default
-	// DefaultLimits). A missing key or 0 is unlimited.
+	// DefaultLimits). A missing key or 0 is unlimited. A budget starts at
+	// its figure and then follows the X-Bapi-Limit of Bybit's answers, up
+	// as well as down (linear and inverse share one budget).
 	Limits map[string]int
+	// LimitCeilings are the explicit limits (the entries of BYBIT_LIMITS):
+	// a budget never paces above its ceiling, whatever Bybit reports. An
+	// Account's Limits are its ceilings too.
+	LimitCeilings map[string]int
 	// LimitShare is the fraction of each budget this process may use when
 	// several replicas share an account (BYBIT_LIMIT_SHARE, 1).
 	LimitShare float64
@@ -224,6 +234,9 @@ func (c Config) Validate() error {
 	positive(c.BanPause, "BYBIT_BAN_PAUSE")
 	if c.MaxDeliver < 1 && c.MaxDeliver != -1 {
 		errs = append(errs, fmt.Errorf("NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver))
+	}
+	if c.PinnedTTL != 0 && c.PinnedTTL < 3*pullInterval {
+		errs = append(errs, fmt.Errorf("NATS_PINNED_TTL must be at least %v (above the 1 s pull interval and the replica's lease), not %v", 3*pullInterval, c.PinnedTTL))
 	}
 	if c.MaxAckPending < 1 {
 		errs = append(errs, fmt.Errorf("NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending))

@@ -32,6 +32,7 @@ type confirmer struct {
 	w        *Worker
 	cons     jetstream.Consumer
 	settings ConsumerSettings
+	pinned   bool // the consumer pins replicas (fleet.go)
 	book     *orderBook
 	streams  map[string]*accountStream // by account name
 	held     *heldSet
@@ -102,7 +103,7 @@ func (c *confirmer) setup(ctx context.Context) error {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		// New results only: a stream's history is not confirmed again
 		// when the feature is first turned on.
-		cons, err = c.w.js.CreateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+		cons, err = c.w.js.CreateConsumer(ctx, cfg.Stream, pinnedConfig(jetstream.ConsumerConfig{
 			Durable:        cfg.ConfirmConsumer(),
 			Description:    "bybit-cancel-worker confirmations",
 			FilterSubjects: cfg.resultSubjects(),
@@ -112,12 +113,18 @@ func (c *confirmer) setup(ctx context.Context) error {
 			MaxAckPending:  cfg.MaxAckPending,
 			DeliverPolicy:  jetstream.DeliverNewPolicy,
 			Metadata:       map[string]string{ManagedKey: ManagedValue},
-		})
+		}, cfg))
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", cfg.ConfirmConsumer(), err)
 		}
 	case err != nil:
 		return fmt.Errorf("look up consumer %s: %w", cfg.ConfirmConsumer(), err)
+	case cons.CachedInfo().Config.Metadata[ManagedKey] == ManagedValue && !isPinned(cons.CachedInfo().Config):
+		// One created before the fleet's priority group: given it.
+		cons, err = c.w.js.UpdateConsumer(ctx, cfg.Stream, pinnedConfig(cons.CachedInfo().Config, cfg))
+		if err != nil {
+			return fmt.Errorf("update consumer %s: %w", cfg.ConfirmConsumer(), err)
+		}
 	}
 	info := cons.CachedInfo().Config
 	filters := info.FilterSubjects
@@ -127,7 +134,7 @@ func (c *confirmer) setup(ctx context.Context) error {
 	if !sameSet(filters, cfg.resultSubjects()) {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
-	c.cons, c.settings = cons, settingsOf(info)
+	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
 	for _, name := range sortedAccountNames(c.w.accounts) {
 		if a := c.w.accounts[name]; a.dcp != nil {
 			c.w.armDCP(ctx, a)
@@ -211,8 +218,9 @@ func (c *confirmer) run(ctx context.Context) {
 		}
 		// The pull ends with ctx: a result Nak'd at a stop must not come
 		// back into the same pull (each delivery counts to MaxDeliver).
-		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		batch, err := c.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
+		fctx, cancel := context.WithTimeout(ctx, pullInterval)
+		start := c.w.now()
+		batch, err := c.cons.Fetch(min(room, maxFetch), c.w.fleet.confirm.fetchOpts(fctx)...)
 		if err != nil {
 			cancel()
 			c.w.log.Warn("confirm pull failed", "error", err)
@@ -220,11 +228,17 @@ func (c *confirmer) run(ctx context.Context) {
 			continue
 		}
 		for msg := range batch.Messages() {
+			c.w.fleet.confirm.pulled(start, pinOf(msg), nil)
+			c.w.fleet.confirm.takeover(ctx, c.cons, msg)
 			c.accept(ctx, msg)
 		}
 		cancel()
+		c.w.fleet.confirm.pulled(start, "", batch.Error())
 		if ctx.Err() != nil {
 			break
+		}
+		if errors.Is(batch.Error(), jetstream.ErrPinIDMismatch) {
+			continue // another replica confirms now
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 			c.w.log.Warn("confirm pull interrupted", "error", err)
@@ -447,7 +461,7 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q b
 	p := w.budgetLocked(a, endpoint)
 	w.lanesMu.Unlock()
 	var res bybit.Lookup
-	sent, err := w.paced(ctx, p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
+	sent, err := w.paced(forConfirmations(ctx), p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
 		var err error
 		if endpoint == LookupRealtime {
 			res, err = a.client.OpenOrRecentOrder(ctx, q)

@@ -22,6 +22,8 @@ type Metrics struct {
 	rateLimited     *prometheus.CounterVec
 	rateLimitWait   *prometheus.CounterVec
 	budgetRemaining *prometheus.GaugeVec
+	budgetLimit     *prometheus.GaugeVec
+	active          *prometheus.GaugeVec
 	exchangeLatency *prometheus.HistogramVec
 	resultLatency   *prometheus.HistogramVec
 	held            prometheus.Gauge
@@ -71,6 +73,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "rate_limit_wait_seconds_total", Help: "Time requests spent waiting for rate-limit budget, summed over requests."}, []string{"category"}),
 		budgetRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
 			Name: "rate_limit_remaining", Help: "Requests left in the current window, as Bybit's X-Bapi-Limit-Status last said."}, []string{"endpoint", "category"}),
+		budgetLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "budget_limit", Help: "Requests per second a budget paces to: Bybit's X-Bapi-Limit as last learned (its share), capped by an explicit limit."}, []string{"group", "endpoint", "category"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace,
+			Name: "active", Help: "1 while this replica is the one the consumer pins (or the consumer pins none) and its lease holds: it sends; 0 on a standby."}, []string{"consumer"}),
 		exchangeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace,
 			Name: "exchange_request_duration_seconds", Help: "Duration of one request to Bybit.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"endpoint"}),
@@ -120,7 +126,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "result_msgid_collisions_total", Help: "Results whose Nats-Msg-Id the stream already held for another message (a request published with it): stored under a fallback id."}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
-		m.rateLimitWait, m.budgetRemaining, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
+		m.rateLimitWait, m.budgetRemaining, m.budgetLimit, m.active, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
 		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow, m.storeBytes, m.storeMaxBytes,
 		m.accountUsable, m.batchUnavailable, m.batchRefused, m.msgIDCollisions)

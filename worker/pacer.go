@@ -30,7 +30,15 @@ type pacer struct {
 	// share is BYBIT_LIMIT_SHARE for a budget of Bybit's; 0 for the IP
 	// limit, which no header reports.
 	share float64
-	now   func() time.Time
+	// learn: the limit follows the X-Bapi-Limit of every answer, up as
+	// well as down (a budget of Bybit's; the IP limit has no header).
+	// ceiling, when above 0, is the explicit limit (BYBIT_LIMITS, an
+	// account's limits, after the share) it never exceeds.
+	learn   bool
+	ceiling int
+	// onLimit, when set, is told every new limit (under mu: in order).
+	onLimit func(limit int)
+	now     func() time.Time
 
 	mu      sync.Mutex
 	slots   []*slot
@@ -273,17 +281,37 @@ func (p *pacer) observe(rl bybit.RateLimit, sentAt time.Time) {
 		}
 	}
 	p.pruneLocked(now)
-	if rl.Limit > 0 && p.share > 0 {
-		// Bybit knows the account's real limit: follow it down (never up:
-		// a lower BYBIT_LIMITS may be deliberate).
-		p.limit = min(p.limit, shareOf(rl.Limit, p.share))
-	}
+	p.learnLocked(rl.Limit)
 	// Only what exceeds the other replicas' shares is booked: Remaining
 	// below this process's share of the window means someone overspends.
 	for range (p.limit - rl.Remaining) - seen {
 		p.slots = append(p.slots, &slot{done: true, at: now})
 	}
 	p.blockAtResetLocked(rl, now)
+}
+
+// learnLocked paces to the limit Bybit reports for this budget (its share
+// of it), up as well as down, never above an explicit ceiling. A raised
+// limit wakes every waiter: there is room now.
+func (p *pacer) learnLocked(reported int) {
+	if !p.learn || reported <= 0 {
+		return
+	}
+	limit := shareOf(reported, p.share)
+	if p.ceiling > 0 {
+		limit = min(limit, p.ceiling)
+	}
+	if limit == p.limit {
+		return
+	}
+	raised := limit > p.limit
+	p.limit = limit
+	if p.onLimit != nil {
+		p.onLimit(limit)
+	}
+	if raised {
+		p.wakeLocked()
+	}
 }
 
 func (p *pacer) blockAtResetLocked(rl bybit.RateLimit, now time.Time) {

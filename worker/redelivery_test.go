@@ -221,7 +221,7 @@ func TestALastDeliveryThatFindsItsMessageHeldIsAnsweredAtTheBudgetsEnd(t *testin
 	// a third and last time, to the worker again.
 	cons, err := e.js.Consumer(context.Background(), e.cfg.Stream, e.cfg.Consumer)
 	require.NoError(t, err)
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor))
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor), jetstream.FetchPriorityGroup(worker.PriorityGroup))
 	require.NoError(t, err)
 	msg := <-batch.Messages()
 	require.NotNil(t, msg)
@@ -256,7 +256,7 @@ func TestMetricsAndLogsGiveTheStoredResultWhenAnEarlierOneWasKept(t *testing.T) 
 
 	// An earlier worker cancelled the order, stored its result and died
 	// before its ack arrived.
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor))
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor), jetstream.FetchPriorityGroup(worker.PriorityGroup))
 	require.NoError(t, err)
 	msg := <-batch.Messages()
 	require.NotNil(t, msg)

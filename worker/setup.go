@@ -288,6 +288,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config) (jets
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		Metadata:       map[string]string{ManagedKey: ManagedValue},
 	}
+	want = pinnedConfig(want, c)
 	cons, err = js.CreateOrUpdateConsumer(ctx, c.Stream, want)
 	if err != nil {
 		return nil, ConsumerSettings{}, fmt.Errorf("create or update consumer %s: %w", c.Consumer, err)

@@ -82,6 +82,8 @@ type Worker struct {
 	ready   atomic.Bool
 	// confirm follows acknowledged cancels (Config.Confirm); nil when off.
 	confirm *confirmer
+	// fleet follows this replica's pins (fleet.go); set by Setup.
+	fleet *fleet
 	// routes: what each input subject means (cancel or cancel-all, and
 	// the account of an account's own subject).
 	routes map[string]route
@@ -102,8 +104,11 @@ type account struct {
 	name   string
 	client *bybit.Client
 	limits map[string]int
-	group  string
-	wsURL  string
+	// ceilings are the explicit limits (Config.LimitCeilings, the
+	// account's own Limits) the learned ones never exceed.
+	ceilings map[string]int
+	group    string
+	wsURL    string
 	// dcp is the account's dead-man switch; nil: not armed.
 	dcp *dcpState
 
@@ -150,16 +155,21 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	}
 	accounts := map[string]*account{}
 	if client != nil {
-		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
+		accounts[DefaultAccount] = &account{name: DefaultAccount, client: client, limits: cfg.Limits, ceilings: cfg.LimitCeilings, group: DefaultAccount, wsURL: cfg.WSURL, dcp: newDCPState(cfg.DCPWindow)}
 	}
 	for name, a := range cfg.Accounts {
 		limits := maps.Clone(cfg.Limits)
 		maps.Copy(limits, a.Limits)
+		ceilings := maps.Clone(cfg.LimitCeilings)
+		if ceilings == nil {
+			ceilings = map[string]int{}
+		}
+		maps.Copy(ceilings, a.Limits)
 		group := a.LimitGroup
 		if group == "" {
 			group = name
 		}
-		accounts[name] = &account{name: name, client: a.Client, limits: limits, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
+		accounts[name] = &account{name: name, client: a.Client, limits: limits, ceilings: ceilings, group: group, wsURL: a.WSURL, dcp: newDCPState(a.DCPWindow)}
 	}
 	if len(accounts) == 0 {
 		return nil, errors.New("worker: no Bybit account: pass a client or Config.Accounts")
@@ -273,6 +283,14 @@ func (w *Worker) Setup(ctx context.Context) error {
 		}
 	}
 	w.cons, w.consumer = cons, settings
+	pinned := isPinned(cons.CachedInfo().Config)
+	w.fleet = newFleet(w, pinned)
+	if pinned {
+		w.cfg.LimitShare = 1 // one replica works at a time, at the whole budget
+	}
+	if w.confirm != nil {
+		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.cfg.pinnedTTL()), w.now)
+	}
 	return nil
 }
 
@@ -383,6 +401,15 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.confirm.run(ctx)
 		}
 	}()
+	if w.fleet.cancel.on {
+		w.fleet.touch() // the first contact, before the first pull
+		w.fleet.report(false)
+	}
+	fleetDone := make(chan struct{})
+	go func() {
+		defer close(fleetDone)
+		w.fleet.run(hbCtx)
+	}()
 	w.ready.Store(true)
 	w.log.Info("worker started", "stream", w.cfg.Stream, "consumer", w.cfg.Consumer,
 		"ackWait", w.consumer.AckWait, "maxDeliver", w.consumer.MaxDeliver, "maxAckPending", w.maxHeld,
@@ -404,9 +431,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	w.lanesMu.Unlock()
+	// Nothing new goes out from here: hand the pin over at once (only
+	// if this replica holds it); requests in flight still finish.
+	w.fleet.unpin(w.sendCtx, w.fleet.cancel)
 	w.jobs.Wait()
 	<-confirmDone
+	w.fleet.unpin(w.sendCtx, w.fleet.confirm)
 	stopHB()
+	<-fleetDone
 	<-hbDone
 	<-sampleDone
 	w.log.Info("worker stopped")
@@ -420,30 +452,37 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 }
 
 // pull fetches messages while fewer than MaxAckPending are held, and not at
-// all during an IP ban.
+// all during an IP ban (a replica of a fleet keeps pulling, see keepPin).
 func (w *Worker) pull(ctx context.Context) {
 	retry := newRetryBackoff()
 	for ctx.Err() == nil {
-		if err := w.gate.waitOpen(ctx); err != nil {
-			return
+		if !w.fleet.keepPin() {
+			if err := w.gate.waitOpen(ctx); err != nil {
+				return
+			}
 		}
 		n, changed := w.held.len()
 		room := w.maxHeld - n
 		if room <= 0 {
+			if w.fleet.keepPin() {
+				w.fleet.renew(ctx, w.cons)
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-changed:
+			case <-w.fleet.renewal():
 			}
 			continue
 		}
 		// The fetch outlives a stop signal by at most its expiry, so that
 		// messages already on their way are released, not lost until AckWait.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
+		start := w.now()
 		// The server starts a delivery's AckWait when it hands the message
 		// to this pull, never before the pull was asked for.
 		pulledAt := time.Now()
-		batch, err := w.cons.Fetch(min(room, maxFetch), jetstream.FetchContext(fctx))
+		batch, err := w.cons.Fetch(min(room, maxFetch), w.fleet.cancel.fetchOpts(fctx)...)
 		if err != nil {
 			cancel()
 			w.log.Warn("pull failed", "error", err)
@@ -453,10 +492,18 @@ func (w *Worker) pull(ctx context.Context) {
 			continue
 		}
 		for msg := range batch.Messages() {
+			// The pin first: a lane sends only for the active replica.
+			w.fleet.cancel.pulled(start, pinOf(msg), nil)
+			w.fleet.cancel.takeover(ctx, w.cons, msg)
 			w.accept(ctx, msg, pulledAt)
 		}
 		cancel()
+		w.fleet.pulled(start, "", batch.Error())
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			if errors.Is(err, jetstream.ErrPinIDMismatch) {
+				w.log.Info("the consumer pinned another replica: this one stands by", "consumer", w.cfg.Consumer)
+				continue
+			}
 			w.log.Warn("pull interrupted", "error", err)
 			if sleepCtx(ctx, retry.NextBackOff()) != nil {
 				return
@@ -636,11 +683,10 @@ func (w *Worker) pacerForLocked(a *account, endpoint, category string) *pacer {
 // budgetLocked returns the pacer of one of an account's limits (a key of
 // Config.Limits), shared by its limit group; lanesMu is held.
 func (w *Worker) budgetLocked(a *account, budget string) *pacer {
-	p, ok := w.pacers[a.group+"/"+budget]
+	p, ok := w.pacers[a.group+"/"+budgetKey(budget)]
 	if !ok {
-		p = newPacer(Rate{N: shareOf(a.limits[budget], w.cfg.LimitShare), Per: time.Second}, w.now)
-		p.share = w.cfg.LimitShare
-		w.pacers[a.group+"/"+budget] = p
+		p = w.newBudget(a, budget)
+		w.pacers[a.group+"/"+budgetKey(budget)] = p
 	}
 	return p
 }
@@ -654,9 +700,20 @@ func (w *Worker) dispatch(l *lane) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
 	for l.waitWork(ctx) {
+		if w.fleet.warm(ctx) != nil {
+			return
+		}
 		probe, err := w.gate.wait(ctx)
 		if err != nil {
 			return
+		}
+		if !w.fleet.mayStart() {
+			// Not (or no longer) the active replica: what waits goes back.
+			w.handBackProbe(probe)
+			for _, j := range l.drain() {
+				w.release(j, 0, "lease")
+			}
+			continue
 		}
 		p, slots, units := w.nextRequest(l)
 		if len(units) == 0 {
@@ -694,8 +751,9 @@ func (w *Worker) dispatch(l *lane) {
 			giveBack()
 			return
 		}
-		if !probe && w.gate.closed() {
-			// A ban began while this request waited for its slot.
+		if (!probe && w.gate.closed()) || !w.fleet.mayStart() {
+			// A ban began (or this replica's lease ended) while this
+			// request waited for its slot.
 			releaseIP()
 			<-w.slots
 			giveBack()
@@ -1063,7 +1121,8 @@ func (w *Worker) apply(j *job, p *pacer, d decision, err error) {
 			w.resync(j.lane.account, j.sentAt)
 		case bybit.ClassIPBan:
 			if w.cfg.BanRelease {
-				w.releaseAllQueued(w.cfg.BanPause)
+				w.releaseAllQueued(w.cfg.BanPause, "ip_ban")
+				w.fleet.banReleased(w.sendCtxOr(context.Background()))
 			}
 		default:
 			w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", err, "delay", d.delay)...)
@@ -1113,7 +1172,7 @@ func (w *Worker) requeue(j *job, delay time.Duration) {
 
 // releaseAllQueued gives every queued message back to the consumer, for other
 // replicas (on other IPs) to take during an IP ban.
-func (w *Worker) releaseAllQueued(delay time.Duration) {
+func (w *Worker) releaseAllQueued(delay time.Duration, reason string) {
 	w.lanesMu.Lock()
 	lanes := make([]*lane, 0, len(w.lanes))
 	for _, l := range w.lanes {
@@ -1122,7 +1181,7 @@ func (w *Worker) releaseAllQueued(delay time.Duration) {
 	w.lanesMu.Unlock()
 	for _, l := range lanes {
 		for _, j := range l.drain() {
-			w.release(j, delay, "ip_ban")
+			w.release(j, delay, reason)
 		}
 	}
 }

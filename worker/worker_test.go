@@ -241,7 +241,7 @@ func TestRedeliveredAnsweredRequestGetsNoSecondResult(t *testing.T) {
 
 	// An earlier worker took the message, published its result, and died
 	// before its ack arrived.
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second), jetstream.FetchPriorityGroup(worker.PriorityGroup))
 	require.NoError(t, err)
 	msg := <-batch.Messages()
 	require.NotNil(t, msg)

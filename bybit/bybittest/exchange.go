@@ -6,6 +6,7 @@
 package bybittest
 
 import (
+	"context"
 	"crypto"
 	"crypto/hmac"
 	"crypto/rsa"
@@ -75,6 +76,9 @@ type Options struct {
 	// Limits per window keyed "endpoint/category" (see DefaultLimits). A
 	// missing key or 0 means unlimited. Nil means DefaultLimits.
 	Limits map[string]int
+	// UIDLimits override Limits for one UID (keyed by UID, then like
+	// Limits): an account above the base tier. X-Bapi-Limit reports them.
+	UIDLimits map[string]map[string]int
 	// Window is the rolling rate-limit window; default 1s.
 	Window time.Duration
 	// Latency delays every answer.
@@ -159,10 +163,15 @@ type Order struct {
 
 // Request is one entry of the exchange's request log.
 type Request struct {
-	Time        time.Time
-	Method      string
-	Path        string
-	APIKey      string
+	// Time is when the exchange answered; Arrived when the request
+	// reached it (before Options.Latency).
+	Time    time.Time
+	Arrived time.Time
+	Method  string
+	Path    string
+	APIKey  string
+	// RemoteAddr is the client's address: its connection.
+	RemoteAddr  string
 	Category    string
 	Symbol      string
 	OrderID     string
@@ -367,7 +376,11 @@ type envelope struct {
 }
 
 // ServeHTTP implements the endpoints the worker uses.
+// arrivedKey carries a request's arrival time to record.
+type arrivedKey struct{}
+
 func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = r.WithContext(context.WithValue(r.Context(), arrivedKey{}, time.Now()))
 	if e.opts.Latency > 0 {
 		select {
 		case <-time.After(e.opts.Latency):
@@ -413,11 +426,13 @@ func (e *Exchange) record(r *http.Request, q Request) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	q.Time = time.Now()
+	q.Arrived, _ = r.Context().Value(arrivedKey{}).(time.Time)
 	q.Method = r.Method
 	q.Path = r.URL.Path
 	if q.APIKey == "" {
 		q.APIKey = r.Header.Get("X-BAPI-API-KEY")
 	}
+	q.RemoteAddr = r.RemoteAddr
 	e.log = append(e.log, q)
 }
 
@@ -565,12 +580,21 @@ func (e *Exchange) takeBudget(uid, endpoint, category string) (http.Header, bool
 		name += "/" + category
 	}
 	limit := e.limits[name]
+	if n, ok := e.opts.UIDLimits[uid][name]; ok {
+		limit = n
+	}
 	now := e.nowLocked()
 	h := http.Header{}
 	if limit <= 0 {
 		return h, true
 	}
-	key := uid + "/" + endpoint + "/" + category
+	// Bybit's table gives linear and inverse one limit spanning both
+	// columns: one window per UID for both.
+	window := category
+	if window == "inverse" {
+		window = "linear"
+	}
+	key := uid + "/" + endpoint + "/" + window
 	times := e.windows[key]
 	cut := 0
 	for cut < len(times) && !times[cut].After(now.Add(-e.opts.Window)) {

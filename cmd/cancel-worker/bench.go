@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,8 +47,13 @@ type benchOptions struct {
 	inProcess   bool
 	plot        string
 	killAfter   time.Duration
-	confirm     bool
-	pushDelay   time.Duration
+	// sigtermAfter stops the active replica with SIGTERM instead.
+	sigtermAfter time.Duration
+	// exchangeLimit, when set, is the exchange's real per-UID limit; the
+	// workers then run Bybit's documented defaults and learn it.
+	exchangeLimit int
+	confirm       bool
+	pushDelay     time.Duration
 	// sync sends the cancels as sync requests (benchsync.go).
 	sync bool
 	// cancelAll option cancel-alls of cancelAllOrders resting orders each
@@ -82,6 +89,9 @@ type cancelAllReport struct {
 	limited                    int           // of which answered 10006
 }
 
+// warmUpRequestID marks the one cancel published before the burst.
+const warmUpRequestID = "bench-warm-up"
+
 // cancelAllRequestID marks the cancel-alls of --cancel-all in their results.
 const cancelAllRequestID = "bench-cancel-all-"
 
@@ -107,7 +117,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.concurrency, "concurrency", 16, "WORKER_CONCURRENCY of each replica")
 	fs.BoolVar(&o.inProcess, "in-process", false, "run the workers inside the bench process instead of as `cancel-worker run` processes (peak RSS then covers everything)")
 	fs.IntVar(&o.rate, "rate", 0, "publish at this many messages a second instead of all at once (for latency at a steady load)")
-	fs.DurationVar(&o.killAfter, "kill-after", 0, "SIGKILL the first replica this long after the burst is published (needs --replicas 2 or more) and report recovery")
+	fs.DurationVar(&o.killAfter, "kill-after", 0, "SIGKILL the active replica this long after the burst is published (needs --replicas 2 or more) and report recovery")
+	fs.DurationVar(&o.sigtermAfter, "sigterm-after", 0, "stop the active replica with SIGTERM this long after the burst is published (needs --replicas 2 or more) and report the hand-over")
+	fs.IntVar(&o.exchangeLimit, "exchange-limit", 0, "the exchange's real per-endpoint limit per second (an account above the base tier); the workers run Bybit's documented defaults (no BYBIT_LIMITS) and learn it from X-Bapi-Limit")
 	fs.StringVar(&o.plot, "plot", "", "draw cumulative results over time against the ideal to this .svg or .png file")
 	fs.BoolVar(&o.confirm, "confirm", false, "also confirm every cancel (CONFIRM=true) and report ack→confirmation latency")
 	fs.DurationVar(&o.pushDelay, "push-delay", 0, "with --confirm: the simulated exchange pushes each order update this long after the cancel")
@@ -152,14 +164,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if _, err := parseRate(o.ipLimit); err != nil {
 		return fmt.Errorf("--ip-limit: %w", err)
 	}
-	if o.killAfter > 0 && (o.replicas < 2 || o.inProcess) {
-		return errors.New("--kill-after needs --replicas 2 or more, run as processes")
+	if (o.killAfter > 0 || o.sigtermAfter > 0) && (o.replicas < 2 || o.inProcess) {
+		return errors.New("--kill-after and --sigterm-after need --replicas 2 or more, run as processes")
+	}
+	if o.killAfter > 0 && o.sigtermAfter > 0 {
+		return errors.New("--kill-after or --sigterm-after, not both")
 	}
 	res, err := bench(ctx, o, stdout)
 	if err != nil {
 		return err
 	}
 	mode := fmt.Sprintf("%d/s per endpoint", o.limit)
+	if o.exchangeLimit > 0 {
+		mode = fmt.Sprintf("exchange %d/s per endpoint, worker defaults (learned)", o.exchangeLimit)
+	}
+	if o.ipLimit != "off" {
+		mode += ", IP " + o.ipLimit
+	}
 	if o.noLimit {
 		mode = "no limit"
 	}
@@ -178,9 +199,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res.sync.print(stdout, o, res)
 	}
 	if k := res.kill; k != nil {
-		fmt.Fprintf(stdout, "\n| replicas | AckWait | killed after | held at kill | redeliveries while all alive | last redelivery after kill | every result after kill | duplicated results |\n")
-		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|\n")
-		fmt.Fprintf(stdout, "| %d | %v | %v | %.0f | %.0f | %v | %v | %d |\n", o.replicas, k.ackWait, o.killAfter, k.heldAtKill,
+		how := "killed (SIGKILL)"
+		if o.sigtermAfter > 0 {
+			how = "stopped (SIGTERM)"
+		}
+		fmt.Fprintf(stdout, "\n| replicas | AckWait | PinnedTTL | active one %s after | held at kill | redeliveries while all alive | last redelivery after kill | every result after kill | duplicated results |\n", how)
+		fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(stdout, "| %d | %v | %v | %v | %.0f | %.0f | %v | %v | %d |\n", o.replicas, k.ackWait, worker.DefaultPinnedTTL, o.killAfter+o.sigtermAfter, k.heldAtKill,
 			k.aliveRedeliveries, k.lastRedelivery.Round(time.Millisecond), k.allResults.Round(time.Millisecond), k.duplicates)
 	}
 	if c := res.confirm; c != nil {
@@ -232,6 +257,12 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		}
 	}
 	exLimits := maps.Clone(limits)
+	if o.exchangeLimit > 0 {
+		for _, c := range o.categories {
+			exLimits["cancel/"+c] = o.exchangeLimit
+			exLimits["cancel-batch/"+c] = o.exchangeLimit
+		}
+	}
 	if !o.noLimit && o.cancelAll > 0 {
 		// Bybit's own cancel-all budget, which the worker knows by default.
 		exLimits["cancel-all/option"] = bybittest.DefaultLimits()["cancel-all/option"]
@@ -253,7 +284,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	cfg := demoWorkerConfig(log)
 	cfg.Batch = o.batch
 	cfg.Concurrency = o.concurrency
-	cfg.LimitShare = 1 / float64(o.replicas)
+	cfg.LimitShare = 1 // identical settings: the consumer pins one replica at a time
 	cfg.MaxAckPending = max(1000, o.n)
 	cfg.Confirm = o.confirm
 	cfg.WSURL = wsURLOf(baseURL)
@@ -263,6 +294,11 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		cfg.Limits = worker.DefaultLimits()
 		for k := range limits {
 			cfg.Limits[k] = o.limit
+		}
+		if o.exchangeLimit > 0 {
+			cfg.Limits = worker.DefaultLimits() // nothing explicit: learned
+		} else {
+			cfg.LimitCeilings = limits
 		}
 	}
 
@@ -335,6 +371,8 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	}
 	var lastResult atomic.Int64
 	var allReport cancelAllReport
+	warm := make(chan struct{})
+	var warmOnce sync.Once
 	cc, err := reader.Consume(func(m jetstream.Msg) {
 		var r struct {
 			RequestTime time.Time           `json:"requestTime"`
@@ -345,6 +383,10 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		}
 		meta, err := m.Metadata()
 		if err != nil || json.Unmarshal(m.Data(), &r) != nil {
+			return
+		}
+		if r.RequestID == warmUpRequestID {
+			warmOnce.Do(func() { close(warm) })
 			return
 		}
 		if strings.HasPrefix(r.RequestID, cancelAllRequestID) {
@@ -385,6 +427,20 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		defer stop()
 	}
 
+	// One cancel before the burst: a replica is pinned (and has waited its
+	// takeover window) as in a fleet that has run for a while; then its
+	// window is let roll so that the burst finds the whole budget.
+	if _, err := js.Publish(ctx, cfg.CancelSubject, []byte(`{"category":"linear","symbol":"WARMUPUSDT","orderId":"bench-warm-up","requestId":"`+warmUpRequestID+`"}`)); err != nil {
+		return benchResult{}, err
+	}
+	select {
+	case <-warm:
+	case <-time.After(time.Minute):
+		return benchResult{}, errors.New("bench: no result for the warm-up cancel after a minute")
+	case <-ctx.Done():
+		return benchResult{}, ctx.Err()
+	}
+	time.Sleep(time.Second)
 	fmt.Fprintf(progress, "bench: %d cancels over %s, %d replica(s), exchange latency %v\n", o.n, strings.Join(o.categories, ","), o.replicas, o.latency)
 	start := time.Now()
 	publishErr := make(chan error, 1)
@@ -408,12 +464,13 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var killAt <-chan time.Time
-	if o.killAfter > 0 {
-		kt := time.NewTimer(o.killAfter)
+	if o.killAfter+o.sigtermAfter > 0 {
+		kt := time.NewTimer(o.killAfter + o.sigtermAfter)
 		defer kt.Stop()
 		killAt = kt.C
 	}
 	var killed time.Time
+	victim := 0
 	var kr killReport
 	var lastRedeliveries float64
 	var lastRedeliveryAt time.Time
@@ -428,16 +485,24 @@ wait:
 			for _, u := range metricsURLs {
 				kr.aliveRedeliveries += counterOf(u, "cancel_worker_redeliveries_total")
 			}
-			kr.heldAtKill = counterOf(metricsURLs[0], "cancel_worker_messages_received_total") - counterOf(metricsURLs[0], "cancel_worker_results_total")
-			_ = procs[0].Process.Kill()
+			victim = activeReplica(metricsURLs)
+			kr.heldAtKill = counterOf(metricsURLs[victim], "cancel_worker_messages_received_total") - counterOf(metricsURLs[victim], "cancel_worker_results_total")
+			if o.sigtermAfter > 0 {
+				_ = procs[victim].Process.Signal(syscall.SIGTERM)
+			} else {
+				_ = procs[victim].Process.Kill()
+			}
 			killed = time.Now()
-			fmt.Fprintf(progress, "  killed replica 1 (SIGKILL) holding about %.0f messages\n", kr.heldAtKill)
+			fmt.Fprintf(progress, "  stopped replica %d (the active one) holding about %.0f messages\n", victim+1, kr.heldAtKill)
 		case <-poll.C:
 			if killed.IsZero() {
 				continue
 			}
 			var red float64
-			for _, u := range metricsURLs[1:] {
+			for i, u := range metricsURLs {
+				if i == victim {
+					continue
+				}
 				red += counterOf(u, "cancel_worker_redeliveries_total")
 			}
 			if red > lastRedeliveries {
@@ -470,7 +535,10 @@ wait:
 	drain := time.Unix(0, lastResult.Load()).Sub(start)
 	var kill *killReport
 	if !killed.IsZero() {
-		for _, u := range metricsURLs[1:] { // a redelivery may land after the last poll
+		for i, u := range metricsURLs { // a redelivery may land after the last poll
+			if i == victim {
+				continue
+			}
 			if red := counterOf(u, "cancel_worker_redeliveries_total"); red > lastRedeliveries {
 				lastRedeliveries, lastRedeliveryAt = red, time.Now()
 			}
@@ -540,9 +608,27 @@ wait:
 	res.p99 = latencies[min(len(latencies)-1, len(latencies)*99/100)]
 	// The ideal drain of N cancels with a budget B a second fully available
 	// at the start is (N − B) / B; the categories drain in parallel.
-	budget := o.limit
+	limit := o.limit
+	if o.exchangeLimit > 0 {
+		limit = o.exchangeLimit
+	}
+	budget := limit
 	if o.batch {
 		budget *= 2
+	}
+	if ip, _ := parseRate(o.ipLimit); !ip.Unlimited() {
+		// The IP limit counts requests, a batch as one: at best the batch
+		// budget goes in full batches and singles take what is left.
+		reqs := float64(ip.N) / ip.Per.Seconds() / float64(len(o.categories))
+		single := float64(limit)
+		var batchOrders, batchReqs float64
+		if o.batch {
+			batchOrders = float64(limit)
+			batchReqs = math.Ceil(batchOrders / float64(bybit.MaxBatch(o.categories[0])))
+		}
+		if reqs < single+batchReqs {
+			budget = int(max(reqs-batchReqs, 0) + min(batchOrders, reqs*float64(bybit.MaxBatch(o.categories[0]))))
+		}
 	}
 	perCat := (o.n + len(o.categories) - 1) / len(o.categories)
 	res.ideal = time.Duration(float64(max(perCat-budget, 0)) / float64(budget) * float64(time.Second))
@@ -625,8 +711,11 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 		return nil, nil, err
 	}
 	var limits []string
-	for k, v := range cfg.Limits {
+	for k, v := range cfg.LimitCeilings { // the explicit ones: --limit
 		limits = append(limits, fmt.Sprintf("%s=%d", k, v))
+	}
+	if o.exchangeLimit > 0 {
+		limits = limits[:0] // Bybit's documented defaults, learned up
 	}
 	if o.noLimit {
 		limits = limits[:0]
@@ -702,6 +791,17 @@ type killReport struct {
 	lastRedelivery    time.Duration // from the kill
 	allResults        time.Duration // from the kill
 	duplicates        int
+}
+
+// activeReplica is the index of the replica that reports
+// cancel_worker_active 1 (the first one if none does).
+func activeReplica(urls []string) int {
+	for i, u := range urls {
+		if counterOf(u, "cancel_worker_active") == 1 {
+			return i
+		}
+	}
+	return 0
 }
 
 // counterOf scrapes one worker's /metrics for the sum of a counter or gauge.

@@ -67,6 +67,7 @@ var settings = []setting{
 	{env: "NATS_REJECTED_SUBJECT", def: "orders.cancel.rejected", usage: "results: every other final outcome"},
 	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", def: "orders.cancel-all.progress", usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
 	{env: "NATS_ACK_WAIT", def: "5s", usage: "AckWait of a consumer the worker creates"},
+	{env: "NATS_PINNED_TTL", def: "5s", usage: "how long a consumer the worker creates keeps a replica pinned after its last pull: the takeover time after a replica dies (at least 3s)"},
 	{env: "NATS_MAX_DELIVER", def: "20", usage: "MaxDeliver of a consumer the worker creates"},
 	{env: "NATS_MAX_ACK_PENDING", def: "1000", usage: "MaxAckPending of a consumer the worker creates (messages held)"},
 	{env: "NATS_DUPLICATE_WINDOW", def: "1h", usage: "duplicate window of a stream the worker creates"},
@@ -84,7 +85,7 @@ var settings = []setting{
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
 	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
-	{env: "BYBIT_LIMITS", def: "", usage: "per-second limits overriding Bybit's documented ones, e.g. cancel/linear=20,cancel-batch/linear=20"},
+	{env: "BYBIT_LIMITS", def: "", usage: "per-second ceilings on the limits learned from Bybit's X-Bapi-Limit (which start at the documented base tier), e.g. cancel/linear=20,cancel-batch/linear=20"},
 	{env: "BYBIT_LIMIT_SHARE", def: "1", usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
 	{env: "BYBIT_BATCH", def: "true", usage: "also send waiting cancels through cancel-batch, spending both budgets"},
 	{env: "BYBIT_BAN_PAUSE", def: "10m", usage: "how long every request stops after an IP-ban 403"},
@@ -108,7 +109,7 @@ var settings = []setting{
 // NATS and where the worker keeps its messages.
 var replaySettings = slices.DeleteFunc(slices.Clone(settings), func(s setting) bool {
 	switch s.env {
-	case "NATS_ACK_WAIT", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS", "NATS_STREAM_MAX_BYTES",
+	case "NATS_ACK_WAIT", "NATS_PINNED_TTL", "NATS_MAX_DELIVER", "NATS_MAX_ACK_PENDING", "NATS_DUPLICATE_WINDOW", "NATS_STREAM_REPLICAS", "NATS_STREAM_MAX_BYTES",
 		"NATS_CANCEL_ALL_PROGRESS_SUBJECT", "NATS_SYNC_CANCEL_SUBJECT", "NATS_SYNC_CANCEL_ALL_SUBJECT": // replay reads requests and results only
 		return true
 	}
@@ -290,6 +291,20 @@ func (p *parser) limits(name string) map[string]int {
 	return out
 }
 
+// explicitLimits are the entries an operator set in "endpoint/category=N,..."
+// (limits reports a malformed one): ceilings the limits learned from Bybit
+// never exceed.
+func (p *parser) explicitLimits(name string) map[string]int {
+	out := map[string]int{}
+	for _, part := range strings.Split(p.v[name], ",") {
+		k, n, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if count, err := strconv.Atoi(n); ok && err == nil && count >= 0 {
+			out[k] = count
+		}
+	}
+	return out
+}
+
 // wsURLOf is the private WebSocket of a base URL: a preset's, or the same
 // host's for a local http:// URL (the simulator serves both); "" when it
 // cannot be known.
@@ -445,6 +460,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		RejectedSubject:          p.str("NATS_REJECTED_SUBJECT"),
 		CancelAllProgressSubject: p.str("NATS_CANCEL_ALL_PROGRESS_SUBJECT"),
 		AckWait:                  p.duration("NATS_ACK_WAIT"),
+		PinnedTTL:                p.duration("NATS_PINNED_TTL"),
 		MaxDeliver:               p.integer("NATS_MAX_DELIVER"),
 		MaxAckPending:            p.integer("NATS_MAX_ACK_PENDING"),
 		DuplicateWindow:          p.duration("NATS_DUPLICATE_WINDOW"),
@@ -455,6 +471,7 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		MaxAge:                   p.duration("WORKER_MAX_AGE"),
 		ShutdownTimeout:          p.duration("WORKER_SHUTDOWN_TIMEOUT"),
 		Limits:                   p.limits("BYBIT_LIMITS"),
+		LimitCeilings:            p.explicitLimits("BYBIT_LIMITS"),
 		IPLimit:                  p.rate("BYBIT_IP_LIMIT"),
 		LimitShare:               p.fraction("BYBIT_LIMIT_SHARE"),
 		Batch:                    p.boolean("BYBIT_BATCH"),

@@ -178,6 +178,8 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 		"order_status": regexp.MustCompile(`^(New|PartiallyFilled|Untriggered|Rejected|PartiallyFilledCanceled|Filled|Cancelled|Triggered|Deactivated|none|other)$`),
 		"confirmed_by": regexp.MustCompile(`^(websocket|rest|unknown)$`),
 		"account":      regexp.MustCompile(`^default$`), // the accounts configured, here one
+		"group":        regexp.MustCompile(`^default$`), // their limit groups
+		"consumer":     regexp.MustCompile(`^cancel-worker$`),
 		"outcome":      regexp.MustCompile(`^(ok|not_open|rate_limited|clock_skew|transient|ip_ban|permanent)$`),
 		"reason":       regexp.MustCompile(`^(rate_limited|clock_skew|transient|ip_ban|retry_budget)$`),
 		// cancel_worker_build_info: one series per process.

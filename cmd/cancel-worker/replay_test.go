@@ -89,7 +89,7 @@ func TestReplayAndResendFinishWhatWasLeftUndone(t *testing.T) {
 	cons, _, err := worker.EnsureConsumer(ctx, s.js, wc)
 	require.NoError(t, err)
 	lostSeq := publish("ks-lost", "linear", "BTCUSDT", lost.OrderID)
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor))
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor), jetstream.FetchPriorityGroup(worker.PriorityGroup))
 	require.NoError(t, err)
 	for m := range batch.Messages() {
 		require.NoError(t, m.DoubleAck(ctx))

@@ -85,7 +85,7 @@ type fate struct {
 // the ack).
 func (h *history) work(fates ...func(jetstream.Msg) fate) {
 	h.t.Helper()
-	batch, err := h.cons.Fetch(len(fates), jetstream.FetchMaxWait(waitFor))
+	batch, err := h.cons.Fetch(len(fates), jetstream.FetchMaxWait(waitFor), jetstream.FetchPriorityGroup(worker.PriorityGroup))
 	require.NoError(h.t, err)
 	i := 0
 	for msg := range batch.Messages() {

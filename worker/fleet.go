@@ -1,0 +1,463 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A fleet: N replicas with identical settings on one consumer, one of them
+// active at the account's whole budget.
+//
+// The consumers carry JetStream's pinned-client priority policy (nats-server
+// ≥ 2.11) with the group PriorityGroup: the server delivers only to the pull
+// requests of the one replica it pinned; the others' pulls wait (standbys).
+// The server drops a pin when PinnedTTL passes without a pull carrying it
+// (a kill -9), when the consumer's leader changes, or on an UNPIN (a
+// SIGTERM's hand-over); the next pull of another replica is then pinned.
+//
+// A pin decides who receives, not who sends: a replica can lose it without
+// being told at once. So each replica holds a lease: it starts no request
+// once min(AckWait, PinnedTTL) − 1 s has passed since its last confirmed
+// contact with the server (a flush round trip each second, and a pull the
+// server took with its pin), or as soon as a pull is refused for a pin that
+// is no longer its own; it then releases what it holds, unsent. Requests
+// already in flight finish; the replica that takes over answers a
+// redelivery of theirs ambiguous (NumDelivered > 1), as it does a message
+// released unsent by the old replica: it cannot know that one was not sent.
+
+// PriorityGroup is the priority group the worker's consumers pin replicas
+// through.
+const PriorityGroup = "cancel-worker"
+
+// DefaultPinnedTTL is how long a pin outlives its replica's last pull
+// (NATS_PINNED_TTL): the takeover time after a kill -9.
+const DefaultPinnedTTL = 5 * time.Second
+
+// pullInterval is the longest a pull request waits; every pull renews the pin.
+const pullInterval = time.Second
+
+// leaseOf is how long a replica may go on starting requests after its last
+// confirmed contact: min(AckWait, PinnedTTL) − 1 s, and never below twice
+// the contact interval (an AckWait under 3 s), or it would lapse between
+// two confirmations. It stays under PinnedTTL (at least 3 s), the time
+// before the server can pin another replica: redeliveries go only to the
+// pinned one.
+func leaseOf(ackWait, pinnedTTL time.Duration) time.Duration {
+	return max(min(ackWait, pinnedTTL), 3*pullInterval) - pullInterval
+}
+
+// pinnedConfig gives a consumer config the worker creates the fleet's
+// priority group.
+func pinnedConfig(cc jetstream.ConsumerConfig, c Config) jetstream.ConsumerConfig {
+	cc.PriorityPolicy = jetstream.PriorityPolicyPinned
+	cc.PriorityGroups = []string{PriorityGroup}
+	cc.PinnedTTL = c.pinnedTTL()
+	return cc
+}
+
+func (c Config) pinnedTTL() time.Duration {
+	if c.PinnedTTL <= 0 {
+		return DefaultPinnedTTL
+	}
+	return c.PinnedTTL
+}
+
+// isPinned reports whether a consumer pins replicas through PriorityGroup.
+func isPinned(cc jetstream.ConsumerConfig) bool {
+	return cc.PriorityPolicy == jetstream.PriorityPolicyPinned && slices.Contains(cc.PriorityGroups, PriorityGroup)
+}
+
+// pin follows this replica's pin on one consumer. The zero pin of a consumer
+// without the priority group is always active (the shares apply there).
+type pin struct {
+	on       bool
+	consumer string
+	lease    time.Duration
+	now      func() time.Time
+
+	mu sync.Mutex
+	id string // the pin id of the messages this replica received
+	// renewed is the start of the last pull the server took with id: the
+	// server's TTL started after it.
+	renewed time.Time
+	// startAt is when a replica newly pinned may start: one rate-limit
+	// window after the pin came, so that Bybit's window never holds both
+	// the last requests of the replica it took over from and its first —
+	// unless takeover finds no sign of such a replica.
+	startAt   time.Time
+	unchecked bool // a new pin that takeover has not looked at yet
+	lost      bool // a pull was refused: id is no longer the server's pin
+}
+
+// takeoverWait is how long a newly pinned replica waits before its first
+// request: Bybit's per-UID window.
+const takeoverWait = time.Second
+
+func newPin(on bool, consumer string, lease time.Duration, now func() time.Time) *pin {
+	return &pin{on: on, consumer: consumer, lease: lease, now: now}
+}
+
+// fetchOpts are the options of every pull of this consumer.
+func (p *pin) fetchOpts(ctx context.Context) []jetstream.FetchOpt {
+	opts := []jetstream.FetchOpt{jetstream.FetchContext(ctx)}
+	if p.on {
+		opts = append(opts, jetstream.FetchPriorityGroup(PriorityGroup))
+	}
+	return opts
+}
+
+// pulled records a pull started at start: the pin id its messages carried
+// ("" none) and how it ended. It reports whether the replica now holds a
+// pin (it always does without the priority group).
+func (p *pin) pulled(start time.Time, seen string, err error) bool {
+	if !p.on {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case errors.Is(err, jetstream.ErrPinIDMismatch):
+		p.lost = true
+	case seen != "":
+		// Delivered to this replica: the server's pin is this one.
+		if seen != p.id || p.lost {
+			p.id, p.lost = seen, false
+			p.startAt, p.unchecked = p.now().Add(takeoverWait), true
+		}
+		p.renewed = start
+	case p.id != "" && !p.lost && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
+		// The server took the pull with the pin (a wrong one is refused).
+		p.renewed = start
+	}
+	return p.id != "" && !p.lost
+}
+
+// warmUntil is when a newly pinned replica may start (zero: now).
+func (p *pin) warmUntil() time.Time {
+	if !p.on {
+		return time.Time{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.id == "" || p.lost || !p.now().Before(p.startAt) {
+		return time.Time{}
+	}
+	return p.startAt
+}
+
+// takeover looks at a new pin once, at its first message: when nothing on
+// the consumer shows another replica at work in the last window — no ack
+// within it, and msg not a redelivery — the replica starts at once (a
+// first start); otherwise it waits out the window.
+func (p *pin) takeover(ctx context.Context, cons jetstream.Consumer, msg jetstream.Msg) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	check := p.unchecked
+	p.unchecked = false
+	p.mu.Unlock()
+	if !check {
+		return
+	}
+	if meta, err := msg.Metadata(); err != nil || meta.NumDelivered > 1 {
+		return
+	}
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
+	defer cancel()
+	info, err := cons.Info(ictx)
+	if err != nil || (info.AckFloor.Last != nil && p.now().Sub(*info.AckFloor.Last) < takeoverWait) {
+		return
+	}
+	p.mu.Lock()
+	p.startAt = p.now()
+	p.mu.Unlock()
+}
+
+// held reports the pin id this replica holds ("" none, or not any more).
+func (p *pin) held() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lost {
+		return ""
+	}
+	return p.id
+}
+
+// active reports whether the replica may start a request: it holds the pin
+// and its lease, from the later of contact (the last flush round trip's
+// start) and the pin's renewal, has not run out.
+func (p *pin) active(contact time.Time) bool {
+	if !p.on {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.id == "" || p.lost || p.now().Before(p.startAt) {
+		return false
+	}
+	since := p.renewed
+	if contact.Before(since) {
+		since = contact
+	}
+	return p.now().Before(since.Add(p.lease))
+}
+
+// fleet is a replica's view of both its consumers' pins.
+type fleet struct {
+	w       *Worker
+	cancel  *pin
+	confirm *pin // nil without confirmations
+
+	mu      sync.Mutex
+	contact time.Time // start of the last flush the server answered
+	working bool      // last state reported (metric, log)
+}
+
+func newFleet(w *Worker, pinned bool) *fleet {
+	lease := leaseOf(w.consumer.AckWait, w.cfg.pinnedTTL())
+	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now)}
+	if !pinned {
+		w.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",
+			"consumer", w.cfg.Consumer)
+	} else if w.cfg.LimitShare > 0 && w.cfg.LimitShare < 1 {
+		w.log.Warn("BYBIT_LIMIT_SHARE is not applied: the consumer pins one replica at a time, which works at the whole budget", "consumer", w.cfg.Consumer, "share", w.cfg.LimitShare)
+	}
+	return f
+}
+
+// confirmCall marks the context of a confirmation's lookup: it needs the
+// confirmation consumer's pin; every other call the cancel consumer's.
+type confirmCall struct{}
+
+func forConfirmations(ctx context.Context) context.Context {
+	return context.WithValue(ctx, confirmCall{}, true)
+}
+
+func isConfirmCall(ctx context.Context) bool {
+	v, _ := ctx.Value(confirmCall{}).(bool)
+	return v
+}
+
+// warm waits, when this replica was just pinned on the consumer the call of
+// ctx needs, until it may start (see takeoverWait).
+func (f *fleet) warm(ctx context.Context) error {
+	if f == nil {
+		return nil
+	}
+	p := f.cancel
+	if isConfirmCall(ctx) {
+		p = f.confirm
+	}
+	if p == nil {
+		return nil
+	}
+	if until := p.warmUntil(); !until.IsZero() {
+		return sleepCtx(ctx, until.Sub(f.w.now()))
+	}
+	return nil
+}
+
+// mayStart reports whether this replica may start a cancel now.
+func (f *fleet) mayStart() bool {
+	if f == nil {
+		return true
+	}
+	return f.cancel.active(f.lastContact())
+}
+
+// mayLookUp reports whether this replica may start a confirmation lookup.
+func (f *fleet) mayLookUp() bool {
+	if f == nil || f.confirm == nil {
+		return true
+	}
+	return f.confirm.active(f.lastContact())
+}
+
+func (f *fleet) lastContact() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.contact
+}
+
+// run confirms the contact with the server every second and, when the
+// lease runs out, releases everything queued. It ends with ctx.
+func (f *fleet) run(ctx context.Context) {
+	if !f.cancel.on {
+		f.report(true)
+		return
+	}
+	t := time.NewTicker(pullInterval)
+	defer t.Stop()
+	for {
+		f.touch()
+		f.check()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// touch confirms the contact with the server by a flush round trip. A slow
+// round trip (a loaded host) still confirms the contact at its start, so it
+// may take as long as the lease.
+func (f *fleet) touch() {
+	start := f.w.now()
+	if f.w.js.Conn().FlushTimeout(f.cancel.lease) == nil {
+		f.mu.Lock()
+		f.contact = start
+		f.mu.Unlock()
+	}
+}
+
+// check reports a change of state; a replica that stopped being active
+// gives back what it holds, unsent.
+func (f *fleet) check() {
+	active := f.mayStart()
+	if f.report(active) && !active {
+		f.w.releaseAllQueued(0, "lease")
+	}
+}
+
+// report sets cancel_worker_active and logs a change; it reports whether
+// the state changed.
+func (f *fleet) report(active bool) bool {
+	f.mu.Lock()
+	changed := active != f.working
+	f.working = active
+	f.mu.Unlock()
+	v := 0.0
+	if active {
+		v = 1
+	}
+	f.w.metrics.active.WithLabelValues(f.w.cfg.Consumer).Set(v)
+	if changed && f.cancel.on {
+		if active {
+			f.w.log.Info("this replica is the active one: it holds the consumer's pin", "consumer", f.w.cfg.Consumer)
+		} else {
+			f.w.log.Warn("this replica is no longer active (its pin or its lease ended): what it holds is released unsent; requests in flight finish", "consumer", f.w.cfg.Consumer)
+		}
+	}
+	return changed
+}
+
+// pulled records a pull of the cancel consumer (see pin.pulled) and
+// reports the state at once when it changed.
+func (f *fleet) pulled(start time.Time, seen string, err error) {
+	f.cancel.pulled(start, seen, err)
+	if f.cancel.on {
+		f.check()
+	}
+}
+
+// unpin hands the pin of one consumer over: only when this replica holds
+// the server's current pin (a standby never unpins the active one).
+func (f *fleet) unpin(ctx context.Context, p *pin) {
+	if p == nil || !p.on {
+		return
+	}
+	id := p.held()
+	if id == "" {
+		return
+	}
+	s, err := f.w.js.Stream(ctx, f.w.cfg.Stream)
+	if err == nil {
+		var c jetstream.Consumer
+		if c, err = s.Consumer(ctx, p.consumer); err == nil {
+			var info *jetstream.ConsumerInfo
+			if info, err = c.Info(ctx); err == nil {
+				for _, g := range info.PriorityGroups {
+					if g.Group == PriorityGroup && g.PinnedClientID == id {
+						err = s.UnpinConsumer(ctx, p.consumer, PriorityGroup)
+						if err == nil {
+							f.w.log.Info("pin handed over: another replica takes over at once", "consumer", p.consumer)
+						}
+					}
+				}
+			}
+		}
+	}
+	if err != nil {
+		f.w.log.Warn("could not hand the pin over; another replica takes over after NATS_PINNED_TTL", "consumer", p.consumer, "error", err)
+	}
+}
+
+// pinOf is the pin id a message was delivered under ("" none).
+func pinOf(msg jetstream.Msg) string {
+	if h := msg.Headers(); h != nil {
+		return h.Get("Nats-Pin-Id")
+	}
+	return ""
+}
+
+// keepPin reports whether the pull loop must go on pulling when it would
+// not otherwise (its held set full, an IP ban): a replica of a fleet keeps
+// its pin that way, so that replicas behind the same IP do not send into a
+// ban. With BYBIT_BAN_RELEASE a banned replica unpins itself instead (see
+// banReleased) and stops pulling.
+func (f *fleet) keepPin() bool {
+	if f == nil || !f.cancel.on {
+		return false
+	}
+	return !(f.w.cfg.BanRelease && f.w.gate.closed())
+}
+
+// renew sends a pull that can deliver nothing (a byte limit no message
+// fits) when the held set is full: the server renews the pin of the
+// request, and the replica keeps its pin while it works through a burst.
+func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
+	defer cancel()
+	start := f.w.now()
+	pulledAt := time.Now()
+	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts(fctx)...)
+	if err != nil {
+		return
+	}
+	for msg := range batch.Messages() {
+		// None fits; should one come, it is taken like any other.
+		f.cancel.pulled(start, pinOf(msg), nil)
+		f.cancel.takeover(ctx, cons, msg)
+		f.w.accept(ctx, msg, pulledAt)
+	}
+	f.pulled(start, "", batch.Error())
+}
+
+// renewal is closed when the next renewing pull is due (nil: never).
+func (f *fleet) renewal() <-chan time.Time {
+	if !f.keepPin() {
+		return nil
+	}
+	return time.After(pullInterval)
+}
+
+// banReleased: with BYBIT_BAN_RELEASE, a replica whose IP is banned gives
+// its pin up, so that a replica on another IP takes over.
+func (f *fleet) banReleased(ctx context.Context) {
+	if f == nil {
+		return
+	}
+	f.unpin(ctx, f.cancel)
+	f.unpin(ctx, f.confirm)
+}
+
+// errNotActive stops a call a replica may no longer start.
+var errNotActive = errors.New("this replica is no longer the active one (its pin or lease ended)")
+
+// mayCall reports whether a paced call may start: a confirmation's lookup
+// needs the confirmation consumer's pin, anything else (a cancel-all, a
+// flatten's listing) the cancel consumer's.
+func (f *fleet) mayCall(ctx context.Context) bool {
+	if isConfirmCall(ctx) {
+		return f.mayLookUp()
+	}
+	return f.mayStart()
+}

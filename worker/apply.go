@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -133,7 +132,13 @@ func (w *Worker) releaseAllQueued(delay time.Duration, reason string) {
 // giveBack gives j back unsent for another delivery (or answers it on its
 // last one), why naming the cause.
 func (w *Worker) giveBack(j *job, delay time.Duration, why string) {
-	w.apply(j, nil, w.decide(j, event{kind: evGiveBack, why: why, delay: delay}))
+	d := w.decide(j, event{kind: evGiveBack, why: why, delay: delay})
+	if d.publishes() && j.all != nil && j.prog == nil {
+		// Answered on the last delivery: a cancel-all with what its
+		// earlier deliveries recorded.
+		w.loadProgressForRelease(j)
+	}
+	w.apply(j, nil, d)
 }
 
 // release gives a message back for another delivery with NakWithDelay;
@@ -180,7 +185,8 @@ func (w *Worker) finish(j *job, d decision) {
 	_, deliveries := j.delivery()
 	if j.prog != nil {
 		// A cancel-all lists what every call of every delivery cancelled,
-		// whichever way it ends.
+		// whichever way it ends — also a run that overlaps this one.
+		w.settleProgress(j)
 		r.Orders = j.prog.orders
 		r.OrdersComplete = new(j.prog.complete())
 	}
@@ -213,9 +219,34 @@ func (w *Worker) finish(j *job, d decision) {
 	}
 	var local *messages.Result
 	if ack.Duplicate {
-		// An earlier delivery stored a result first: that one is what
-		// readers see, so it is what is counted, logged and acted on.
-		if stored, ok := w.storedResult(ctx, j, ack.Sequence); ok {
+		stored, found := w.storedResult(ctx, j, ack.Sequence)
+		if found == storedOther {
+			// Another message holds this result's id (JetStream
+			// deduplicates across the stream's subjects): a request
+			// published with it. Every replica falls back to the same
+			// id, which no publisher can know before this request
+			// was stored.
+			fallback := messages.FallbackResultMsgID(j.seq, j.stored)
+			w.stats.MsgIDCollisions.Add(1)
+			w.metrics.msgIDCollisions.Inc()
+			w.log.Error("another message in the stream holds this result's Nats-Msg-Id (a request published with a reserved id); result stored under its fallback id",
+				w.jobAttrs(j, "msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
+			ack, err = w.pub.publishAck(ctx, subject, data, fallback)
+			if err != nil {
+				w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+				msg, _ := j.end()
+				_ = msg.Nak()
+				w.held.remove(&j.heldMsg)
+				return
+			}
+			if ack.Duplicate {
+				stored, found = w.storedResult(ctx, j, ack.Sequence)
+			}
+		}
+		if found == storedMine {
+			// An earlier delivery stored a result first: that one is
+			// what readers see, so it is what is counted, logged and
+			// acted on.
 			local = new(r)
 			r = stored
 		}
@@ -241,10 +272,17 @@ func (w *Worker) finish(j *job, d decision) {
 	w.logOutcome(j, r, local)
 }
 
-// storedResult reads the result the stream kept at seq (a duplicate
-// PubAck's sequence). It reports false, having logged why, when that cannot
-// be read or is not this request's.
-func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, bool) {
+// What storedResult found at a duplicate PubAck's sequence.
+const (
+	storedMine       = iota // this request's result, stored earlier
+	storedUnreadable        // nothing could be read
+	storedOther             // another message: its id collides with the result's
+)
+
+// storedResult reads the message the stream kept at seq (a duplicate
+// PubAck's sequence): this request's result, stored by an earlier delivery,
+// or another message holding the same Nats-Msg-Id. Unreadable is logged.
+func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, int) {
 	var m *jetstream.RawStreamMsg
 	err := backoff.Retry(func() error {
 		s, err := w.js.Stream(ctx, w.cfg.Stream)
@@ -255,17 +293,16 @@ func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages
 	}, backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 3), ctx))
 	if err != nil {
 		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
-		return messages.Result{}, false
+		return messages.Result{}, storedUnreadable
+	}
+	if m.Subject != w.cfg.AckSubject && m.Subject != w.cfg.RejectedSubject {
+		return messages.Result{}, storedOther
 	}
 	r, err := messages.DecodeResult(m.Data)
-	if err == nil && r.RequestSeq != j.seq {
-		err = fmt.Errorf("it answers request %d", r.RequestSeq)
+	if err != nil || r.RequestSeq != j.seq {
+		return messages.Result{}, storedOther
 	}
-	if err != nil {
-		w.log.Error("the stream's duplicate of this result is not one: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
-		return messages.Result{}, false
-	}
-	return r, true
+	return r, storedMine
 }
 
 // possiblyRedelivered reports whether the server may have handed j's

@@ -43,6 +43,11 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 	}
 	queued := time.Now()
 	for {
+		if w.possiblyRedelivered(j) {
+			// Like a lane's dispatch: another consumer may hold the
+			// request; the give-back lets it go, sending nothing more.
+			return w.decide(j, event{kind: evGiveBack, why: "possibly redelivered"})
+		}
 		if age := w.now().Sub(j.stored); age > w.cfg.MaxAge {
 			return w.decide(j, event{kind: evExpired, why: "finish"})
 		}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -42,17 +43,23 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 		return
 	}
 	w.jobs.Add(1)
-	if w.stopped.Load() || ctx.Err() != nil {
-		w.giveBack(j, 0, "shutdown")
-		return
-	}
 	j.ambiguous = meta.NumDelivered > 1
 	if prev, ok := w.released.get(seq); ok && prev == meta.NumDelivered-1 {
 		// This process itself released the previous delivery before
 		// sending anything: nothing can have reached Bybit.
 		j.ambiguous = false
 	}
-	acct, err := w.read(j, msg)
+	if err := w.read(j, msg); err != nil {
+		w.refuse(j, msg.Data(), err)
+		return
+	}
+	if w.stopped.Load() || ctx.Err() != nil {
+		// Decoded first: a release on the last delivery is answered
+		// with the request's fields.
+		w.giveBack(j, 0, "shutdown")
+		return
+	}
+	acct, err := w.accountOf(j.req.Account)
 	if err != nil {
 		w.refuse(j, msg.Data(), err)
 		return
@@ -72,32 +79,46 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 	}
 }
 
-// read decodes and validates the request of j and names its account; an
-// error says why the request is invalid.
-func (w *Worker) read(j *job, msg jetstream.Msg) (*account, error) {
+// read decodes and validates the request of j; an error says why it is
+// invalid.
+func (w *Worker) read(j *job, msg jetstream.Msg) error {
 	var msgID string
 	if h := msg.Headers(); h != nil {
 		msgID = h.Get(nats.MsgIdHdr)
 	}
 	req, all, err := w.decode(msg)
+	if err == nil {
+		err = reservedMsgID(msgID)
+	}
 	if err != nil {
 		j.requestID = messages.RequestID(messages.LenientEcho(msg.Data()).RequestID, msgID, w.cfg.Stream, j.seq)
-		return nil, err
+		return err
 	}
 	j.req, j.all = req, all
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, j.seq)
-	name := req.Account
-	if name == "" {
-		name = DefaultAccount
-	}
-	acct, ok := w.accounts[name]
-	switch {
-	case ok:
+	return nil
+}
+
+// accountOf is the account a request names ("": the default one); an error
+// says why there is none.
+func (w *Worker) accountOf(name string) (*account, error) {
+	if acct, ok := w.accounts[cmp.Or(name, DefaultAccount)]; ok {
 		return acct, nil
-	case req.Account == "":
+	}
+	if name == "" {
 		return nil, fmt.Errorf("%w: no account given and no default account is configured", messages.ErrInvalid)
 	}
-	return nil, fmt.Errorf("%w: unknown account %q", messages.ErrInvalid, req.Account)
+	return nil, fmt.Errorf("%w: unknown account %q", messages.ErrInvalid, name)
+}
+
+// reservedMsgID refuses a request whose Nats-Msg-Id has one of the worker's
+// own prefixes: JetStream deduplicates ids across the stream, so the request
+// would take the place of one of the worker's messages.
+func reservedMsgID(id string) error {
+	if p, ok := messages.ReservedMsgID(id); ok {
+		return fmt.Errorf("%w: Nats-Msg-Id %q starts with %q, which is reserved for the worker's own messages (results, progress records, confirmations); give the request another id", messages.ErrInvalid, id, p)
+	}
+	return nil
 }
 
 // decode reads a cancel, or a cancel-all (all), by the subject it came on.

@@ -42,6 +42,9 @@ type Worker struct {
 	maxHeld  int
 	// keepProgress: the stream captures the cancel-all progress subject.
 	keepProgress bool
+	// progressRefused: the server refused a progress record for want of
+	// permission; records are not written any more (one warning).
+	progressRefused atomic.Bool
 	// degraded says, for Ready's detail, what is off because the stream
 	// lacks an optional subject, and which subject to add (set by Setup).
 	degraded []string
@@ -82,6 +85,9 @@ type Stats struct {
 	Received    atomic.Int64
 	Redelivered atomic.Int64
 	RateLimited atomic.Int64
+	// MsgIDCollisions counts results whose Nats-Msg-Id the stream already
+	// held for another message, stored under their fallback id instead.
+	MsgIDCollisions atomic.Int64
 }
 
 // New checks the configuration and prepares a worker. client sends the

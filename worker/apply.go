@@ -207,49 +207,9 @@ func (w *Worker) finish(j *job, d decision) {
 		subject = w.cfg.AckSubject
 	}
 	ctx := w.sendCtx
-	ack, err := w.pub.publishAck(ctx, subject, data, r.MsgID())
-	if err != nil {
-		// The result may or may not be stored: the redelivery finds out
-		// (the Nats-Msg-Id keeps it from being stored twice).
-		w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
-		msg, _ := j.end()
-		_ = msg.Nak()
-		w.held.remove(&j.heldMsg)
+	r, local, ok := w.store(ctx, j, r, subject, data)
+	if !ok {
 		return
-	}
-	var local *messages.Result
-	if ack.Duplicate {
-		stored, found := w.storedResult(ctx, j, ack.Sequence)
-		if found == storedOther {
-			// Another message holds this result's id (JetStream
-			// deduplicates across the stream's subjects): a request
-			// published with it. Every replica falls back to the same
-			// id, which no publisher can know before this request
-			// was stored.
-			fallback := messages.FallbackResultMsgID(j.seq, j.stored)
-			w.stats.MsgIDCollisions.Add(1)
-			w.metrics.msgIDCollisions.Inc()
-			w.log.Error("another message in the stream holds this result's Nats-Msg-Id (a request published with a reserved id); result stored under its fallback id",
-				w.jobAttrs(j, "msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
-			ack, err = w.pub.publishAck(ctx, subject, data, fallback)
-			if err != nil {
-				w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
-				msg, _ := j.end()
-				_ = msg.Nak()
-				w.held.remove(&j.heldMsg)
-				return
-			}
-			if ack.Duplicate {
-				stored, found = w.storedResult(ctx, j, ack.Sequence)
-			}
-		}
-		if found == storedMine {
-			// An earlier delivery stored a result first: that one is
-			// what readers see, so it is what is counted, logged and
-			// acted on.
-			local = new(r)
-			r = stored
-		}
 	}
 	w.metrics.observeResult(r, w.now())
 	w.answered.put(j.seq, 1)
@@ -270,6 +230,57 @@ func (w *Worker) finish(j *job, d decision) {
 	}
 	w.held.remove(&j.heldMsg)
 	w.logOutcome(j, r, local)
+}
+
+// store publishes the result r (as data) and returns what the stream keeps
+// as this request's result: r, or the one an earlier delivery stored first
+// (local is then r). ok is false when nothing could be stored before the
+// stop: the message is given back, and its redelivery finds out (the
+// Nats-Msg-Id keeps a result from being stored twice).
+func (w *Worker) store(ctx context.Context, j *job, r messages.Result, subject string, data []byte) (kept messages.Result, local *messages.Result, ok bool) {
+	ack, err := w.pub.publishAck(ctx, subject, data, r.MsgID())
+	if err != nil {
+		w.notStored(j, err)
+		return r, nil, false
+	}
+	if !ack.Duplicate {
+		return r, nil, true
+	}
+	stored, found := w.storedResult(ctx, j, ack.Sequence)
+	if found == storedOther {
+		// Another message holds this result's id (JetStream deduplicates
+		// across the stream's subjects): a request published with it.
+		// Every replica falls back to the same id, which no publisher can
+		// know before this request was stored.
+		fallback := messages.FallbackResultMsgID(j.seq, j.stored)
+		w.stats.MsgIDCollisions.Add(1)
+		w.metrics.msgIDCollisions.Inc()
+		w.log.Error("another message in the stream holds this result's Nats-Msg-Id (a request published with a reserved id); result stored under its fallback id",
+			w.jobAttrs(j, "msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
+		if ack, err = w.pub.publishAck(ctx, subject, data, fallback); err != nil {
+			w.notStored(j, err)
+			return r, nil, false
+		}
+		if !ack.Duplicate {
+			return r, nil, true
+		}
+		stored, found = w.storedResult(ctx, j, ack.Sequence)
+	}
+	if found != storedMine {
+		return r, nil, true
+	}
+	// An earlier delivery stored a result first: that one is what readers
+	// see, so it is what is counted, logged and acted on.
+	return stored, &r, true
+}
+
+// notStored gives back a message whose result could not be stored before
+// the stop.
+func (w *Worker) notStored(j *job, err error) {
+	w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+	msg, _ := j.end()
+	_ = msg.Nak()
+	w.held.remove(&j.heldMsg)
 }
 
 // What storedResult found at a duplicate PubAck's sequence.

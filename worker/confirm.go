@@ -122,6 +122,27 @@ func boolGauge(b bool) float64 {
 // refused key is a clear start-up error; an unreachable stream is only
 // logged (it reconnects, and REST covers meanwhile).
 func (c *confirmer) setup(ctx context.Context) error {
+	if err := c.bind(ctx); err != nil {
+		return err
+	}
+	for _, name := range sortedAccountNames(c.accounts) {
+		if a := c.accounts[name]; a.dcp != nil {
+			c.dcp.arm(ctx, a)
+		}
+	}
+	// Subscribed before the first cancel is pulled, so that no update of
+	// this process's cancels is missed; run goes on with these connections.
+	for name, as := range c.streams {
+		if err := c.connect(ctx, name, as); err != nil {
+			c.close()
+			return err
+		}
+	}
+	return nil
+}
+
+// bind looks up or creates the confirm consumer and checks its filters.
+func (c *confirmer) bind(ctx context.Context) error {
 	cfg := c.cfg
 	cons, err := c.js.Consumer(ctx, cfg.Stream, cfg.ConfirmConsumer())
 	switch {
@@ -160,37 +181,33 @@ func (c *confirmer) setup(ctx context.Context) error {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
 	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
-	for _, name := range sortedAccountNames(c.accounts) {
-		if a := c.accounts[name]; a.dcp != nil {
-			c.dcp.arm(ctx, a)
+	return nil
+}
+
+// connect connects one account's private stream and says whether its
+// dead-man switch is armed; an error is a refused key that stops the start.
+func (c *confirmer) connect(ctx context.Context, name string, as *accountStream) error {
+	err := as.stream.Connect(ctx)
+	switch {
+	case bybit.IsAuthError(err):
+		err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.accounts[name].wsURL), err)
+		// One refused key does not stop the other accounts: this one's
+		// stream keeps retrying, REST lookups cover meanwhile.
+		if !c.refused(c.accounts[name], err) {
+			return err
 		}
+	case err != nil:
+		c.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
+	case c.accounts[name].dcp != nil:
+		as.subscribed.Store(true)
 	}
-	// Subscribed before the first cancel is pulled, so that no update of
-	// this process's cancels is missed; run goes on with these connections.
-	for name, as := range c.streams {
-		err := as.stream.Connect(ctx)
-		switch {
-		case bybit.IsAuthError(err):
-			err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.accounts[name].wsURL), err)
-			// One refused key does not stop the other accounts: this
-			// one's stream keeps retrying, REST lookups cover meanwhile.
-			if !c.refused(c.accounts[name], err) {
-				c.close()
-				return err
-			}
-		case err != nil:
-			c.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
-		case c.accounts[name].dcp != nil:
-			as.subscribed.Store(true)
-		}
-		if a := c.accounts[name]; a.dcp != nil {
-			c.dcp.observe(a)
-			if armed, why := c.dcp.armed(a); armed {
-				c.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
-					"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
-			} else {
-				c.log.Warn("dead-man switch not armed", "account", name, "why", why)
-			}
+	if a := c.accounts[name]; a.dcp != nil {
+		c.dcp.observe(a)
+		if armed, why := c.dcp.armed(a); armed {
+			c.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
+				"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
+		} else {
+			c.log.Warn("dead-man switch not armed", "account", name, "why", why)
 		}
 	}
 	return nil

@@ -26,11 +26,7 @@ func (w *Worker) dispatch(l *lane) {
 			return
 		}
 		if !w.fleet.mayStart() {
-			// Not (or no longer) the active replica: what waits goes back.
-			w.gw.handBack(probe)
-			for _, j := range l.drain() {
-				w.giveBack(j, 0, "lease")
-			}
+			w.standBy(l, probe)
 			continue
 		}
 		p, slots, units := w.nextRequest(l)
@@ -64,33 +60,54 @@ func (w *Worker) dispatch(l *lane) {
 			}
 			return
 		}
-		if !w.fleet.mayStart() {
-			// This replica's lease ended while the request waited.
-			ps.cancel()
-			w.requeueUnits(units)
+		if units = w.lastLook(ps, units); len(units) == 0 {
 			continue
 		}
-		// Last look before sending: a copy the server may have handed to
-		// another consumer is not sent.
-		if units = w.dropStale(units); len(units) == 0 {
-			ps.cancel()
-			continue
-		}
-		ps.keep(len(units))
 		ps.send()
-		for _, u := range units {
-			for _, j := range u.jobs {
-				// Everything between entering the lane and now was waiting
-				// for budget (the lane's, the IP's, a ban's or a slot).
-				waited := time.Since(j.queuedAt)
-				j.rateLimitWait += waited
-				w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
-			}
-		}
+		w.waited(l, units)
 		if p == l.batch {
 			go w.sendBatch(l, units, ps)
 		} else {
 			go w.sendSingle(l, units[0], ps)
+		}
+	}
+}
+
+// standBy gives back what waits in the lane of a replica that is not (or
+// no longer) the active one, and the probe it passed the gate with.
+func (w *Worker) standBy(l *lane, probe bool) {
+	w.gw.handBack(probe)
+	for _, j := range l.drain() {
+		w.giveBack(j, 0, "lease")
+	}
+}
+
+// lastLook is the look before sending, once the gateway admitted the
+// request (ps): nothing goes when this replica's lease ended meanwhile (its
+// cancels wait in their lane again), nor a copy the server may have handed
+// to another consumer. It returns what to send (none: ps is given back).
+func (w *Worker) lastLook(ps *pass, units []*unit) []*unit {
+	if !w.fleet.mayStart() {
+		ps.cancel()
+		w.requeueUnits(units)
+		return nil
+	}
+	if units = w.dropStale(units); len(units) == 0 {
+		ps.cancel()
+		return nil
+	}
+	ps.keep(len(units))
+	return units
+}
+
+// waited books, for every cancel about to be sent, the time since it entered
+// its lane as waiting for budget (the lane's, the IP's, a ban's or a slot).
+func (w *Worker) waited(l *lane, units []*unit) {
+	for _, u := range units {
+		for _, j := range u.jobs {
+			waited := time.Since(j.queuedAt)
+			j.rateLimitWait += waited
+			w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
 		}
 	}
 }

@@ -85,8 +85,9 @@ func newConfirmer(d confirmDeps) *confirmer {
 		as.up.Store(true)
 		log := c.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
-			URL:    a.wsURL,
-			Topics: dcpTopics(a),
+			URL:              a.wsURL,
+			Topics:           dcpTopics(a),
+			MaxReconnectWait: reconnectWait(a),
 			OnOrders: func(orders []bybit.Order) {
 				for _, o := range orders {
 					c.book.put(name, o)

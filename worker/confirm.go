@@ -181,6 +181,11 @@ func (c *confirmer) bind(ctx context.Context) error {
 	if !sameSet(filters, cfg.resultSubjects()) {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
+	if info.Metadata[ManagedKey] != ManagedValue {
+		if err := checkPinnedTTL(info, cfg, cfg.ConfirmConsumer()); err != nil {
+			return err
+		}
+	}
 	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
 	return nil
 }

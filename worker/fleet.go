@@ -43,7 +43,8 @@ const DefaultPinnedTTL = 5 * time.Second
 const pullInterval = time.Second
 
 // leaseOf is how long a replica may go on starting requests after its last
-// confirmed contact: min(AckWait, PinnedTTL) − 1 s, and never below twice
+// confirmed contact: min(AckWait, PinnedTTL) − 1 s, both as the consumer
+// has them (read back from its info, not the worker's settings), and never below twice
 // the contact interval (an AckWait under 3 s), or it would lapse between
 // two confirmations. It stays under PinnedTTL (at least 3 s), the time
 // before the server can pin another replica: redeliveries go only to the
@@ -221,7 +222,7 @@ type fleet struct {
 }
 
 func newFleet(w *Worker, pinned bool) *fleet {
-	lease := leaseOf(w.consumer.AckWait, w.cfg.pinnedTTL())
+	lease := leaseOf(w.consumer.AckWait, w.consumer.PinnedTTL)
 	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now)}
 	if !pinned {
 		w.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",

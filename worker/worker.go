@@ -263,7 +263,7 @@ func (w *Worker) Setup(ctx context.Context) error {
 		return nil
 	}
 	if w.confirm != nil {
-		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.cfg.pinnedTTL()), w.now)
+		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.confirm.settings.PinnedTTL), w.now)
 	}
 	return nil
 }

@@ -288,17 +288,24 @@ func (f *fleet) lastContact() time.Time {
 }
 
 // run confirms the contact with the server every second and, when the
-// lease runs out, releases everything queued. It ends with ctx.
+// cancel consumer's lease runs out, releases everything queued. It ends
+// with ctx. The contact belongs to the connection, not to one consumer: it
+// runs when either consumer pins replicas (a confirmation consumer pinned
+// behind an operator's cancel consumer without the group needs it too).
 func (f *fleet) run(ctx context.Context) {
 	if !f.cancel.on {
 		f.report(true)
-		return
+		if f.confirm == nil || !f.confirm.on {
+			return
+		}
 	}
 	t := time.NewTicker(pullInterval)
 	defer t.Stop()
 	for {
 		f.touch()
-		f.check()
+		if f.cancel.on {
+			f.check()
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -312,11 +319,21 @@ func (f *fleet) run(ctx context.Context) {
 // may take as long as the lease.
 func (f *fleet) touch() {
 	start := f.w.now()
-	if f.w.js.Conn().FlushTimeout(f.cancel.lease) == nil {
+	if f.w.js.Conn().FlushTimeout(f.contactTimeout()) == nil {
 		f.mu.Lock()
 		f.contact = start
 		f.mu.Unlock()
 	}
+}
+
+// contactTimeout is the shortest lease of a pinned consumer: a flush
+// slower than that confirms nothing any more.
+func (f *fleet) contactTimeout() time.Duration {
+	d := f.cancel.lease
+	if f.confirm != nil && f.confirm.on && (!f.cancel.on || f.confirm.lease < d) {
+		d = f.confirm.lease
+	}
+	return d
 }
 
 // check reports a change of state; a replica that stopped being active

@@ -237,7 +237,7 @@ func redactWS(u string) string {
 
 // run keeps the streams up and confirms results until ctx ends; held
 // results are then released (Nak) for a later delivery.
-func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin) {
+func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin, hold func(context.Context) error) {
 	var streams sync.WaitGroup
 	for _, as := range c.streams {
 		streams.Add(1)
@@ -253,7 +253,7 @@ func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin) {
 	}()
 
 	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept,
-		pin: pin, now: c.now, pulled: func(start time.Time, err error) { pin.pulled(start, "", err) }}.run(ctx)
+		pin: pin, now: c.now, pulled: func(start time.Time, err error) { pin.pulled(start, "", err) }, hold: hold}.run(ctx)
 	c.work.Wait()
 	<-hbDone
 	streams.Wait()

@@ -181,6 +181,15 @@ func (p *pin) takeover(ctx context.Context, cons jetstream.Consumer, msg jetstre
 	p.mu.Unlock()
 }
 
+// drop forgets the pin: the replica handed it over.
+func (p *pin) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.id != "" {
+		p.lost = true
+	}
+}
+
 // held reports the pin id this replica holds ("" none, or not any more).
 func (p *pin) held() string {
 	p.mu.Lock()
@@ -219,11 +228,90 @@ type fleet struct {
 	mu      sync.Mutex
 	contact time.Time // start of the last flush the server answered
 	working bool      // last state reported (metric, log)
+	// The confirmation pin follows the cancel pin (both consumers pinned):
+	// a replica pulls confirmations and looks orders up only while it is
+	// active on the cancel consumer, or while the server pins nobody there
+	// (cancelFree, looked up each second; an idle fleet after a restart),
+	// so that two replicas never both call Bybit behind one IP limit.
+	// followed is closed and replaced when mayConfirm may have changed.
+	cancelFree bool
+	followed   chan struct{}
+}
+
+// follows reports whether the confirmation pin follows the cancel pin.
+func (f *fleet) follows() bool {
+	return f != nil && f.cancel.on && f.confirm != nil && f.confirm.on
+}
+
+// mayConfirm reports whether this replica may pull confirmations and look
+// orders up, as far as the cancel consumer goes.
+func (f *fleet) mayConfirm() bool {
+	if !f.follows() {
+		return true
+	}
+	if f.mayStart() {
+		return true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cancelFree && f.cancel.held() == ""
+}
+
+// waitConfirm waits until this replica may pull confirmations.
+func (f *fleet) waitConfirm(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		ch := f.followed
+		f.mu.Unlock()
+		if f.mayConfirm() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// nudge wakes what waits in waitConfirm to look again.
+func (f *fleet) nudge() {
+	f.mu.Lock()
+	close(f.followed)
+	f.followed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// lookCancelPin records whether the server pins any replica on the cancel
+// consumer (asked only by a replica not active there).
+func (f *fleet) lookCancelPin() {
+	if !f.follows() || f.mayStart() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), pullInterval)
+	defer cancel()
+	info, err := f.w.cons.Info(ctx)
+	free := false
+	if err == nil {
+		free = true
+		for _, g := range info.PriorityGroups {
+			if g.Group == PriorityGroup && g.PinnedClientID != "" {
+				free = false
+			}
+		}
+	}
+	f.mu.Lock()
+	changed := free != f.cancelFree
+	f.cancelFree = free
+	f.mu.Unlock()
+	if changed {
+		f.nudge()
+	}
 }
 
 func newFleet(w *Worker, pinned bool) *fleet {
 	lease := leaseOf(w.consumer.AckWait, w.consumer.PinnedTTL)
-	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now)}
+	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now), followed: make(chan struct{})}
 	if !pinned {
 		w.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",
 			"consumer", w.cfg.Consumer)
@@ -278,7 +366,7 @@ func (f *fleet) mayLookUp() bool {
 	if f == nil || f.confirm == nil {
 		return true
 	}
-	return f.confirm.active(f.lastContact())
+	return f.mayConfirm() && f.confirm.active(f.lastContact())
 }
 
 func (f *fleet) lastContact() time.Time {
@@ -306,6 +394,7 @@ func (f *fleet) run(ctx context.Context) {
 		if f.cancel.on {
 			f.check()
 		}
+		f.lookCancelPin()
 		select {
 		case <-ctx.Done():
 			return
@@ -340,9 +429,27 @@ func (f *fleet) contactTimeout() time.Duration {
 // gives back what it holds, unsent.
 func (f *fleet) check() {
 	active := f.mayStart()
-	if f.report(active) && !active {
-		f.w.releaseAllQueued(0, "lease")
+	if !f.report(active) {
+		return
 	}
+	if !active {
+		f.w.releaseAllQueued(0, "lease")
+		f.leaveConfirm()
+	}
+	f.nudge()
+}
+
+// leaveConfirm: a replica no longer active on the cancel consumer hands
+// the confirmation consumer's pin over (if it holds it), so that it
+// follows the cancel pin to the new active replica.
+func (f *fleet) leaveConfirm() {
+	if !f.follows() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pullInterval)
+	defer cancel()
+	f.unpin(ctx, f.confirm)
+	f.confirm.drop()
 }
 
 // report sets cancel_worker_active and logs a change; it reports whether

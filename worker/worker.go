@@ -372,7 +372,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		defer close(confirmDone)
 		if w.confirm != nil {
-			w.confirm.run(ctx, w.maxHeld, w.fleet.confirm)
+			w.confirm.run(ctx, w.maxHeld, w.fleet.confirm, w.fleet.waitConfirm)
 		}
 	}()
 	if w.fleet.cancel.on {

@@ -230,7 +230,7 @@ type fleet struct {
 	working bool      // last state reported (metric, log)
 	// The confirmation pin follows the cancel pin (both consumers pinned):
 	// a replica pulls confirmations and looks orders up only while it is
-	// active on the cancel consumer, or while the server pins nobody there
+	// active on the cancel consumer, or while the server pins no other replica there
 	// (cancelFree, looked up each second; an idle fleet after a restart),
 	// so that two replicas never both call Bybit behind one IP limit.
 	// followed is closed and replaced when mayConfirm may have changed.
@@ -282,8 +282,9 @@ func (f *fleet) nudge() {
 	f.mu.Unlock()
 }
 
-// lookCancelPin records whether the server pins any replica on the cancel
-// consumer (asked only by a replica not active there).
+// lookCancelPin records whether the server pins another replica on the
+// cancel consumer (asked only by a replica not active there); when one is
+// newly pinned there, the confirmation pin is handed over to follow it.
 func (f *fleet) lookCancelPin() {
 	if !f.follows() || f.mayStart() {
 		return
@@ -295,7 +296,7 @@ func (f *fleet) lookCancelPin() {
 	if err == nil {
 		free = true
 		for _, g := range info.PriorityGroups {
-			if g.Group == PriorityGroup && g.PinnedClientID != "" {
+			if g.Group == PriorityGroup && g.PinnedClientID != "" && g.PinnedClientID != f.cancel.held() {
 				free = false
 			}
 		}
@@ -304,6 +305,9 @@ func (f *fleet) lookCancelPin() {
 	changed := free != f.cancelFree
 	f.cancelFree = free
 	f.mu.Unlock()
+	if changed && !free {
+		f.leaveConfirm() // another replica was pinned there: hand over at once
+	}
 	if changed {
 		f.nudge()
 	}

@@ -71,19 +71,23 @@ func TestReplicasWithSplitPinsKeepTheIPLimit(t *testing.T) {
 	}
 	e.waitConfirmations(n + 1)
 	var times []time.Time
+	var sent []string
 	for _, q := range e.ex.Requests() {
 		switch q.Path {
 		case "/v5/order/cancel", "/v5/order/realtime", "/v5/order/history":
 			times = append(times, q.Time)
+			sent = append(sent, q.Time.Format("05.000")+" "+q.RemoteAddr+" "+q.Path)
 		}
 	}
-	most := 0
+	most, from := 0, 0
 	for i := range times {
 		j := i
 		for j < len(times) && times[j].Sub(times[i]) < time.Second {
 			j++
 		}
-		most = max(most, j-i)
+		if j-i > most {
+			most, from = j-i, i
+		}
 	}
-	require.LessOrEqual(t, most, ipLimit, "requests to Bybit in one second, from replicas behind one IP")
+	require.LessOrEqual(t, most, ipLimit, "requests to Bybit in one second, from replicas behind one IP: %v", sent[from:from+most])
 }

@@ -94,6 +94,10 @@ type pin struct {
 	startAt   time.Time
 	unchecked bool // a new pin that takeover has not looked at yet
 	lost      bool // a pull was refused: id is no longer the server's pin
+	// elsewhere, when set, reports another sign of a replica at work for
+	// takeover: the confirmation consumer, whose pin follows this one, in
+	// another replica's hands or acked within the window.
+	elsewhere func(ctx context.Context) bool
 }
 
 // takeoverWait is how long a newly pinned replica waits before its first
@@ -174,6 +178,9 @@ func (p *pin) takeover(ctx context.Context, cons jetstream.Consumer, msg jetstre
 	defer cancel()
 	info, err := cons.Info(ictx)
 	if err != nil || (info.AckFloor.Last != nil && p.now().Sub(*info.AckFloor.Last) < takeoverWait) {
+		return
+	}
+	if p.elsewhere != nil && p.elsewhere(ictx) {
 		return
 	}
 	p.mu.Lock()
@@ -280,6 +287,26 @@ func (f *fleet) nudge() {
 	close(f.followed)
 	f.followed = make(chan struct{})
 	f.mu.Unlock()
+}
+
+// confirmElsewhere reports whether the confirmation consumer shows another
+// replica at work: pinned to a pin that is not this replica's, or acked
+// within the last window. That replica may still look orders up until it
+// learns the cancel pin moved on, so a new cancel pin waits the window.
+func (f *fleet) confirmElsewhere(ctx context.Context, cons jetstream.Consumer) bool {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return true
+	}
+	if info.AckFloor.Last != nil && f.w.now().Sub(*info.AckFloor.Last) < takeoverWait {
+		return true
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == PriorityGroup && g.PinnedClientID != "" && g.PinnedClientID != f.confirm.held() {
+			return true
+		}
+	}
+	return false
 }
 
 // lookCancelPin records whether the server pins another replica on the

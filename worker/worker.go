@@ -265,6 +265,10 @@ func (w *Worker) Setup(ctx context.Context) error {
 	if w.confirm != nil {
 		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.confirm.settings.PinnedTTL), w.now)
 	}
+	if w.fleet.follows() {
+		cons := w.confirm.cons
+		w.fleet.cancel.elsewhere = func(ctx context.Context) bool { return w.fleet.confirmElsewhere(ctx, cons) }
+	}
 	return nil
 }
 

@@ -239,16 +239,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // bench runs the worker exactly as in production (file storage, DoubleAck,
 // result PubAcks) against the simulated exchange verifying every signature.
 func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult, error) {
-	store, err := os.MkdirTemp("", "cancel-worker-bench-")
+	ns, stopNATS, err := embedded.StartTempNATS("cancel-worker-bench-")
 	if err != nil {
 		return benchResult{}, err
 	}
-	defer os.RemoveAll(store)
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
-	if err != nil {
-		return benchResult{}, err
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	defer stopNATS()
 
 	limits := map[string]int{}
 	if !o.noLimit {

@@ -47,9 +47,10 @@ type pacer struct {
 }
 
 type slot struct {
-	sent bool // the request went out (a reserved slot may wait for a request slot)
-	done bool
-	at   time.Time
+	sent   bool // the request went out (a reserved slot may wait for a request slot)
+	sentAt time.Time
+	done   bool
+	at     time.Time
 }
 
 func newPacer(r Rate, now func() time.Time) *pacer {
@@ -126,8 +127,8 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 		return 0, p.blocked.Sub(now), p.changed
 	case p.off:
 		return unlimitedRoom, 0, nil
-	case len(p.slots) < p.limit:
-		return p.limit - len(p.slots), 0, p.changed
+	case p.liveLocked(now) < p.limit:
+		return p.limit - p.liveLocked(now), 0, p.changed
 	}
 	return 0, p.nextExpiryLocked(now), p.changed
 }
@@ -149,7 +150,7 @@ func (p *pacer) reserve(n int) []*slot {
 	if p.off {
 		return []*slot{}
 	}
-	n = min(n, p.limit-len(p.slots))
+	n = min(n, p.limit-p.liveLocked(now))
 	if n <= 0 {
 		return nil
 	}
@@ -168,8 +169,9 @@ func (p *pacer) markSent(slots []*slot) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := p.now()
 	for _, s := range slots {
-		s.sent = true
+		s.sent, s.sentAt = true, now
 	}
 }
 
@@ -210,10 +212,21 @@ func (p *pacer) wakeLocked() {
 	p.changed = make(chan struct{})
 }
 
+// pruneLocked forgets the answered slots that no longer count: expired here,
+// and older than a window before every request in flight was sent. An
+// expired slot is kept while a request sent less than a window after it is
+// in flight: the exchange may have counted it in that request's window, and
+// observe must count it too, or it would book it again as another client's.
 func (p *pacer) pruneLocked(now time.Time) {
+	horizon := now
+	for _, s := range p.slots {
+		if s.sent && !s.done && s.sentAt.Before(horizon) {
+			horizon = s.sentAt
+		}
+	}
 	kept := p.slots[:0]
 	for _, s := range p.slots {
-		if !s.done || now.Sub(s.at) < p.window {
+		if !s.done || horizon.Sub(s.at) < p.window {
 			kept = append(kept, s)
 		}
 	}
@@ -221,19 +234,28 @@ func (p *pacer) pruneLocked(now time.Time) {
 	p.slots = kept
 }
 
-// nextExpiryLocked is how long until the oldest answered slot expires; 0 if
-// every slot is still in flight.
+// liveLocked is how many slots count against the limit now: in flight, or
+// answered less than a window ago (pruneLocked keeps some expired ones).
+func (p *pacer) liveLocked(now time.Time) int {
+	n := 0
+	for _, s := range p.slots {
+		if !s.done || now.Sub(s.at) < p.window {
+			n++
+		}
+	}
+	return n
+}
+
+// nextExpiryLocked is how long until the oldest live answered slot expires;
+// 0 if every live slot is still in flight.
 func (p *pacer) nextExpiryLocked(now time.Time) time.Duration {
 	var next time.Duration
 	for _, s := range p.slots {
 		if s.done {
-			if d := s.at.Add(p.window).Sub(now); next == 0 || d < next {
+			if d := s.at.Add(p.window).Sub(now); d > 0 && (next == 0 || d < next) {
 				next = d
 			}
 		}
-	}
-	if next < 0 {
-		return 0
 	}
 	return next
 }

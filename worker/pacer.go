@@ -133,6 +133,41 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 	return 0, p.nextExpiryLocked(now), p.changed
 }
 
+// above reports whether more than keep requests may go now; when not, how
+// long until that may change (0: when an answer arrives) and a channel
+// closed at the next change.
+func (p *pacer) above(keep int) (ok bool, wait time.Duration, changed <-chan struct{}) {
+	if !p.blocking() {
+		return true, 0, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	p.pruneLocked(now)
+	switch {
+	case now.Before(p.blocked):
+		return false, p.blocked.Sub(now), p.changed
+	case p.off || p.liveLocked(now) < p.limit-keep:
+		return true, 0, p.changed
+	}
+	return false, p.nextExpiryLocked(now), p.changed
+}
+
+// requestsPer is how many requests of up to size orders use a whole
+// budget's limit in a window of d (at least one window's).
+func (p *pacer) requestsPer(d time.Duration, size int) int {
+	if !p.blocking() {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.off {
+		return 0
+	}
+	windows := max(1, int((d+p.window-1)/p.window))
+	return windows * ((p.limit + size - 1) / max(size, 1))
+}
+
 // reserve takes up to n slots that are free now; none if the budget is spent
 // or blocked. An unlimited pacer that is not blocked returns an empty,
 // non-nil slice.

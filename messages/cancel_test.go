@@ -222,6 +222,8 @@ func TestTheWorkersOwnMsgIDsAreReserved(t *testing.T) {
 		_, reserved := ReservedMsgID(id)
 		require.True(t, reserved, id)
 	}
+	_, fallback := ReservedMsgID(FallbackResultMsgID(7, time.Unix(0, 1)))
+	require.True(t, fallback, "a result's fallback id is reserved too")
 	_, reserved := ReservedMsgID("strategy-1")
 	require.False(t, reserved)
 }

@@ -189,3 +189,11 @@ func RequestID(bodyID, msgID, stream string, seq uint64) string {
 		return stream + ":" + strconv.FormatUint(seq, 10)
 	}
 }
+
+// FallbackResultMsgID is the Nats-Msg-Id a result is stored under when
+// another message holds ResultMsgID(seq) (a request published with it).
+// Every replica computes the same from the request's stream timestamp,
+// which no publisher knows before the request is stored.
+func FallbackResultMsgID(seq uint64, stored time.Time) string {
+	return ResultMsgID(seq) + ":" + strconv.FormatInt(stored.UnixNano(), 10)
+}

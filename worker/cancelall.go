@@ -54,6 +54,11 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 	shutdown := decision{action: actRelease, reason: "shutdown"}
 	queued := time.Now()
 	for {
+		if w.possiblyRedelivered(j) {
+			// Like a lane's dispatch: another consumer may hold the
+			// request; release lets it go, sending nothing more.
+			return decision{action: actRelease, reason: "possibly redelivered"}
+		}
 		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
 			return w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish")
 		}

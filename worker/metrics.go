@@ -48,6 +48,8 @@ type Metrics struct {
 	accountUsable    *prometheus.GaugeVec
 	batchUnavailable *prometheus.GaugeVec
 	batchRefused     *prometheus.CounterVec
+	// msgIDCollisions: results whose Nats-Msg-Id another message held.
+	msgIDCollisions prometheus.Counter
 }
 
 const namespace = "cancel_worker"
@@ -120,12 +122,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "batch_unavailable", Help: "1 once Bybit said cancel-batch is not offered to the account and category: that lane sends single cancels only."}, []string{"account", "category"}),
 		batchRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace,
 			Name: "batch_refused_total", Help: "cancel-batch requests refused as a whole, whose orders were retried one by one as single cancels."}, []string{"category"}),
+		msgIDCollisions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace,
+			Name: "result_msgid_collisions_total", Help: "Results whose Nats-Msg-Id the stream already held for another message (a request published with it): stored under a fallback id."}),
 	}
 	reg.MustRegister(m.received, m.redeliveries, m.results, m.requests, m.retries, m.rateLimited,
 		m.rateLimitWait, m.budgetRemaining, m.budgetLimit, m.active, m.exchangeLatency, m.resultLatency, m.held, m.inFlight,
 		m.backlog, m.oldestAge, m.clockOffset, m.banPauses, m.banned,
 		m.confirmations, m.partlyFilled, m.confirmLatency, m.streamUp, m.streamDrops, m.dcpArmed, m.dcpWindow, m.storeBytes, m.storeMaxBytes,
-		m.accountUsable, m.batchUnavailable, m.batchRefused)
+		m.accountUsable, m.batchUnavailable, m.batchRefused, m.msgIDCollisions)
 	return m
 }
 

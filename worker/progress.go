@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
@@ -34,6 +36,8 @@ type cancelAllProgress struct {
 	// unrecorded: one of this run's records could not be stored, so a
 	// release must not claim that every call has its record.
 	unrecorded bool
+	// pending: this run's records published and not yet acknowledged.
+	pending []jetstream.PubAckFuture
 }
 
 func (p *cancelAllProgress) add(orders []messages.OrderRef) {
@@ -80,6 +84,31 @@ func (p *cancelAllProgress) fold(recs []messages.CancelAllProgress, delivery uin
 	}
 }
 
+// foldOthers takes in what the stream holds now from runs other than this
+// one: a run that overlaps this one (the request was redelivered while this
+// run went on) adds what it cancelled, and while it has calls and no release
+// record the list may miss what it still cancels.
+func (p *cancelAllProgress) foldOthers(recs []messages.CancelAllProgress) {
+	called, released := map[string]bool{}, map[string]bool{}
+	for _, r := range recs {
+		if r.Run == p.run && r.Run != "" {
+			continue
+		}
+		p.add(r.Orders)
+		p.lost = p.lost || r.Lost
+		if r.Released {
+			released[r.Run] = true
+		} else {
+			called[r.Run] = true
+		}
+	}
+	for run := range called {
+		if !released[run] {
+			p.unknownEarlier = true
+		}
+	}
+}
+
 // startProgress begins a run of a cancel-all: on a redelivery it reads what
 // earlier deliveries recorded. It fails only when ctx ends first.
 func (w *Worker) startProgress(ctx context.Context, j *job) error {
@@ -101,6 +130,19 @@ func (w *Worker) startProgress(ctx context.Context, j *job) error {
 	}
 	j.prog = p
 	return nil
+}
+
+// loadProgressForRelease reads a cancel-all's earlier records for the
+// result of a last delivery given back before its run started (a worker
+// stopping), bounded by progressTimeout: records it cannot read make the
+// list say it may be incomplete.
+func (w *Worker) loadProgressForRelease(j *job) {
+	ctx, cancel := context.WithTimeout(w.sendCtxOr(context.Background()), progressTimeout)
+	defer cancel()
+	if w.startProgress(ctx, j) != nil {
+		w.log.Warn("a cancel-all's progress could not be read for its last delivery's result; its list is reported possibly incomplete", w.jobAttrs(j)...)
+		j.prog = &cancelAllProgress{seen: map[string]bool{}, unknownEarlier: true}
+	}
 }
 
 // readProgress reads every progress record of the request at seq, retrying
@@ -163,14 +205,18 @@ func (w *Worker) recordLost(j *job) {
 // recordReleased says that this run gives the request back with every call
 // recorded; the next delivery then knows its list is whole.
 func (w *Worker) recordReleased(j *job) {
+	w.flushProgress(j)
 	if j.prog.unrecorded {
 		return
 	}
 	w.storeProgress(j, messages.CancelAllProgress{Released: true})
+	w.flushProgress(j)
 }
 
+// storeProgress publishes a record without waiting for its PubAck: the next
+// call goes out meanwhile. flushProgress waits for the acks.
 func (w *Worker) storeProgress(j *job, rec messages.CancelAllProgress) {
-	if !w.keepProgress {
+	if !w.keepProgress || w.progressRefused.Load() {
 		return
 	}
 	j.mu.Lock()
@@ -178,13 +224,94 @@ func (w *Worker) storeProgress(j *job, rec messages.CancelAllProgress) {
 	j.mu.Unlock()
 	rec.RequestSeq, rec.Run = j.seq, j.prog.run
 	data, err := json.Marshal(rec)
+	var f jetstream.PubAckFuture
 	if err == nil {
-		ctx, cancel := context.WithTimeout(w.sendCtx, progressTimeout)
-		err = w.publish(ctx, w.cfg.progressSubject(j.seq), data, messages.CancelAllProgressMsgID(rec))
-		cancel()
+		f, err = w.js.PublishMsgAsync(&nats.Msg{Subject: w.cfg.progressSubject(j.seq), Data: data},
+			jetstream.WithMsgID(messages.CancelAllProgressMsgID(rec)), jetstream.WithExpectStream(w.cfg.Stream))
 	}
 	if err != nil {
-		j.prog.unrecorded = true
-		w.log.Warn("cancel-all progress not stored: should this request be redelivered, its result will say its list may be incomplete", w.jobAttrs(j, "error", err)...)
+		w.progressNotStored(j, err)
+		return
 	}
+	j.prog.pending = append(j.prog.pending, f)
+}
+
+// flushProgress waits for the PubAcks of j's records published so far, all
+// within progressTimeout: bookkeeping must not hold up a kill switch long.
+func (w *Worker) flushProgress(j *job) {
+	if len(j.prog.pending) == 0 {
+		return
+	}
+	if err := w.progressRefusal(); err != nil {
+		// The server said so already: no ack is coming.
+		j.prog.pending = nil
+		w.progressNotStored(j, err)
+		return
+	}
+	timeout := time.NewTimer(progressTimeout)
+	defer timeout.Stop()
+	var err error
+	for _, f := range j.prog.pending {
+		select {
+		case <-f.Ok():
+			continue
+		case err = <-f.Err():
+		case <-timeout.C:
+			err = errors.New("no PubAck within " + progressTimeout.String())
+		case <-w.sendCtxOr(context.Background()).Done():
+			err = context.Cause(w.sendCtx)
+		}
+		break
+	}
+	j.prog.pending = nil
+	if err != nil {
+		w.progressNotStored(j, err)
+	}
+}
+
+// progressNotStored books a record not stored. The server's refusal for
+// want of permission turns the records off, with one warning: each would
+// wait progressTimeout for a PubAck that never comes.
+func (w *Worker) progressNotStored(j *job, err error) {
+	j.prog.unrecorded = true
+	if last := w.progressRefusal(); last != nil {
+		if w.progressRefused.CompareAndSwap(false, true) {
+			w.log.Warn("the NATS server refuses this worker's cancel-all progress records (permissions): they are not written any more; a redelivered cancel-all's result will say its list may be incomplete. Allow publishing "+w.cfg.progressSubjects()+" to keep them",
+				w.jobAttrs(j, "error", last)...)
+		}
+		return
+	}
+	w.log.Warn("cancel-all progress not stored: should this request be redelivered, its result will say its list may be incomplete", w.jobAttrs(j, "error", err)...)
+}
+
+// progressRefusal is the connection's permissions violation for a progress
+// subject, if the server reported one (nats.go keeps the last error).
+func (w *Worker) progressRefusal() error {
+	nc := w.js.Conn()
+	if nc == nil {
+		return nil
+	}
+	if last := nc.LastError(); errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), w.cfg.CancelAllProgressSubject) {
+		return last
+	}
+	return nil
+}
+
+// settleProgress, before a cancel-all's result: its records acknowledged,
+// and what other runs recorded meanwhile folded in. Records that cannot be
+// read within progressTimeout make the list say it may be incomplete.
+func (w *Worker) settleProgress(j *job) {
+	w.flushProgress(j)
+	if !w.keepProgress {
+		return
+	}
+	ctx, cancel := context.WithTimeout(w.sendCtxOr(context.Background()), progressTimeout)
+	defer cancel()
+	recs, err := w.readProgress(ctx, j.seq)
+	if err != nil {
+		w.log.Warn("a cancel-all's progress could not be read again before its result; its list is reported possibly incomplete", w.jobAttrs(j, "error", err)...)
+		j.prog.unknownEarlier = true
+		return
+	}
+	j.prog.foldOthers(recs)
 }

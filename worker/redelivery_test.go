@@ -284,3 +284,46 @@ func TestMetricsAndLogsGiveTheStoredResultWhenAnEarlierOneWasKept(t *testing.T) 
 	require.Contains(t, logs, "storedResultKept=true thisDeliveryStatus=not_open")
 	require.NotContains(t, logs, `msg="cancel not_open"`)
 }
+
+// A cancel-all's further calls, like a lane's cancels, are not sent once the
+// broker may have handed the request to another worker: worker A's first
+// call (500 of 700 orders) comes back while its heartbeats go unanswered and
+// worker B runs the redelivery; A sends no second call.
+func TestACancelAllTheBrokerHandedToAnotherWorkerMakesNoFurtherCall(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.cfg.AckWait = time.Second
+	for range 700 {
+		e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	}
+	seq := e.publishAll(`{"category":"linear","symbol":"BTCUSDT"}`)
+
+	aCalled := make(chan struct{})
+	bStored := make(chan struct{})
+	var aCalls atomic.Int32
+	aFront := exchangeFront(t, e.ex, nil, func([]byte) {
+		if aCalls.Add(1) == 1 {
+			close(aCalled)
+			<-bStored // A's first answer comes back after B's result
+		}
+	})
+	regA := prometheus.NewRegistry()
+	cfgA := e.cfg
+	cfgA.Registerer = regA
+	cfgA.Logger = e.cfg.Logger.With("worker", "A")
+	pa := newProxy(t, e.ns.Addr().String())
+	startWorkerVia(t, cfgA, pa.url(), aFront)
+	<-aCalled
+	pa.cut()
+
+	cfgB := e.cfg
+	cfgB.Logger = e.cfg.Logger.With("worker", "B")
+	startWorkerVia(t, cfgB, e.ns.ClientURL(), e.srv.URL)
+	got := e.waitResults(1)
+	close(bStored)
+	require.Eventually(t, func() bool {
+		return counter(t, regA, "cancel_worker_retries_total", "reason", "possibly_redelivered") >= 1
+	}, waitFor, 10*time.Millisecond, "%s", e.logs)
+	require.EqualValues(t, 1, aCalls.Load(), "A made a further call of a cancel-all the broker had handed to B")
+	require.Equal(t, messages.StatusCancelled, got[seq].Status)
+}

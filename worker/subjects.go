@@ -29,6 +29,10 @@ type AccountSubjects struct {
 type route struct {
 	all     bool
 	account string
+	// own, on a shared subject: the accounts that have their own subject
+	// of this kind, and that subject. A request here naming one of them is
+	// invalid: it would go around the NATS permissions on that subject.
+	own map[string]string
 }
 
 // accountNames are the names of accounts that have subjects, sorted.
@@ -58,16 +62,20 @@ func (c Config) accountInputSubjects() []string {
 
 // routes maps every input subject to what it means.
 func (c Config) routes() map[string]route {
-	out := map[string]route{c.CancelSubject: {}, c.CancelAllSubject: {all: true}}
+	shared, sharedAll := route{own: map[string]string{}}, route{all: true, own: map[string]string{}}
+	out := map[string]route{}
 	for _, name := range c.accountNames() {
 		s := c.Accounts[name].Subjects
 		if s.CancelSubject != "" {
 			out[s.CancelSubject] = route{account: name}
+			shared.own[name] = s.CancelSubject
 		}
 		if s.CancelAllSubject != "" {
 			out[s.CancelAllSubject] = route{all: true, account: name}
+			sharedAll.own[name] = s.CancelAllSubject
 		}
 	}
+	out[c.CancelSubject], out[c.CancelAllSubject] = shared, sharedAll
 	return out
 }
 
@@ -111,9 +119,13 @@ func (c Config) checkAccountSubjects() []error {
 }
 
 // forAccount applies an account subject's account to a request: a body that
-// names another account is invalid.
+// names another account is invalid, and so is a request on a shared subject
+// for an account that has its own subject of that kind.
 func forAccount(rt route, bodyAccount string) (string, error) {
 	if rt.account == "" {
+		if own, ok := rt.own[bodyAccount]; ok {
+			return "", fmt.Errorf("%w: account %q takes requests on %s, not on the shared subject", messages.ErrInvalid, bodyAccount, own)
+		}
 		return bodyAccount, nil
 	}
 	if bodyAccount != "" && bodyAccount != rt.account {

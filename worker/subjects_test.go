@@ -99,3 +99,27 @@ func TestAccountSubjectsMustDiffer(t *testing.T) {
 	require.ErrorContains(t, err, `NATS_CANCEL_SUBJECT and BYBIT_ACCOUNTS_FILE: account "hedge" cancelSubject are both "orders.cancel"`)
 	require.ErrorContains(t, err, `subject "orders.sync.>" must be a literal subject`)
 }
+
+// An account with its own subjects exists so that NATS permissions say who
+// may cancel for it; a request on the shared subject that names the account
+// must not go around them.
+func TestASharedSubjectCannotCancelForAnAccountWithItsOwnSubjects(t *testing.T) {
+	t.Parallel()
+	e := setup(t, hedgeExchange)
+	e.withHedgeAccount()
+	e.start()
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	ack, err := e.js.Publish(context.Background(), e.cfg.CancelSubject,
+		[]byte(`{"category":"linear","symbol":"BTCUSDT","orderId":"`+o.OrderID+`","account":"hedge"}`))
+	require.NoError(t, err)
+	all, err := e.js.Publish(context.Background(), e.cfg.CancelAllSubject, []byte(`{"category":"linear","symbol":"BTCUSDT","account":"hedge"}`))
+	require.NoError(t, err)
+	got := e.waitResults(2)
+	r := got[ack.Sequence]
+	require.Equal(t, messages.StatusInvalid, r.Status, "a request on %s for account hedge (own subject orders.hedge.cancel) was %s with hedge's key", e.cfg.CancelSubject, r.Status)
+	require.Contains(t, r.Error, `account "hedge" takes requests on orders.hedge.cancel`)
+	require.Equal(t, messages.StatusInvalid, got[all.Sequence].Status)
+	require.Contains(t, got[all.Sequence].Error, "orders.hedge.cancel-all")
+	st, _ := e.ex.Order("linear", o.OrderID)
+	require.Equal(t, "New", st.Status)
+}

@@ -50,6 +50,9 @@ type Worker struct {
 	maxHeld  int
 	// keepProgress: the stream captures the cancel-all progress subject.
 	keepProgress bool
+	// progressRefused: the server refused a progress record for want of
+	// permission; records are not written any more (one warning).
+	progressRefused atomic.Bool
 	// degraded says, for Ready's detail, what is off because the stream
 	// lacks an optional subject, and which subject to add (set by Setup).
 	degraded []string
@@ -91,6 +94,9 @@ type Stats struct {
 	Received    atomic.Int64
 	Redelivered atomic.Int64
 	RateLimited atomic.Int64
+	// MsgIDCollisions counts results whose Nats-Msg-Id the stream already
+	// held for another message, stored under their fallback id instead.
+	MsgIDCollisions atomic.Int64
 }
 
 // account is a configured account and its clock-resync state.
@@ -553,10 +559,6 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 		return
 	}
 	w.jobs.Add(1)
-	if w.stopped.Load() || ctx.Err() != nil {
-		w.release(j, 0, "shutdown")
-		return
-	}
 	j.ambiguous = meta.NumDelivered > 1
 	if prev, ok := w.released.get(seq); ok && prev == meta.NumDelivered-1 {
 		// This process itself released the previous delivery before
@@ -578,6 +580,9 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 		req, err = messages.DecodeCancel(msg.Data())
 	}
 	if err == nil {
+		err = reservedMsgID(msgID)
+	}
+	if err == nil {
 		// A request on an account's own subject is for that account.
 		req.Account, err = forAccount(rt, req.Account)
 		all.Account = req.Account
@@ -592,6 +597,12 @@ func (w *Worker) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Ti
 	j.requestID = messages.RequestID(req.RequestID, msgID, w.cfg.Stream, seq)
 	if rt.all {
 		j.all = &all
+	}
+	if w.stopped.Load() || ctx.Err() != nil {
+		// Decoded first: a release on the last delivery is answered
+		// with the request's fields.
+		w.release(j, 0, "shutdown")
+		return
 	}
 	name := req.Account
 	if name == "" {
@@ -1232,7 +1243,11 @@ func (w *Worker) release(j *job, delay time.Duration, reason string) {
 	}
 	if w.lastDelivery(j) {
 		// Nothing would redeliver it: answer it instead, so that it is
-		// accounted for.
+		// accounted for — a cancel-all with what its earlier deliveries
+		// recorded.
+		if j.all != nil && j.prog == nil {
+			w.loadProgressForRelease(j)
+		}
 		w.jobs.Add(1)
 		w.finish(j, w.failed(j, "released on the consumer's last delivery: "+reason))
 		return
@@ -1278,7 +1293,8 @@ func (w *Worker) finish(j *job, d decision) {
 	j.mu.Unlock()
 	if j.prog != nil {
 		// A cancel-all lists what every call of every delivery cancelled,
-		// whichever way it ends.
+		// whichever way it ends — also a run that overlaps this one.
+		w.settleProgress(j)
 		r.Orders = j.prog.orders
 		r.OrdersComplete = new(j.prog.complete())
 	}
@@ -1314,9 +1330,37 @@ func (w *Worker) finish(j *job, d decision) {
 	}
 	var local *messages.Result
 	if ack.Duplicate {
-		// An earlier delivery stored a result first: that one is what
-		// readers see, so it is what is counted, logged and acted on.
-		if stored, ok := w.storedResult(ctx, j, ack.Sequence); ok {
+		stored, found := w.storedResult(ctx, j, ack.Sequence)
+		if found == storedOther {
+			// Another message holds this result's id (JetStream
+			// deduplicates across the stream's subjects): a request
+			// published with it. Every replica falls back to the same
+			// id, which no publisher can know before this request
+			// was stored.
+			fallback := messages.FallbackResultMsgID(j.seq, j.requestTime)
+			w.stats.MsgIDCollisions.Add(1)
+			w.metrics.msgIDCollisions.Inc()
+			w.log.Error("another message in the stream holds this result's Nats-Msg-Id (a request published with a reserved id); result stored under its fallback id",
+				w.jobAttrs(j, "msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
+			ack, err = w.publishAck(ctx, subject, data, fallback)
+			if err != nil {
+				w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+				j.mu.Lock()
+				j.done = true
+				msg := j.msg
+				j.mu.Unlock()
+				_ = msg.Nak()
+				w.held.remove(j)
+				return
+			}
+			if ack.Duplicate {
+				stored, found = w.storedResult(ctx, j, ack.Sequence)
+			}
+		}
+		if found == storedMine {
+			// An earlier delivery stored a result first: that one is
+			// what readers see, so it is what is counted, logged and
+			// acted on.
 			local = new(r)
 			r = stored
 		}
@@ -1345,10 +1389,17 @@ func (w *Worker) finish(j *job, d decision) {
 	w.logOutcome(j, r, local)
 }
 
-// storedResult reads the result the stream kept at seq (a duplicate
-// PubAck's sequence). It reports false, having logged why, when that cannot
-// be read or is not this request's.
-func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, bool) {
+// What storedResult found at a duplicate PubAck's sequence.
+const (
+	storedMine       = iota // this request's result, stored earlier
+	storedUnreadable        // nothing could be read
+	storedOther             // another message: its id collides with the result's
+)
+
+// storedResult reads the message the stream kept at seq (a duplicate
+// PubAck's sequence): this request's result, stored by an earlier delivery,
+// or another message holding the same Nats-Msg-Id. Unreadable is logged.
+func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages.Result, int) {
 	var m *jetstream.RawStreamMsg
 	err := backoff.Retry(func() error {
 		s, err := w.js.Stream(ctx, w.cfg.Stream)
@@ -1359,17 +1410,26 @@ func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages
 	}, backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 3), ctx))
 	if err != nil {
 		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
-		return messages.Result{}, false
+		return messages.Result{}, storedUnreadable
+	}
+	if m.Subject != w.cfg.AckSubject && m.Subject != w.cfg.RejectedSubject {
+		return messages.Result{}, storedOther
 	}
 	r, err := messages.DecodeResult(m.Data)
-	if err == nil && r.RequestSeq != j.seq {
-		err = fmt.Errorf("it answers request %d", r.RequestSeq)
+	if err != nil || r.RequestSeq != j.seq {
+		return messages.Result{}, storedOther
 	}
-	if err != nil {
-		w.log.Error("the stream's duplicate of this result is not one: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
-		return messages.Result{}, false
+	return r, storedMine
+}
+
+// reservedMsgID refuses a request whose Nats-Msg-Id has one of the worker's
+// own prefixes: JetStream deduplicates ids across the stream, so the request
+// would take the place of one of the worker's messages.
+func reservedMsgID(id string) error {
+	if p, ok := messages.ReservedMsgID(id); ok {
+		return fmt.Errorf("%w: Nats-Msg-Id %q starts with %q, which is reserved for the worker's own messages (results, progress records, confirmations); give the request another id", messages.ErrInvalid, id, p)
 	}
-	return r, true
+	return nil
 }
 
 // publish stores a message in the stream with its Nats-Msg-Id, waiting for

@@ -83,12 +83,9 @@ func (c Cancel) Validate() error {
 	if c.OrderID == "" && c.OrderLinkID == "" {
 		return invalidf("one of orderId or orderLinkId is required")
 	}
-	for _, f := range [...]struct{ name, v string }{
-		{"orderId", c.OrderID}, {"orderLinkId", c.OrderLinkID}, {"requestId", c.RequestID}, {"replayOf", c.ReplayOf}, {"account", c.Account},
-	} {
-		if err := validateID(f.name, f.v); err != nil {
-			return err
-		}
+	if err := validateIDs(idField{"orderId", c.OrderID}, idField{"orderLinkId", c.OrderLinkID}, idField{"requestId", c.RequestID},
+		idField{"replayOf", c.ReplayOf}, idField{"account", c.Account}); err != nil {
+		return err
 	}
 	if c.OrderFilter != "" {
 		if c.Category != CategorySpot {

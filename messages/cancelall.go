@@ -73,15 +73,7 @@ func (c CancelAll) Validate() error {
 	switch c.Scope {
 	case "":
 	case ScopeAccount:
-		if c.Category != "" || c.Symbol != "" || c.BaseCoin != "" || c.SettleCoin != "" || c.OrderFilter != "" || c.StopOrderType != "" {
-			return invalidf("scope account flattens every category: it takes no category, symbol, baseCoin, settleCoin, orderFilter or stopOrderType")
-		}
-		for _, f := range [...]struct{ name, v string }{{"account", c.Account}, {"requestId", c.RequestID}, {"replayOf", c.ReplayOf}} {
-			if err := validateID(f.name, f.v); err != nil {
-				return err
-			}
-		}
-		return nil
+		return c.validateFlatten()
 	default:
 		return invalidf("scope %q is not %q", truncate(c.Scope, 32), ScopeAccount)
 	}
@@ -93,14 +85,25 @@ func (c CancelAll) Validate() error {
 			return err
 		}
 	}
-	for _, f := range [...]struct{ name, v string }{
-		{"baseCoin", c.BaseCoin}, {"settleCoin", c.SettleCoin}, {"account", c.Account},
-		{"requestId", c.RequestID}, {"replayOf", c.ReplayOf},
-	} {
-		if err := validateID(f.name, f.v); err != nil {
-			return err
-		}
+	if err := validateIDs(
+		idField{"baseCoin", c.BaseCoin}, idField{"settleCoin", c.SettleCoin}, idField{"account", c.Account},
+		idField{"requestId", c.RequestID}, idField{"replayOf", c.ReplayOf},
+	); err != nil {
+		return err
 	}
+	return c.validateScope()
+}
+
+// validateFlatten checks a flatten: no field that narrows a cancel-all.
+func (c CancelAll) validateFlatten() error {
+	if c.Category != "" || c.Symbol != "" || c.BaseCoin != "" || c.SettleCoin != "" || c.OrderFilter != "" || c.StopOrderType != "" {
+		return invalidf("scope account flattens every category: it takes no category, symbol, baseCoin, settleCoin, orderFilter or stopOrderType")
+	}
+	return validateIDs(idField{"account", c.Account}, idField{"requestId", c.RequestID}, idField{"replayOf", c.ReplayOf})
+}
+
+// validateScope checks what a cancel-all of the category may select.
+func (c CancelAll) validateScope() error {
 	futures := c.Category == CategoryLinear || c.Category == CategoryInverse
 	if futures && c.Symbol == "" && c.BaseCoin == "" && c.SettleCoin == "" {
 		return invalidf("a %s cancel-all needs one of symbol, baseCoin or settleCoin", c.Category)
@@ -114,6 +117,18 @@ func (c CancelAll) Validate() error {
 		}
 		if c.StopOrderType != "Stop" {
 			return invalidf("stopOrderType %q is not Stop", truncate(c.StopOrderType, 32))
+		}
+	}
+	return nil
+}
+
+// idField is a named identifier field.
+type idField struct{ name, v string }
+
+func validateIDs(fields ...idField) error {
+	for _, f := range fields {
+		if err := validateID(f.name, f.v); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -17,9 +17,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // metricValue reads a gauge or counter series of reg by one label (-1: no
@@ -206,7 +206,7 @@ func TestKeyCheckTheEnvironmentDoesNotOfferIsAWarning(t *testing.T) {
 	t.Cleanup(srv.Close)
 	c, err := bybit.NewClient(bybit.Options{BaseURL: srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
 	require.NoError(t, err)
-	logs := &workertest.LogBuffer{}
+	logs := &embedded.LogBuffer{}
 	require.NoError(t, worker.Preflight(context.Background(), c, slog.New(slog.NewTextHandler(logs, nil))))
 	require.Contains(t, logs.String(), "level=WARN")
 	require.Contains(t, logs.String(), "does not offer the API key check")

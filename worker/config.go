@@ -188,95 +188,135 @@ type Config struct {
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
 	Registerer prometheus.Registerer
-	// Now is the clock; default time.Now.
+	// Now is the clock of everything compared with a time: request ages
+	// (MaxAge), the pacers' windows, ban pauses, rate-limit resets, the
+	// times a result names. Durations the worker reports (rate-limit waits,
+	// request latencies) are measured on the monotonic clock instead, so
+	// that a stepped wall clock (or a test's) cannot make them negative.
+	// Default time.Now.
 	Now func() time.Time
+}
+
+// DefaultConfig is the configuration of `cancel-worker run` with no setting
+// given (Logger aside): the one source of the defaults the command's help
+// shows, the demo and the benchmark start from and the tests adjust.
+func DefaultConfig() Config {
+	return Config{
+		Stream:                   "ORDERS",
+		Consumer:                 "cancel-worker",
+		CancelSubject:            "orders.cancel",
+		CancelAllSubject:         "orders.cancel-all",
+		CancelAllProgressSubject: "orders.cancel-all.progress",
+		AckSubject:               "orders.cancel.ack",
+		RejectedSubject:          "orders.cancel.rejected",
+		AckWait:                  5 * time.Second,
+		PinnedTTL:                5 * time.Second,
+		MaxDeliver:               20,
+		MaxAckPending:            1000,
+		DuplicateWindow:          time.Hour,
+		StreamReplicas:           1,
+		StreamMaxBytes:           4 << 30,
+		Concurrency:              16,
+		RetryBudget:              2 * time.Minute,
+		MaxAge:                   50 * time.Minute,
+		ShutdownTimeout:          20 * time.Second,
+		Limits:                   DefaultLimits(),
+		LimitShare:               1,
+		Batch:                    true,
+		IPLimit:                  Rate{N: 500, Per: 5 * time.Second},
+		BanPause:                 10 * time.Minute,
+		Confirm:                  true,
+		ConfirmedSubject:         "orders.cancel.confirmed",
+		ConfirmTimeout:           5 * time.Second,
+		SyncCancelSubject:        "orders.sync.cancel",
+		SyncCancelAllSubject:     "orders.sync.cancel-all",
+		SyncMaxTimeout:           30 * time.Second,
+	}
 }
 
 // Validate checks the configuration; errors name the setting. New calls it;
 // a command can call it before connecting to anything.
 func (c Config) Validate() error {
-	var errs []error
-	need := func(v, name string) {
-		if v == "" {
-			errs = append(errs, fmt.Errorf("%s must not be empty", name))
-		}
+	v := &validation{}
+	c.validateSubjects(v)
+	v.positive(c.AckWait, "NATS_ACK_WAIT")
+	v.positive(c.DuplicateWindow, "NATS_DUPLICATE_WINDOW")
+	v.positive(c.RetryBudget, "WORKER_RETRY_BUDGET")
+	v.positive(c.MaxAge, "WORKER_MAX_AGE")
+	v.positive(c.ShutdownTimeout, "WORKER_SHUTDOWN_TIMEOUT")
+	v.positive(c.BanPause, "BYBIT_BAN_PAUSE")
+	v.check(c.MaxDeliver >= 1 || c.MaxDeliver == -1, "NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver)
+	v.check(c.PinnedTTL == 0 || c.PinnedTTL >= 3*pullInterval,
+		"NATS_PINNED_TTL must be at least %v (above the 1 s pull interval and the replica's lease), not %v", 3*pullInterval, c.PinnedTTL)
+	v.check(c.MaxAckPending >= 1, "NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending)
+	v.check(c.StreamReplicas >= 1 && c.StreamReplicas <= 5, "NATS_STREAM_REPLICAS must be 1 to 5, not %d", c.StreamReplicas)
+	v.check(c.LimitShare >= 0 && c.LimitShare <= 1, "BYBIT_LIMIT_SHARE must be in (0, 1], not %v", c.LimitShare)
+	v.check(c.Concurrency >= 1, "WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency)
+	v.errs = append(v.errs, checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, "BYBIT_DCP_WINDOW")...)
+	for name, a := range c.Accounts {
+		v.check(name != "" && name != DefaultAccount, "BYBIT_ACCOUNTS_FILE: account name %q is reserved", name)
+		v.errs = append(v.errs, checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, "BYBIT_ACCOUNTS_FILE: account "+name+": dcpWindow")...)
+		v.check(a.Client != nil, "BYBIT_ACCOUNTS_FILE: account %q has no client", name)
 	}
-	need(c.Stream, "NATS_STREAM")
-	need(c.Consumer, "NATS_CONSUMER")
-	need(c.CancelSubject, "NATS_CANCEL_SUBJECT")
-	need(c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT")
-	need(c.AckSubject, "NATS_ACK_SUBJECT")
-	need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
-	need(c.CancelAllProgressSubject, "NATS_CANCEL_ALL_PROGRESS_SUBJECT")
-	if err := c.checkProgressSubject(); err != nil {
-		errs = append(errs, err)
+	v.errs = append(v.errs, c.checkAccountSubjects()...)
+	v.check(c.SyncMaxTimeout >= 0, "SYNC_MAX_TIMEOUT must not be negative, not %v", c.SyncMaxTimeout)
+	if c.Confirm {
+		v.positive(c.ConfirmTimeout, "CONFIRM_TIMEOUT")
 	}
+	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
+		v.add(checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"))
+	}
+	return errors.Join(v.errs...)
+}
+
+// validateSubjects checks that every subject is set and differs from the
+// others.
+func (c Config) validateSubjects(v *validation) {
+	v.need(c.Stream, "NATS_STREAM")
+	v.need(c.Consumer, "NATS_CONSUMER")
+	v.need(c.CancelSubject, "NATS_CANCEL_SUBJECT")
+	v.need(c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT")
+	v.need(c.AckSubject, "NATS_ACK_SUBJECT")
+	v.need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
+	v.need(c.CancelAllProgressSubject, "NATS_CANCEL_ALL_PROGRESS_SUBJECT")
+	v.add(c.checkProgressSubject())
 	subjects := map[string]string{}
 	for _, s := range c.namedSubjects() {
 		if s[1] == "NATS_CONFIRMED_SUBJECT" {
 			continue // checked below
 		}
 		if prev, dup := subjects[s[0]]; dup && s[0] != "" {
-			errs = append(errs, fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
+			v.add(fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
 		}
 		subjects[s[0]] = s[1]
 	}
-	positive := func(d time.Duration, name string) {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive, not %v", name, d))
-		}
+	if !c.Confirm {
+		return
 	}
-	positive(c.AckWait, "NATS_ACK_WAIT")
-	positive(c.DuplicateWindow, "NATS_DUPLICATE_WINDOW")
-	positive(c.RetryBudget, "WORKER_RETRY_BUDGET")
-	positive(c.MaxAge, "WORKER_MAX_AGE")
-	positive(c.ShutdownTimeout, "WORKER_SHUTDOWN_TIMEOUT")
-	positive(c.BanPause, "BYBIT_BAN_PAUSE")
-	if c.MaxDeliver < 1 && c.MaxDeliver != -1 {
-		errs = append(errs, fmt.Errorf("NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver))
+	v.need(c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT")
+	for _, s := range c.namedSubjects() {
+		v.check(s[0] != c.ConfirmedSubject || s[0] == "" || s[1] == "NATS_CONFIRMED_SUBJECT",
+			"%s and NATS_CONFIRMED_SUBJECT are both %q: every subject must differ", s[1], s[0])
 	}
-	if c.PinnedTTL != 0 && c.PinnedTTL < 3*pullInterval {
-		errs = append(errs, fmt.Errorf("NATS_PINNED_TTL must be at least %v (above the 1 s pull interval and the replica's lease), not %v", 3*pullInterval, c.PinnedTTL))
+}
+
+// validation collects what Validate finds.
+type validation struct{ errs []error }
+
+func (v *validation) add(err error) {
+	if err != nil {
+		v.errs = append(v.errs, err)
 	}
-	if c.MaxAckPending < 1 {
-		errs = append(errs, fmt.Errorf("NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending))
+}
+
+func (v *validation) check(ok bool, format string, args ...any) {
+	if !ok {
+		v.errs = append(v.errs, fmt.Errorf(format, args...))
 	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
-		errs = append(errs, fmt.Errorf("NATS_STREAM_REPLICAS must be 1 to 5, not %d", c.StreamReplicas))
-	}
-	if c.LimitShare < 0 || c.LimitShare > 1 {
-		errs = append(errs, fmt.Errorf("BYBIT_LIMIT_SHARE must be in (0, 1], not %v", c.LimitShare))
-	}
-	if c.Concurrency < 1 {
-		errs = append(errs, fmt.Errorf("WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency))
-	}
-	errs = append(errs, checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, "BYBIT_DCP_WINDOW")...)
-	for name, a := range c.Accounts {
-		if name == "" || name == DefaultAccount {
-			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account name %q is reserved", name))
-		}
-		errs = append(errs, checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, "BYBIT_ACCOUNTS_FILE: account "+name+": dcpWindow")...)
-		if a.Client == nil {
-			errs = append(errs, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q has no client", name))
-		}
-	}
-	errs = append(errs, c.checkAccountSubjects()...)
-	if c.SyncMaxTimeout < 0 {
-		errs = append(errs, fmt.Errorf("SYNC_MAX_TIMEOUT must not be negative, not %v", c.SyncMaxTimeout))
-	}
-	if c.Confirm {
-		need(c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT")
-		for _, s := range c.namedSubjects() {
-			if s[0] == c.ConfirmedSubject && s[0] != "" && s[1] != "NATS_CONFIRMED_SUBJECT" {
-				errs = append(errs, fmt.Errorf("%s and NATS_CONFIRMED_SUBJECT are both %q: every subject must differ", s[1], s[0]))
-			}
-		}
-		positive(c.ConfirmTimeout, "CONFIRM_TIMEOUT")
-	}
-	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
-		if err := checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+}
+
+func (v *validation) need(s, name string) { v.check(s != "", "%s must not be empty", name) }
+
+func (v *validation) positive(d time.Duration, name string) {
+	v.check(d > 0, "%s must be positive, not %v", name, d)
 }

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
@@ -29,7 +28,7 @@ const recentUpdates = 1 << 16
 // durable consumer on the result subjects drives it, so a crash loses no
 // pending confirmation.
 type confirmer struct {
-	w        *Worker
+	confirmDeps
 	cons     jetstream.Consumer
 	settings ConsumerSettings
 	pinned   bool // the consumer pins replicas (fleet.go)
@@ -48,9 +47,35 @@ type accountStream struct {
 	subscribed atomic.Bool
 }
 
-func newConfirmer(w *Worker) *confirmer {
-	c := &confirmer{w: w, book: newOrderBook(recentUpdates), streams: map[string]*accountStream{}, held: newHeldSet()}
-	for name, a := range w.accounts {
+// confirmDeps is what the confirmer works with.
+type confirmDeps struct {
+	js       jetstream.JetStream
+	cfg      Config
+	accounts map[string]*account
+	gw       *gateway
+	pub      publisher
+	metrics  *Metrics
+	log      *slog.Logger
+	now      func() time.Time
+	// refused is told of an account whose private stream refused its key
+	// at start; it reports whether the others go on without it.
+	refused func(a *account, err error) (goOn bool)
+	dcp     dcpHooks
+}
+
+// dcpHooks are the worker's dead-man switch, which rides on the
+// confirmer's private streams: arm sets an account's window before its
+// stream connects, observe follows the stream's state, armed says whether
+// the switch is armed now (and if not, why).
+type dcpHooks struct {
+	arm     func(ctx context.Context, a *account)
+	observe func(a *account)
+	armed   func(a *account) (bool, string)
+}
+
+func newConfirmer(d confirmDeps) *confirmer {
+	c := &confirmer{confirmDeps: d, book: newOrderBook(recentUpdates), streams: map[string]*accountStream{}, held: newHeldSet()}
+	for name, a := range c.accounts {
 		if a.wsURL == "" {
 			continue
 		}
@@ -58,7 +83,7 @@ func newConfirmer(w *Worker) *confirmer {
 		// until it is known to be down.
 		as := &accountStream{}
 		as.up.Store(true)
-		log := w.log.With("account", name)
+		log := c.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
 			URL:    a.wsURL,
 			Topics: dcpTopics(a),
@@ -70,13 +95,13 @@ func newConfirmer(w *Worker) *confirmer {
 			OnState: func(up bool, err error) {
 				as.up.Store(up)
 				as.subscribed.Store(up)
-				w.observeDCP(a)
-				w.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
+				c.dcp.observe(a)
+				c.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
 				switch {
 				case up:
 					log.Info("private order stream up")
 				case err != nil:
-					w.metrics.streamDrops.WithLabelValues(name).Inc()
+					c.metrics.streamDrops.WithLabelValues(name).Inc()
 					log.Warn("private order stream down; reconnecting (confirmations use REST meanwhile)", "error", err)
 				}
 			},
@@ -97,13 +122,34 @@ func boolGauge(b bool) float64 {
 // refused key is a clear start-up error; an unreachable stream is only
 // logged (it reconnects, and REST covers meanwhile).
 func (c *confirmer) setup(ctx context.Context) error {
-	cfg := c.w.cfg
-	cons, err := c.w.js.Consumer(ctx, cfg.Stream, cfg.ConfirmConsumer())
+	if err := c.bind(ctx); err != nil {
+		return err
+	}
+	for _, name := range sortedAccountNames(c.accounts) {
+		if a := c.accounts[name]; a.dcp != nil {
+			c.dcp.arm(ctx, a)
+		}
+	}
+	// Subscribed before the first cancel is pulled, so that no update of
+	// this process's cancels is missed; run goes on with these connections.
+	for name, as := range c.streams {
+		if err := c.connect(ctx, name, as); err != nil {
+			c.close()
+			return err
+		}
+	}
+	return nil
+}
+
+// bind looks up or creates the confirm consumer and checks its filters.
+func (c *confirmer) bind(ctx context.Context) error {
+	cfg := c.cfg
+	cons, err := c.js.Consumer(ctx, cfg.Stream, cfg.ConfirmConsumer())
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		// New results only: a stream's history is not confirmed again
 		// when the feature is first turned on.
-		cons, err = c.w.js.CreateConsumer(ctx, cfg.Stream, pinnedConfig(jetstream.ConsumerConfig{
+		cons, err = c.js.CreateConsumer(ctx, cfg.Stream, pinnedConfig(jetstream.ConsumerConfig{
 			Durable:        cfg.ConfirmConsumer(),
 			Description:    "bybit-cancel-worker confirmations",
 			FilterSubjects: cfg.resultSubjects(),
@@ -121,7 +167,7 @@ func (c *confirmer) setup(ctx context.Context) error {
 		return fmt.Errorf("look up consumer %s: %w", cfg.ConfirmConsumer(), err)
 	case cons.CachedInfo().Config.Metadata[ManagedKey] == ManagedValue && !isPinned(cons.CachedInfo().Config):
 		// One created before the fleet's priority group: given it.
-		cons, err = c.w.js.UpdateConsumer(ctx, cfg.Stream, pinnedConfig(cons.CachedInfo().Config, cfg))
+		cons, err = c.js.UpdateConsumer(ctx, cfg.Stream, pinnedConfig(cons.CachedInfo().Config, cfg))
 		if err != nil {
 			return fmt.Errorf("update consumer %s: %w", cfg.ConfirmConsumer(), err)
 		}
@@ -135,38 +181,33 @@ func (c *confirmer) setup(ctx context.Context) error {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
 	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
-	for _, name := range sortedAccountNames(c.w.accounts) {
-		if a := c.w.accounts[name]; a.dcp != nil {
-			c.w.armDCP(ctx, a)
+	return nil
+}
+
+// connect connects one account's private stream and says whether its
+// dead-man switch is armed; an error is a refused key that stops the start.
+func (c *confirmer) connect(ctx context.Context, name string, as *accountStream) error {
+	err := as.stream.Connect(ctx)
+	switch {
+	case bybit.IsAuthError(err):
+		err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.accounts[name].wsURL), err)
+		// One refused key does not stop the other accounts: this one's
+		// stream keeps retrying, REST lookups cover meanwhile.
+		if !c.refused(c.accounts[name], err) {
+			return err
 		}
+	case err != nil:
+		c.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
+	case c.accounts[name].dcp != nil:
+		as.subscribed.Store(true)
 	}
-	// Subscribed before the first cancel is pulled, so that no update of
-	// this process's cancels is missed; run goes on with these connections.
-	for name, as := range c.streams {
-		err := as.stream.Connect(ctx)
-		switch {
-		case bybit.IsAuthError(err):
-			err = fmt.Errorf("account %s: private WebSocket %s: %w", name, redactWS(c.w.accounts[name].wsURL), err)
-			if !c.w.otherAccountUsable(name) {
-				c.close()
-				return err
-			}
-			// One refused key does not stop the other accounts: this
-			// one's stream keeps retrying, REST lookups cover meanwhile.
-			c.w.markStartupProblem(c.w.accounts[name], err)
-		case err != nil:
-			c.w.log.Warn("private order stream not reachable at start; confirmations use REST until it is", "account", name, "error", err)
-		case c.w.accounts[name].dcp != nil:
-			as.subscribed.Store(true)
-		}
-		if a := c.w.accounts[name]; a.dcp != nil {
-			c.w.observeDCP(a)
-			if armed, why := c.w.dcpArmed(a); armed {
-				c.w.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
-					"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
-			} else {
-				c.w.log.Warn("dead-man switch not armed", "account", name, "why", why)
-			}
+	if a := c.accounts[name]; a.dcp != nil {
+		c.dcp.observe(a)
+		if armed, why := c.dcp.armed(a); armed {
+			c.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
+				"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
+		} else {
+			c.log.Warn("dead-man switch not armed", "account", name, "why", why)
 		}
 	}
 	return nil
@@ -190,7 +231,7 @@ func redactWS(u string) string {
 
 // run keeps the streams up and confirms results until ctx ends; held
 // results are then released (Nak) for a later delivery.
-func (c *confirmer) run(ctx context.Context) {
+func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin) {
 	var streams sync.WaitGroup
 	for _, as := range c.streams {
 		streams.Add(1)
@@ -202,51 +243,11 @@ func (c *confirmer) run(ctx context.Context) {
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		c.held.heartbeatLoop(ctx, c.w.js.Conn(), c.settings.AckWait)
+		c.held.heartbeatLoop(ctx, c.js.Conn(), c.settings.AckWait)
 	}()
 
-	retry := newRetryBackoff()
-	for ctx.Err() == nil {
-		n, changed := c.held.len()
-		room := c.w.maxHeld - n
-		if room <= 0 {
-			select {
-			case <-ctx.Done():
-			case <-changed:
-			}
-			continue
-		}
-		// The pull ends with ctx: a result Nak'd at a stop must not come
-		// back into the same pull (each delivery counts to MaxDeliver).
-		fctx, cancel := context.WithTimeout(ctx, pullInterval)
-		start := c.w.now()
-		batch, err := c.cons.Fetch(min(room, maxFetch), c.w.fleet.confirm.fetchOpts(fctx)...)
-		if err != nil {
-			cancel()
-			c.w.log.Warn("confirm pull failed", "error", err)
-			_ = sleepCtx(ctx, retry.NextBackOff())
-			continue
-		}
-		for msg := range batch.Messages() {
-			c.w.fleet.confirm.pulled(start, pinOf(msg), nil)
-			c.w.fleet.confirm.takeover(ctx, c.cons, msg)
-			c.accept(ctx, msg)
-		}
-		cancel()
-		c.w.fleet.confirm.pulled(start, "", batch.Error())
-		if ctx.Err() != nil {
-			break
-		}
-		if errors.Is(batch.Error(), jetstream.ErrPinIDMismatch) {
-			continue // another replica confirms now
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-			c.w.log.Warn("confirm pull interrupted", "error", err)
-			_ = sleepCtx(ctx, retry.NextBackOff())
-			continue
-		}
-		retry.Reset()
-	}
+	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept,
+		pin: pin, now: c.now, pulled: func(start time.Time, err error) { pin.pulled(start, "", err) }}.run(ctx)
 	c.work.Wait()
 	<-hbDone
 	streams.Wait()
@@ -254,7 +255,7 @@ func (c *confirmer) run(ctx context.Context) {
 }
 
 // accept starts confirming one result, or acks it when it needs none.
-func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
+func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg, pulledAt time.Time) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		_ = msg.Term()
@@ -265,7 +266,7 @@ func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
 	}
 	r, err := messages.DecodeResult(msg.Data())
 	if err != nil {
-		c.w.log.Error("unreadable result on a result subject: not confirmed", "seq", meta.Sequence.Stream, "error", err)
+		c.log.Error("unreadable result on a result subject: not confirmed", "seq", meta.Sequence.Stream, "error", err)
 		_ = msg.TermWithReason("unreadable result")
 		return
 	}
@@ -273,27 +274,28 @@ func (c *confirmer) accept(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	j := &job{seq: meta.Sequence.Stream, msg: msg, deliveries: meta.NumDelivered}
-	if _, fresh := c.held.add(j); !fresh {
+	h := newHeldMsg(msg, meta, pulledAt)
+	if _, fresh := c.held.add(&h); !fresh {
 		return // a redelivery of one still being confirmed
 	}
 	c.work.Add(1)
 	go func() {
 		defer c.work.Done()
-		defer c.held.remove(j)
-		c.confirmResult(ctx, j, r, meta.Timestamp)
+		defer c.held.remove(&h)
+		c.confirmResult(ctx, &h, r)
 	}()
 }
 
 // confirmResult confirms every order of a result, publishes one
 // confirmation each, then acks the result.
-func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result, ackTime time.Time) {
+func (c *confirmer) confirmResult(ctx context.Context, h *heldMsg, r messages.Result) {
+	ackTime := h.stored
 	name := r.Account
 	if name == "" {
 		name = DefaultAccount
 	}
-	a := c.w.accounts[name]
-	lastDelivery := c.settings.MaxDeliver > 0 && j.deliveries >= uint64(c.settings.MaxDeliver)
+	a := c.accounts[name]
+	lastDelivery := c.settings.MaxDeliver > 0 && h.deliveries >= uint64(c.settings.MaxDeliver)
 	var wg sync.WaitGroup
 	var failed atomic.Bool
 	for _, ref := range r.ConfirmTargets() {
@@ -315,36 +317,34 @@ func (c *confirmer) confirmResult(ctx context.Context, j *job, r messages.Result
 				}
 				conf.Error = "gave up on the consumer's last delivery: " + err.Error()
 			}
-			conf.ConfirmedAt = c.w.now().UTC()
+			conf.ConfirmedAt = c.now().UTC()
 			conf.AckToConfirmMs = max(conf.ConfirmedAt.Sub(conf.AckTime).Milliseconds(), 0)
 			data, err := conf.Marshal()
 			if err == nil {
-				err = c.w.publish(ctx, c.w.cfg.ConfirmedSubject, data, messages.ConfirmedMsgID(r.RequestSeq, ref.OrderID, ref.OrderLinkID))
+				err = c.pub.publish(ctx, c.cfg.ConfirmedSubject, data, messages.ConfirmedMsgID(r.RequestSeq, ref.OrderID, ref.OrderLinkID))
 			}
 			if err != nil {
 				failed.Store(true)
 				return
 			}
-			c.w.metrics.observeConfirmation(conf)
+			c.metrics.observeConfirmation(conf)
 			c.logConfirmation(conf)
 		}()
 	}
 	wg.Wait()
-	j.mu.Lock()
-	j.done = true
-	j.mu.Unlock()
+	msg, _ := h.end()
 	switch {
 	case failed.Load() && ctx.Err() != nil:
 		// Stopping: another process, or this one restarted, finishes it;
 		// the confirmations already published are not published twice.
-		_ = j.msg.Nak()
+		_ = msg.Nak()
 		return
 	case failed.Load():
 		// The lookups keep failing: try again later.
-		_ = j.msg.NakWithDelay(c.w.cfg.ConfirmTimeout)
+		_ = msg.NakWithDelay(c.cfg.ConfirmTimeout)
 		return
 	}
-	_ = j.msg.DoubleAck(ctx)
+	_ = msg.DoubleAck(ctx)
 }
 
 func (c *confirmer) logConfirmation(conf messages.Confirmation) {
@@ -352,11 +352,11 @@ func (c *confirmer) logConfirmation(conf messages.Confirmation) {
 		"orderLinkId", conf.OrderLinkID, "orderStatus", conf.OrderStatus, "confirmedBy", conf.ConfirmedBy, "ackToConfirmMs", conf.AckToConfirmMs}
 	switch {
 	case conf.ConfirmedBy == messages.ConfirmedByUnknown:
-		c.w.log.Warn("order state unknown after its cancel", append(attrs, "error", conf.Error)...)
+		c.log.Warn("order state unknown after its cancel", append(attrs, "error", conf.Error)...)
 	case conf.OrderStatus == "Filled" || !conf.Final:
-		c.w.log.Warn("order not cancelled: "+conf.OrderStatus, attrs...)
+		c.log.Warn("order not cancelled: "+conf.OrderStatus, attrs...)
 	default:
-		c.w.log.Log(context.Background(), slog.LevelDebug, "order confirmed", attrs...)
+		c.log.Log(context.Background(), slog.LevelDebug, "order confirmed", attrs...)
 	}
 }
 
@@ -381,9 +381,9 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 		}
 
 		var found bool
-		o, found, err = c.lookup(ctx, a, LookupRealtime, q)
+		o, found, err = c.lookup(ctx, a, endpointRealtime, q)
 		if err == nil && !found {
-			o, found, err = c.lookup(ctx, a, LookupHistory, q)
+			o, found, err = c.lookup(ctx, a, endpointHistory, q)
 		}
 		switch {
 		case ctx.Err() != nil:
@@ -400,7 +400,7 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 			return nil
 		case err != nil:
 			lastErr = err
-			c.w.log.Warn("order lookup failed", "account", a.name, "orderId", q.OrderID, "orderLinkId", q.OrderLinkID, "error", err)
+			c.log.Warn("order lookup failed", "account", a.name, "orderId", q.OrderID, "orderLinkId", q.OrderLinkID, "error", err)
 			if round >= confirmLookRounds {
 				return fmt.Errorf("order lookups failed %d times, last: %w", round, lastErr)
 			}
@@ -412,7 +412,7 @@ func (c *confirmer) confirmOrder(ctx context.Context, a *account, r messages.Res
 // kept from before, or one that comes within ConfirmTimeout while the stream
 // is up. final is false when none did.
 func (c *confirmer) streamFinal(ctx context.Context, as *accountStream, account, category, orderID, orderLinkID string) (o bybit.Order, final bool, err error) {
-	deadline := time.NewTimer(c.w.cfg.ConfirmTimeout)
+	deadline := time.NewTimer(c.cfg.ConfirmTimeout)
 	defer deadline.Stop()
 	for {
 		o, seen, changed, release := c.book.watch(account, category, orderID, orderLinkID)
@@ -455,15 +455,12 @@ func fill(conf *messages.Confirmation, o bybit.Order, by string) {
 
 // lookup makes one order lookup within its own per-UID limit and the
 // process-wide IP limit, respecting an IP ban.
-func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q bybit.OrderQuery) (bybit.Order, bool, error) {
-	w := c.w
-	w.lanesMu.Lock()
-	p := w.budgetLocked(a, endpoint)
-	w.lanesMu.Unlock()
+func (c *confirmer) lookup(ctx context.Context, a *account, endpoint endpoint, q bybit.OrderQuery) (bybit.Order, bool, error) {
+	b := budget{endpoint, q.Category}
 	var res bybit.Lookup
-	sent, err := w.paced(forConfirmations(ctx), p, false, endpoint, q.Category, func() (bybit.RateLimit, error) {
+	sent, err := c.gw.call(forConfirmations(ctx), b, c.gw.pacer(a, b), false, func() (bybit.RateLimit, error) {
 		var err error
-		if endpoint == LookupRealtime {
+		if endpoint == endpointRealtime {
 			res, err = a.client.OpenOrRecentOrder(ctx, q)
 		} else {
 			res, err = a.client.HistoricOrder(ctx, q)
@@ -477,87 +474,4 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint string, q b
 		err = ctx.Err()
 	}
 	return res.Order, res.Found, err
-}
-
-// orderBook keeps the latest update of recent orders per account, by
-// orderId and by orderLinkId, bounded (oldest forgotten first), and wakes
-// whoever watches an order.
-type orderBook struct {
-	mu      sync.Mutex
-	orders  map[string]bybit.Order
-	ring    []string
-	next    int
-	waiters map[string]*waiter
-}
-
-// waiter is a channel closed at an order's next update, and how many watch it.
-type waiter struct {
-	ch chan struct{}
-	n  int
-}
-
-func newOrderBook(n int) *orderBook {
-	return &orderBook{orders: make(map[string]bybit.Order, n), ring: make([]string, n), waiters: map[string]*waiter{}}
-}
-
-func bookKeys(account, category, orderID, orderLinkID string) []string {
-	var keys []string
-	if orderID != "" {
-		keys = append(keys, account+"\x00"+category+"\x00id\x00"+orderID)
-	}
-	if orderLinkID != "" {
-		keys = append(keys, account+"\x00"+category+"\x00link\x00"+orderLinkID)
-	}
-	return keys
-}
-
-func (b *orderBook) put(account string, o bybit.Order) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, k := range bookKeys(account, o.Category, o.OrderID, o.OrderLinkID) {
-		if prev, ok := b.orders[k]; ok && prev.UpdatedTime > o.UpdatedTime {
-			continue // an older update arriving late
-		} else if !ok {
-			if old := b.ring[b.next]; old != "" {
-				delete(b.orders, old)
-			}
-			b.ring[b.next] = k
-			b.next = (b.next + 1) % len(b.ring)
-		}
-		b.orders[k] = o
-		if wt, ok := b.waiters[k]; ok {
-			close(wt.ch)
-			delete(b.waiters, k)
-		}
-	}
-}
-
-// watch returns the latest update of an order (by orderId when known, else
-// by orderLinkId), a channel closed at its next update, and the release the
-// watcher calls when it stops watching.
-func (b *orderBook) watch(account, category, orderID, orderLinkID string) (bybit.Order, bool, <-chan struct{}, func()) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	keys := bookKeys(account, category, orderID, orderLinkID)
-	k := keys[0]
-	o, seen := b.orders[k]
-	for _, alt := range keys[1:] {
-		if !seen {
-			k = alt
-			o, seen = b.orders[alt]
-		}
-	}
-	wt, ok := b.waiters[k]
-	if !ok {
-		wt = &waiter{ch: make(chan struct{})}
-		b.waiters[k] = wt
-	}
-	wt.n++
-	return o, seen, wt.ch, func() {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if wt.n--; wt.n == 0 && b.waiters[k] == wt {
-			delete(b.waiters, k)
-		}
-	}
 }

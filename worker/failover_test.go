@@ -15,9 +15,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 func freePort(t *testing.T) int {
@@ -49,7 +49,7 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 		if stores[name] == "" {
 			stores[name] = t.TempDir()
 		}
-		s, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: stores[name], Port: clientPorts[i], Configure: func(o *server.Options) {
+		s, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: stores[name], Port: clientPorts[i], Configure: func(o *server.Options) {
 			o.ServerName = name
 			o.Cluster = server.ClusterOpts{Name: "failover", Host: "127.0.0.1", Port: routePorts[i]}
 			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))

@@ -57,69 +57,90 @@ func (w *Worker) flatten(j *job, a *account) {
 	ctx, cancel := w.untilStopping()
 	defer cancel()
 	if w.startProgress(ctx, j) != nil {
-		w.release(j, 0, "shutdown")
+		w.giveBack(j, 0, "shutdown")
 		return
 	}
-	// refused: calls Bybit refused for good, not sent again; the first
-	// refusal is the result's reason.
-	refused := map[string]bool{}
-	var refusal *decision
+	var st flattenState
 	settles, settle := 0, newRetryBackoff()
 	for round := 0; ; {
 		scan, d, ok := w.flattenLookups(ctx, j, a)
 		if !ok {
-			if d.action == actFinish {
+			if d.publishes() {
 				d = w.flattenResult(j, flattenScan{more: true}, round, &d)
 			}
-			w.conclude(j, d)
+			w.apply(j, nil, d)
 			return
 		}
 		if len(scan.open) == 0 || round == flattenRounds {
-			w.finish(j, w.flattenResult(j, scan, round, refusal))
+			w.apply(j, nil, w.flattenResult(j, scan, round, st.refusal))
 			return
 		}
-		var calls []bybit.CancelAllRequest
-		for _, req := range scan.calls {
-			if !refused[callKey(req)] {
-				calls = append(calls, req)
-			}
-		}
+		calls := st.pending(scan.calls)
 		if len(calls) == 0 {
 			if scan.fresh > 0 || settles == flattenSettles {
 				// Every call that would cover what is left was refused,
 				// or the list never caught up with the cancels.
-				w.finish(j, w.flattenResult(j, scan, round, refusal))
+				w.apply(j, nil, w.flattenResult(j, scan, round, st.refusal))
 				return
 			}
 			// Only orders already cancelled are listed: Bybit's cancel is
 			// asynchronous, its list catches up; look again shortly.
 			settles++
 			if sleepCtx(ctx, settle.NextBackOff()) != nil {
-				w.release(j, 0, "shutdown")
+				w.giveBack(j, 0, "shutdown")
 				return
 			}
 			continue
 		}
 		round++
-		for _, req := range calls {
-			j.lane = w.lane(a, req.Category)
-			d := w.cancelAllRun(ctx, j, a, req, flattenRef(req, scan.symbols))
-			switch {
-			case d.action == actRelease:
-				w.conclude(j, d)
-				return
-			case d.result.Status == messages.StatusFailed:
-				// Too old: what is left is reported as it stands.
-				w.finish(j, w.flattenResult(j, flattenScan{open: scan.open, more: true}, round, &d))
-				return
-			case d.result.Status != messages.StatusCancelled:
-				refused[callKey(req)] = true
-				if refusal == nil {
-					refusal = &d
-				}
+		if d, done := w.flattenCalls(ctx, j, a, calls, scan, round, &st); done {
+			w.apply(j, nil, d)
+			return
+		}
+	}
+}
+
+// flattenState is what a flatten's rounds remember: the calls Bybit refused
+// for good, not sent again, and the first refusal, the result's reason.
+type flattenState struct {
+	refused map[string]bool
+	refusal *decision
+}
+
+// pending are the calls not refused yet.
+func (st *flattenState) pending(calls []bybit.CancelAllRequest) []bybit.CancelAllRequest {
+	var out []bybit.CancelAllRequest
+	for _, req := range calls {
+		if !st.refused[callKey(req)] {
+			out = append(out, req)
+		}
+	}
+	return out
+}
+
+// flattenCalls sends one round's cancel-alls; done says a call's outcome
+// ends the request, with d.
+func (w *Worker) flattenCalls(ctx context.Context, j *job, a *account, calls []bybit.CancelAllRequest, scan flattenScan, round int, st *flattenState) (d decision, done bool) {
+	for _, req := range calls {
+		j.lane = w.lane(a, req.Category)
+		d := w.cancelAllRun(ctx, j, a, req, flattenRef(req, scan.symbols))
+		switch {
+		case !d.publishes():
+			return d, true
+		case d.result.Status == messages.StatusFailed:
+			// Too old: what is left is reported as it stands.
+			return w.flattenResult(j, flattenScan{open: scan.open, more: true}, round, &d), true
+		case d.result.Status != messages.StatusCancelled:
+			if st.refused == nil {
+				st.refused = map[string]bool{}
+			}
+			st.refused[callKey(req)] = true
+			if st.refusal == nil {
+				st.refusal = &d
 			}
 		}
 	}
+	return decision{}, false
 }
 
 // flattenRef tags each order of a call with where it was.
@@ -214,16 +235,15 @@ func (w *Worker) flattenLookups(ctx context.Context, j *job, a *account) (flatte
 // openOrders makes one open-order lookup within the realtime lookups'
 // budget and the IP limit, retrying as a cancel-all call does.
 func (w *Worker) openOrders(ctx context.Context, j *job, a *account, q bybit.OpenOrdersQuery) (bybit.OpenOrdersPage, decision, bool) {
-	w.lanesMu.Lock()
-	p := w.budgetLocked(a, LookupRealtime)
-	w.lanesMu.Unlock()
+	b := budget{endpointRealtime, q.Category}
+	p := w.gw.pacer(a, b)
 	j.lane = w.lane(a, q.Category)
 	for {
-		if age := w.now().Sub(j.requestTime); age > w.cfg.MaxAge {
-			return bybit.OpenOrdersPage{}, w.failed(j, "older than WORKER_MAX_AGE ("+w.cfg.MaxAge.String()+") before it could finish"), false
+		if age := w.now().Sub(j.stored); age > w.cfg.MaxAge {
+			return bybit.OpenOrdersPage{}, w.decide(j, event{kind: evExpired, why: "finish"}), false
 		}
 		var res bybit.OpenOrdersPage
-		sent, err := w.paced(ctx, p, true, LookupRealtime, q.Category, func() (bybit.RateLimit, error) {
+		sent, err := w.gw.call(ctx, b, p, true, func() (bybit.RateLimit, error) {
 			var err error
 			res, err = a.client.OpenOrders(w.sendCtx, q)
 			if rl, ok := bybit.RateLimitOf(err); ok {
@@ -232,21 +252,17 @@ func (w *Worker) openOrders(ctx context.Context, j *job, a *account, q bybit.Ope
 			return res.RateLimit, err
 		})
 		if !sent {
-			return res, decision{action: actRelease, reason: "shutdown"}, false
+			return res, w.decide(j, event{kind: evGiveBack, why: "shutdown"}), false
 		}
 		if err == nil {
 			return res, decision{}, true
 		}
-		d := w.decide(j, bybit.CancelOrderResult{}, err)
-		switch d.action {
-		case actFinish:
-			return res, d, false
-		case actRelease:
-			w.metrics.retries.WithLabelValues(d.reason).Inc()
+		d := w.decide(j, answered(bybit.CancelOrderResult{}, err))
+		if d.action != actRequeue {
 			return res, d, false
 		}
-		if w.waitRetry(ctx, j, a, p, d) != nil {
-			return res, decision{action: actRelease, reason: "shutdown"}, false
+		if w.waitRetry(ctx, j, p, d) != nil {
+			return res, w.decide(j, event{kind: evGiveBack, why: "shutdown"}), false
 		}
 	}
 }
@@ -256,7 +272,7 @@ func (w *Worker) openOrders(ctx context.Context, j *job, a *account, q bybit.Ope
 // is left, with refusal (a call or lookup Bybit refused, or a failure) as
 // the reason when there is one.
 func (w *Worker) flattenResult(j *job, scan flattenScan, rounds int, refusal *decision) decision {
-	r := w.baseResult(j)
+	r := w.request(j).base
 	r.Rounds = rounds
 	r.Cancelled = map[string]int{}
 	for _, o := range j.prog.orders {
@@ -267,7 +283,7 @@ func (w *Worker) flattenResult(j *job, scan flattenScan, rounds int, refusal *de
 	if complete {
 		r.Status = messages.StatusCancelled
 		r.RetCode = new(0)
-		return decision{action: actFinish, result: r}
+		return concluded(r)
 	}
 	for i, o := range scan.open {
 		if i == flattenLeftShown {
@@ -297,7 +313,7 @@ func (w *Worker) flattenResult(j *job, scan flattenScan, rounds int, refusal *de
 		r.Status = messages.StatusFailed
 		r.LastError = fmt.Sprintf("%s after %d rounds: orders are placed as fast as they are cancelled", left, rounds)
 	}
-	return decision{action: actFinish, result: r}
+	return concluded(r)
 }
 
 // inverseBaseCoin is the base coin of an inverse symbol: BTCUSD,

@@ -407,7 +407,7 @@ func (f *fleet) keepPin() bool {
 	if f == nil || !f.cancel.on {
 		return false
 	}
-	return !(f.w.cfg.BanRelease && f.w.gate.closed())
+	return !(f.w.cfg.BanRelease && f.w.gw.ban.closed())
 }
 
 // renew sends a pull that can deliver nothing (a byte limit no message

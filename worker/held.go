@@ -2,32 +2,136 @@ package worker
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
-// job is one held message: pulled, not yet answered. Its processing state is
-// touched by one goroutine at a time (the lane, then the sender, then the
-// finisher); the fields under mu are shared with the heartbeat and with the
-// pull, which hands a redelivery of a held message to the job holding it.
-type job struct {
-	seq         uint64
-	requestTime time.Time
-	req         messages.Cancel
-	// all is set instead of req for a cancel-all request; prog is its
-	// progress once it runs.
-	all       *messages.CancelAll
-	prog      *cancelAllProgress
-	requestID string
-	lane      *lane
+// maxFetch bounds one pull request.
+const maxFetch = 256
+
+// puller pulls one consumer's messages while fewer than max are held: the
+// requests' consumer and the confirmations' share it.
+type puller struct {
+	// name is "" for the requests' consumer, "confirm " for the other, in
+	// logs.
+	name string
+	cons jetstream.Consumer
+	held *heldSet
+	max  int
+	log  *slog.Logger
+	// ban, when set, holds the pull during an IP ban's pause.
+	ban *banGate
+	// outliveStop lets a fetch outlive a stop signal by at most its expiry,
+	// so that messages already on their way reach accept (which gives them
+	// back) instead of being lost until AckWait. Without it the fetch ends
+	// with ctx: a message given back at a stop must not come back into the
+	// same pull (each delivery counts to MaxDeliver).
+	outliveStop bool
+	// accept takes a message; pulledAt is when the pull that brought it
+	// was asked for: the server starts a delivery's AckWait when it hands
+	// the message to the pull, never before.
+	accept func(ctx context.Context, msg jetstream.Msg, pulledAt time.Time)
+
+	// The fleet (fleet.go): pin is the consumer's pin (one that is off
+	// does nothing); now is the clock it goes by. keepPin, when set and
+	// true, keeps pulling where the loop would otherwise wait (an IP ban;
+	// a full held set, where renew renews the pin every renewal); pulled is
+	// told how each pull ended; standBy that another replica holds the pin.
+	pin     *pin
+	now     func() time.Time
+	keepPin func() bool
+	renew   func(ctx context.Context)
+	renewal func() <-chan time.Time
+	pulled  func(start time.Time, err error)
+	standBy func()
+}
+
+func (p puller) keepingPin() bool { return p.keepPin != nil && p.keepPin() }
+
+// run pulls until ctx ends.
+func (p puller) run(ctx context.Context) {
+	retry := newRetryBackoff()
+	for ctx.Err() == nil {
+		if p.ban != nil && !p.keepingPin() && p.ban.waitOpen(ctx) != nil {
+			return
+		}
+		n, changed := p.held.len()
+		room := p.max - n
+		if room <= 0 {
+			var renewal <-chan time.Time
+			if p.keepingPin() {
+				p.renew(ctx)
+				renewal = p.renewal()
+			}
+			select {
+			case <-ctx.Done():
+			case <-changed:
+			case <-renewal:
+			}
+			continue
+		}
+		fctx := ctx
+		if p.outliveStop {
+			fctx = context.WithoutCancel(ctx)
+		}
+		fctx, cancel := context.WithTimeout(fctx, pullInterval)
+		err := p.fetch(ctx, fctx, room)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, jetstream.ErrPinIDMismatch) {
+			if p.standBy != nil {
+				p.standBy()
+			}
+			continue
+		}
+		if err != nil {
+			p.log.Warn(p.name+"pull failed", "error", err)
+			_ = sleepCtx(ctx, retry.NextBackOff())
+			continue
+		}
+		retry.Reset()
+	}
+}
+
+// fetch takes one batch of up to room messages to accept.
+func (p puller) fetch(ctx, fctx context.Context, room int) error {
+	start := p.now()
+	pulledAt := time.Now()
+	batch, err := p.cons.Fetch(min(room, maxFetch), p.pin.fetchOpts(fctx)...)
+	if err != nil {
+		return err
+	}
+	for msg := range batch.Messages() {
+		// The pin first: a lane sends only for the active replica.
+		p.pin.pulled(start, pinOf(msg), nil)
+		p.pin.takeover(ctx, p.cons, msg)
+		p.accept(ctx, msg, pulledAt)
+	}
+	p.pulled(start, batch.Error())
+	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		return err
+	}
+	return nil
+}
+
+// heldMsg is one message a consumer holds: pulled, not yet acked, given
+// back or terminated. Its delivery is heartbeated until it ends; a
+// redelivery that arrives meanwhile replaces it, so that the answer goes to
+// the newest delivery. The fields under mu are shared with the heartbeat and
+// with the pull.
+type heldMsg struct {
+	seq uint64
+	// stored is when the stream stored the message.
+	stored time.Time
 
 	mu   sync.Mutex
 	msg  jetstream.Msg
@@ -46,44 +150,49 @@ type job struct {
 	// handed it to another consumer (stale once, or a redelivery skipped a
 	// delivery count). What that consumer sent may have been applied.
 	handedOut bool
+}
 
-	// queuedAt is when the job last entered its lane: the time until it is
-	// dispatched is time spent waiting for rate-limit budget.
-	queuedAt       time.Time
-	attempts       int
-	ambiguous      bool
-	rateLimitWait  time.Duration
-	transientSince time.Time
-	skewRetries    int
-	lastErr        error
-	sentAt         time.Time
-	backoff        *backoff.ExponentialBackOff
-	// noBatch: a batch carrying it was refused as a whole; it goes alone.
-	noBatch bool
+func newHeldMsg(msg jetstream.Msg, meta *jetstream.MsgMetadata, pulledAt time.Time) heldMsg {
+	return heldMsg{seq: meta.Sequence.Stream, stored: meta.Timestamp, msg: msg, deliveries: meta.NumDelivered, confirmedAt: pulledAt}
 }
 
 // delivery returns the newest delivery of the message and its count.
-func (j *job) delivery() (jetstream.Msg, uint64) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.msg, j.deliveries
+func (h *heldMsg) delivery() (jetstream.Msg, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.msg, h.deliveries
 }
 
-// redelivered makes a newer delivery of the held message the one this job
-// answers: its count is what the retry budget's end and the result go by,
-// and this process holds the current delivery again. A count that skipped
-// one means another consumer had the message in between.
-func (j *job) redelivered(msg jetstream.Msg, deliveries uint64, pulledAt time.Time) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if deliveries <= j.deliveries {
+// end stops the heartbeats and returns the delivery to answer and its count.
+func (h *heldMsg) end() (jetstream.Msg, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.done = true
+	return h.msg, h.deliveries
+}
+
+// redelivered makes a newer delivery of the held message the one to answer:
+// its count is what the retry budget's end and the result go by, and this
+// process holds the current delivery again. A count that skipped one means
+// another consumer had the message in between.
+func (h *heldMsg) redelivered(msg jetstream.Msg, deliveries uint64, pulledAt time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if deliveries <= h.deliveries {
 		return
 	}
-	if deliveries > j.deliveries+1 {
-		j.handedOut = true
+	if deliveries > h.deliveries+1 {
+		h.handedOut = true
 	}
-	j.msg, j.deliveries = msg, deliveries
-	j.stale, j.confirmedAt = false, pulledAt
+	h.msg, h.deliveries = msg, deliveries
+	h.stale, h.confirmedAt = false, pulledAt
+}
+
+// handedOutNow reports whether another consumer may have had the message.
+func (h *heldMsg) handedOutNow() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.handedOut
 }
 
 // staleRule says when a held message counts as possibly handed to another
@@ -96,22 +205,22 @@ type staleRule struct {
 	troubleAt     time.Time
 }
 
-// checkStale marks the job stale by rule, and reports whether it is.
-func (j *job) checkStale(now time.Time, rule staleRule) bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.checkStaleLocked(now, rule)
+// checkStale marks the message stale by rule, and reports whether it is.
+func (h *heldMsg) checkStale(now time.Time, rule staleRule) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.checkStaleLocked(now, rule)
 }
 
-func (j *job) checkStaleLocked(now time.Time, rule staleRule) bool {
-	if j.stale || rule.after <= 0 || j.confirmedAt.IsZero() {
-		return j.stale
+func (h *heldMsg) checkStaleLocked(now time.Time, rule staleRule) bool {
+	if h.stale || rule.after <= 0 || h.confirmedAt.IsZero() {
+		return h.stale
 	}
-	age := now.Sub(j.confirmedAt)
-	if age >= rule.silent || (age >= rule.after && rule.troubleAt.After(j.confirmedAt)) {
-		j.stale, j.handedOut = true, true
+	age := now.Sub(h.confirmedAt)
+	if age >= rule.silent || (age >= rule.after && rule.troubleAt.After(h.confirmedAt)) {
+		h.stale, h.handedOut = true, true
 	}
-	return j.stale
+	return h.stale
 }
 
 // heldSet is every message this process holds, keyed by stream sequence. One
@@ -127,7 +236,7 @@ func (j *job) checkStaleLocked(now time.Time, rule staleRule) bool {
 // covered for long enough is stale (see staleRule and Worker.letGo).
 type heldSet struct {
 	mu      sync.Mutex
-	jobs    map[uint64]*job
+	msgs    map[uint64]*heldMsg
 	changed chan struct{}
 
 	// Set while heartbeats run: nc carries them, inbox collects their
@@ -148,51 +257,49 @@ type heldSet struct {
 	nextRound  uint64
 }
 
-// round is one round of heartbeats: the jobs it covered (at their delivery
-// then) and which of its two bracketing requests were answered.
+// round is one round of heartbeats: the messages it covered (at their
+// delivery then) and which of its two bracketing requests were answered.
 type round struct {
 	at          time.Time
-	jobs        []*job
+	msgs        []*heldMsg
 	deliveries  []uint64
 	first, last bool
 }
 
 func newHeldSet() *heldSet {
-	return &heldSet{jobs: map[uint64]*job{}, changed: make(chan struct{}), rounds: map[uint64]*round{}}
+	return &heldSet{msgs: map[uint64]*heldMsg{}, changed: make(chan struct{}), rounds: map[uint64]*round{}}
 }
 
-// add registers j, or returns the job already held for the same sequence (a
-// redelivery of a message this process still works on).
-func (h *heldSet) add(j *job) (*job, bool) {
+// add registers m, or returns the message already held for the same
+// sequence (a redelivery of a message this process still works on).
+func (h *heldSet) add(m *heldMsg) (*heldMsg, bool) {
 	h.mu.Lock()
-	if prev, ok := h.jobs[j.seq]; ok {
+	if prev, ok := h.msgs[m.seq]; ok {
 		h.mu.Unlock()
 		return prev, false
 	}
-	h.jobs[j.seq] = j
+	h.msgs[m.seq] = m
 	nc, inbox, base := h.nc, h.inbox, h.base
 	h.mu.Unlock()
 	// The first heartbeat goes at once, answered on its own: the next
 	// round may be a third of AckWait away, and the server's AckWait began
 	// when it sent the message.
 	if nc != nil {
-		j.mu.Lock()
-		msg, deliveries := j.msg, j.deliveries
-		j.mu.Unlock()
-		reply := inbox + ".j." + strconv.FormatUint(j.seq, 10) + "." + strconv.FormatUint(deliveries, 10) + "." +
+		msg, deliveries := m.delivery()
+		reply := inbox + ".j." + strconv.FormatUint(m.seq, 10) + "." + strconv.FormatUint(deliveries, 10) + "." +
 			strconv.FormatInt(int64(time.Since(base)), 10)
 		_ = nc.PublishMsg(&nats.Msg{Subject: msg.Reply(), Reply: reply, Data: ackProgress})
 	}
-	return j, true
+	return m, true
 }
 
 var ackProgress = []byte("+WPI")
 
-func (h *heldSet) remove(j *job) {
+func (h *heldSet) remove(m *heldMsg) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.jobs[j.seq] == j {
-		delete(h.jobs, j.seq)
+	if h.msgs[m.seq] == m {
+		delete(h.msgs, m.seq)
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
@@ -203,7 +310,7 @@ func (h *heldSet) remove(j *job) {
 func (h *heldSet) len() (int, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.jobs), h.changed
+	return len(h.msgs), h.changed
 }
 
 // heartbeatLoop heartbeats every held message at a third of ackWait until
@@ -237,12 +344,12 @@ func (h *heldSet) heartbeatLoop(ctx context.Context, nc *nats.Conn, ackWait time
 	}
 }
 
-func (h *heldSet) snapshot() []*job {
+func (h *heldSet) snapshot() []*heldMsg {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]*job, 0, len(h.jobs))
-	for _, j := range h.jobs {
-		out = append(out, j)
+	out := make([]*heldMsg, 0, len(h.msgs))
+	for _, m := range h.msgs {
+		out = append(out, m)
 	}
 	return out
 }
@@ -251,7 +358,7 @@ func (h *heldSet) snapshot() []*job {
 // and the last sent as requests. Rounds older than keep are forgotten.
 func (h *heldSet) heartbeat(keep time.Duration) {
 	now := time.Now()
-	jobs := h.snapshot()
+	held := h.snapshot()
 	h.mu.Lock()
 	nc, inbox := h.nc, h.inbox
 	if nc != nil {
@@ -264,7 +371,7 @@ func (h *heldSet) heartbeat(keep time.Duration) {
 	rule := h.rule
 	h.nextRound++
 	n := h.nextRound
-	r := &round{at: now, jobs: make([]*job, 0, len(jobs)), deliveries: make([]uint64, 0, len(jobs))}
+	r := &round{at: now, msgs: make([]*heldMsg, 0, len(held)), deliveries: make([]uint64, 0, len(held))}
 	if nc != nil {
 		h.rounds[n] = r
 		for k, old := range h.rounds {
@@ -275,16 +382,16 @@ func (h *heldSet) heartbeat(keep time.Duration) {
 	}
 	h.mu.Unlock()
 	var msgs []jetstream.Msg
-	for _, j := range jobs {
-		j.mu.Lock()
-		msg, deliveries, done := j.msg, j.deliveries, j.done
+	for _, m := range held {
+		m.mu.Lock()
+		msg, deliveries, done := m.msg, m.deliveries, m.done
 		if !done {
-			j.checkStaleLocked(now, rule)
+			m.checkStaleLocked(now, rule)
 		}
-		j.mu.Unlock()
+		m.mu.Unlock()
 		if !done {
 			msgs = append(msgs, msg)
-			r.jobs, r.deliveries = append(r.jobs, j), append(r.deliveries, deliveries)
+			r.msgs, r.deliveries = append(r.msgs, m), append(r.deliveries, deliveries)
 		}
 	}
 	if len(msgs) == 0 {
@@ -318,42 +425,54 @@ func (h *heldSet) confirmed(m *nats.Msg) {
 	now := time.Now()
 	switch {
 	case len(parts) == 4 && parts[0] == "j":
-		seq, err1 := strconv.ParseUint(parts[1], 10, 64)
-		deliveries, err2 := strconv.ParseUint(parts[2], 10, 64)
-		offset, err3 := strconv.ParseInt(parts[3], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
-			return
-		}
-		h.mu.Lock()
-		j, sent, rule := h.jobs[seq], h.base.Add(time.Duration(offset)), h.rule
-		h.mu.Unlock()
-		if j != nil {
-			j.confirm(deliveries, sent, now, rule)
-		}
+		h.confirmedOne(parts[1:], now)
 	case len(parts) == 3 && parts[0] == "r":
-		n, err := strconv.ParseUint(parts[1], 10, 64)
-		if err != nil {
-			return
+		h.confirmedRound(parts[1], parts[2], now)
+	}
+}
+
+// confirmedOne takes the answer to a just-pulled message's own heartbeat,
+// named by its sequence, delivery count and send time (an offset from base).
+func (h *heldSet) confirmedOne(parts []string, now time.Time) {
+	seq, err1 := strconv.ParseUint(parts[0], 10, 64)
+	deliveries, err2 := strconv.ParseUint(parts[1], 10, 64)
+	offset, err3 := strconv.ParseInt(parts[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return
+	}
+	h.mu.Lock()
+	held, sent, rule := h.msgs[seq], h.base.Add(time.Duration(offset)), h.rule
+	h.mu.Unlock()
+	if held != nil {
+		held.confirm(deliveries, sent, now, rule)
+	}
+}
+
+// confirmedRound takes the answer to one of a round's two bracketing
+// requests (which: first or last); with both in, the round arrived.
+func (h *heldSet) confirmedRound(number, which string, now time.Time) {
+	n, err := strconv.ParseUint(number, 10, 64)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	r, rule := h.rounds[n], h.rule
+	done := false
+	if r != nil {
+		if which == "first" {
+			r.first = true
+		} else {
+			r.last = true
 		}
-		h.mu.Lock()
-		r, rule := h.rounds[n], h.rule
-		done := false
-		if r != nil {
-			if parts[2] == "first" {
-				r.first = true
-			} else {
-				r.last = true
-			}
-			done = r.first && r.last
-			if done {
-				delete(h.rounds, n)
-			}
-		}
-		h.mu.Unlock()
+		done = r.first && r.last
 		if done {
-			for i, j := range r.jobs {
-				j.confirm(r.deliveries[i], r.at, now, rule)
-			}
+			delete(h.rounds, n)
+		}
+	}
+	h.mu.Unlock()
+	if done {
+		for i, m := range r.msgs {
+			m.confirm(r.deliveries[i], r.at, now, rule)
 		}
 	}
 }
@@ -366,25 +485,25 @@ func (h *heldSet) inboxName() string {
 
 // confirm records that the server heard a heartbeat of the given delivery
 // sent at sent; the answer came at now.
-func (j *job) confirm(deliveries uint64, sent, now time.Time, rule staleRule) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.deliveries != deliveries || j.done {
+func (h *heldMsg) confirm(deliveries uint64, sent, now time.Time, rule staleRule) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.deliveries != deliveries || h.done {
 		return
 	}
 	// A gap that has already happened counts even if this answer ends it.
-	if !j.checkStaleLocked(now, rule) && sent.After(j.confirmedAt) {
-		j.confirmedAt = sent
+	if !h.checkStaleLocked(now, rule) && sent.After(h.confirmedAt) {
+		h.confirmedAt = sent
 	}
 }
 
 // stale reports whether a held message's heartbeats went unconfirmed for
 // long enough that the server may have handed it to another consumer.
-func (h *heldSet) stale(j *job) bool {
+func (h *heldSet) stale(m *heldMsg) bool {
 	h.mu.Lock()
 	rule := h.rule
 	h.mu.Unlock()
-	return j.checkStale(time.Now(), rule)
+	return m.checkStale(time.Now(), rule)
 }
 
 // seqMemory remembers up to n stream sequences (oldest forgotten first).

@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // lastDelivery is a cancel-all's last delivery, handed to a worker that is
@@ -49,7 +49,7 @@ func (m *lastDeliveryMsg) TermWithReason(r string) error {
 // failed: that result must still name the request and list what the earlier
 // deliveries cancelled ("a release on shutdown ... must not lose progress").
 func TestLastDeliveryReleasedOnShutdownKeepsTheCancelAllsProgress(t *testing.T) {
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir()})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	nc, err := nats.Connect(ns.ClientURL())

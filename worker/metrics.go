@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -184,59 +183,5 @@ func (m *Metrics) observeResult(r messages.Result, stored time.Time) {
 	m.results.WithLabelValues(string(r.Status), categoryLabel(r.Category)).Inc()
 	if !r.RequestTime.IsZero() {
 		m.resultLatency.WithLabelValues(string(r.Status)).Observe(stored.Sub(r.RequestTime).Seconds())
-	}
-}
-
-// sampleLoop refreshes the gauges that are read rather than counted: the
-// consumer's backlog, the oldest held request, the clock offset, the ban.
-func (w *Worker) sampleLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		w.sample(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (w *Worker) sample(ctx context.Context) {
-	m := w.metrics
-	n, _ := w.held.len()
-	m.held.Set(float64(n))
-	var oldest time.Time
-	for _, j := range w.held.snapshot() {
-		if oldest.IsZero() || j.requestTime.Before(oldest) {
-			oldest = j.requestTime
-		}
-	}
-	if oldest.IsZero() {
-		m.oldestAge.Set(0)
-	} else {
-		m.oldestAge.Set(w.now().Sub(oldest).Seconds())
-	}
-	var worst time.Duration
-	for _, a := range w.accounts {
-		if off, ok := a.client.ClockOffset(); ok && off.Abs() >= worst.Abs() {
-			worst = off
-		}
-	}
-	m.clockOffset.Set(worst.Seconds())
-	if w.gate.bannedUntil().IsZero() {
-		m.banned.Set(0)
-	} else {
-		m.banned.Set(1)
-	}
-	ictx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if info, err := w.cons.Info(ictx); err == nil {
-		m.backlog.Set(float64(info.NumPending))
-	}
-	if s, err := w.js.Stream(ictx, w.cfg.Stream); err == nil {
-		info := s.CachedInfo()
-		m.storeBytes.Set(float64(info.State.Bytes))
-		m.storeMaxBytes.Set(float64(max(info.Config.MaxBytes, 0)))
 	}
 }

@@ -376,22 +376,3 @@ func (p *pacer) blockAtResetLocked(rl bybit.RateLimit, now time.Time) {
 		p.blocked = rl.Reset
 	}
 }
-
-// sleepOrChange waits for d (forever if d is 0), for either channel to close
-// (a nil channel never does), or for ctx to end.
-func sleepOrChange(ctx context.Context, d time.Duration, changed, alsoChanged <-chan struct{}) error {
-	var timer <-chan time.Time
-	if d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		timer = t.C
-	}
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer:
-	case <-changed:
-	case <-alsoChanged:
-	}
-	return nil
-}

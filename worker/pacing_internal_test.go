@@ -35,9 +35,9 @@ func TestRateLimitedDecisionWaitsUntilBybitsReset(t *testing.T) {
 			require.Equal(t, bybit.ClassRateLimited, bybit.ClassOf(err))
 
 			w := &Worker{now: time.Now, cfg: Config{MaxAge: time.Hour, RetryBudget: time.Minute}}
-			j := &job{lane: newLane(laneKey{account: "a", category: "linear"}, nil, nil, nil), requestTime: time.Now()}
-			d := w.decide(j, bybit.CancelOrderResult{}, err)
-			require.Equal(t, actRetry, d.action)
+			j := &job{lane: newLane(laneKey{account: "a", category: "linear"}, nil, nil, nil), heldMsg: heldMsg{stored: time.Now()}}
+			d := w.decide(j, answered(bybit.CancelOrderResult{}, err))
+			require.Equal(t, actRequeue, d.action)
 			var counted time.Time // when the exchange counted the first cancel, in the local clock
 			for _, q := range ex.Requests() {
 				if q.Path == "/v5/order/cancel" && q.RetCode == 0 {

@@ -12,8 +12,8 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // A key without expiry (Bybit: expiredAt "1970-01-01T00:00:00Z") starts
@@ -30,7 +30,7 @@ func TestPreflightWarnsOnlyForAKeyThatExpiresSoon(t *testing.T) {
 		secret := map[string]string{"never": "s1", "soon": "s2"}[key]
 		c, err := bybit.NewClient(bybit.Options{BaseURL: srv.URL, APIKey: key, APISecret: bybit.Secret(secret)})
 		require.NoError(t, err)
-		logs := &workertest.LogBuffer{}
+		logs := &embedded.LogBuffer{}
 		require.NoError(t, worker.Preflight(context.Background(), c, slog.New(slog.NewTextHandler(logs, nil))))
 		require.Equal(t, warns, strings.Contains(logs.String(), "expires within a week"), "%s:\n%s", key, logs.String())
 	}

@@ -18,9 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // Two runs of one cancel-all at once: the request was redelivered to
@@ -74,7 +74,7 @@ func TestCancelAllResultFoldsProgressOfARunThatOverlapsIt(t *testing.T) {
 func TestCancelAllWithProgressRefusedListsEveryOrder(t *testing.T) {
 	t.Parallel()
 	for _, refused := range []bool{false, true} {
-		ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
+		ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
 			p := &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}}}
 			if refused {
 				p.Publish.Deny = []string{"orders.cancel-all.progress.>"}

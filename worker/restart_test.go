@@ -14,9 +14,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // The broker is shut down mid-burst and restarted on the same store and port:
@@ -27,7 +27,7 @@ import (
 func TestBrokerRestartMidBurst(t *testing.T) {
 	t.Parallel()
 	store := t.TempDir()
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
 	require.NoError(t, err)
 	port := ns.Addr().(*net.TCPAddr).Port
 	url := ns.ClientURL()
@@ -77,7 +77,7 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	base := applied()
 	require.Eventually(t, func() bool { return applied() > base }, waitFor, 10*time.Millisecond)
 	up := time.Now()
-	current, err = workertest.StartNATS(workertest.NATSOptions{StoreDir: store, Port: port})
+	current, err = embedded.StartNATS(embedded.NATSOptions{StoreDir: store, Port: port})
 	require.NoError(t, err)
 
 	// Judged on a complete read: a read during a leader change may stop short.

@@ -316,24 +316,12 @@ func (f *ResultFollower) readBack(from, horizon uint64, pass []*resultWaiter) er
 	defer func() {
 		stopOnEnd()
 		it.Stop()
-		if info := cons.CachedInfo(); info != nil {
-			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := f.js.DeleteConsumer(dctx, f.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				f.log.Debug("sync service: delete the backfill's consumer", "consumer", info.Name, "error", err)
-			}
-			cancel()
-		}
+		f.deleteBackfill(cons)
 	}()
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
 		return nil
 	}
-	for {
-		f.mu.Lock()
-		open := slices.ContainsFunc(pass, func(w *resultWaiter) bool { return !w.closed })
-		f.mu.Unlock()
-		if !open {
-			return nil
-		}
+	for f.anyOpen(pass) {
 		m, err := it.Next(jetstream.NextMaxWait(backfillIdle))
 		if err != nil {
 			if ctx.Err() != nil {
@@ -341,24 +329,52 @@ func (f *ResultFollower) readBack(from, horizon uint64, pass []*resultWaiter) er
 			}
 			return err
 		}
-		meta, err := m.Metadata()
-		if err != nil {
-			continue
-		}
-		if meta.Sequence.Stream > horizon {
+		if more := f.handBack(m, horizon); !more {
 			return nil
 		}
-		if rs, ok := requestSeqOf(m.Data()); ok {
-			sm := storedMsg{seq: meta.Sequence.Stream, data: m.Data(), confirmation: m.Subject() == f.confirmed}
-			f.mu.Lock()
-			for w := range f.waiters[rs] {
-				w.add(sm)
-			}
-			f.mu.Unlock()
+	}
+	return nil
+}
+
+// anyOpen reports whether one of the pass's waiters still waits.
+func (f *ResultFollower) anyOpen(pass []*resultWaiter) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.ContainsFunc(pass, func(w *resultWaiter) bool { return !w.closed })
+}
+
+// handBack gives one message read back to the waiters of its request; more
+// is false past horizon or at the stream's end.
+func (f *ResultFollower) handBack(m jetstream.Msg, horizon uint64) (more bool) {
+	meta, err := m.Metadata()
+	if err != nil {
+		return true
+	}
+	if meta.Sequence.Stream > horizon {
+		return false
+	}
+	if rs, ok := requestSeqOf(m.Data()); ok {
+		sm := storedMsg{seq: meta.Sequence.Stream, data: m.Data(), confirmation: m.Subject() == f.confirmed}
+		f.mu.Lock()
+		for w := range f.waiters[rs] {
+			w.add(sm)
 		}
-		if meta.NumPending == 0 {
-			return nil
-		}
+		f.mu.Unlock()
+	}
+	return meta.NumPending != 0
+}
+
+// deleteBackfill deletes a backfill's consumer, also when the follower has
+// stopped.
+func (f *ResultFollower) deleteBackfill(cons jetstream.Consumer) {
+	info := cons.CachedInfo()
+	if info == nil {
+		return
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.js.DeleteConsumer(dctx, f.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		f.log.Debug("sync service: delete the backfill's consumer", "consumer", info.Name, "error", err)
 	}
 }
 

@@ -178,6 +178,40 @@ func endpointSafe(name string) string {
 	}, name)
 }
 
+// usable are the endpoints the stream lets work: none when it captures a
+// sync subject itself (JetStream would answer those requests with a
+// receipt); without an endpoint whose input subject it does not capture.
+// offParts say why each endpoint left out is off; off says it in one line.
+func (s *Service) usable(endpoints []syncEndpoint, streamSubjects []string) (usable []syncEndpoint, offParts []string, off string) {
+	var captured []string
+	for _, ep := range endpoints {
+		if subjectCovered(streamSubjects, ep.subject) {
+			captured = append(captured, ep.subject)
+		}
+	}
+	if len(captured) > 0 {
+		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other sync subjects",
+			s.c.Worker.Stream, strings.Join(captured, ", "))
+		s.log.Warn(why)
+		return nil, nil, why
+	}
+	endpoints = slices.DeleteFunc(endpoints, func(ep syncEndpoint) bool {
+		if subjectCovered(streamSubjects, ep.input) {
+			return false
+		}
+		what := "cancel requests"
+		if ep.all {
+			what = "cancel-all requests"
+		}
+		offParts = append(offParts, fmt.Sprintf("sync %s off: stream %s does not capture %s (%s are off)", ep.name, s.c.Worker.Stream, ep.input, what))
+		return true
+	})
+	for _, why := range offParts {
+		s.log.Warn(why)
+	}
+	return endpoints, offParts, strings.Join(offParts, "; ")
+}
+
 // Start checks that the stream does not capture a sync subject, starts
 // following the results and registers the service. A stream that captures
 // a sync subject (JetStream would answer the request with a receipt) leaves
@@ -199,36 +233,9 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.stream = st // before any endpoint takes a request
 	s.mu.Unlock()
-	var captured []string
-	for _, ep := range endpoints {
-		if subjectCovered(streamSubjects, ep.subject) {
-			captured = append(captured, ep.subject)
-		}
-	}
-	if len(captured) > 0 {
-		why := fmt.Sprintf("sync service off: stream %s captures %s (JetStream would answer those requests with a receipt); remove them from the stream's subjects or choose other sync subjects",
-			s.c.Worker.Stream, strings.Join(captured, ", "))
-		s.log.Warn(why)
-		s.setOff(why)
-		return nil
-	}
-	var offParts []string
-	endpoints = slices.DeleteFunc(endpoints, func(ep syncEndpoint) bool {
-		if subjectCovered(streamSubjects, ep.input) {
-			return false
-		}
-		what := "cancel requests"
-		if ep.all {
-			what = "cancel-all requests"
-		}
-		offParts = append(offParts, fmt.Sprintf("sync %s off: stream %s does not capture %s (%s are off)", ep.name, s.c.Worker.Stream, ep.input, what))
-		return true
-	})
-	for _, why := range offParts {
-		s.log.Warn(why)
-	}
+	endpoints, offParts, off := s.usable(endpoints, streamSubjects)
 	if len(endpoints) == 0 {
-		s.setOff(strings.Join(offParts, "; "))
+		s.setOff(off)
 		return nil
 	}
 	if err := s.follow.Start(ctx); err != nil {
@@ -412,16 +419,8 @@ func (s *Service) handle(req micro.Request, ep syncEndpoint, r syncRequest) {
 	ack, err := s.c.JS.PublishMsg(ctx, &nats.Msg{Subject: input, Data: req.Data()},
 		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.c.Worker.Stream))
 	if err != nil {
-		switch {
-		case s.stopCtx.Err() != nil:
-			s.respondError(req, endpoint, "unavailable", 503, "cancel-worker is stopping before the stream acknowledged the request: send it again with the same Nats-Msg-Id "+msgID, replyHeaders)
-		case errors.Is(err, context.DeadlineExceeded):
-			s.respondError(req, endpoint, "timeout", 504, fmt.Sprintf("stream %s did not acknowledge the request within %v: it may be stored; send it again with the same Nats-Msg-Id %s", s.c.Worker.Stream, timeout, msgID), replyHeaders)
-		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
-			s.respondError(req, endpoint, "unavailable", 503, fmt.Sprintf("no stream stored the request on %s: is stream %s up and capturing it?", input, s.c.Worker.Stream), replyHeaders)
-		default:
-			s.respondError(req, endpoint, "error", 500, fmt.Sprintf("stream %s refused the request on %s: %v", s.c.Worker.Stream, input, err), replyHeaders)
-		}
+		outcome, code, description := s.publishFailure(err, input, timeout, msgID)
+		s.respondError(req, endpoint, outcome, code, description, replyHeaders)
 		return
 	}
 	if ack.Duplicate && !s.sameRequest(ctx, req, endpoint, input, msgID, ack.Sequence, replyHeaders) {
@@ -458,6 +457,20 @@ func (s *Service) handle(req micro.Request, ep syncEndpoint, r syncRequest) {
 	}
 	s.observeWait(endpoint, waited, false)
 	s.respond(req, endpoint, "answered", serviceReply{headers: replyHeaders, data: data})
+}
+
+// publishFailure says what to answer when the request could not be stored.
+func (s *Service) publishFailure(err error, input string, timeout time.Duration, msgID string) (outcome string, code int, description string) {
+	stream := s.c.Worker.Stream
+	switch {
+	case s.stopCtx.Err() != nil:
+		return "unavailable", 503, "cancel-worker is stopping before the stream acknowledged the request: send it again with the same Nats-Msg-Id " + msgID
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout", 504, fmt.Sprintf("stream %s did not acknowledge the request within %v: it may be stored; send it again with the same Nats-Msg-Id %s", stream, timeout, msgID)
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return "unavailable", 503, fmt.Sprintf("no stream stored the request on %s: is stream %s up and capturing it?", input, stream)
+	}
+	return "error", 500, fmt.Sprintf("stream %s refused the request on %s: %v", stream, input, err)
 }
 
 // sameRequest checks, for a duplicate PubAck, that the message stored at seq

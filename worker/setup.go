@@ -172,28 +172,35 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 
 	cfg := s.CachedInfo().Config
 	if cfg.Metadata[ManagedKey] != ManagedValue {
-		var missing []string
-		for _, subj := range c.streamSubjects() {
-			// The cancel-all, progress and confirmed subjects are
-			// optional on a stream of the operator's: without one, what
-			// needs it is off (Worker.Setup says so).
-			if c.isOptional(subj) {
-				continue
-			}
-			if !subjectCovered(cfg.Subjects, subj) {
-				missing = append(missing, subj)
-			}
-		}
-		if len(missing) > 0 {
-			return cfg, fmt.Errorf("stream %s (not created by the worker, so left unchanged) does not capture %s: add them to its subjects, e.g. nats stream edit %s --subjects %s",
-				c.Stream, strings.Join(missing, ", "), c.Stream, strings.Join(append(slices.Clone(cfg.Subjects), missing...), ","))
-		}
-		if cfg.Retention == jetstream.WorkQueuePolicy {
-			return cfg, fmt.Errorf("stream %s has work-queue retention: results and replay need limits retention", c.Stream)
-		}
-		return cfg, checkDupeWindow(cfg.Duplicates, c.MaxAge, "the duplicate window of stream "+c.Stream)
+		return cfg, c.checkOperatorStream(cfg)
 	}
+	return c.updateStream(ctx, js, cfg)
+}
 
+// checkOperatorStream checks a stream the worker did not create, without
+// changing it.
+func (c Config) checkOperatorStream(cfg jetstream.StreamConfig) error {
+	var missing []string
+	for _, subj := range c.streamSubjects() {
+		// The cancel-all, progress and confirmed subjects are optional
+		// on a stream of the operator's: without one, what needs it is
+		// off (Worker.Setup says so).
+		if !c.isOptional(subj) && !subjectCovered(cfg.Subjects, subj) {
+			missing = append(missing, subj)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("stream %s (not created by the worker, so left unchanged) does not capture %s: add them to its subjects, e.g. nats stream edit %s --subjects %s",
+			c.Stream, strings.Join(missing, ", "), c.Stream, strings.Join(append(slices.Clone(cfg.Subjects), missing...), ","))
+	}
+	if cfg.Retention == jetstream.WorkQueuePolicy {
+		return fmt.Errorf("stream %s has work-queue retention: results and replay need limits retention", c.Stream)
+	}
+	return checkDupeWindow(cfg.Duplicates, c.MaxAge, "the duplicate window of stream "+c.Stream)
+}
+
+// updateStream brings a stream the worker created up to date.
+func (c Config) updateStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.StreamConfig, error) {
 	want := cfg
 	for _, subj := range c.streamSubjects() {
 		if !slices.Contains(want.Subjects, subj) {
@@ -208,7 +215,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 		want.MaxBytes == cfg.MaxBytes && want.Discard == cfg.Discard {
 		return cfg, nil
 	}
-	s, err = js.UpdateStream(ctx, want)
+	s, err := js.UpdateStream(ctx, want)
 	if err != nil {
 		return cfg, fmt.Errorf("update stream %s: %w", c.Stream, err)
 	}

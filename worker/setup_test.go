@@ -18,9 +18,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 func TestMain(m *testing.M) {
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 // that ends early is success, and only a hang reaches it.
 const waitFor = 30 * time.Second
 
-type syncBuffer = workertest.LogBuffer
+type syncBuffer = embedded.LogBuffer
 
 // env is one test's world: an embedded nats-server, a simulated exchange, a
 // subscriber that collects every result, and the worker's configuration.
@@ -54,7 +54,7 @@ type env struct {
 func setup(t *testing.T, exOpts bybittest.Options) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}, timeout: 5 * time.Second}
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir()})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	e.ns = ns
@@ -70,16 +70,15 @@ func setup(t *testing.T, exOpts bybittest.Options) *env {
 	e.js, err = jetstream.New(e.nc)
 	require.NoError(t, err)
 
-	e.cfg = worker.Config{
-		Stream: "ORDERS", Consumer: "cancel-worker",
-		CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
-		CancelAllProgressSubject: "orders.cancel-all.progress",
-		AckWait:                  5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
-		DuplicateWindow: time.Hour, StreamReplicas: 1,
-		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 5 * time.Second,
-		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
-		Logger: newTestLogger(e.logs),
-	}
+	e.cfg = worker.DefaultConfig()
+	// What the tests run without unless they turn it on: confirmations,
+	// the sync service, the IP ceiling and the stream's size limit; and a
+	// shorter stop.
+	e.cfg.Confirm, e.cfg.ConfirmedSubject, e.cfg.ConfirmTimeout = false, "", 0
+	e.cfg.SyncCancelSubject, e.cfg.SyncCancelAllSubject, e.cfg.SyncMaxTimeout = "", "", 0
+	e.cfg.IPLimit, e.cfg.StreamMaxBytes = worker.Rate{}, 0
+	e.cfg.ShutdownTimeout = 5 * time.Second
+	e.cfg.Logger = newTestLogger(e.logs)
 	// Requests may be published before the worker starts.
 	_, err = worker.EnsureStream(context.Background(), e.js, e.cfg)
 	require.NoError(t, err)

@@ -492,85 +492,106 @@ func (e *Exchange) serveOrderLookup(w http.ResponseWriter, r *http.Request) {
 		e.writeEnvelope(w, r, rq, 10001, "params error: category is required", nil, h)
 		return
 	}
-	history := endpoint == "order-history"
-	e.mu.Lock()
-	// By id: that order (realtime lists it open or recently closed). Without
-	// one: realtime lists the open orders (openOnly=1: the recently closed
-	// ones), history the closed ones; newest first, up to limit (20, at
-	// most 50), narrowed by symbol, baseCoin, settleCoin.
-	var candidates []*Order
-	switch {
-	case rq.OrderID != "":
-		candidates = []*Order{e.books[rq.Category][rq.OrderID]}
-	case rq.OrderLinkID != "":
-		candidates = []*Order{e.links[rq.Category][rq.OrderLinkID]}
-	default:
-		for _, o := range e.books[rq.Category] {
-			candidates = append(candidates, o)
-		}
-		sort.Slice(candidates, func(i, j int) bool {
-			if candidates[i].CreatedTime != candidates[j].CreatedTime {
-				return candidates[i].CreatedTime > candidates[j].CreatedTime
-			}
-			return candidates[i].OrderID > candidates[j].OrderID
-		})
-	}
-	byID := rq.OrderID != "" || rq.OrderLinkID != ""
-	limit := 20
+	lq := orderLookup{rq: rq, uid: acct.UID, history: endpoint == "order-history", byID: rq.OrderID != "" || rq.OrderLinkID != "",
+		limit: 20, baseCoin: q.Get("baseCoin"), settleCoin: q.Get("settleCoin"), openOnly: q.Get("openOnly") == "1"}
 	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n >= 1 && n <= 50 {
-		limit = n
+		lq.limit = n
 	}
 	// orderFilter narrows by kind (every kind without one); the cursor is
 	// how many matching orders earlier pages held.
-	var kinds map[string]bool
-	if f := q.Get("orderFilter"); f != "" && !byID {
-		var ok bool
-		if kinds, ok = cancelAllKinds(rq.Category, f, ""); !ok {
-			e.mu.Unlock()
+	if f := q.Get("orderFilter"); f != "" && !lq.byID {
+		if lq.kinds, ok = cancelAllKinds(rq.Category, f, ""); !ok {
 			e.writeEnvelope(w, r, rq, 10001, "params error: orderFilter", nil, h)
 			return
 		}
 	}
-	skip, _ := strconv.Atoi(q.Get("cursor"))
+	lq.skip, _ = strconv.Atoi(q.Get("cursor"))
+	e.mu.Lock()
+	list, next := e.lookupLocked(lq)
+	e.mu.Unlock()
+	e.writeEnvelope(w, r, rq, 0, "OK", map[string]any{"category": rq.Category, "list": list, "nextPageCursor": next}, h)
+}
+
+// orderLookup is one order/realtime or order/history query.
+type orderLookup struct {
+	rq                   Request
+	uid                  string
+	history, byID        bool
+	openOnly             bool
+	limit, skip          int
+	baseCoin, settleCoin string
+	kinds                map[string]bool
+}
+
+// lookupLocked answers a lookup. By id: that order (realtime lists it open or
+// recently closed). Without one: realtime lists the open orders (openOnly=1:
+// the recently closed ones), history the closed ones; newest first, up to
+// limit (20, at most 50), narrowed by symbol, baseCoin, settleCoin.
+func (e *Exchange) lookupLocked(lq orderLookup) (list []any, next string) {
+	list = []any{}
 	matched := 0
-	next := ""
-	list := []any{}
-	for _, o := range candidates {
-		if o == nil || (rq.Symbol != "" && o.Symbol != rq.Symbol) || (o.UID != "" && acct.UID != o.UID) ||
-			!strings.HasPrefix(o.Symbol, q.Get("baseCoin")) || (q.Get("settleCoin") != "" && !o.settles(q.Get("settleCoin"))) ||
-			(kinds != nil && !kinds[o.Kind]) {
+	for _, o := range e.lookupCandidatesLocked(lq.rq) {
+		if !lq.selects(o) {
 			continue
 		}
-		var visible bool
-		switch {
-		case history:
-			visible = !o.Forgotten && !o.open()
-		case byID:
-			visible = !o.NotRecent
-		case q.Get("openOnly") == "1":
-			visible = !o.NotRecent && !o.open()
-		default:
-			visible = o.open()
-			if !visible && e.listLag > 0 && o.statusBefore != "" && e.nowLocked().Sub(o.closedAt) < e.listLag {
-				// The cancel is not in the list yet: still shown open.
-				shown := *o
-				shown.Status, shown.CancelType = o.statusBefore, ""
-				o, visible = &shown, true
-			}
-		}
+		o, visible := e.visibleLocked(lq, o)
 		if !visible {
 			continue
 		}
 		matched++
-		if matched <= skip {
+		if matched <= lq.skip {
 			continue
 		}
-		if len(list) == limit {
-			next = strconv.Itoa(skip + limit)
-			break
+		if len(list) == lq.limit {
+			return list, strconv.Itoa(lq.skip + lq.limit)
 		}
 		list = append(list, orderJSON(o))
 	}
-	e.mu.Unlock()
-	e.writeEnvelope(w, r, rq, 0, "OK", map[string]any{"category": rq.Category, "list": list, "nextPageCursor": next}, h)
+	return list, ""
+}
+
+func (e *Exchange) lookupCandidatesLocked(rq Request) []*Order {
+	switch {
+	case rq.OrderID != "":
+		return []*Order{e.books[rq.Category][rq.OrderID]}
+	case rq.OrderLinkID != "":
+		return []*Order{e.links[rq.Category][rq.OrderLinkID]}
+	}
+	var candidates []*Order
+	for _, o := range e.books[rq.Category] {
+		candidates = append(candidates, o)
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		if candidates[i].CreatedTime != candidates[j].CreatedTime {
+			return candidates[i].CreatedTime > candidates[j].CreatedTime
+		}
+		return candidates[i].OrderID > candidates[j].OrderID
+	})
+	return candidates
+}
+
+// selects reports whether the lookup's filters take o.
+func (lq orderLookup) selects(o *Order) bool {
+	return o != nil && (lq.rq.Symbol == "" || o.Symbol == lq.rq.Symbol) && (o.UID == "" || lq.uid == o.UID) &&
+		strings.HasPrefix(o.Symbol, lq.baseCoin) && (lq.settleCoin == "" || o.settles(lq.settleCoin)) &&
+		(lq.kinds == nil || lq.kinds[o.Kind])
+}
+
+// visibleLocked says whether the lookup lists o, and as what.
+func (e *Exchange) visibleLocked(lq orderLookup, o *Order) (*Order, bool) {
+	switch {
+	case lq.history:
+		return o, !o.Forgotten && !o.open()
+	case lq.byID:
+		return o, !o.NotRecent
+	case lq.openOnly:
+		return o, !o.NotRecent && !o.open()
+	}
+	if !o.open() && e.listLag > 0 && o.statusBefore != "" && e.nowLocked().Sub(o.closedAt) < e.listLag {
+		// The cancel is not in the list yet: still shown open.
+		shown := *o
+		shown.Status, shown.CancelType = o.statusBefore, ""
+		return &shown, true
+	}
+	return o, o.open()
 }

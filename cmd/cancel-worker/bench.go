@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,10 +9,10 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"regexp"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -25,12 +24,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // benchOptions are the flags of `cancel-worker bench`.
@@ -243,7 +244,7 @@ func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult
 		return benchResult{}, err
 	}
 	defer os.RemoveAll(store)
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
 	if err != nil {
 		return benchResult{}, err
 	}
@@ -769,26 +770,39 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 			limits = append(limits, k+"=0")
 		}
 	}
-	env := append(os.Environ(),
-		"NATS_URL="+natsURL, "BYBIT_BASE_URL="+baseURL,
-		"BYBIT_API_KEY="+bybittest.DemoAPIKey, "BYBIT_API_SECRET="+bybittest.DemoAPISecret,
-		"BYBIT_IP_LIMIT="+o.ipLimit, "BYBIT_LIMITS="+strings.Join(limits, ","),
-		"BYBIT_BATCH="+strconv.FormatBool(cfg.Batch), "BYBIT_LIMIT_SHARE="+strconv.FormatFloat(cfg.LimitShare, 'f', -1, 64),
-		"WORKER_CONCURRENCY="+strconv.Itoa(cfg.Concurrency), "NATS_MAX_ACK_PENDING="+strconv.Itoa(cfg.MaxAckPending),
-		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LOG_FORMAT=json",
-		"CONFIRM="+strconv.FormatBool(cfg.Confirm), "BYBIT_WS_URL="+cfg.WSURL)
+	set := map[string]string{
+		"NATS_URL": natsURL, "BYBIT_BASE_URL": baseURL,
+		"BYBIT_API_KEY": bybittest.DemoAPIKey, "BYBIT_API_SECRET": bybittest.DemoAPISecret,
+		"BYBIT_IP_LIMIT": o.ipLimit, "BYBIT_LIMITS": strings.Join(limits, ","),
+		"BYBIT_BATCH": strconv.FormatBool(cfg.Batch), "BYBIT_LIMIT_SHARE": strconv.FormatFloat(cfg.LimitShare, 'f', -1, 64),
+		"WORKER_CONCURRENCY": strconv.Itoa(cfg.Concurrency), "NATS_MAX_ACK_PENDING": strconv.Itoa(cfg.MaxAckPending),
+		"LOG_LEVEL": "info", "LOG_FORMAT": "json",
+		"CONFIRM": strconv.FormatBool(cfg.Confirm), "BYBIT_WS_URL": cfg.WSURL,
+	}
 	var procs []*exec.Cmd
-	var logs []*workertest.LogBuffer
+	var logs []*embedded.LogBuffer
+	var urls []string
 	for range o.replicas {
+		// Each replica serves /metrics where it is told to.
+		addr, err := freeLoopbackAddr()
+		if err != nil {
+			return procs, nil, err
+		}
+		set["HTTP_ADDR"] = addr
+		env, err := settingsEnv(set)
+		if err != nil {
+			return procs, nil, err
+		}
 		cmd := exec.CommandContext(ctx, self, "run")
-		cmd.Env = env
-		lb := &workertest.LogBuffer{}
+		cmd.Env = append(os.Environ(), env...)
+		lb := &embedded.LogBuffer{}
 		cmd.Stderr = lb
 		if err := cmd.Start(); err != nil {
 			return procs, nil, err
 		}
 		procs = append(procs, cmd)
 		logs = append(logs, lb)
+		urls = append(urls, "http://"+addr)
 	}
 	// Wait until the consumer exists: the workers create it.
 	nc, err := nats.Connect(natsURL)
@@ -800,17 +814,10 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 	if err != nil {
 		return procs, nil, err
 	}
-	addrRe := regexp.MustCompile(`"msg":"serving /metrics, /healthz and /readyz".*"addr":"([^"]+)"`)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var urls []string
-		for _, lb := range logs {
-			if m := addrRe.FindStringSubmatch(lb.String()); m != nil {
-				urls = append(urls, "http://"+m[1])
-			}
-		}
 		info, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer)
-		if err == nil && len(urls) == len(procs) {
+		if err == nil && allServing(urls) {
 			if ci, err := info.Info(ctx); err == nil && ci.NumWaiting >= o.replicas {
 				return procs, urls, nil
 			}
@@ -827,6 +834,46 @@ func startBenchWorkers(ctx context.Context, o benchOptions, cfg worker.Config, n
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// settingsEnv writes settings of `cancel-worker run` as its environment; a
+// name that is not one of its settings is an error, so that the bench
+// cannot drift from the command it runs.
+func settingsEnv(set map[string]string) ([]string, error) {
+	known := map[string]bool{}
+	for _, s := range settings {
+		known[s.env] = true
+	}
+	env := make([]string, 0, len(set))
+	for _, name := range slices.Sorted(maps.Keys(set)) {
+		if !known[name] {
+			return nil, fmt.Errorf("bench: %s is not a setting of cancel-worker run", name)
+		}
+		env = append(env, name+"="+set[name])
+	}
+	return env, nil
+}
+
+// freeLoopbackAddr is a loopback address with a port free now.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// allServing reports whether every replica answers /healthz.
+func allServing(urls []string) bool {
+	for _, u := range urls {
+		resp, err := http.Get(u + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+	}
+	return true
 }
 
 // killReport is what --kill-after measured.
@@ -850,24 +897,28 @@ func activeReplica(urls []string) int {
 	return 0
 }
 
-// counterOf scrapes one worker's /metrics for the sum of a counter or gauge.
+// counterOf scrapes one worker's /metrics for the sum of a counter or gauge
+// over its labels; -1 when it cannot be read.
 func counterOf(url, name string) float64 {
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {
 		return -1
 	}
 	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return -1
+	}
 	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		fields := strings.Fields(line)
-		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
-			sum += v
+	for _, m := range families[name].GetMetric() {
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Untyped != nil:
+			sum += m.GetUntyped().GetValue()
 		}
 	}
 	return sum

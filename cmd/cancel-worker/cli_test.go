@@ -22,7 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 )
 
 func TestVersionCommandAndFlag(t *testing.T) {
@@ -281,7 +281,7 @@ func writeContext(t *testing.T, config, name string, c map[string]any) {
 
 func TestNATSContextConnectsRunAndReplay(t *testing.T) {
 	t.Parallel()
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
 		o.Username, o.Password = "ctx-user", "ctx-pa55-secret"
 	}})
 	require.NoError(t, err)

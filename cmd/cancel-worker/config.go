@@ -44,6 +44,36 @@ func (s setting) flagName() string {
 	return strings.ReplaceAll(strings.ToLower(s.env), "_", "-")
 }
 
+// defaults are the worker's own (worker.DefaultConfig): the settings that
+// configure it take their defaults from there.
+var defaults = worker.DefaultConfig()
+
+// durationText writes a default duration the way an operator would: 1h, 50m,
+// 5s.
+func durationText(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// bytesText writes a default size as byteSize reads it: 4GiB, 512MiB, off.
+func bytesText(n int64) string {
+	switch {
+	case n <= 0:
+		return "off"
+	case n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + "GiB"
+	case n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "MiB"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
 // settings is the configuration contract of `cancel-worker run`.
 var settings = []setting{
 	{env: "NATS_URL", def: "nats://127.0.0.1:4222", usage: "NATS servers, comma-separated"},
@@ -59,20 +89,20 @@ var settings = []setting{
 	{env: "NATS_CERT", def: "", usage: "client certificate file for NATS TLS (with NATS_KEY)"},
 	{env: "NATS_KEY", def: "", usage: "client key file for NATS TLS (with NATS_CERT)"},
 	{env: "NATS_CONNECTION_NAME", def: "", usage: "connection name shown by the server (default cancel-worker@<hostname>)"},
-	{env: "NATS_STREAM", def: "ORDERS", usage: "stream holding the cancel subject and the results"},
-	{env: "NATS_CONSUMER", def: "cancel-worker", usage: "durable pull consumer; several worker processes may share it"},
-	{env: "NATS_CANCEL_SUBJECT", def: "orders.cancel", usage: "input subject"},
-	{env: "NATS_CANCEL_ALL_SUBJECT", def: "orders.cancel-all", usage: "input subject of cancel-all requests"},
-	{env: "NATS_ACK_SUBJECT", def: "orders.cancel.ack", usage: "results: cancels the exchange acknowledged"},
-	{env: "NATS_REJECTED_SUBJECT", def: "orders.cancel.rejected", usage: "results: every other final outcome"},
-	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", def: "orders.cancel-all.progress", usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
-	{env: "NATS_ACK_WAIT", def: "5s", usage: "AckWait of a consumer the worker creates"},
-	{env: "NATS_PINNED_TTL", def: "5s", usage: "how long a consumer the worker creates keeps a replica pinned after its last pull: the takeover time after a replica dies (at least 3s)"},
-	{env: "NATS_MAX_DELIVER", def: "20", usage: "MaxDeliver of a consumer the worker creates"},
-	{env: "NATS_MAX_ACK_PENDING", def: "1000", usage: "MaxAckPending of a consumer the worker creates (messages held)"},
-	{env: "NATS_DUPLICATE_WINDOW", def: "1h", usage: "duplicate window of a stream the worker creates"},
-	{env: "NATS_STREAM_REPLICAS", def: "1", usage: "replicas of a stream the worker creates"},
-	{env: "NATS_STREAM_MAX_BYTES", def: "4GiB", usage: "size limit of a stream the worker creates (e.g. 512MiB, 10GB), or off; when full, new messages are refused (discard new)"},
+	{env: "NATS_STREAM", def: defaults.Stream, usage: "stream holding the cancel subject and the results"},
+	{env: "NATS_CONSUMER", def: defaults.Consumer, usage: "durable pull consumer; several worker processes may share it"},
+	{env: "NATS_CANCEL_SUBJECT", def: defaults.CancelSubject, usage: "input subject"},
+	{env: "NATS_CANCEL_ALL_SUBJECT", def: defaults.CancelAllSubject, usage: "input subject of cancel-all requests"},
+	{env: "NATS_ACK_SUBJECT", def: defaults.AckSubject, usage: "results: cancels the exchange acknowledged"},
+	{env: "NATS_REJECTED_SUBJECT", def: defaults.RejectedSubject, usage: "results: every other final outcome"},
+	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", def: defaults.CancelAllProgressSubject, usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
+	{env: "NATS_ACK_WAIT", def: durationText(defaults.AckWait), usage: "AckWait of a consumer the worker creates"},
+	{env: "NATS_PINNED_TTL", def: durationText(defaults.PinnedTTL), usage: "how long a consumer the worker creates keeps a replica pinned after its last pull: the takeover time after a replica dies (at least 3s)"},
+	{env: "NATS_MAX_DELIVER", def: strconv.Itoa(defaults.MaxDeliver), usage: "MaxDeliver of a consumer the worker creates"},
+	{env: "NATS_MAX_ACK_PENDING", def: strconv.Itoa(defaults.MaxAckPending), usage: "MaxAckPending of a consumer the worker creates (messages held)"},
+	{env: "NATS_DUPLICATE_WINDOW", def: durationText(defaults.DuplicateWindow), usage: "duplicate window of a stream the worker creates"},
+	{env: "NATS_STREAM_REPLICAS", def: strconv.Itoa(defaults.StreamReplicas), usage: "replicas of a stream the worker creates"},
+	{env: "NATS_STREAM_MAX_BYTES", def: bytesText(defaults.StreamMaxBytes), usage: "size limit of a stream the worker creates (e.g. 512MiB, 10GB), or off; when full, new messages are refused (discard new)"},
 	{env: "BYBIT_API_KEY", def: "", usage: "Bybit API key (HMAC)"},
 	{env: "BYBIT_API_SECRET", secret: true, usage: "Bybit API secret (environment only)"},
 	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
@@ -84,22 +114,22 @@ var settings = []setting{
 	{env: "BYBIT_DCP_WINDOW", def: "", emptyAllowed: true, usage: "arm Bybit's Disconnect Cancel All (dead-man switch) for the default account with this window (3s to 300s, needs CONFIRM=true): Bybit cancels every order of the account once every replica's private stream has been gone that long; empty: off"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
-	{env: "BYBIT_IP_LIMIT", def: "500/5s", usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
+	{env: "BYBIT_IP_LIMIT", def: defaults.IPLimit.String(), usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
 	{env: "BYBIT_LIMITS", def: "", usage: "per-second ceilings on the limits learned from Bybit's X-Bapi-Limit (which start at the documented base tier), e.g. cancel/linear=20,cancel-batch/linear=20"},
-	{env: "BYBIT_LIMIT_SHARE", def: "1", usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
-	{env: "BYBIT_BATCH", def: "true", usage: "also send waiting cancels through cancel-batch, spending both budgets"},
-	{env: "BYBIT_BAN_PAUSE", def: "10m", usage: "how long every request stops after an IP-ban 403"},
-	{env: "BYBIT_BAN_RELEASE", def: "false", usage: "release held messages to other replicas during an IP ban"},
-	{env: "CONFIRM", def: "true", usage: "follow every acknowledged cancel to the order's final state (private WebSocket, then REST)"},
-	{env: "CONFIRM_TIMEOUT", def: "5s", usage: "how long a confirmation waits for the private WebSocket before asking REST"},
-	{env: "NATS_CONFIRMED_SUBJECT", def: "orders.cancel.confirmed", usage: "confirmations: one message per order of an acknowledged cancel"},
-	{env: "NATS_SYNC_CANCEL_SUBJECT", def: "orders.sync.cancel", usage: "subject of the sync service's cancel endpoint (request/reply: the reply is the stored result); empty disables it", emptyAllowed: true},
-	{env: "NATS_SYNC_CANCEL_ALL_SUBJECT", def: "orders.sync.cancel-all", usage: "subject of the sync service's cancel-all endpoint; empty disables it", emptyAllowed: true},
-	{env: "SYNC_MAX_TIMEOUT", def: "30s", usage: "cap on a sync request's Cancel-Timeout header (default wait 4s)"},
-	{env: "WORKER_CONCURRENCY", def: "16", usage: "HTTP requests in flight"},
-	{env: "WORKER_RETRY_BUDGET", def: "2m", usage: "in-process retrying of transient failures per delivery"},
-	{env: "WORKER_MAX_AGE", def: "50m", usage: "request age after which it is answered failed"},
-	{env: "WORKER_SHUTDOWN_TIMEOUT", def: "20s", usage: "how long a stop waits for requests already sent"},
+	{env: "BYBIT_LIMIT_SHARE", def: strconv.FormatFloat(defaults.LimitShare, 'g', -1, 64), usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
+	{env: "BYBIT_BATCH", def: strconv.FormatBool(defaults.Batch), usage: "also send waiting cancels through cancel-batch, spending both budgets"},
+	{env: "BYBIT_BAN_PAUSE", def: durationText(defaults.BanPause), usage: "how long every request stops after an IP-ban 403"},
+	{env: "BYBIT_BAN_RELEASE", def: strconv.FormatBool(defaults.BanRelease), usage: "release held messages to other replicas during an IP ban"},
+	{env: "CONFIRM", def: strconv.FormatBool(defaults.Confirm), usage: "follow every acknowledged cancel to the order's final state (private WebSocket, then REST)"},
+	{env: "CONFIRM_TIMEOUT", def: durationText(defaults.ConfirmTimeout), usage: "how long a confirmation waits for the private WebSocket before asking REST"},
+	{env: "NATS_CONFIRMED_SUBJECT", def: defaults.ConfirmedSubject, usage: "confirmations: one message per order of an acknowledged cancel"},
+	{env: "NATS_SYNC_CANCEL_SUBJECT", def: defaults.SyncCancelSubject, usage: "subject of the sync service's cancel endpoint (request/reply: the reply is the stored result); empty disables it", emptyAllowed: true},
+	{env: "NATS_SYNC_CANCEL_ALL_SUBJECT", def: defaults.SyncCancelAllSubject, usage: "subject of the sync service's cancel-all endpoint; empty disables it", emptyAllowed: true},
+	{env: "SYNC_MAX_TIMEOUT", def: durationText(defaults.SyncMaxTimeout), usage: "cap on a sync request's Cancel-Timeout header (default wait 4s)"},
+	{env: "WORKER_CONCURRENCY", def: strconv.Itoa(defaults.Concurrency), usage: "HTTP requests in flight"},
+	{env: "WORKER_RETRY_BUDGET", def: durationText(defaults.RetryBudget), usage: "in-process retrying of transient failures per delivery"},
+	{env: "WORKER_MAX_AGE", def: durationText(defaults.MaxAge), usage: "request age after which it is answered failed"},
+	{env: "WORKER_SHUTDOWN_TIMEOUT", def: durationText(defaults.ShutdownTimeout), usage: "how long a stop waits for requests already sent"},
 	{env: "HTTP_ADDR", def: ":9478", usage: "address of /metrics, /healthz and /readyz; empty disables", emptyAllowed: true},
 	{env: "LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "LOG_FORMAT", def: "text", usage: "text (colour on a terminal) or json"},

@@ -20,10 +20,10 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // demoRequest is one step of the scripted scenario.
@@ -64,7 +64,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer os.RemoveAll(store)
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
 	if err != nil {
 		return err
 	}
@@ -105,39 +105,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	// Results are read from the stream (an ordered consumer), as a user
-	// should: a plain subscriber would also see publishes the stream dropped
-	// as duplicates.
-	results := make(chan messages.Result, len(script))
-	reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{cfg.AckSubject, cfg.RejectedSubject},
-	})
+	results, confirmations, stopReading, err := demoReaders(ctx, js, cfg, len(script))
 	if err != nil {
 		return err
 	}
-	cc, err := reader.Consume(func(m jetstream.Msg) {
-		if r, err := messages.DecodeResult(m.Data()); err == nil {
-			results <- r
-		}
-	})
-	if err != nil {
-		return err
-	}
-	defer cc.Stop()
-	confirmations := make(chan messages.Confirmation, len(script))
-	confReader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.ConfirmedSubject}})
-	if err != nil {
-		return err
-	}
-	ccc, err := confReader.Consume(func(m jetstream.Msg) {
-		if c, err := messages.DecodeConfirmation(m.Data()); err == nil {
-			confirmations <- c
-		}
-	})
-	if err != nil {
-		return err
-	}
-	defer ccc.Stop()
+	defer stopReading()
 
 	wctx, stopWorker := context.WithCancel(ctx)
 	defer stopWorker()
@@ -147,8 +119,77 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	start := time.Now()
 	fmt.Fprintf(stdout, "publishing %d requests: one per category by orderId and orderLinkId, 1 for an order that fills before its cancel lands, a burst of %d linear cancels, 2 invalid messages, 1 cancel of an order that is not open\n\n",
 		len(script), *burst)
+	if err := demoPublish(ctx, js, cfg.CancelSubject, script); err != nil {
+		return err
+	}
+	t := newDemoTally(script)
+	if err := t.collect(ctx, stdout, start, results, confirmations, workerDone); err != nil {
+		return err
+	}
+	stopWorker()
+	if err := <-workerDone; err != nil {
+		return err
+	}
+	if err := t.report(stdout, ex, *burst, *pushDelay); err != nil {
+		return err
+	}
+
+	// What `cancel-worker replay` says of this stream, for incident review.
+	rep, err := replay.Read(ctx, js, replayConfig(cfg), replay.Window{}, replay.Filter{})
+	if err != nil {
+		return fmt.Errorf("demo: replay: %w", err)
+	}
+	fmt.Fprintln(stdout, "\nreplay of this stream (the summary `cancel-worker replay` prints after its table):")
+	return replay.WriteSummary(stdout, replay.Summarise(rep.Rows))
+}
+
+// demoReaders reads results and confirmations from the stream (ordered
+// consumers), as a user should: a plain subscriber would also see publishes
+// the stream dropped as duplicates.
+func demoReaders(ctx context.Context, js jetstream.JetStream, cfg worker.Config, n int) (<-chan messages.Result, <-chan messages.Confirmation, func(), error) {
+	results := make(chan messages.Result, n)
+	confirmations := make(chan messages.Confirmation, n)
+	var stops []func()
+	stop := func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	read := func(subjects []string, take func(jetstream.Msg)) error {
+		reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
+		if err != nil {
+			return err
+		}
+		cc, err := reader.Consume(take)
+		if err != nil {
+			return err
+		}
+		stops = append(stops, cc.Stop)
+		return nil
+	}
+	err := read([]string{cfg.AckSubject, cfg.RejectedSubject}, func(m jetstream.Msg) {
+		if r, err := messages.DecodeResult(m.Data()); err == nil {
+			results <- r
+		}
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	err = read([]string{cfg.ConfirmedSubject}, func(m jetstream.Msg) {
+		if c, err := messages.DecodeConfirmation(m.Data()); err == nil {
+			confirmations <- c
+		}
+	})
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return results, confirmations, stop, nil
+}
+
+func demoPublish(ctx context.Context, js jetstream.JetStream, subject string, script []demoRequest) error {
 	for _, r := range script {
-		m := &nats.Msg{Subject: cfg.CancelSubject, Data: []byte(r.body), Header: nats.Header{}}
+		m := &nats.Msg{Subject: subject, Data: []byte(r.body), Header: nats.Header{}}
 		opts := []jetstream.PublishOpt{}
 		if r.msgID != "" {
 			opts = append(opts, jetstream.WithMsgID(r.msgID))
@@ -157,52 +198,66 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("publish: %w", err)
 		}
 	}
+	return nil
+}
 
-	counts := map[messages.Status]int{}
-	orderStatus := map[string]int{}
-	wantConfirmed := 0
+// demoTally is what the demo saw come back.
+type demoTally struct {
+	script        []demoRequest
+	wantConfirmed int
+	counts        map[messages.Status]int
+	orderStatus   map[string]int
+	confirmedBy   map[string]int
+	waited        time.Duration
+	elapsed       time.Duration
+	confLatency   []time.Duration
+	filled        []string
+}
+
+func newDemoTally(script []demoRequest) *demoTally {
+	t := &demoTally{script: script, counts: map[messages.Status]int{}, orderStatus: map[string]int{}, confirmedBy: map[string]int{}}
 	for _, r := range script {
 		if r.expect == messages.StatusCancelled {
-			wantConfirmed++
+			t.wantConfirmed++
 		}
 	}
-	var waited time.Duration
-	var elapsed time.Duration
-	var confLatency []time.Duration
-	confirmedBy := map[string]int{}
-	var filled []string
-	for got, confirmed := 0, 0; got < len(script) || confirmed < wantConfirmed; {
+	return t
+}
+
+// collect prints every result and confirmation as it comes, until all are in.
+func (t *demoTally) collect(ctx context.Context, stdout io.Writer, start time.Time, results <-chan messages.Result, confirmations <-chan messages.Confirmation, workerDone <-chan error) error {
+	for got, confirmed := 0, 0; got < len(t.script) || confirmed < t.wantConfirmed; {
 		select {
 		case r := <-results:
 			got++
-			counts[r.Status]++
-			waited = max(waited, time.Duration(r.RateLimitWaitMs)*time.Millisecond)
+			t.counts[r.Status]++
+			t.waited = max(t.waited, time.Duration(r.RateLimitWaitMs)*time.Millisecond)
 			fmt.Fprintln(stdout, formatResult(time.Since(start), r))
-			if got == len(script) {
-				elapsed = time.Since(start)
+			if got == len(t.script) {
+				t.elapsed = time.Since(start)
 			}
 		case c := <-confirmations:
 			confirmed++
-			orderStatus[c.OrderStatus]++
-			confirmedBy[c.ConfirmedBy]++
-			confLatency = append(confLatency, c.ConfirmedAt.Sub(c.AckTime))
+			t.orderStatus[c.OrderStatus]++
+			t.confirmedBy[c.ConfirmedBy]++
+			t.confLatency = append(t.confLatency, c.ConfirmedAt.Sub(c.AckTime))
 			if c.OrderStatus == "Filled" {
-				filled = append(filled, c.RequestID)
+				t.filled = append(t.filled, c.RequestID)
 			}
 			fmt.Fprintln(stdout, formatConfirmation(time.Since(start), c))
 		case <-time.After(30 * time.Second):
-			return fmt.Errorf("demo: only %d of %d results and %d of %d confirmations after 30s", got, len(script), confirmed, wantConfirmed)
+			return fmt.Errorf("demo: only %d of %d results and %d of %d confirmations after 30s", got, len(t.script), confirmed, t.wantConfirmed)
 		case err := <-workerDone:
 			return fmt.Errorf("demo: worker stopped early: %v", err)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	stopWorker()
-	if err := <-workerDone; err != nil {
-		return err
-	}
+	return nil
+}
 
+// report prints the summary and checks it against what the script expects.
+func (t *demoTally) report(stdout io.Writer, ex *bybittest.Exchange, burst int, pushDelay time.Duration) error {
 	var limited int
 	for _, q := range ex.Requests() {
 		if q.RetCode == 10006 {
@@ -210,37 +265,31 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	want := map[messages.Status]int{}
-	for _, r := range script {
+	for _, r := range t.script {
 		want[r.expect]++
 	}
-	fmt.Fprintf(stdout, "\nsummary: %d requests, %d results in %s: %s\n", len(script), len(script), elapsed.Round(time.Millisecond), formatCounts(counts))
+	n := len(t.script)
+	fmt.Fprintf(stdout, "\nsummary: %d requests, %d results in %s: %s\n", n, n, t.elapsed.Round(time.Millisecond), formatCounts(t.counts))
 	fmt.Fprintf(stdout, "rate limits: the %d-cancel linear burst (10/s single + 10/s batch) waited up to %s for budget; the exchange answered 10006 %d times\n",
-		*burst, waited.Round(time.Millisecond), limited)
-	slices.Sort(confLatency)
+		burst, t.waited.Round(time.Millisecond), limited)
+	lat := t.confLatency
+	slices.Sort(lat)
 	fmt.Fprintf(stdout, "confirmations: %d (%s), by %s; ack→confirmation p50 %s, max %s (order updates pushed %s after each cancel)\n",
-		len(confLatency), formatCountsOf(orderStatus), formatCountsOf(confirmedBy),
-		confLatency[len(confLatency)/2].Round(time.Millisecond), confLatency[len(confLatency)-1].Round(time.Millisecond), *pushDelay)
-	if len(filled) > 0 {
-		fmt.Fprintf(stdout, "filled before the cancel landed (accepted, yet not cancelled): %s\n", strings.Join(filled, ", "))
+		len(lat), formatCountsOf(t.orderStatus), formatCountsOf(t.confirmedBy),
+		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), pushDelay)
+	if len(t.filled) > 0 {
+		fmt.Fprintf(stdout, "filled before the cancel landed (accepted, yet not cancelled): %s\n", strings.Join(t.filled, ", "))
 	}
 	for s, n := range want {
-		if counts[s] != n {
-			return fmt.Errorf("demo: expected %s, got %s", formatCounts(want), formatCounts(counts))
+		if t.counts[s] != n {
+			return fmt.Errorf("demo: expected %s, got %s", formatCounts(want), formatCounts(t.counts))
 		}
 	}
-	if want := map[string]int{"Cancelled": wantConfirmed - 1, "Filled": 1}; !maps.Equal(orderStatus, want) {
-		return fmt.Errorf("demo: expected confirmations %s, got %s", formatCountsOf(want), formatCountsOf(orderStatus))
+	if want := map[string]int{"Cancelled": t.wantConfirmed - 1, "Filled": 1}; !maps.Equal(t.orderStatus, want) {
+		return fmt.Errorf("demo: expected confirmations %s, got %s", formatCountsOf(want), formatCountsOf(t.orderStatus))
 	}
 	fmt.Fprintln(stdout, "every request got exactly the result and the confirmation the scenario expects")
-
-	// What `cancel-worker replay` says of this stream, for incident review.
-	rep, err := replay.Read(ctx, js, replay.Config{Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject,
-		CancelAllSubject: cfg.CancelAllSubject, AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, ConfirmedSubject: cfg.ConfirmedSubject}, replay.Window{}, replay.Filter{})
-	if err != nil {
-		return fmt.Errorf("demo: replay: %w", err)
-	}
-	fmt.Fprintln(stdout, "\nreplay of this stream (the summary `cancel-worker replay` prints after its table):")
-	return replay.WriteSummary(stdout, replay.Summarise(rep.Rows))
+	return nil
 }
 
 func formatConfirmation(at time.Duration, c messages.Confirmation) string {
@@ -249,17 +298,15 @@ func formatConfirmation(at time.Duration, c messages.Confirmation) string {
 }
 
 func demoWorkerConfig(log *slog.Logger) worker.Config {
-	return worker.Config{
-		Stream: "ORDERS", Consumer: "cancel-worker",
-		CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all", AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
-		CancelAllProgressSubject: "orders.cancel-all.progress",
-		AckWait:                  5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000,
-		DuplicateWindow: time.Hour, StreamReplicas: 1,
-		Concurrency: 16, RetryBudget: 2 * time.Minute, MaxAge: 50 * time.Minute, ShutdownTimeout: 20 * time.Second,
-		Limits: worker.DefaultLimits(), BanPause: 10 * time.Minute, Batch: true, LimitShare: 1,
-		ConfirmedSubject: "orders.cancel.confirmed", ConfirmTimeout: 5 * time.Second,
-		Logger: log,
-	}
+	cfg := worker.DefaultConfig()
+	// In process beside the simulator: no IP ceiling (a scenario sets its
+	// own), no size limit on the embedded stream, no sync service;
+	// confirmations as the scenario chooses.
+	cfg.IPLimit, cfg.StreamMaxBytes = worker.Rate{}, 0
+	cfg.Confirm = false
+	cfg.SyncCancelSubject, cfg.SyncCancelAllSubject, cfg.SyncMaxTimeout = "", "", 0
+	cfg.Logger = log
+	return cfg
 }
 
 // demoScript fills the simulated book and returns the requests to publish.

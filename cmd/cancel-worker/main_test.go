@@ -22,8 +22,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // binary is the cancel-worker built once for the tests that need a real
@@ -56,7 +56,7 @@ const waitFor = 60 * time.Second
 
 const testSecret = "this-is-the-test-secret-0123456789"
 
-type syncBuffer = workertest.LogBuffer
+type syncBuffer = embedded.LogBuffer
 
 func envFunc(m map[string]string) lookupEnv {
 	return func(k string) (string, bool) {
@@ -191,7 +191,7 @@ type stack struct {
 
 func newStack(t *testing.T, exOpts bybittest.Options, wrap func(http.Handler) http.Handler) *stack {
 	t.Helper()
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir()})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	ex := bybittest.New(exOpts)

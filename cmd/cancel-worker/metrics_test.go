@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 )
 
 var httpAddrRe = regexp.MustCompile(`serving /metrics, /healthz and /readyz.*addr"?[=:]"?([^\s"]+)`)
@@ -205,7 +205,7 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 func TestReadyzFollowsTheNATSConnection(t *testing.T) {
 	t.Parallel()
 	store := t.TempDir()
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
 	require.NoError(t, err)
 	port := ns.Addr().(*net.TCPAddr).Port
 	s := newStack(t, bybittest.Options{}, nil)
@@ -222,7 +222,7 @@ func TestReadyzFollowsTheNATSConnection(t *testing.T) {
 	code, _ := get(t, base+"/healthz")
 	require.Equal(t, http.StatusOK, code, "alive while NATS is down")
 
-	ns2, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: store, Port: port})
+	ns2, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store, Port: port})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns2.Shutdown(); ns2.WaitForShutdown() })
 	require.Eventually(t, func() bool { c, _ := get(t, base+"/readyz"); return c == http.StatusOK }, waitFor, 10*time.Millisecond, "%s", logs)

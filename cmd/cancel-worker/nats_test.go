@@ -22,13 +22,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 )
 
 // natsWith starts a nats-server adjusted by configure and returns its URL.
 func natsWith(t *testing.T, configure func(*server.Options)) string {
 	t.Helper()
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
 		o.JetStream = false
 		configure(o)
 	}})

@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/workertest"
 )
 
 // The README's permissions example is run as written: the worker works with
@@ -31,7 +31,7 @@ func TestREADMEPermissionsExample(t *testing.T) {
 	conf := "RISK_PASSWORD: risk-pw\nWORKER_PASSWORD: worker-pw\nREADER_PASSWORD: reader-pw\nDESK_PASSWORD: desk-pw\n" + string(block[1])
 	confFile := filepath.Join(t.TempDir(), "nats.conf")
 	require.NoError(t, os.WriteFile(confFile, []byte(conf), 0o600))
-	ns, err := workertest.StartNATS(workertest.NATSOptions{StoreDir: t.TempDir(), ConfigFile: confFile})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir(), ConfigFile: confFile})
 	require.NoError(t, err)
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	url := strings.Replace(ns.ClientURL(), "nats://", "", 1)

@@ -13,7 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
 // replayFlags are replay's own flags, beside the NATS settings.
@@ -185,4 +186,13 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 	}
 	fmt.Fprintf(out, "published %d new, %d already in the stream (the same resend inside its duplicate window adds nothing)\n", got.New, got.Duplicates)
 	return nil
+}
+
+// replayConfig is where a worker configured by c keeps its messages.
+func replayConfig(c worker.Config) replay.Config {
+	return replay.Config{
+		Stream: c.Stream, Consumer: c.Consumer,
+		CancelSubject: c.CancelSubject, CancelAllSubject: c.CancelAllSubject,
+		AckSubject: c.AckSubject, RejectedSubject: c.RejectedSubject, ConfirmedSubject: c.ConfirmedSubject,
+	}
 }

@@ -232,7 +232,7 @@ type Report struct {
 // Read scans the stream from the window's start to its current end. The
 // consumers it reads with are deleted when it returns.
 func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, filter Filter) (*Report, error) {
-	rep := &Report{ReadAt: time.Now()}
+	rd := &reader{cfg: cfg, win: win, rep: &Report{ReadAt: time.Now()}, bySeq: map[uint64]*Row{}, inWindow: map[uint64]bool{}}
 	// The consumer's state first, then the stream's end: a request at or
 	// below this ack floor was answered (if ever) before its ack, so its
 	// result is below the end read next.
@@ -240,23 +240,37 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 	if err != nil {
 		return nil, err
 	}
-	rep.AckFloor = floor
+	rd.rep.AckFloor = floor
 	if !consumerKnown {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("consumer %s not found: requests without a result are reported pending (a worker that creates it is delivered every stored request)", cfg.Consumer))
+		rd.warn("consumer %s not found: requests without a result are reported pending (a worker that creates it is delivered every stored request)", cfg.Consumer)
 	}
 	stream, err := js.Stream(ctx, cfg.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", cfg.Stream, err)
 	}
-	last := stream.CachedInfo().State.LastSeq
+	rd.last = stream.CachedInfo().State.LastSeq
 	if cfg.ConfirmedSubject != "" && !captures(stream.CachedInfo().Config.Subjects, cfg.ConfirmedSubject) {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("stream %s does not capture %s: no confirmations shown", cfg.Stream, cfg.ConfirmedSubject))
-		cfg.ConfirmedSubject = ""
+		rd.warn("stream %s does not capture %s: no confirmations shown", cfg.Stream, cfg.ConfirmedSubject)
+		rd.cfg.ConfirmedSubject = ""
 	}
-	if last == 0 || win.FromSeq > last {
-		return rep, nil
+	if rd.last == 0 || win.FromSeq > rd.last {
+		return rd.rep, nil
 	}
+	oc := orderedConfig(rd.cfg, win)
+	defer deleteConsumers(ctx, stream, oc.NamePrefix)
+	cons, err := js.OrderedConsumer(ctx, cfg.Stream, oc)
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+	}
+	if err := rd.scan(cons); err != nil {
+		return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+	}
+	rd.conclude(consumerKnown, floor, filter)
+	return rd.rep, nil
+}
 
+// orderedConfig reads the subjects of cfg from the window's start.
+func orderedConfig(cfg Config, win Window) jetstream.OrderedConsumerConfig {
 	oc := jetstream.OrderedConsumerConfig{FilterSubjects: cfg.subjects(), DeliverPolicy: jetstream.DeliverAllPolicy}
 	switch {
 	case win.FromSeq > 0:
@@ -274,85 +288,111 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 	// inactivity threshold is for a replay killed before it could.
 	oc.NamePrefix = "cancel-worker-replay-" + nuid.Next()
 	oc.InactiveThreshold = ConsumerInactiveThreshold
-	defer deleteConsumers(ctx, stream, oc.NamePrefix)
-	cons, err := js.OrderedConsumer(ctx, cfg.Stream, oc)
-	if err != nil {
-		return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
-	}
+	return oc
+}
 
-	var all []*Row // every request kept: in the window, or a resend of one
-	bySeq := map[uint64]*Row{}
-	inWindow := map[uint64]bool{}
+// reader is the state of one Read.
+type reader struct {
+	cfg  Config
+	win  Window
+	rep  *Report
+	last uint64 // the stream's last sequence when the read began
+
+	all      []*Row // every request kept: in the window, or a resend of one
+	bySeq    map[uint64]*Row
+	inWindow map[uint64]bool
+}
+
+func (rd *reader) warn(format string, args ...any) {
+	rd.rep.Warnings = append(rd.rep.Warnings, fmt.Sprintf(format, args...))
+}
+
+// scan reads up to the stream's end as it was when the read began.
+func (rd *reader) scan(cons jetstream.Consumer) error {
 	for done, waited := false, false; !done; {
 		// Take what is there; if nothing is, wait once before concluding
 		// that the stream holds nothing more for these subjects.
 		var batch jetstream.MessageBatch
+		var err error
 		if waited {
 			batch, err = cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
 		} else {
 			batch, err = cons.FetchNoWait(1000)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+			return err
 		}
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			meta, err := msg.Metadata()
+			last, err := rd.take(msg)
 			if err != nil {
-				return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+				return err
 			}
-			seq := meta.Sequence.Stream
-			rep.ReadTo = seq
-			if seq >= last || meta.NumPending == 0 {
-				done = true
-			}
-			switch msg.Subject() {
-			case cfg.ConfirmedSubject:
-				c, err := messages.DecodeConfirmation(msg.Data())
-				if err != nil {
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("confirmation at sequence %d is not a confirmation: %v", seq, err))
-					continue
-				}
-				if row := bySeq[c.RequestSeq]; row != nil {
-					row.addConfirmation(c)
-				}
-			case cfg.AckSubject, cfg.RejectedSubject:
-				res, err := messages.DecodeResult(msg.Data())
-				if err != nil {
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("result at sequence %d is not a result: %v", seq, err))
-					continue
-				}
-				if row := bySeq[res.RequestSeq]; row != nil && row.result == nil {
-					row.setResult(&res, seq, meta.Timestamp)
-				}
-			default:
-				row := newRow(cfg, msg, seq, meta.Timestamp)
-				switch {
-				case win.contains(seq, meta.Timestamp):
-					inWindow[seq] = true
-				case row.ReplayOfSeq != 0 && bySeq[row.ReplayOfSeq] != nil:
-				default:
-					continue
-				}
-				all = append(all, row)
-				bySeq[seq] = row
-			}
+			done = done || last
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, fmt.Errorf("read stream %s: %w", cfg.Stream, err)
+			return err
 		}
 		if n == 0 {
 			if waited {
-				break
+				return nil
 			}
 			waited = true
 			continue
 		}
 		waited = false
 	}
+	return nil
+}
 
-	for _, row := range all {
+// take books one message; done says it is the last one to read.
+func (rd *reader) take(msg jetstream.Msg) (done bool, err error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return false, err
+	}
+	seq := meta.Sequence.Stream
+	rd.rep.ReadTo = seq
+	done = seq >= rd.last || meta.NumPending == 0
+	switch msg.Subject() {
+	case rd.cfg.ConfirmedSubject:
+		c, err := messages.DecodeConfirmation(msg.Data())
+		if err != nil {
+			rd.warn("confirmation at sequence %d is not a confirmation: %v", seq, err)
+			return done, nil
+		}
+		if row := rd.bySeq[c.RequestSeq]; row != nil {
+			row.addConfirmation(c)
+		}
+	case rd.cfg.AckSubject, rd.cfg.RejectedSubject:
+		res, err := messages.DecodeResult(msg.Data())
+		if err != nil {
+			rd.warn("result at sequence %d is not a result: %v", seq, err)
+			return done, nil
+		}
+		if row := rd.bySeq[res.RequestSeq]; row != nil && row.result == nil {
+			row.setResult(&res, seq, meta.Timestamp)
+		}
+	default:
+		row := newRow(rd.cfg, msg, seq, meta.Timestamp)
+		switch {
+		case rd.win.contains(seq, meta.Timestamp):
+			rd.inWindow[seq] = true
+		case row.ReplayOfSeq != 0 && rd.bySeq[row.ReplayOfSeq] != nil:
+		default:
+			return done, nil
+		}
+		rd.all = append(rd.all, row)
+		rd.bySeq[seq] = row
+	}
+	return done, nil
+}
+
+// conclude names the state of the requests without a result, joins resends
+// with what they resent, and keeps the rows of the window that pass filter.
+func (rd *reader) conclude(consumerKnown bool, floor uint64, filter Filter) {
+	for _, row := range rd.all {
 		if row.result == nil {
 			row.Status = StatePending
 			if consumerKnown && row.Seq <= floor {
@@ -360,19 +400,18 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 			}
 		}
 	}
-	for _, row := range all {
-		if orig := bySeq[row.ReplayOfSeq]; row.ReplayOfSeq != 0 && orig != nil && orig != row {
+	for _, row := range rd.all {
+		if orig := rd.bySeq[row.ReplayOfSeq]; row.ReplayOfSeq != 0 && orig != nil && orig != row {
 			orig.Replays = append(orig.Replays, Replay{
 				Seq: row.Seq, RequestID: row.RequestID, Status: row.Status, RetCode: row.RetCode, LatencyMs: row.LatencyMs,
 			})
 		}
 	}
-	for _, row := range all {
-		if inWindow[row.Seq] && filter.matches(row) {
-			rep.Rows = append(rep.Rows, row)
+	for _, row := range rd.all {
+		if rd.inWindow[row.Seq] && filter.matches(row) {
+			rd.rep.Rows = append(rd.rep.Rows, row)
 		}
 	}
-	return rep, nil
 }
 
 // captures reports whether one of a stream's subjects (wildcards allowed)

@@ -69,41 +69,9 @@ const MaxGaps = 3
 func Summarise(rows []*Row) Summary {
 	s := Summary{Requests: len(rows), ByStatus: map[string]int{}}
 	var lat []float64
-	type event struct {
-		at     time.Time
-		result bool
-	}
 	var events []event
 	for _, r := range rows {
-		s.ByStatus[r.Status]++
-		filled := false
-		for _, c := range r.Confirmations {
-			if s.OrderStatuses == nil {
-				s.OrderStatuses = map[string]int{}
-			}
-			s.OrderStatuses[c.status()]++
-			filled = filled || c.OrderStatus == "Filled"
-		}
-		if filled && r.Status == string(messages.StatusCancelled) {
-			s.FilledBeforeCancel = append(s.FilledBeforeCancel, r.RequestID)
-		}
-		if s.First.IsZero() || r.RequestTime.Before(s.First) {
-			s.First = r.RequestTime
-		}
-		if r.RequestTime.After(s.Last) {
-			s.Last = r.RequestTime
-		}
-		_, byReplay := r.AnsweredByReplay()
-		if byReplay {
-			s.AnsweredByReplay++
-		} else if r.Status == StateUnanswered || r.Status == string(messages.StatusFailed) {
-			s.Open++
-		}
-		if r.RateLimitWaitMs > 0 {
-			s.RateLimit.Requests++
-			s.RateLimit.TotalMs += r.RateLimitWaitMs
-			s.RateLimit.MaxMs = max(s.RateLimit.MaxMs, r.RateLimitWaitMs)
-		}
+		s.add(r)
 		events = append(events, event{at: r.RequestTime})
 		if r.LatencyMs != nil {
 			lat = append(lat, *r.LatencyMs)
@@ -114,10 +82,53 @@ func Summarise(rows []*Row) Summary {
 		slices.Sort(lat)
 		s.LatencyMs = &Percentiles{N: len(lat), P50: rank(lat, 0.50), P95: rank(lat, 0.95), P99: rank(lat, 0.99), Max: lat[len(lat)-1]}
 	}
+	gaps := gapsOf(events)
+	s.Gaps = gaps[:min(len(gaps), MaxGaps)]
+	return s
+}
 
-	// Walk requests and results in time order: a gap runs from the moment
-	// a request started waiting with none waiting before, or from the last
-	// result, to the next result.
+// add counts one row.
+func (s *Summary) add(r *Row) {
+	s.ByStatus[r.Status]++
+	filled := false
+	for _, c := range r.Confirmations {
+		if s.OrderStatuses == nil {
+			s.OrderStatuses = map[string]int{}
+		}
+		s.OrderStatuses[c.status()]++
+		filled = filled || c.OrderStatus == "Filled"
+	}
+	if filled && r.Status == string(messages.StatusCancelled) {
+		s.FilledBeforeCancel = append(s.FilledBeforeCancel, r.RequestID)
+	}
+	if s.First.IsZero() || r.RequestTime.Before(s.First) {
+		s.First = r.RequestTime
+	}
+	if r.RequestTime.After(s.Last) {
+		s.Last = r.RequestTime
+	}
+	if _, byReplay := r.AnsweredByReplay(); byReplay {
+		s.AnsweredByReplay++
+	} else if r.Status == StateUnanswered || r.Status == string(messages.StatusFailed) {
+		s.Open++
+	}
+	if r.RateLimitWaitMs > 0 {
+		s.RateLimit.Requests++
+		s.RateLimit.TotalMs += r.RateLimitWaitMs
+		s.RateLimit.MaxMs = max(s.RateLimit.MaxMs, r.RateLimitWaitMs)
+	}
+}
+
+// event is a request arriving or a result stored.
+type event struct {
+	at     time.Time
+	result bool
+}
+
+// gapsOf walks requests and results in time order, longest gap first: a gap
+// runs from the moment a request started waiting with none waiting before,
+// or from the last result, to the next result.
+func gapsOf(events []event) []Gap {
 	slices.SortStableFunc(events, func(a, b event) int { return a.at.Compare(b.at) })
 	var gaps []Gap
 	waiting := 0
@@ -137,8 +148,7 @@ func Summarise(rows []*Row) Summary {
 		waiting--
 	}
 	slices.SortStableFunc(gaps, func(a, b Gap) int { return cmp.Compare(b.Ms, a.Ms) })
-	s.Gaps = gaps[:min(len(gaps), MaxGaps)]
-	return s
+	return gaps
 }
 
 func rank(sorted []float64, p float64) float64 {

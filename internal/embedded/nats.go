@@ -1,7 +1,8 @@
-// Package workertest starts what the worker needs around it, in-process: an
-// embedded nats-server with JetStream on loopback. Tests, the demo and the
-// benchmark use it; `cancel-worker run` never does.
-package workertest
+// Package embedded runs in this process what the worker needs around it: an
+// embedded nats-server with JetStream on loopback, and a buffer for the logs
+// of what runs beside it. Tests, the demo and the benchmark use it;
+// `cancel-worker run` never does.
+package embedded
 
 import (
 	"errors"
@@ -30,7 +31,7 @@ type NATSOptions struct {
 // Shutdown and WaitForShutdown.
 func StartNATS(o NATSOptions) (*server.Server, error) {
 	if o.StoreDir == "" {
-		return nil, errors.New("workertest: StoreDir is required")
+		return nil, errors.New("embedded: StoreDir is required")
 	}
 	if o.Port == 0 {
 		o.Port = -1

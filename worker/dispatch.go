@@ -117,8 +117,10 @@ func (w *Worker) waited(l *lane, units []*unit) {
 // lane's batches need, see ipKeptForBatches), else a batch sized to the
 // batch budget left. It returns no units when both budgets are spent.
 func (w *Worker) nextRequest(l *lane) (*pacer, []*slot, []*unit) {
-	if ok, _, _ := w.gw.ip.above(w.ipKeptForBatches(l)); !ok {
-		return w.nextBatch(l)
+	if keep := w.ipKeptForBatches(l); keep > 0 {
+		if ok, _, _ := w.gw.ip.above(keep); !ok {
+			return w.nextBatch(l)
+		}
 	}
 	if got := l.single.reserve(1); got != nil {
 		units := l.take(1, false)
@@ -172,7 +174,11 @@ func (w *Worker) nextBatch(l *lane) (*pacer, []*slot, []*unit) {
 func (w *Worker) waitBudget(ctx context.Context, l *lane) error {
 	free, wait, changed := l.single.room()
 	if free > 0 {
-		ok, ipWait, ipChanged := w.gw.ip.above(w.ipKeptForBatches(l))
+		keep := w.ipKeptForBatches(l)
+		if keep == 0 {
+			return ctx.Err()
+		}
+		ok, ipWait, ipChanged := w.gw.ip.above(keep)
 		if ok {
 			return ctx.Err()
 		}

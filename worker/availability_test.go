@@ -17,9 +17,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
 // metricValue reads a gauge or counter series of reg by one label (-1: no

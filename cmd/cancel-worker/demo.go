@@ -20,10 +20,10 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
 // demoRequest is one step of the scripted scenario.

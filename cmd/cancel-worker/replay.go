@@ -13,8 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
 // replayFlags are replay's own flags, beside the NATS settings.

@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
 // lastDelivery is a cancel-all's last delivery, handed to a worker that is

@@ -14,9 +14,9 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
 // The broker is shut down mid-burst and restarted on the same store and port:

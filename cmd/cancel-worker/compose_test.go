@@ -101,8 +101,8 @@ func TestComposeStackIsConsistent(t *testing.T) {
 	require.False(t, w.Healthcheck.Disable)
 	require.True(t, compose.Services["bybit-sim"].Healthcheck.Disable)
 	secretFile := compose.Secrets["bybit_api_secret"].File
-	require.Equal(t, "${BYBIT_API_SECRET_FILE:-./deploy/bybit-sim.secret}", secretFile)
-	sim, err := os.ReadFile(filepath.Join(root, "deploy", "bybit-sim.secret"))
+	require.Equal(t, "${BYBIT_API_SECRET_FILE:-./testdata/bybit-sim.secret}", secretFile)
+	sim, err := os.ReadFile(filepath.Join(root, "testdata", "bybit-sim.secret"))
 	require.NoError(t, err)
 	require.Equal(t, bybittest.DemoAPISecret+"\n", string(sim))
 	require.Equal(t, bybittest.DemoAPIKey, strings.TrimSuffix(strings.TrimPrefix(w.Environment["BYBIT_API_KEY"], "${BYBIT_API_KEY:-"), "}"))

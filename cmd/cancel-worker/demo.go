@@ -10,7 +10,6 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -20,10 +19,10 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
 // demoRequest is one step of the scripted scenario.
@@ -59,16 +58,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	log := newLogger(stderr, level, "text")
 
-	store, err := os.MkdirTemp("", "cancel-worker-demo-")
+	ns, stopNATS, err := embedded.StartTempNATS("cancel-worker-demo-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(store)
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
-	if err != nil {
-		return err
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	defer stopNATS()
 
 	ex := bybittest.New(bybittest.Options{})
 	ex.SetPushDelay(*pushDelay)

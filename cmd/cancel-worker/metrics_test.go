@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
 var httpAddrRe = regexp.MustCompile(`serving /metrics, /healthz and /readyz.*addr"?[=:]"?([^\s"]+)`)

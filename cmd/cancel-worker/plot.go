@@ -14,7 +14,7 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
 // plotDrain draws cumulative results over time against the ideal: a budget

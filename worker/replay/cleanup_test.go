@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
 // consumerNames lists the consumers of the stream.

@@ -14,10 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/internal/embedded"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/replay"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

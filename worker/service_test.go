@@ -324,9 +324,11 @@ func TestSyncServiceStaysOffWhenTheStreamCapturesItsSubject(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.withSync()
-	// An operator's stream that captures everything under orders.>.
-	require.NoError(t, e.js.DeleteStream(context.Background(), e.cfg.Stream))
-	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: e.cfg.Stream, Subjects: []string{"orders.>"}, Duplicates: time.Hour})
+	// An operator's stream that captures everything under orders.>: the
+	// stream set up for the test is changed in place (a delete and a create
+	// of the same name races the file store on a loaded machine), and
+	// without the worker's tag it is the operator's.
+	_, err := e.js.UpdateStream(context.Background(), operatorStream(t, e, "orders.>"))
 	require.NoError(t, err)
 	e.start()
 	s := e.service()
@@ -565,9 +567,7 @@ func TestSyncCancelAllIsOffWhenTheStreamDoesNotStoreCancelAlls(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.withSync()
-	require.NoError(t, e.js.DeleteStream(context.Background(), e.cfg.Stream))
-	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: e.cfg.Stream,
-		Subjects: []string{e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject}, Duplicates: time.Hour})
+	_, err := e.js.UpdateStream(context.Background(), operatorStream(t, e, e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject))
 	require.NoError(t, err)
 	e.start()
 	s := e.service()
@@ -578,4 +578,15 @@ func TestSyncCancelAllIsOffWhenTheStreamDoesNotStoreCancelAlls(t *testing.T) {
 	require.ErrorIs(t, err, nats.ErrNoResponders, "no endpoint answers cancel-all")
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	require.Equal(t, messages.StatusCancelled, requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o, false, ""), nil)).Status)
+}
+
+// operatorStream is the test's stream as an operator would have it: the given
+// subjects, without the worker's metadata tag.
+func operatorStream(t *testing.T, e *env, subjects ...string) jetstream.StreamConfig {
+	t.Helper()
+	st, err := e.js.Stream(context.Background(), e.cfg.Stream)
+	require.NoError(t, err)
+	cfg := st.CachedInfo().Config
+	cfg.Subjects, cfg.Metadata = subjects, nil
+	return cfg
 }

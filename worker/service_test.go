@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -529,10 +530,24 @@ func TestSyncMicroStatsCountTheServicesErrors(t *testing.T) {
 	e.service()
 	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"soon"}})
 	require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader))
-	m, err := e.nc.Request("$SRV.STATS."+worker.ServiceName, nil, waitFor)
-	require.NoError(t, err)
+	// micro counts a request after its handler returns, which is after the
+	// reply went out: wait for the count rather than race it.
+	var m *nats.Msg
 	var st micro.Stats
-	require.NoError(t, json.Unmarshal(m.Data, &st))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var err error
+		m, err = e.nc.Request("$SRV.STATS."+worker.ServiceName, nil, waitFor)
+		require.NoError(c, err)
+		st = micro.Stats{}
+		require.NoError(c, json.Unmarshal(m.Data, &st))
+		n := -1
+		for _, ep := range st.Endpoints {
+			if ep.Name == "cancel" {
+				n = ep.NumRequests
+			}
+		}
+		assert.NotEqual(c, 0, n, "the cancel endpoint has not counted the request yet")
+	}, waitFor, 10*time.Millisecond)
 	found := false
 	for _, ep := range st.Endpoints {
 		if ep.Name == "cancel" {

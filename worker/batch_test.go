@@ -14,6 +14,7 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
 // With the single-cancel budget nearly spent, waiting cancels go out in
@@ -255,4 +256,34 @@ func TestDuplicateCancelsInOneBatchAreSentOnce(t *testing.T) {
 		}
 	}
 	require.Equal(t, 1, sent, "one exchange call answered all three duplicates")
+}
+
+// Where the IP limit is the scarcer budget, a request carries as many
+// orders as it may: singles (one order an IP request) do not spend the IP
+// window the batches (up to 20 orders an IP request) need, so a burst the
+// batch budget can carry fits in one IP window.
+func TestScarceIPLimitGoesToBatches(t *testing.T) {
+	t.Parallel()
+	limits := map[string]int{"cancel/linear": 50, "cancel-batch/linear": 50}
+	e := setup(t, bybittest.Options{AutoCreate: true, Limits: limits})
+	e.cfg.Limits = limits
+	e.cfg.LimitCeilings = limits
+	e.cfg.IPLimit = worker.Rate{N: 15, Per: 5 * time.Second} // the batches need 3 a second
+	const n = 100
+	for i := range n {
+		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
+	}
+	e.start()
+	for _, r := range e.waitResults(n) {
+		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	}
+	requests := map[string]bool{} // the log has a line per order of a batch
+	for _, q := range e.ex.Requests() {
+		if q.Path == "/v5/order/cancel" || q.Path == "/v5/order/cancel-batch" {
+			requests[q.Path+q.Arrived.String()+q.RemoteAddr] = true
+		}
+	}
+	require.LessOrEqual(t, len(requests), 15, "the burst went in one IP window's requests")
+	require.Zero(t, e.requestsWith(10006))
+	e.settled()
 }

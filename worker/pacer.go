@@ -47,9 +47,10 @@ type pacer struct {
 }
 
 type slot struct {
-	sent bool // the request went out (a reserved slot may wait for a request slot)
-	done bool
-	at   time.Time
+	sent   bool // the request went out (a reserved slot may wait for a request slot)
+	sentAt time.Time
+	done   bool
+	at     time.Time
 }
 
 func newPacer(r Rate, now func() time.Time) *pacer {
@@ -126,10 +127,45 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 		return 0, p.blocked.Sub(now), p.changed
 	case p.off:
 		return unlimitedRoom, 0, nil
-	case len(p.slots) < p.limit:
-		return p.limit - len(p.slots), 0, p.changed
+	case p.liveLocked(now) < p.limit:
+		return p.limit - p.liveLocked(now), 0, p.changed
 	}
 	return 0, p.nextExpiryLocked(now), p.changed
+}
+
+// above reports whether more than keep requests may go now; when not, how
+// long until that may change (0: when an answer arrives) and a channel
+// closed at the next change.
+func (p *pacer) above(keep int) (ok bool, wait time.Duration, changed <-chan struct{}) {
+	if !p.blocking() {
+		return true, 0, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	p.pruneLocked(now)
+	switch {
+	case now.Before(p.blocked):
+		return false, p.blocked.Sub(now), p.changed
+	case p.off || p.liveLocked(now) < p.limit-keep:
+		return true, 0, p.changed
+	}
+	return false, p.nextExpiryLocked(now), p.changed
+}
+
+// requestsPer is how many requests of up to size orders use a whole
+// budget's limit in a window of d (at least one window's).
+func (p *pacer) requestsPer(d time.Duration, size int) int {
+	if !p.blocking() {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.off {
+		return 0
+	}
+	windows := max(1, int((d+p.window-1)/p.window))
+	return windows * ((p.limit + size - 1) / max(size, 1))
 }
 
 // reserve takes up to n slots that are free now; none if the budget is spent
@@ -149,7 +185,7 @@ func (p *pacer) reserve(n int) []*slot {
 	if p.off {
 		return []*slot{}
 	}
-	n = min(n, p.limit-len(p.slots))
+	n = min(n, p.limit-p.liveLocked(now))
 	if n <= 0 {
 		return nil
 	}
@@ -168,8 +204,9 @@ func (p *pacer) markSent(slots []*slot) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := p.now()
 	for _, s := range slots {
-		s.sent = true
+		s.sent, s.sentAt = true, now
 	}
 }
 
@@ -210,10 +247,21 @@ func (p *pacer) wakeLocked() {
 	p.changed = make(chan struct{})
 }
 
+// pruneLocked forgets the answered slots that no longer count: expired here,
+// and older than a window before every request in flight was sent. An
+// expired slot is kept while a request sent less than a window after it is
+// in flight: the exchange may have counted it in that request's window, and
+// observe must count it too, or it would book it again as another client's.
 func (p *pacer) pruneLocked(now time.Time) {
+	horizon := now
+	for _, s := range p.slots {
+		if s.sent && !s.done && s.sentAt.Before(horizon) {
+			horizon = s.sentAt
+		}
+	}
 	kept := p.slots[:0]
 	for _, s := range p.slots {
-		if !s.done || now.Sub(s.at) < p.window {
+		if !s.done || horizon.Sub(s.at) < p.window {
 			kept = append(kept, s)
 		}
 	}
@@ -221,19 +269,28 @@ func (p *pacer) pruneLocked(now time.Time) {
 	p.slots = kept
 }
 
-// nextExpiryLocked is how long until the oldest answered slot expires; 0 if
-// every slot is still in flight.
+// liveLocked is how many slots count against the limit now: in flight, or
+// answered less than a window ago (pruneLocked keeps some expired ones).
+func (p *pacer) liveLocked(now time.Time) int {
+	n := 0
+	for _, s := range p.slots {
+		if !s.done || now.Sub(s.at) < p.window {
+			n++
+		}
+	}
+	return n
+}
+
+// nextExpiryLocked is how long until the oldest live answered slot expires;
+// 0 if every live slot is still in flight.
 func (p *pacer) nextExpiryLocked(now time.Time) time.Duration {
 	var next time.Duration
 	for _, s := range p.slots {
 		if s.done {
-			if d := s.at.Add(p.window).Sub(now); next == 0 || d < next {
+			if d := s.at.Add(p.window).Sub(now); d > 0 && (next == 0 || d < next) {
 				next = d
 			}
 		}
-	}
-	if next < 0 {
-		return 0
 	}
 	return next
 }

@@ -84,3 +84,32 @@ func TestPacedCallDoesNotMissRoomFreedInBetween(t *testing.T) {
 	require.NoError(t, err, "waited for a change that had already happened")
 	release()
 }
+
+// A slot that expires here while a later request is in flight is still in
+// the window the exchange counted for that request: its headers then say no
+// more than this process sent, and no request of another client may be
+// booked for it (each booked phantom costs a whole window at the end of a
+// burst).
+func TestPacerBooksNoOtherClientForItsOwnExpiredSlot(t *testing.T) {
+	t.Parallel()
+	t0 := time.Now()
+	var at atomic.Int64 // the clock, from t0
+	p := newPacer(Rate{N: 2, Per: time.Second}, func() time.Time { return t0.Add(time.Duration(at.Load())) })
+	p.learn = true
+	a, _, err := p.acquire(t.Context()) // sent and answered at t0
+	require.NoError(t, err)
+	a()
+	at.Store(int64(900 * time.Millisecond))
+	b, _, err := p.acquire(t.Context()) // sent at t0+0.9s
+	require.NoError(t, err)
+	at.Store(int64(1050 * time.Millisecond))
+	free, _, _ := p.room() // a's slot has expired here
+	require.Equal(t, 1, free)
+	// b's answer: the exchange counted a (arrived at t0) and b in b's window.
+	at.Store(int64(1100 * time.Millisecond))
+	p.observe(bybit.RateLimit{Known: true, Limit: 2, Remaining: 0, Reset: t0.Add(time.Second)}, t0.Add(900*time.Millisecond))
+	b()
+	at.Store(int64(1200 * time.Millisecond))
+	free, _, _ = p.room()
+	require.Equal(t, 1, free, "only b is in the window: nothing of another client to book")
+}

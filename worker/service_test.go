@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -323,9 +324,11 @@ func TestSyncServiceStaysOffWhenTheStreamCapturesItsSubject(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.withSync()
-	// An operator's stream that captures everything under orders.>.
-	require.NoError(t, e.js.DeleteStream(context.Background(), e.cfg.Stream))
-	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: e.cfg.Stream, Subjects: []string{"orders.>"}, Duplicates: time.Hour})
+	// An operator's stream that captures everything under orders.>: the
+	// stream set up for the test is changed in place (a delete and a create
+	// of the same name races the file store on a loaded machine), and
+	// without the worker's tag it is the operator's.
+	_, err := e.js.UpdateStream(context.Background(), operatorStream(t, e, "orders.>"))
 	require.NoError(t, err)
 	e.start()
 	s := e.service()
@@ -527,10 +530,24 @@ func TestSyncMicroStatsCountTheServicesErrors(t *testing.T) {
 	e.service()
 	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"soon"}})
 	require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader))
-	m, err := e.nc.Request("$SRV.STATS."+worker.ServiceName, nil, waitFor)
-	require.NoError(t, err)
+	// micro counts a request after its handler returns, which is after the
+	// reply went out: wait for the count rather than race it.
+	var m *nats.Msg
 	var st micro.Stats
-	require.NoError(t, json.Unmarshal(m.Data, &st))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var err error
+		m, err = e.nc.Request("$SRV.STATS."+worker.ServiceName, nil, waitFor)
+		require.NoError(c, err)
+		st = micro.Stats{}
+		require.NoError(c, json.Unmarshal(m.Data, &st))
+		n := -1
+		for _, ep := range st.Endpoints {
+			if ep.Name == "cancel" {
+				n = ep.NumRequests
+			}
+		}
+		assert.NotEqual(c, 0, n, "the cancel endpoint has not counted the request yet")
+	}, waitFor, 10*time.Millisecond)
 	found := false
 	for _, ep := range st.Endpoints {
 		if ep.Name == "cancel" {
@@ -550,9 +567,7 @@ func TestSyncCancelAllIsOffWhenTheStreamDoesNotStoreCancelAlls(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.withSync()
-	require.NoError(t, e.js.DeleteStream(context.Background(), e.cfg.Stream))
-	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: e.cfg.Stream,
-		Subjects: []string{e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject}, Duplicates: time.Hour})
+	_, err := e.js.UpdateStream(context.Background(), operatorStream(t, e, e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject))
 	require.NoError(t, err)
 	e.start()
 	s := e.service()
@@ -563,4 +578,15 @@ func TestSyncCancelAllIsOffWhenTheStreamDoesNotStoreCancelAlls(t *testing.T) {
 	require.ErrorIs(t, err, nats.ErrNoResponders, "no endpoint answers cancel-all")
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	require.Equal(t, messages.StatusCancelled, requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o, false, ""), nil)).Status)
+}
+
+// operatorStream is the test's stream as an operator would have it: the given
+// subjects, without the worker's metadata tag.
+func operatorStream(t *testing.T, e *env, subjects ...string) jetstream.StreamConfig {
+	t.Helper()
+	st, err := e.js.Stream(context.Background(), e.cfg.Stream)
+	require.NoError(t, err)
+	cfg := st.CachedInfo().Config
+	cfg.Subjects, cfg.Metadata = subjects, nil
+	return cfg
 }

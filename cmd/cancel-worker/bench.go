@@ -239,16 +239,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // bench runs the worker exactly as in production (file storage, DoubleAck,
 // result PubAcks) against the simulated exchange verifying every signature.
 func bench(ctx context.Context, o benchOptions, progress io.Writer) (benchResult, error) {
-	store, err := os.MkdirTemp("", "cancel-worker-bench-")
+	ns, stopNATS, err := embedded.StartTempNATS("cancel-worker-bench-")
 	if err != nil {
 		return benchResult{}, err
 	}
-	defer os.RemoveAll(store)
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
-	if err != nil {
-		return benchResult{}, err
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	defer stopNATS()
 
 	limits := map[string]int{}
 	if !o.noLimit {
@@ -633,8 +628,54 @@ wait:
 	}
 	perCat := (o.n + len(o.categories) - 1) / len(o.categories)
 	res.ideal = time.Duration(float64(max(perCat-budget, 0)) / float64(budget) * float64(time.Second))
+	if ip, _ := parseRate(o.ipLimit); !ip.Unlimited() {
+		res.ideal = idealUnderIPLimit(perCat*len(o.categories), len(o.categories), limit, o.batch, bybit.MaxBatch(o.categories[0]), ip)
+	}
 	res.budgetPerSecond = budget
 	return res, nil
+}
+
+// idealUnderIPLimit is the ideal drain of n orders over cats categories when
+// an IP limit applies besides the UID budgets (limit a second per endpoint
+// and category): the start of the first one-second window by which the best
+// schedule has sent them all. The IP limit is a rolling window too (500/5s
+// lets 500 requests go at once, not 100 a second), so it is not a rate: in
+// any ipWindows consecutive one-second windows at most ip.N requests. A batch
+// carries up to maxBatch orders for one IP request, a single one, and both
+// cost one unit of their UID budget an order; so the best schedule sends the
+// whole batch budget every window and gives singles only the IP requests the
+// batches of the IP window leave (spent as early as they may be).
+func idealUnderIPLimit(n, cats, limit int, batch bool, maxBatch int, ip worker.Rate) time.Duration {
+	ipWindows, ipN := int(math.Round(ip.Per.Seconds())), ip.N
+	if ip.Per < time.Second { // several IP windows in one second
+		ipWindows, ipN = 1, int(float64(ip.N)*float64(time.Second)/float64(ip.Per))
+	}
+	batchReqs := 0 // a window's batch requests, all categories
+	if batch {
+		batchReqs = cats * ((limit + maxBatch - 1) / maxBatch)
+	}
+	var batches, singles []int // requests sent in each window
+	sent := 0
+	for t := 0; ; t++ {
+		recent := func(xs []int) int { // in the ipWindows-1 windows before t
+			sum := 0
+			for _, x := range xs[max(0, len(xs)-(ipWindows-1)):] {
+				sum += x
+			}
+			return sum
+		}
+		b := min(batchReqs, max(0, ipN-recent(batches)-recent(singles)))
+		orders := min(b*maxBatch, cats*limit)
+		// Singles may use what the batches of a whole IP window leave.
+		s := min(cats*limit, max(0, ipN-ipWindows*batchReqs-recent(singles)))
+		if batchReqs*ipWindows > ipN {
+			s = 0 // the batches need every IP request: a single would cost orders
+		}
+		batches, singles = append(batches, b), append(singles, s)
+		if sent += orders + s; sent >= n {
+			return time.Duration(t) * time.Second
+		}
+	}
 }
 
 // cancelAllSymbol is the option symbol of the i-th --cancel-all request.

@@ -6,8 +6,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
 // The benchmark runs end to end on a small burst: every cancel gets a result,
@@ -48,4 +51,16 @@ func TestBenchReportsAFlattenRow(t *testing.T) {
 	require.NoError(t, run(ctx, []string{"bench", "--flatten", "200"}, envFunc(nil), &out, &errOut), "%s", &errOut)
 	row := regexp.MustCompile(`(?m)^\| 200 \| inverse 50 linear 50 option 50 spot 50 \| Bybit base tier \| 0s \| true \| 200 \| 1 \| 11 \| [0-9]+ \| 0 \| [^|]+ \| 5s \|$`)
 	require.Regexp(t, row, out.String())
+}
+
+// The ideal under an IP limit reads it as the rolling window it is: 500/5s
+// lets 500 requests go at once. 2000 orders at 200/s per endpoint with
+// batching need 7 windows (6 s), not 2000 at a rate of 100 requests a second.
+func TestIdealUnderIPLimit(t *testing.T) {
+	ip := worker.Rate{N: 500, Per: 5 * time.Second}
+	require.Equal(t, 6*time.Second, idealUnderIPLimit(2000, 1, 200, true, 20, ip))
+	// Where the IP limit does not bind, the UID budgets alone: 600 at 60/s.
+	require.Equal(t, 9*time.Second, idealUnderIPLimit(600, 1, 60, false, 20, ip))
+	require.Equal(t, 2*time.Second, idealUnderIPLimit(30, 1, 10, false, 20, ip))
+	require.Equal(t, 29*time.Second, idealUnderIPLimit(600, 1, 10, true, 20, ip))
 }

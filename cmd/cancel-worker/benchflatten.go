@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"slices"
 	"time"
 
@@ -64,16 +63,11 @@ func flattenBenchBook(ex *bybittest.Exchange, n int) map[string]int {
 // Bybit's base-tier limits and reports the time next to what n single
 // cancels would need at the same limits.
 func benchFlatten(ctx context.Context, n int, latency time.Duration, stdout, progress io.Writer) error {
-	store, err := os.MkdirTemp("", "cancel-worker-bench-")
+	ns, stopNATS, err := embedded.StartTempNATS("cancel-worker-bench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(store)
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
-	if err != nil {
-		return err
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	defer stopNATS()
 	ex := bybittest.New(bybittest.Options{Limits: bybittest.DefaultLimits(), Latency: latency})
 	per := flattenBenchBook(ex, n)
 	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")

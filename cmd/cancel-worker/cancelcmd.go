@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -143,13 +142,7 @@ func runCancel(ctx context.Context, all bool, args []string, env lookupEnv, stdo
 		return fmt.Errorf("%s must not be empty", env2)
 	}
 	ncfg := p.natsConfig()
-	if err := ncfg.readSecrets(env); err != nil {
-		return err
-	}
-	if ncfg.name == "" {
-		ncfg.name = "cancel-worker-" + name
-	}
-	conn, err := connectNATS(ncfg, newLogger(stderr, slog.LevelWarn, "text"))
+	conn, err := connectCommand(ncfg, env, name, stderr)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -59,16 +58,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	log := newLogger(stderr, level, "text")
 
-	store, err := os.MkdirTemp("", "cancel-worker-demo-")
+	ns, stopNATS, err := embedded.StartTempNATS("cancel-worker-demo-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(store)
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
-	if err != nil {
-		return err
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	defer stopNATS()
 
 	ex := bybittest.New(bybittest.Options{})
 	ex.SetPushDelay(*pushDelay)

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"sort"
 	"strconv"
@@ -75,13 +74,7 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 	}
 	p := &parser{v: v}
 	nc := p.natsConfig()
-	if err := nc.readSecrets(env); err != nil {
-		return err
-	}
-	if nc.name == "" {
-		nc.name = "cancel-worker-flatten"
-	}
-	conn, err := connectNATS(nc, newLogger(stderr, slog.LevelWarn, "text"))
+	conn, err := connectCommand(nc, env, "flatten", stderr)
 	if err != nil {
 		return err
 	}

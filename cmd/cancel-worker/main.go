@@ -331,6 +331,20 @@ func runOn(ctx context.Context, nc *nats.Conn, w *worker.Worker, log *slog.Logge
 	return nil
 }
 
+// connectCommand connects one of the commands that talk to a running worker
+// (cancel, cancel-all, flatten, replay): the NATS secrets read from env, the
+// connection named cancel-worker-<command> unless NATS_NAME names it, and only
+// warnings of the client logged.
+func connectCommand(c natsConfig, env lookupEnv, command string, stderr io.Writer) (*nats.Conn, error) {
+	if err := c.readSecrets(env); err != nil {
+		return nil, err
+	}
+	if c.name == "" {
+		c.name = "cancel-worker-" + command
+	}
+	return connectNATS(c, newLogger(stderr, slog.LevelWarn, "text"))
+}
+
 // connectNATS connects with reconnects forever, logging each disconnect and
 // reconnect once. A connection refused at start for bad credentials or an
 // untrusted certificate is an error that says which, without the secret.

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -107,19 +106,13 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 	}
 	p := &parser{v: v}
 	nc := p.natsConfig()
-	if err := nc.readSecrets(env); err != nil {
-		return err
-	}
 	cfg := replay.Config{
 		Stream: p.str("NATS_STREAM"), Consumer: p.str("NATS_CONSUMER"),
 		CancelSubject: p.str("NATS_CANCEL_SUBJECT"), CancelAllSubject: p.str("NATS_CANCEL_ALL_SUBJECT"),
 		AckSubject: p.str("NATS_ACK_SUBJECT"), RejectedSubject: p.str("NATS_REJECTED_SUBJECT"),
 		ConfirmedSubject: p.str("NATS_CONFIRMED_SUBJECT"),
 	}
-	if nc.name == "" {
-		nc.name = "cancel-worker-replay"
-	}
-	conn, err := connectNATS(nc, newLogger(stderr, slog.LevelWarn, "text"))
+	conn, err := connectCommand(nc, env, "replay", stderr)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ package embedded
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -57,4 +58,20 @@ func StartNATS(o NATSOptions) (*server.Server, error) {
 		return nil, errors.New("nats-server did not become ready in 30s")
 	}
 	return s, nil
+}
+
+// StartTempNATS starts an embedded server whose JetStream store is a new
+// temporary folder named after prefix. stop shuts the server down and removes
+// the folder.
+func StartTempNATS(prefix string) (s *server.Server, stop func(), err error) {
+	store, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err = StartNATS(NATSOptions{StoreDir: store})
+	if err != nil {
+		os.RemoveAll(store)
+		return nil, nil, err
+	}
+	return s, func() { s.Shutdown(); s.WaitForShutdown(); os.RemoveAll(store) }, nil
 }

@@ -28,6 +28,10 @@ func (e *AuthError) Error() string {
 type OrderStreamOptions struct {
 	// URL is the private stream, e.g. wss://stream.bybit.com/v5/private.
 	URL string
+	// MaxReconnectWait caps the wait between two reconnects; default 30s.
+	// A stream that carries Bybit's dead-man switch (Topics) must come back
+	// within the DCP window, so its owner sets it well under the window.
+	MaxReconnectWait time.Duration
 	// PingInterval is how often a ping is sent; default 20s (Bybit drops a
 	// connection silent for longer than about 30 s).
 	PingInterval time.Duration
@@ -58,6 +62,9 @@ type OrderStream struct {
 func (c *Client) OrderStream(o OrderStreamOptions) *OrderStream {
 	if o.PingInterval <= 0 {
 		o.PingInterval = 20 * time.Second
+	}
+	if o.MaxReconnectWait <= 0 {
+		o.MaxReconnectWait = 30 * time.Second
 	}
 	if o.HTTPClient == nil {
 		o.HTTPClient = http.DefaultClient
@@ -110,20 +117,23 @@ func (s *OrderStream) Close() {
 }
 
 // Run keeps the stream up until ctx ends, reconnecting with exponential
-// backoff (capped at 30 s) after any drop or refusal.
+// backoff (capped at MaxReconnectWait) after any drop or refusal. The
+// backoff starts afresh once a session is authenticated and subscribed: a
+// stream that keeps being dropped after it came up reconnects at once each
+// time, instead of staying away longer and longer.
 func (s *OrderStream) Run(ctx context.Context) {
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 250*time.Millisecond, 30*time.Second, 0
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 250*time.Millisecond, s.o.MaxReconnectWait, 0
+	b.InitialInterval = min(b.InitialInterval, b.MaxInterval)
 	for ctx.Err() == nil {
-		start := time.Now()
-		err := s.session(ctx)
+		up, err := s.session(ctx)
 		if ctx.Err() != nil {
 			s.o.OnState(false, nil)
 			return
 		}
 		s.o.OnState(false, err)
-		if time.Since(start) > time.Minute {
-			b.Reset() // it was up for a while: a fresh drop
+		if up {
+			b.Reset() // it came up: a fresh drop
 		}
 		t := time.NewTimer(b.NextBackOff())
 		select {
@@ -200,8 +210,8 @@ func (s *OrderStream) connect(ctx context.Context) (*websocket.Conn, error) {
 }
 
 // session runs one connection (Connect's, or a new one) until it drops or
-// ctx ends.
-func (s *OrderStream) session(ctx context.Context) error {
+// ctx ends; up reports whether it was authenticated and subscribed.
+func (s *OrderStream) session(ctx context.Context) (up bool, _ error) {
 	s.mu.Lock()
 	conn := s.first
 	s.first = nil
@@ -209,7 +219,7 @@ func (s *OrderStream) session(ctx context.Context) error {
 	if conn == nil {
 		var err error
 		if conn, err = s.connect(ctx); err != nil {
-			return err
+			return false, err
 		}
 	}
 	defer conn.CloseNow()
@@ -244,16 +254,16 @@ func (s *OrderStream) session(ctx context.Context) error {
 		rcancel()
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return true, nil
 			}
-			return fmt.Errorf("bybit websocket: connection lost: %w", err)
+			return true, fmt.Errorf("bybit websocket: connection lost: %w", err)
 		}
 		if m.Topic != "order" {
 			continue
 		}
 		var orders []Order
 		if err := json.Unmarshal(m.Data, &orders); err != nil {
-			return fmt.Errorf("bybit websocket: unreadable order push: %w", err)
+			return true, fmt.Errorf("bybit websocket: unreadable order push: %w", err)
 		}
 		s.o.OnOrders(orders)
 	}

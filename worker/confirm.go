@@ -85,8 +85,9 @@ func newConfirmer(d confirmDeps) *confirmer {
 		as.up.Store(true)
 		log := c.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
-			URL:    a.wsURL,
-			Topics: dcpTopics(a),
+			URL:              a.wsURL,
+			Topics:           dcpTopics(a),
+			MaxReconnectWait: reconnectWait(a),
 			OnOrders: func(orders []bybit.Order) {
 				for _, o := range orders {
 					c.book.put(name, o)
@@ -180,6 +181,11 @@ func (c *confirmer) bind(ctx context.Context) error {
 	if !sameSet(filters, cfg.resultSubjects()) {
 		return fmt.Errorf("consumer %s filters %q; it must filter exactly %q", cfg.ConfirmConsumer(), filters, cfg.resultSubjects())
 	}
+	if info.Metadata[ManagedKey] != ManagedValue {
+		if err := checkPinnedTTL(info, cfg, cfg.ConfirmConsumer()); err != nil {
+			return err
+		}
+	}
 	c.cons, c.settings, c.pinned = cons, settingsOf(info), isPinned(info)
 	return nil
 }
@@ -231,7 +237,7 @@ func redactWS(u string) string {
 
 // run keeps the streams up and confirms results until ctx ends; held
 // results are then released (Nak) for a later delivery.
-func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin) {
+func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin, hold func(context.Context) error) {
 	var streams sync.WaitGroup
 	for _, as := range c.streams {
 		streams.Add(1)
@@ -247,7 +253,7 @@ func (c *confirmer) run(ctx context.Context, maxHeld int, pin *pin) {
 	}()
 
 	puller{name: "confirm ", cons: c.cons, held: c.held, max: maxHeld, log: c.log, accept: c.accept,
-		pin: pin, now: c.now, pulled: func(start time.Time, err error) { pin.pulled(start, "", err) }}.run(ctx)
+		pin: pin, now: c.now, pulled: func(start time.Time, err error) { pin.pulled(start, "", err) }, hold: hold}.run(ctx)
 	c.work.Wait()
 	<-hbDone
 	streams.Wait()

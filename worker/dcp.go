@@ -59,6 +59,17 @@ func dcpTopics(a *account) []string {
 	return topics
 }
 
+// reconnectWait caps the private stream's reconnect backoff (0: the
+// stream's default) so that a replica whose stream drops comes back within
+// the account's window: a third of it (the backoff's jitter adds at most
+// half of that), at most 30 s.
+func reconnectWait(a *account) time.Duration {
+	if a.dcp == nil {
+		return 0
+	}
+	return min(30*time.Second, a.dcp.window/3)
+}
+
 // armDCP sets the account's window for every product and reads it back.
 // Neither Bybit refusing the window nor a read-back that does not show it
 // (Bybit says a change takes a while: "query or set again after 10

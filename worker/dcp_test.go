@@ -234,3 +234,34 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string, labels ...string
 	t.Fatalf("no %s%v", name, labels)
 	return 0
 }
+
+// A replica alive and able to reach Bybit holds the
+// dead-man switch. Bybit's private stream dropping the connection a few
+// times in a row (a flaky path, a Bybit restart) must not fire it: the
+// reconnect wait grows exponentially to 30 s and is reset only after a
+// minute up, so after a handful of drops the replica stays away for longer
+// than the window, and Bybit cancels every order of the account although
+// the cancel path never died.
+func TestAFlappingPrivateStreamDoesNotFireTheDeadManSwitch(t *testing.T) {
+	t.Parallel()
+	e, events := dcpSetup(t, 3*time.Second, time.Second) // Bybit's minimum window, in real seconds
+	orders := restingEverywhere(e.ex)
+	e.start()
+	e.requireArmedReplicas(1)
+	// Nine drops: the old backoff's ninth wait (6.4 s ± 50 %) is sure to
+	// outlast the 3 s window.
+	for range 9 {
+		e.ex.DropPrivateConnections()
+		e.requireArmedReplicas(1) // the replica is back and subscribed
+	}
+	events.mu.Lock()
+	evs := append([]bybittest.DCPEvent(nil), events.evs...)
+	events.mu.Unlock()
+	for _, ev := range evs {
+		require.NotEqual(t, "fired", ev.Kind, "Bybit's dead-man switch fired for %s while the replica lived: %+v", ev.Product, evs)
+	}
+	for _, o := range orders {
+		st, _ := e.ex.Order(o.Category, o.OrderID)
+		require.NotEqual(t, "CancelByDCP", st.CancelType, "%s", o.Category)
+	}
+}

@@ -43,7 +43,8 @@ const DefaultPinnedTTL = 5 * time.Second
 const pullInterval = time.Second
 
 // leaseOf is how long a replica may go on starting requests after its last
-// confirmed contact: min(AckWait, PinnedTTL) − 1 s, and never below twice
+// confirmed contact: min(AckWait, PinnedTTL) − 1 s, both as the consumer
+// has them (read back from its info, not the worker's settings), and never below twice
 // the contact interval (an AckWait under 3 s), or it would lapse between
 // two confirmations. It stays under PinnedTTL (at least 3 s), the time
 // before the server can pin another replica: redeliveries go only to the
@@ -93,6 +94,10 @@ type pin struct {
 	startAt   time.Time
 	unchecked bool // a new pin that takeover has not looked at yet
 	lost      bool // a pull was refused: id is no longer the server's pin
+	// elsewhere, when set, reports another sign of a replica at work for
+	// takeover: the confirmation consumer, whose pin follows this one, in
+	// another replica's hands or acked within the window.
+	elsewhere func(ctx context.Context) bool
 }
 
 // takeoverWait is how long a newly pinned replica waits before its first
@@ -175,9 +180,21 @@ func (p *pin) takeover(ctx context.Context, cons jetstream.Consumer, msg jetstre
 	if err != nil || (info.AckFloor.Last != nil && p.now().Sub(*info.AckFloor.Last) < takeoverWait) {
 		return
 	}
+	if p.elsewhere != nil && p.elsewhere(ictx) {
+		return
+	}
 	p.mu.Lock()
 	p.startAt = p.now()
 	p.mu.Unlock()
+}
+
+// drop forgets the pin: the replica handed it over.
+func (p *pin) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.id != "" {
+		p.lost = true
+	}
 }
 
 // held reports the pin id this replica holds ("" none, or not any more).
@@ -218,11 +235,114 @@ type fleet struct {
 	mu      sync.Mutex
 	contact time.Time // start of the last flush the server answered
 	working bool      // last state reported (metric, log)
+	// The confirmation pin follows the cancel pin (both consumers pinned):
+	// a replica pulls confirmations and looks orders up only while it is
+	// active on the cancel consumer, or while the server pins no other replica there
+	// (cancelFree, looked up each second; an idle fleet after a restart),
+	// so that two replicas never both call Bybit behind one IP limit.
+	// followed is closed and replaced when mayConfirm may have changed.
+	cancelFree bool
+	followed   chan struct{}
+}
+
+// follows reports whether the confirmation pin follows the cancel pin.
+func (f *fleet) follows() bool {
+	return f != nil && f.cancel.on && f.confirm != nil && f.confirm.on
+}
+
+// mayConfirm reports whether this replica may pull confirmations and look
+// orders up, as far as the cancel consumer goes.
+func (f *fleet) mayConfirm() bool {
+	if !f.follows() {
+		return true
+	}
+	if f.mayStart() {
+		return true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cancelFree && f.cancel.held() == ""
+}
+
+// waitConfirm waits until this replica may pull confirmations.
+func (f *fleet) waitConfirm(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		ch := f.followed
+		f.mu.Unlock()
+		if f.mayConfirm() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// nudge wakes what waits in waitConfirm to look again.
+func (f *fleet) nudge() {
+	f.mu.Lock()
+	close(f.followed)
+	f.followed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// confirmElsewhere reports whether the confirmation consumer shows another
+// replica at work: pinned to a pin that is not this replica's, or acked
+// within the last window. That replica may still look orders up until it
+// learns the cancel pin moved on, so a new cancel pin waits the window.
+func (f *fleet) confirmElsewhere(ctx context.Context, cons jetstream.Consumer) bool {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return true
+	}
+	if info.AckFloor.Last != nil && f.w.now().Sub(*info.AckFloor.Last) < takeoverWait {
+		return true
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == PriorityGroup && g.PinnedClientID != "" && g.PinnedClientID != f.confirm.held() {
+			return true
+		}
+	}
+	return false
+}
+
+// lookCancelPin records whether the server pins another replica on the
+// cancel consumer (asked only by a replica not active there); when one is
+// newly pinned there, the confirmation pin is handed over to follow it.
+func (f *fleet) lookCancelPin() {
+	if !f.follows() || f.mayStart() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), pullInterval)
+	defer cancel()
+	info, err := f.w.cons.Info(ctx)
+	free := false
+	if err == nil {
+		free = true
+		for _, g := range info.PriorityGroups {
+			if g.Group == PriorityGroup && g.PinnedClientID != "" && g.PinnedClientID != f.cancel.held() {
+				free = false
+			}
+		}
+	}
+	f.mu.Lock()
+	changed := free != f.cancelFree
+	f.cancelFree = free
+	f.mu.Unlock()
+	if changed && !free {
+		f.leaveConfirm() // another replica was pinned there: hand over at once
+	}
+	if changed {
+		f.nudge()
+	}
 }
 
 func newFleet(w *Worker, pinned bool) *fleet {
-	lease := leaseOf(w.consumer.AckWait, w.cfg.pinnedTTL())
-	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now)}
+	lease := leaseOf(w.consumer.AckWait, w.consumer.PinnedTTL)
+	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now), followed: make(chan struct{})}
 	if !pinned {
 		w.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",
 			"consumer", w.cfg.Consumer)
@@ -277,7 +397,7 @@ func (f *fleet) mayLookUp() bool {
 	if f == nil || f.confirm == nil {
 		return true
 	}
-	return f.confirm.active(f.lastContact())
+	return f.mayConfirm() && f.confirm.active(f.lastContact())
 }
 
 func (f *fleet) lastContact() time.Time {
@@ -287,17 +407,25 @@ func (f *fleet) lastContact() time.Time {
 }
 
 // run confirms the contact with the server every second and, when the
-// lease runs out, releases everything queued. It ends with ctx.
+// cancel consumer's lease runs out, releases everything queued. It ends
+// with ctx. The contact belongs to the connection, not to one consumer: it
+// runs when either consumer pins replicas (a confirmation consumer pinned
+// behind an operator's cancel consumer without the group needs it too).
 func (f *fleet) run(ctx context.Context) {
 	if !f.cancel.on {
 		f.report(true)
-		return
+		if f.confirm == nil || !f.confirm.on {
+			return
+		}
 	}
 	t := time.NewTicker(pullInterval)
 	defer t.Stop()
 	for {
 		f.touch()
-		f.check()
+		if f.cancel.on {
+			f.check()
+		}
+		f.lookCancelPin()
 		select {
 		case <-ctx.Done():
 			return
@@ -311,20 +439,48 @@ func (f *fleet) run(ctx context.Context) {
 // may take as long as the lease.
 func (f *fleet) touch() {
 	start := f.w.now()
-	if f.w.js.Conn().FlushTimeout(f.cancel.lease) == nil {
+	if f.w.js.Conn().FlushTimeout(f.contactTimeout()) == nil {
 		f.mu.Lock()
 		f.contact = start
 		f.mu.Unlock()
 	}
 }
 
+// contactTimeout is the shortest lease of a pinned consumer: a flush
+// slower than that confirms nothing any more.
+func (f *fleet) contactTimeout() time.Duration {
+	d := f.cancel.lease
+	if f.confirm != nil && f.confirm.on && (!f.cancel.on || f.confirm.lease < d) {
+		d = f.confirm.lease
+	}
+	return d
+}
+
 // check reports a change of state; a replica that stopped being active
 // gives back what it holds, unsent.
 func (f *fleet) check() {
 	active := f.mayStart()
-	if f.report(active) && !active {
-		f.w.releaseAllQueued(0, "lease")
+	if !f.report(active) {
+		return
 	}
+	if !active {
+		f.w.releaseAllQueued(0, "lease")
+		f.leaveConfirm()
+	}
+	f.nudge()
+}
+
+// leaveConfirm: a replica no longer active on the cancel consumer hands
+// the confirmation consumer's pin over (if it holds it), so that it
+// follows the cancel pin to the new active replica.
+func (f *fleet) leaveConfirm() {
+	if !f.follows() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pullInterval)
+	defer cancel()
+	f.unpin(ctx, f.confirm)
+	f.confirm.drop()
 }
 
 // report sets cancel_worker_active and logs a change; it reports whether

@@ -51,6 +51,9 @@ type puller struct {
 	renewal func() <-chan time.Time
 	pulled  func(start time.Time, err error)
 	standBy func()
+	// hold, when set, waits until the replica may pull this consumer (the
+	// confirmations follow the cancel consumer's pin).
+	hold func(ctx context.Context) error
 }
 
 func (p puller) keepingPin() bool { return p.keepPin != nil && p.keepPin() }
@@ -60,6 +63,9 @@ func (p puller) run(ctx context.Context) {
 	retry := newRetryBackoff()
 	for ctx.Err() == nil {
 		if p.ban != nil && !p.keepingPin() && p.ban.waitOpen(ctx) != nil {
+			return
+		}
+		if p.hold != nil && p.hold(ctx) != nil {
 			return
 		}
 		n, changed := p.held.len()

@@ -255,10 +255,13 @@ func subjectMatches(pattern, subj string) bool {
 }
 
 // ConsumerSettings are what the worker reads back from its consumer: the
-// heartbeats and the last-delivery rule follow what is really set.
+// heartbeats, the last-delivery rule and the fleet's lease follow what is
+// really set.
 type ConsumerSettings struct {
 	AckWait    time.Duration
 	MaxDeliver int
+	// PinnedTTL is the consumer's, when it pins replicas (zero otherwise).
+	PinnedTTL time.Duration
 }
 
 // EnsureConsumer creates the durable consumer if it is missing, updates one the
@@ -308,7 +311,36 @@ func settingsOf(cfg jetstream.ConsumerConfig) ConsumerSettings {
 	if s.AckWait <= 0 {
 		s.AckWait = 30 * time.Second // the server's default
 	}
+	if isPinned(cfg) {
+		s.PinnedTTL = cfg.PinnedTTL
+		if s.PinnedTTL <= 0 {
+			s.PinnedTTL = serverPinnedTTL
+		}
+	}
 	return s
+}
+
+// serverPinnedTTL is the PinnedTTL nats-server gives a pinned consumer
+// created without one.
+const serverPinnedTTL = 2 * time.Minute
+
+// checkPinnedTTL refuses an operator's pinned consumer whose PinnedTTL
+// leaves no lease (under 3 s) and warns when it is far above
+// NATS_PINNED_TTL: the takeover after a kill -9 follows the consumer's.
+func checkPinnedTTL(cfg jetstream.ConsumerConfig, c Config, name string) error {
+	if !isPinned(cfg) {
+		return nil
+	}
+	ttl := settingsOf(cfg).PinnedTTL
+	if ttl < 3*pullInterval {
+		return fmt.Errorf("consumer %s (not created by the worker, so left unchanged) has PinnedTTL %v; it must be at least %v (above the 1 s pull interval and the replica's lease)",
+			name, ttl, 3*pullInterval)
+	}
+	if ttl > 2*c.pinnedTTL() && c.Logger != nil {
+		c.Logger.Warn("the consumer's PinnedTTL is far above NATS_PINNED_TTL: the consumer's is the one that counts, so a killed replica is taken over only after it",
+			"consumer", name, "pinnedTTL", ttl, "NATS_PINNED_TTL", c.pinnedTTL())
+	}
+	return nil
 }
 
 func checkOperatorConsumer(cfg jetstream.ConsumerConfig, c Config, want []string) error {
@@ -327,7 +359,7 @@ func checkOperatorConsumer(cfg jetstream.ConsumerConfig, c Config, want []string
 	if len(cfg.BackOff) > 0 {
 		return fmt.Errorf("consumer %s has a BackOff list, which skews NakWithDelay; remove it (the worker backs off itself)", c.Consumer)
 	}
-	return nil
+	return checkPinnedTTL(cfg, c, c.Consumer)
 }
 
 func sameSet(a, b []string) bool {

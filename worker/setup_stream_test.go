@@ -33,7 +33,7 @@ func TestCreatedStreamAndConsumerAreTaggedAndConfigured(t *testing.T) {
 	require.Equal(t, jetstream.AckExplicitPolicy, cc.AckPolicy)
 	require.Empty(t, cc.BackOff)
 	require.Equal(t, 1000, cc.MaxAckPending)
-	require.Equal(t, worker.ConsumerSettings{AckWait: 5 * time.Second, MaxDeliver: 20}, settings)
+	require.Equal(t, worker.ConsumerSettings{AckWait: 5 * time.Second, MaxDeliver: 20, PinnedTTL: 5 * time.Second}, settings)
 
 	// A tagged stream and consumer follow the configuration at the next start.
 	e.cfg.DuplicateWindow = 2 * time.Hour

@@ -263,7 +263,11 @@ func (w *Worker) Setup(ctx context.Context) error {
 		return nil
 	}
 	if w.confirm != nil {
-		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.cfg.pinnedTTL()), w.now)
+		w.fleet.confirm = newPin(w.confirm.pinned, w.cfg.ConfirmConsumer(), leaseOf(w.confirm.settings.AckWait, w.confirm.settings.PinnedTTL), w.now)
+	}
+	if w.fleet.follows() {
+		cons := w.confirm.cons
+		w.fleet.cancel.elsewhere = func(ctx context.Context) bool { return w.fleet.confirmElsewhere(ctx, cons) }
 	}
 	return nil
 }
@@ -372,7 +376,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		defer close(confirmDone)
 		if w.confirm != nil {
-			w.confirm.run(ctx, w.maxHeld, w.fleet.confirm)
+			w.confirm.run(ctx, w.maxHeld, w.fleet.confirm, w.fleet.waitConfirm)
 		}
 	}()
 	if w.fleet.cancel.on {

@@ -68,8 +68,10 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 	case bybit.ClassRateLimited:
 		w.rateLimited(j, p, d)
 	case bybit.ClassIPRateLimited:
-		w.stats.RateLimited.Add(1)
 		w.gw.blockIP(d.rateLimitReset)
+		// Counted once the block is in place: a reader of the count
+		// knows every later request waits.
+		w.stats.RateLimited.Add(1)
 		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
 	case bybit.ClassClockSkew:
 		w.resync(j.lane.account, j.sentAt)
@@ -87,8 +89,9 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 // 10006 (decide's rateLimitReset): every later call of that budget waits,
 // whichever path makes it, also when the worker counts nothing for it.
 func (w *Worker) rateLimited(j *job, p *pacer, d decision) {
-	w.stats.RateLimited.Add(1)
 	p.blockUntil(d.rateLimitReset)
+	// Counted once the block is in place (see the IP limit above).
+	w.stats.RateLimited.Add(1)
 	w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
 }
 

@@ -534,7 +534,9 @@ func (f *fleet) unpin(ctx context.Context, p *pin) {
 					if g.Group == PriorityGroup && g.PinnedClientID == id {
 						err = s.UnpinConsumer(ctx, p.consumer, PriorityGroup)
 						if err == nil {
-							f.w.log.Info("pin handed over: another replica takes over at once", "consumer", p.consumer)
+							// This replica cannot see whether another one pulls:
+							// say what the unpin does, not that someone is there.
+							f.w.log.Info("pin handed over: a standby replica, if one is pulling, takes over at once", "consumer", p.consumer)
 						}
 					}
 				}
@@ -542,7 +544,7 @@ func (f *fleet) unpin(ctx context.Context, p *pin) {
 		}
 	}
 	if err != nil {
-		f.w.log.Warn("could not hand the pin over; another replica takes over after NATS_PINNED_TTL", "consumer", p.consumer, "error", err)
+		f.w.log.Warn("could not hand the pin over; a standby replica, if any, takes over after NATS_PINNED_TTL", "consumer", p.consumer, "error", err)
 	}
 }
 

@@ -1,9 +1,11 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,13 +352,20 @@ func (h *heldSet) heartbeatLoop(ctx context.Context, nc *nats.Conn, ackWait time
 	}
 }
 
+// snapshot returns the held messages in stream order. Every round sends
+// its heartbeats in that one order, so that the server hears each message
+// about an interval after its previous heartbeat even when it takes most of
+// an interval to work through a round: in the map's random order a message
+// heard first in one round and last in the next went an interval plus a
+// whole round's processing unheard, past AckWait on a loaded server.
 func (h *heldSet) snapshot() []*heldMsg {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	out := make([]*heldMsg, 0, len(h.msgs))
 	for _, m := range h.msgs {
 		out = append(out, m)
 	}
+	h.mu.Unlock()
+	slices.SortFunc(out, func(a, b *heldMsg) int { return cmp.Compare(a.seq, b.seq) })
 	return out
 }
 

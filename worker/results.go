@@ -41,6 +41,7 @@ type ResultFollower struct {
 	horizon uint64
 	waiters map[uint64]map[*resultWaiter]struct{}
 	cc      jetstream.ConsumeContext
+	cons    jetstream.Consumer // cc's consumer, deleted on Stop
 
 	// backlog are the waiters that need what is stored up to the horizon;
 	// one backfill at a time reads it for all of them (backfilling).
@@ -127,16 +128,18 @@ func (f *ResultFollower) Start(ctx context.Context) error {
 		return fmt.Errorf("follow the results of stream %s: %w", f.stream, err)
 	}
 	f.mu.Lock()
-	f.cc = cc
+	f.cc, f.cons = cc, cons
 	f.mu.Unlock()
 	return nil
 }
 
-// Stop stops following.
+// Stop stops following and deletes the follower's consumer: a clean stop
+// leaves nothing on the server (the server would otherwise keep it until
+// its inactive threshold).
 func (f *ResultFollower) Stop() {
 	f.mu.Lock()
-	cc := f.cc
-	f.cc = nil
+	cc, cons := f.cc, f.cons
+	f.cc, f.cons = nil, nil
 	if f.bstop != nil {
 		f.bstop() // under the mutex: no backfill starts after this
 	}
@@ -145,6 +148,7 @@ func (f *ResultFollower) Stop() {
 	if cc != nil {
 		cc.Stop()
 		<-cc.Closed()
+		f.deleteConsumer(cons)
 	}
 }
 
@@ -316,7 +320,7 @@ func (f *ResultFollower) readBack(from, horizon uint64, pass []*resultWaiter) er
 	defer func() {
 		stopOnEnd()
 		it.Stop()
-		f.deleteBackfill(cons)
+		f.deleteConsumer(cons)
 	}()
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
 		return nil
@@ -364,9 +368,9 @@ func (f *ResultFollower) handBack(m jetstream.Msg, horizon uint64) (more bool) {
 	return meta.NumPending != 0
 }
 
-// deleteBackfill deletes a backfill's consumer, also when the follower has
-// stopped.
-func (f *ResultFollower) deleteBackfill(cons jetstream.Consumer) {
+// deleteConsumer deletes one of the follower's ordered consumers (the
+// follower's own or a backfill's), also when the follower has stopped.
+func (f *ResultFollower) deleteConsumer(cons jetstream.Consumer) {
 	info := cons.CachedInfo()
 	if info == nil {
 		return
@@ -374,7 +378,7 @@ func (f *ResultFollower) deleteBackfill(cons jetstream.Consumer) {
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := f.js.DeleteConsumer(dctx, f.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		f.log.Debug("sync service: delete the backfill's consumer", "consumer", info.Name, "error", err)
+		f.log.Debug("sync service: delete a result consumer", "consumer", info.Name, "error", err)
 	}
 }
 

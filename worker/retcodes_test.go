@@ -88,8 +88,11 @@ func TestIPRateLimit10018SlowsEveryRequest(t *testing.T) {
 	spot := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT"})
 	e.ex.InjectFault(bybittest.Fault{Match: func(cat, _, _, _ string) bool { return cat == "linear" }, RetCode: 10018, RetMsg: "Exceeded the IP Rate Limit."})
 	linSeq := e.publish(cancelBody(lin, false, ""), "")
-	e.start()
-	require.Eventually(t, func() bool { return e.requestsWith(10018) == 1 }, waitFor, 5*time.Millisecond)
+	r := e.start()
+	// The worker has blocked the IP once it counts the 10018 (the
+	// exchange's log shows only that the answer left).
+	require.Eventually(t, func() bool { return r.w.Stats().RateLimited.Load() == 1 }, waitFor, 5*time.Millisecond)
+	require.Equal(t, 1, e.requestsWith(10018))
 	spotSeq := e.publish(cancelBody(spot, false, ""), "")
 	got := e.waitResults(2)
 	require.Equal(t, messages.StatusCancelled, got[linSeq].Status, "%+v", got[linSeq])

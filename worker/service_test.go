@@ -99,6 +99,34 @@ func TestSyncCancelIsAnsweredWithItsStoredResult(t *testing.T) {
 	require.Equal(t, "Cancelled", st.Status)
 }
 
+// consumerNames lists the stream's consumers.
+func (e *env) consumerNames() []string {
+	e.t.Helper()
+	s, err := e.js.Stream(context.Background(), e.cfg.Stream)
+	require.NoError(e.t, err)
+	l := s.ConsumerNames(context.Background())
+	var names []string
+	for n := range l.Name() {
+		names = append(names, n)
+	}
+	require.NoError(e.t, l.Err())
+	return names
+}
+
+func TestSyncServiceStopLeavesNoConsumerOnTheServer(t *testing.T) {
+	t.Parallel()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	e.start()
+	before := e.consumerNames()
+	s := e.service()
+	require.Len(t, e.consumerNames(), len(before)+1, "the service follows the results with a consumer of its own")
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	require.Equal(t, messages.StatusCancelled, requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o, false, "stop-1"), nil)).Status)
+	s.Stop()
+	require.ElementsMatch(t, before, e.consumerNames(), "a stopped sync service leaves no consumer behind")
+}
+
 func TestSyncCancelAllIsAnsweredWithItsResult(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})

@@ -84,6 +84,9 @@ type Worker struct {
 type Stats struct {
 	Received    atomic.Int64
 	Redelivered atomic.Int64
+	// RateLimited counts rate-limit answers (10006, 10018, ...), each
+	// counted after its block is in place: once it has grown, every later
+	// request of the blocked budget (or, for 10018, every request) waits.
 	RateLimited atomic.Int64
 	// MsgIDCollisions counts results whose Nats-Msg-Id the stream already
 	// held for another message, stored under their fallback id instead.

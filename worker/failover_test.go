@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"testing"
@@ -20,12 +21,24 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
+// freePort picks a loopback port a node can listen on later, below the
+// kernel's ephemeral range (32768–60999 on Linux): a port taken from that range
+// with ":0" and closed again can be handed out meanwhile as the source port of
+// any outgoing connection or to another ":0" listener, and the node then fails
+// to listen ("did not become ready") on a loaded machine.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port
+	}
+	t.Fatal("no free loopback port in 20000-31999")
+	return 0
 }
 
 // A three-node JetStream cluster with the stream at R3 and two workers on one

@@ -35,6 +35,13 @@ func (e *env) confirmations() map[string]messages.Confirmation {
 	if err != nil {
 		return nil
 	}
+	// Each read deletes its consumer: left to their inactivity threshold, a
+	// poll's consumers pile up on the server by the thousand.
+	defer func() {
+		if info := c.CachedInfo(); info != nil {
+			_ = e.js.DeleteConsumer(context.Background(), e.cfg.Stream, info.Name)
+		}
+	}()
 	out := map[string]messages.Confirmation{}
 	for {
 		batch, err := c.FetchNoWait(1000)
@@ -50,6 +57,11 @@ func (e *env) confirmations() map[string]messages.Confirmation {
 			out[id] = conf
 		}
 		if n == 0 {
+			// A fetch that returns nothing at once is not the end on a
+			// loaded server: the read is whole when nothing is pending.
+			if info, err := c.Info(context.Background()); err == nil && info.NumPending > 0 {
+				continue
+			}
 			return out
 		}
 	}

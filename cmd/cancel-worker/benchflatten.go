@@ -9,9 +9,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
@@ -79,44 +76,41 @@ func benchFlatten(ctx context.Context, n int, latency time.Duration, stdout, pro
 	cfg := demoWorkerConfig(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	cfg.Limits = worker.DefaultLimits()
 	cfg.IPLimit, _ = parseRate("500/5s")
-	nc, err := nats.Connect(ns.ClientURL())
+	sw, err := newSimWorker(ctx, cfg, ns.ClientURL(), baseURL)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
-	if err != nil {
-		return err
-	}
-	w, err := worker.New(cfg, js, client)
-	if err != nil {
-		return err
-	}
-	if err := w.Setup(ctx); err != nil {
-		return err
-	}
+	defer sw.nc.Close()
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
+	go func() { done <- sw.w.Run(wctx) }()
 	defer func() { stop(); <-done }()
 
 	fmt.Fprintf(progress, "flattening %d resting orders (%v)\n", n, per)
 	start := time.Now()
-	ack, err := js.Publish(ctx, cfg.CancelAllSubject, []byte(`{"scope":"account","requestId":"bench-flatten"}`))
+	ack, err := sw.js.Publish(ctx, cfg.CancelAllSubject, []byte(`{"scope":"account","requestId":"bench-flatten"}`))
 	if err != nil {
 		return err
 	}
-	r, err := waitResult(ctx, js, cfg.Stream, ack.Sequence, cfg.AckSubject, cfg.RejectedSubject)
+	r, err := waitResult(ctx, sw.js, cfg.Stream, ack.Sequence, cfg.AckSubject, cfg.RejectedSubject)
 	if err != nil {
 		return err
 	}
 	rep := flattenBenchReport{orders: n, cancelled: len(r.Orders), complete: r.Complete != nil && *r.Complete,
 		rounds: r.Rounds, took: time.Since(start), perCategory: per, latency: latency}
-	for _, q := range ex.Requests() {
+	rep.count(ex.Requests())
+	if !rep.complete {
+		return errors.New("bench: the flatten did not complete: " + r.LastError)
+	}
+	writeFlattenBench(stdout, rep)
+	return nil
+}
+
+// count adds what the exchange was sent, and how long single cancels of
+// the same orders would take at the worker's default limits (the
+// categories in parallel).
+func (rep *flattenBenchReport) count(requests []bybittest.Request) {
+	for _, q := range requests {
 		switch q.Path {
 		case "/v5/order/cancel-all":
 			rep.cancelAlls++
@@ -128,14 +122,9 @@ func benchFlatten(ctx context.Context, n int, latency time.Duration, stdout, pro
 		}
 	}
 	limits := worker.DefaultLimits()
-	for c, k := range per {
+	for c, k := range rep.perCategory {
 		rep.singles = max(rep.singles, time.Duration(float64(k)/float64(limits["cancel/"+c])*float64(time.Second)))
 	}
-	if !rep.complete {
-		return errors.New("bench: the flatten did not complete: " + r.LastError)
-	}
-	writeFlattenBench(stdout, rep)
-	return nil
 }
 
 func writeFlattenBench(w io.Writer, r flattenBenchReport) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -35,12 +34,7 @@ func syncBench(ctx context.Context, nc *nats.Conn, subject string, o benchOption
 	defer t.Stop()
 	var wg sync.WaitGroup
 	for i := range o.n {
-		c := o.categories[i%len(o.categories)]
-		symbol := "BTCUSDT"
-		if c == "option" {
-			symbol = "BTC-27DEC24-100000-C"
-		}
-		body := []byte(`{"category":"` + c + `","symbol":"` + symbol + `","orderId":"bench-` + strconv.Itoa(i) + `"}`)
+		body := benchCancel(o, i)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -67,8 +61,7 @@ func syncBench(ctx context.Context, nc *nats.Conn, subject string, o benchOption
 	defer rep.mu.Unlock()
 	if len(rep.latencies) > 0 {
 		slices.Sort(rep.latencies)
-		rep.p50 = rep.latencies[len(rep.latencies)/2]
-		rep.p99 = rep.latencies[min(len(rep.latencies)-1, len(rep.latencies)*99/100)]
+		rep.p50, rep.p99 = p50p99(rep.latencies)
 		rep.max = rep.latencies[len(rep.latencies)-1]
 	}
 	return nil

@@ -106,6 +106,14 @@ func (f *cancelFlags) body() ([]byte, error) {
 	return data, nil
 }
 
+// cancelCommand is `cancel-worker cancel` (all false) or `cancel-worker
+// cancel-all` (all true).
+func cancelCommand(all bool) func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+	return func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+		return runCancel(ctx, all, args, env, stdout, stderr)
+	}
+}
+
 // runCancel is `cancel-worker cancel` (all false) and `cancel-worker
 // cancel-all` (all true): one request to the sync service, its answer
 // printed, the outcome in the exit code.
@@ -119,35 +127,69 @@ func runCancel(ctx context.Context, all bool, args []string, env lookupEnv, stdo
 	if err != nil {
 		return err
 	}
-	if f.format != "text" && f.format != "json" {
-		return fmt.Errorf("--format %q is not text or json", f.format)
-	}
-	if f.timeout <= 0 {
-		return fmt.Errorf("--timeout must be positive, not %v", f.timeout)
+	if err := checkAnswerFlags(f.format, f.timeout); err != nil {
+		return err
 	}
 	body, err := f.body()
 	if err != nil {
 		return &exitError{code: exitRejected, msg: "invalid request, not sent: " + err.Error()}
 	}
 	p := &parser{v: v}
-	subject := p.str("NATS_SYNC_CANCEL_SUBJECT")
-	env2 := "NATS_SYNC_CANCEL_SUBJECT"
-	if all {
-		subject, env2 = p.str("NATS_SYNC_CANCEL_ALL_SUBJECT"), "NATS_SYNC_CANCEL_ALL_SUBJECT"
+	subject, err := f.syncSubject(p)
+	if err != nil {
+		return err
 	}
-	if f.subject != "" {
-		subject = f.subject
-	}
-	if subject == "" {
-		return fmt.Errorf("%s must not be empty", env2)
-	}
-	ncfg := p.natsConfig()
-	conn, err := connectCommand(ncfg, env, name, stderr)
+	conn, err := connectCommand(p.natsConfig(), env, name, stderr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 
+	// The service answers within the timeout (a 504 at the latest); the
+	// margin covers the round trips.
+	rctx, cancel := context.WithTimeout(ctx, f.timeout+5*time.Second)
+	defer cancel()
+	reply, err := conn.RequestMsgWithContext(rctx, &nats.Msg{Subject: subject, Header: f.header(), Data: body})
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("no cancel-worker service answers on %s: is a worker running with its sync service on (see its /readyz)?", subject)
+	case err != nil:
+		return fmt.Errorf("request on %s: %w", subject, err)
+	}
+	return f.answer(reply, subject, stdout)
+}
+
+// checkAnswerFlags checks the --format and --timeout of the commands that
+// wait for an answer (cancel, cancel-all, flatten).
+func checkAnswerFlags(format string, timeout time.Duration) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("--format %q is not text or json", format)
+	}
+	if timeout <= 0 {
+		return fmt.Errorf("--timeout must be positive, not %v", timeout)
+	}
+	return nil
+}
+
+// syncSubject is the sync service's subject the request goes to: --subject,
+// or the setting of the command's endpoint.
+func (f *cancelFlags) syncSubject(p *parser) (string, error) {
+	env := "NATS_SYNC_CANCEL_SUBJECT"
+	if f.all {
+		env = "NATS_SYNC_CANCEL_ALL_SUBJECT"
+	}
+	subject := p.str(env)
+	if f.subject != "" {
+		subject = f.subject
+	}
+	if subject == "" {
+		return "", fmt.Errorf("%s must not be empty", env)
+	}
+	return subject, nil
+}
+
+// header is the request's: its timeout, what to wait for, its Nats-Msg-Id.
+func (f *cancelFlags) header() nats.Header {
 	hdr := nats.Header{messages.HeaderTimeout: []string{f.timeout.String()}}
 	if f.waitConfirmation {
 		hdr.Set(messages.HeaderWait, messages.WaitConfirmed)
@@ -155,17 +197,11 @@ func runCancel(ctx context.Context, all bool, args []string, env lookupEnv, stdo
 	if f.msgID != "" {
 		hdr.Set(nats.MsgIdHdr, f.msgID)
 	}
-	// The service answers within the timeout (a 504 at the latest); the
-	// margin covers the round trips.
-	rctx, cancel := context.WithTimeout(ctx, f.timeout+5*time.Second)
-	defer cancel()
-	reply, err := conn.RequestMsgWithContext(rctx, &nats.Msg{Subject: subject, Header: hdr, Data: body})
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return fmt.Errorf("no cancel-worker service answers on %s: is a worker running with its sync service on (see its /readyz)?", subject)
-	case err != nil:
-		return fmt.Errorf("request on %s: %w", subject, err)
-	}
+	return hdr
+}
+
+// answer prints the service's reply and turns it into the exit code.
+func (f *cancelFlags) answer(reply *nats.Msg, subject string, stdout io.Writer) error {
 	if code := reply.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return serviceError(reply, code, f.format, stdout)
 	}

@@ -44,20 +44,78 @@ func startSim(ex *bybittest.Exchange, addr string) (string, func(), error) {
 	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
 }
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// simWorker is a worker of this process against the simulated exchange,
+// its stream and consumer set up, and its own connection to NATS.
+type simWorker struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+	w  *worker.Worker
+}
+
+// newSimWorker connects to NATS at natsURL and sets up a worker of cfg
+// against the simulated exchange at baseURL (its demo key). The caller
+// closes sw.nc.
+func newSimWorker(ctx context.Context, cfg worker.Config, natsURL, baseURL string, opts ...nats.Option) (simWorker, error) {
+	nc, js, err := connectJetStream(natsURL, opts...)
+	if err != nil {
+		return simWorker{}, err
+	}
+	sw, err := setUpSimWorker(ctx, cfg, nc, js, baseURL)
+	if err != nil {
+		nc.Close()
+	}
+	return sw, err
+}
+
+func setUpSimWorker(ctx context.Context, cfg worker.Config, nc *nats.Conn, js jetstream.JetStream, baseURL string) (simWorker, error) {
+	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+	if err != nil {
+		return simWorker{}, err
+	}
+	w, err := worker.New(cfg, js, client)
+	if err != nil {
+		return simWorker{}, err
+	}
+	if err := w.Setup(ctx); err != nil {
+		return simWorker{}, err
+	}
+	return simWorker{nc: nc, js: js, w: w}, nil
+}
+
+// demoOptions are the flags of `cancel-worker demo`.
+type demoOptions struct {
+	burst     int
+	pushDelay time.Duration
+	log       *slog.Logger
+}
+
+func runDemo(ctx context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
+	o, err := parseDemoFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	return demo(ctx, o, stdout)
+}
+
+func parseDemoFlags(args []string, stderr io.Writer) (demoOptions, error) {
 	fs := newFlagSet("demo", commandAbout("demo"), stderr)
 	burst := fs.Int("burst", 25, "linear cancels published at once (the simulated limits are 10/s single and 10/s batch)")
 	logLevel := fs.String("log-level", "warn", "the worker's log level (its lines go to stderr)")
 	pushDelay := fs.Duration("push-delay", 30*time.Millisecond, "how long after a cancel the simulated exchange pushes the order's update (Bybit cancels asynchronously)")
 	if err := fs.parse(args); err != nil {
-		return err
+		return demoOptions{}, err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %q is not debug, info, warn or error", *logLevel)
+		return demoOptions{}, fmt.Errorf("--log-level: %q is not debug, info, warn or error", *logLevel)
 	}
-	log := newLogger(stderr, level, "text")
+	return demoOptions{burst: *burst, pushDelay: *pushDelay, log: newLogger(stderr, level, "text")}, nil
+}
 
+// demo runs the scripted scenario: it publishes the script, prints every
+// result and confirmation as it comes, then the summary, checked against
+// what the script expects, and what replay says of the stream.
+func demo(ctx context.Context, o demoOptions, stdout io.Writer) error {
 	ns, stopNATS, err := embedded.StartTempNATS("cancel-worker-demo-")
 	if err != nil {
 		return err
@@ -65,41 +123,26 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer stopNATS()
 
 	ex := bybittest.New(bybittest.Options{})
-	ex.SetPushDelay(*pushDelay)
+	ex.SetPushDelay(o.pushDelay)
 	baseURL, stopSim, err := startSim(ex, "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	defer stopSim()
 
-	script := demoScript(ex, *burst)
+	script := demoScript(ex, o.burst)
 	fmt.Fprintf(stdout, "demo: nats-server %s (JetStream, temp store), simulated Bybit %s (limits per endpoint: linear/inverse/option 10/s, spot 20/s)\n",
 		ns.ClientURL(), baseURL)
 
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("cancel-worker-demo"))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	cfg := demoWorkerConfig(log)
+	cfg := demoWorkerConfig(o.log)
 	cfg.Confirm, cfg.WSURL = true, wsURLOf(baseURL)
-	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
+	sw, err := newSimWorker(ctx, cfg, ns.ClientURL(), baseURL, nats.Name("cancel-worker-demo"))
 	if err != nil {
 		return err
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	w, err := worker.New(cfg, js, client)
-	if err != nil {
-		return err
-	}
-	if err := w.Setup(ctx); err != nil {
-		return err
-	}
+	defer sw.nc.Close()
 
-	results, confirmations, stopReading, err := demoReaders(ctx, js, cfg, len(script))
+	results, confirmations, stopReading, err := demoReaders(ctx, sw.js, cfg, len(script))
 	if err != nil {
 		return err
 	}
@@ -108,12 +151,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	wctx, stopWorker := context.WithCancel(ctx)
 	defer stopWorker()
 	workerDone := make(chan error, 1)
-	go func() { workerDone <- w.Run(wctx) }()
+	go func() { workerDone <- sw.w.Run(wctx) }()
 
 	start := time.Now()
 	fmt.Fprintf(stdout, "publishing %d requests: one per category by orderId and orderLinkId, 1 for an order that fills before its cancel lands, a burst of %d linear cancels, 2 invalid messages, 1 cancel of an order that is not open\n\n",
-		len(script), *burst)
-	if err := demoPublish(ctx, js, cfg.CancelSubject, script); err != nil {
+		len(script), o.burst)
+	if err := demoPublish(ctx, sw.js, cfg.CancelSubject, script); err != nil {
 		return err
 	}
 	t := newDemoTally(script)
@@ -124,11 +167,15 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := <-workerDone; err != nil {
 		return err
 	}
-	if err := t.report(stdout, ex, *burst, *pushDelay); err != nil {
+	if err := t.report(stdout, ex, o.burst, o.pushDelay); err != nil {
 		return err
 	}
+	return demoReplay(ctx, sw.js, cfg, stdout)
+}
 
-	// What `cancel-worker replay` says of this stream, for incident review.
+// demoReplay prints what `cancel-worker replay` says of the demo's stream,
+// for incident review.
+func demoReplay(ctx context.Context, js jetstream.JetStream, cfg worker.Config, stdout io.Writer) error {
 	rep, err := replay.Read(ctx, js, replayConfig(cfg), replay.Window{}, replay.Filter{})
 	if err != nil {
 		return fmt.Errorf("demo: replay: %w", err)
@@ -150,15 +197,11 @@ func demoReaders(ctx context.Context, js jetstream.JetStream, cfg worker.Config,
 		}
 	}
 	read := func(subjects []string, take func(jetstream.Msg)) error {
-		reader, err := js.OrderedConsumer(ctx, cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
+		stopOne, err := consumeStream(ctx, js, cfg.Stream, subjects, take)
 		if err != nil {
 			return err
 		}
-		cc, err := reader.Consume(take)
-		if err != nil {
-			return err
-		}
-		stops = append(stops, cc.Stop)
+		stops = append(stops, stopOne)
 		return nil
 	}
 	err := read([]string{cfg.AckSubject, cfg.RejectedSubject}, func(m jetstream.Msg) {
@@ -252,12 +295,7 @@ func (t *demoTally) collect(ctx context.Context, stdout io.Writer, start time.Ti
 
 // report prints the summary and checks it against what the script expects.
 func (t *demoTally) report(stdout io.Writer, ex *bybittest.Exchange, burst int, pushDelay time.Duration) error {
-	var limited int
-	for _, q := range ex.Requests() {
-		if q.RetCode == 10006 {
-			limited++
-		}
-	}
+	limited := answered10006(ex.Requests())
 	want := map[messages.Status]int{}
 	for _, r := range t.script {
 		want[r.expect]++

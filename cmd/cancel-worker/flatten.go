@@ -56,11 +56,8 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 	if err != nil {
 		return err
 	}
-	if f.format != "text" && f.format != "json" {
-		return fmt.Errorf("--format %q is not text or json", f.format)
-	}
-	if f.timeout <= 0 {
-		return fmt.Errorf("--timeout must be positive, not %v", f.timeout)
+	if err := checkAnswerFlags(f.format, f.timeout); err != nil {
+		return err
 	}
 	if f.requestID == "" {
 		f.requestID = "flatten-" + strings.ToLower(rand.Text()[:12])

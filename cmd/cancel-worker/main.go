@@ -73,14 +73,10 @@ func commandList() []command {
 	return []command{
 		{name: "run", summary: "the worker (the default command), configured by environment variables or flags",
 			about: "Run the worker: take cancel requests from NATS JetStream, send each to Bybit within the rate limits, publish one result per request.",
-			run: func(ctx context.Context, args []string, env lookupEnv, _, stderr io.Writer) error {
-				return runWorker(ctx, args, env, stderr)
-			}},
+			run:   runWorker},
 		{name: "demo", summary: "a scripted scenario against an embedded nats-server and a simulated Bybit",
 			about: "Run a scripted scenario: an embedded nats-server, a simulated Bybit exchange and the worker; print every result and confirmation, exit 0 when each is as expected.",
-			run: func(ctx context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
-				return runDemo(ctx, args, stdout, stderr)
-			}},
+			run:   runDemo},
 		{name: "sim", summary: "the simulated Bybit exchange alone (for a local stack)",
 			about: "Serve the simulated Bybit exchange (REST and the private WebSocket) for a local stack; every cancel of an unknown order succeeds once.",
 			run: func(ctx context.Context, args []string, _ lookupEnv, _, stderr io.Writer) error {
@@ -88,9 +84,7 @@ func commandList() []command {
 			}},
 		{name: "bench", summary: "drain a burst against the simulated exchange and report drain time against the ideal",
 			about: "Publish a burst of cancels to an embedded nats-server, drain it through the worker against the simulated exchange, and report the drain time against what the rate limits allow.",
-			run: func(ctx context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
-				return runBench(ctx, args, stdout, stderr)
-			}},
+			run:   runBench},
 		{name: "replay", summary: "read requests and results back from the stream for incident review; --resend finishes what was left undone",
 			about: "Read the requests of a window back from the stream with their results and confirmations, for incident review; with --resend, republish what was left unanswered or failed.",
 			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
@@ -98,22 +92,16 @@ func commandList() []command {
 			}},
 		{name: "cancel", summary: "cancel one order through the sync service and wait for its result (exit 0 cancelled, 2 not_open, 3 rejected/invalid/failed, 4 timeout, 5 filled)",
 			about: "Cancel one order through the worker's sync service (orders.sync.cancel) and print its stored result; with --wait-confirmation, also the order's confirmation. Exit 0 cancelled, 2 not_open, 3 rejected, invalid or failed, 4 timeout (the request's sequence printed), 5 filled before the cancel landed, 1 any other error.",
-			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
-				return runCancel(ctx, false, args, env, stdout, stderr)
-			}},
+			run:   cancelCommand(false)},
 		{name: "cancel-all", summary: "cancel a category's orders (by symbol, base or settle coin) through the sync service and wait for the result",
 			about: "Cancel every order of a category (narrowed by symbol, base coin or settle coin) through the worker's sync service (orders.sync.cancel-all) and print its stored result. Exit codes as for cancel.",
-			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
-				return runCancel(ctx, true, args, env, stdout, stderr)
-			}},
+			run:   cancelCommand(true)},
 		{name: "flatten", summary: "cancel every open order of an account (--account), in every category; exit 0 only when nothing is left",
 			about: "Flatten an account: one request ({\"scope\":\"account\"}) through the sync service's cancel-all endpoint that cancels every open order of every kind in every category, looking again until nothing is left; print what was cancelled per category and what is left. Exit 0 only when complete, 3 when not, 4 on a timeout.",
 			run:   runFlatten},
 		{name: "healthcheck", summary: "ask a running worker's /readyz (HTTP_ADDR); exit 0 when ready, 1 otherwise",
 			about: "Ask the /readyz of the worker at HTTP_ADDR (on this host when its host part is empty or a wildcard): exit 0 when it answers ready, 1 with the reason otherwise. For a Docker HEALTHCHECK or a Kubernetes exec probe.",
-			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
-				return runHealthcheck(ctx, args, env, stdout, stderr)
-			}},
+			run:   runHealthcheck},
 		{name: "version", summary: "print the version, commit and build date",
 			about: "Print the version, the commit and the build date of this binary (also: cancel-worker --version).",
 			run: func(_ context.Context, args []string, _ lookupEnv, stdout, stderr io.Writer) error {
@@ -210,7 +198,7 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writer) error {
+func runWorker(ctx context.Context, args []string, env lookupEnv, _, stderr io.Writer) error {
 	v, err := parseCommand("run", "", settings, args, env, stderr, nil)
 	if err != nil {
 		return err
@@ -233,29 +221,9 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 		return err
 	}
 	defer nc.Close()
-	var client *bybit.Client
-	if rc.apiKey != "" {
-		client, err = accountCreds{apiKey: rc.apiKey, secret: rc.apiSecret, rsaKey: rc.rsaKey, baseURL: rc.baseURL}.client(rc)
-		if err != nil {
-			return err
-		}
-	}
-	for name, a := range rc.accounts {
-		c, err := a.client(rc)
-		if err != nil {
-			return fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %w", name, err)
-		}
-		if name == worker.DefaultAccount {
-			client, rc.worker.WSURL = c, a.wsURL
-			if a.dcpWindow != 0 {
-				rc.worker.DCPWindow = a.dcpWindow
-			}
-			continue
-		}
-		if rc.worker.Accounts == nil {
-			rc.worker.Accounts = map[string]worker.Account{}
-		}
-		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects, DCPWindow: a.dcpWindow}
+	client, err := workerClients(&rc)
+	if err != nil {
+		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -283,6 +251,38 @@ func runWorker(ctx context.Context, args []string, env lookupEnv, stderr io.Writ
 	}
 	defer stopSvc()
 	return runOn(ctx, nc, w, log)
+}
+
+// workerClients makes the Bybit client of the default account (nil when
+// there is none) and sets the other accounts of BYBIT_ACCOUNTS_FILE in
+// rc.worker.Accounts.
+func workerClients(rc *runConfig) (*bybit.Client, error) {
+	var client *bybit.Client
+	if rc.apiKey != "" {
+		var err error
+		client, err = accountCreds{apiKey: rc.apiKey, secret: rc.apiSecret, rsaKey: rc.rsaKey, baseURL: rc.baseURL}.client(*rc)
+		if err != nil {
+			return nil, err
+		}
+	}
+	for name, a := range rc.accounts {
+		c, err := a.client(*rc)
+		if err != nil {
+			return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %w", name, err)
+		}
+		if name == worker.DefaultAccount {
+			client, rc.worker.WSURL = c, a.wsURL
+			if a.dcpWindow != 0 {
+				rc.worker.DCPWindow = a.dcpWindow
+			}
+			continue
+		}
+		if rc.worker.Accounts == nil {
+			rc.worker.Accounts = map[string]worker.Account{}
+		}
+		rc.worker.Accounts[name] = worker.Account{Client: c, Limits: a.limits, LimitGroup: a.limitGroup, WSURL: a.wsURL, Subjects: a.subjects, DCPWindow: a.dcpWindow}
+	}
+	return client, nil
 }
 
 // serveHTTP serves /metrics, /healthz (the process is alive) and /readyz (200

@@ -2,12 +2,29 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
+
+// Rate is N requests per Per. The zero Rate means unlimited.
+type Rate struct {
+	N   int
+	Per time.Duration
+}
+
+// Unlimited reports whether the rate imposes no limit.
+func (r Rate) Unlimited() bool { return r.N <= 0 || r.Per <= 0 }
+
+func (r Rate) String() string {
+	if r.Unlimited() {
+		return "off"
+	}
+	return fmt.Sprintf("%d/%s", r.N, r.Per)
+}
 
 // pacer keeps requests to one budget (an (account, endpoint, category) of
 // Bybit's, or the process-wide IP limit) inside a rolling window, the way

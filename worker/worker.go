@@ -487,26 +487,6 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 	w.held.heartbeatLoop(ctx, w.js.Conn(), w.consumer.AckWait)
 }
 
-// lane returns the queue of an (account, category), starting its dispatcher
-// on first use. Accounts of one limit group (one Bybit UID) share a pacer.
-func (w *Worker) lane(a *account, category string) *lane {
-	key := laneKey{account: a.name, category: category}
-	w.lanesMu.Lock()
-	defer w.lanesMu.Unlock()
-	if l, ok := w.lanes[key]; ok {
-		return l
-	}
-	var batch *pacer
-	if w.cfg.Batch {
-		batch = w.gw.pacer(a, budget{endpointCancelBatch, category})
-	}
-	l := newLane(key, a, w.gw.pacer(a, budget{endpointCancel, category}), batch)
-	w.lanes[key] = l
-	w.laneWG.Add(1)
-	go w.dispatch(l)
-	return l
-}
-
 // untilStopping is a context that ends when the worker starts to stop (the
 // send context outlives that, for requests already sent).
 func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {

@@ -132,6 +132,21 @@ const unlimitedRoom = 1 << 30
 // room reports how many requests may go now; when none, how long until one
 // may (0: when an answer arrives), and a channel closed at the next change.
 func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
+	return p.roomOver(0)
+}
+
+// above reports whether more than keep requests may go now; when not, how
+// long until that may change (0: when an answer arrives) and a channel
+// closed at the next change.
+func (p *pacer) above(keep int) (ok bool, wait time.Duration, changed <-chan struct{}) {
+	free, wait, changed := p.roomOver(keep)
+	return free > 0, wait, changed
+}
+
+// roomOver reports how many requests beyond keep may go now; when none, how
+// long until one may (0: when an answer arrives), and a channel closed at
+// the next change.
+func (p *pacer) roomOver(keep int) (free int, wait time.Duration, changed <-chan struct{}) {
 	if !p.blocking() {
 		return unlimitedRoom, 0, nil
 	}
@@ -144,30 +159,10 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 		return 0, p.blocked.Sub(now), p.changed
 	case p.off:
 		return unlimitedRoom, 0, nil
-	case p.liveLocked(now) < p.limit:
-		return p.limit - p.liveLocked(now), 0, p.changed
+	case p.liveLocked(now) < p.limit-keep:
+		return p.limit - keep - p.liveLocked(now), 0, p.changed
 	}
 	return 0, p.nextExpiryLocked(now), p.changed
-}
-
-// above reports whether more than keep requests may go now; when not, how
-// long until that may change (0: when an answer arrives) and a channel
-// closed at the next change.
-func (p *pacer) above(keep int) (ok bool, wait time.Duration, changed <-chan struct{}) {
-	if !p.blocking() {
-		return true, 0, nil
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	p.pruneLocked(now)
-	switch {
-	case now.Before(p.blocked):
-		return false, p.blocked.Sub(now), p.changed
-	case p.off || p.liveLocked(now) < p.limit-keep:
-		return true, 0, p.changed
-	}
-	return false, p.nextExpiryLocked(now), p.changed
 }
 
 // requestsPer is how many requests of up to size orders use a whole

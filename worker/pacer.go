@@ -211,19 +211,17 @@ func (p *pacer) reserve(n int) []*slot {
 
 // markSent records that the requests of these slots went out.
 func (p *pacer) markSent(slots []*slot) {
-	if len(slots) == 0 {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	for _, s := range slots {
-		s.sent, s.sentAt = true, now
-	}
+	p.mark(slots, false, func(s *slot, now time.Time) { s.sent, s.sentAt = true, now })
 }
 
 // answered dates reserved slots by their answer: they expire a window later.
 func (p *pacer) answered(slots []*slot) {
+	p.mark(slots, true, func(s *slot, now time.Time) { s.done, s.at = true, now })
+}
+
+// mark applies set to each slot at the pacer's now, under its lock; wake
+// tells those waiting for room to look again.
+func (p *pacer) mark(slots []*slot, wake bool, set func(s *slot, now time.Time)) {
 	if len(slots) == 0 {
 		return
 	}
@@ -231,9 +229,11 @@ func (p *pacer) answered(slots []*slot) {
 	defer p.mu.Unlock()
 	now := p.now()
 	for _, s := range slots {
-		s.done, s.at = true, now
+		set(s, now)
 	}
-	p.wakeLocked()
+	if wake {
+		p.wakeLocked()
+	}
 }
 
 // unreserve gives back slots that were never used.

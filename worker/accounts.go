@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,4 +45,13 @@ func (a *account) startupProblem() error {
 	a.checkMu.Lock()
 	defer a.checkMu.Unlock()
 	return a.checkErr
+}
+
+func sortedAccountNames(m map[string]*account) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }

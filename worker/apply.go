@@ -35,7 +35,7 @@ func (w *Worker) apply(j *job, p *pacer, d decision) {
 	case actNak:
 		if d.reason == "retry_budget" {
 			w.metrics.retries.WithLabelValues(d.reason).Inc()
-			w.log.Warn("retry budget spent; released for a later delivery", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
+			w.log.Warn("retry budget spent; released for a later delivery", j.attrs("error", j.retry.lastErr, "delay", d.delay)...)
 		}
 		w.release(j, d.delay, d.reason)
 		return
@@ -72,7 +72,7 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 		// Counted once the block is in place: a reader of the count
 		// knows every later request waits.
 		w.stats.RateLimited.Add(1)
-		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", w.jobAttrs(j, "until", d.rateLimitReset)...)
+		w.log.Warn("over Bybit's IP rate limit (10018); every request waits", j.attrs("until", d.rateLimitReset)...)
 	case bybit.ClassClockSkew:
 		w.resync(j.lane.account, j.sentAt)
 	case bybit.ClassIPBan:
@@ -81,7 +81,7 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 			w.fleet.banReleased(w.sendCtxOr(context.Background()))
 		}
 	default:
-		w.log.Debug("transient failure; retrying", w.jobAttrs(j, "error", j.retry.lastErr, "delay", d.delay)...)
+		w.log.Debug("transient failure; retrying", j.attrs("error", j.retry.lastErr, "delay", d.delay)...)
 	}
 }
 
@@ -92,7 +92,7 @@ func (w *Worker) rateLimited(j *job, p *pacer, d decision) {
 	p.blockUntil(d.rateLimitReset)
 	// Counted once the block is in place (see the IP limit above).
 	w.stats.RateLimited.Add(1)
-	w.log.Debug("rate limited; waiting for the window to reset", w.jobAttrs(j, "until", d.rateLimitReset)...)
+	w.log.Debug("rate limited; waiting for the window to reset", j.attrs("until", d.rateLimitReset)...)
 }
 
 // requeue puts j back at the front of its lane after delay.
@@ -259,7 +259,7 @@ func (w *Worker) store(ctx context.Context, j *job, r messages.Result, subject s
 		w.stats.MsgIDCollisions.Add(1)
 		w.metrics.msgIDCollisions.Inc()
 		w.log.Error("another message in the stream holds this result's Nats-Msg-Id (a request published with a reserved id); result stored under its fallback id",
-			w.jobAttrs(j, "msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
+			j.attrs("msgId", r.MsgID(), "heldBySeq", ack.Sequence, "fallbackMsgId", fallback)...)
 		if ack, err = w.pub.publishAck(ctx, subject, data, fallback); err != nil {
 			w.notStored(j, err)
 			return r, nil, false
@@ -280,7 +280,7 @@ func (w *Worker) store(ctx context.Context, j *job, r messages.Result, subject s
 // notStored gives back a message whose result could not be stored before
 // the stop.
 func (w *Worker) notStored(j *job, err error) {
-	w.log.Error("result not published before shutdown; the request will be redelivered", w.jobAttrs(j, "error", err)...)
+	w.log.Error("result not published before shutdown; the request will be redelivered", j.attrs("error", err)...)
 	msg, _ := j.end()
 	_ = msg.Nak()
 	w.held.remove(&j.heldMsg)
@@ -306,7 +306,7 @@ func (w *Worker) storedResult(ctx context.Context, j *job, seq uint64) (messages
 		return err
 	}, backoff.WithContext(backoff.WithMaxRetries(newRetryBackoff(), 3), ctx))
 	if err != nil {
-		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", w.jobAttrs(j, "storedSeq", seq, "error", err)...)
+		w.log.Warn("result already stored by an earlier delivery, and it cannot be read: counted as this delivery's", j.attrs("storedSeq", seq, "error", err)...)
 		return messages.Result{}, storedUnreadable
 	}
 	if m.Subject != w.cfg.AckSubject && m.Subject != w.cfg.RejectedSubject {
@@ -346,7 +346,7 @@ func (w *Worker) letGo(j *job, what string) {
 	}
 	w.metrics.retries.WithLabelValues("possibly_redelivered").Inc()
 	w.log.Warn("heartbeats unanswered for most of AckWait: the server may have handed this request to another consumer; "+what+", left to the current delivery",
-		w.jobAttrs(j, "deliveries", deliveries, "ackWait", w.consumer.AckWait)...)
+		j.attrs("deliveries", deliveries, "ackWait", w.consumer.AckWait)...)
 	w.held.remove(&j.heldMsg)
 }
 
@@ -383,11 +383,6 @@ func (w *Worker) logOutcome(j *job, r messages.Result, local *messages.Result) {
 		return
 	}
 	w.log.Info("cancel "+string(r.Status), attrs...)
-}
-
-func (w *Worker) jobAttrs(j *job, extra ...any) []any {
-	return append([]any{"requestId", j.requestID, "seq", j.seq, "category", j.req.Category, "symbol", j.req.Symbol,
-		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
 }
 
 // decide decides for the job j what happened to it. The job stays ambiguous

@@ -1,8 +1,11 @@
 package worker
 
 import (
+	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Budgets learned from the exchange.
@@ -36,13 +39,23 @@ func budgetKeys(key string) []string {
 	return []string{key}
 }
 
+// budgetMaker is what building a budget's pacer works with: this replica's
+// share of every budget (BYBIT_LIMIT_SHARE; 1 in a pinned fleet), the clock,
+// the logger and the budget-limit gauge (by group, endpoint and category).
+type budgetMaker struct {
+	share float64
+	now   func() time.Time
+	log   *slog.Logger
+	limit *prometheus.GaugeVec
+}
+
 // newBudget builds the pacer of one limit key of an account's limit group:
 // its start is the figure in force for budget (the other key's when it has
 // none), its ceiling the smallest explicit one of the keys that share it
 // (after the share); it follows
 // Bybit's headers and reports every change of its limit as a metric and a
 // log line.
-func (w *Worker) newBudget(a *account, budget string) *pacer {
+func (m budgetMaker) newBudget(a *account, budget string) *pacer {
 	key := budgetKey(budget)
 	start, ceiling := a.limits[budget], 0 // 0: unlimited, none
 	for _, k := range budgetKeys(key) {
@@ -56,18 +69,18 @@ func (w *Worker) newBudget(a *account, budget string) *pacer {
 	if ceiling > 0 && (start == 0 || start > ceiling) {
 		start = ceiling
 	}
-	p := newPacer(Rate{N: shareOf(start, w.cfg.LimitShare), Per: time.Second}, w.now)
-	p.share = w.cfg.LimitShare
+	p := newPacer(Rate{N: shareOf(start, m.share), Per: time.Second}, m.now)
+	p.share = m.share
 	p.learn = true
 	if ceiling > 0 {
-		p.ceiling = shareOf(ceiling, w.cfg.LimitShare)
+		p.ceiling = shareOf(ceiling, m.share)
 	}
 	endpoint, category, _ := strings.Cut(key, "/")
 	group := a.group
 	set := func(limit int) {
 		for _, k := range budgetKeys(key) {
 			_, c, _ := strings.Cut(k, "/")
-			w.metrics.budgetLimit.WithLabelValues(group, endpoint, categoryLabel(c)).Set(float64(limit))
+			m.limit.WithLabelValues(group, endpoint, categoryLabel(c)).Set(float64(limit))
 		}
 	}
 	if !p.off {
@@ -75,7 +88,7 @@ func (w *Worker) newBudget(a *account, budget string) *pacer {
 	}
 	p.onLimit = func(limit int) {
 		set(limit)
-		w.log.Info("budget limit learned from Bybit", "group", group, "endpoint", endpoint, "category", category,
+		m.log.Info("budget limit learned from Bybit", "group", group, "endpoint", endpoint, "category", category,
 			"limit", limit, "ceiling", p.ceiling)
 	}
 	return p

@@ -11,22 +11,6 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
 
-// Rate is N requests per Per. The zero Rate means unlimited.
-type Rate struct {
-	N   int
-	Per time.Duration
-}
-
-// Unlimited reports whether the rate imposes no limit.
-func (r Rate) Unlimited() bool { return r.N <= 0 || r.Per <= 0 }
-
-func (r Rate) String() string {
-	if r.Unlimited() {
-		return "off"
-	}
-	return fmt.Sprintf("%d/%s", r.N, r.Per)
-}
-
 // DefaultLimits are Bybit's documented per-UID limits of the base tier, per
 // second, keyed "endpoint/category".
 func DefaultLimits() map[string]int {

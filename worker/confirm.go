@@ -60,17 +60,6 @@ type confirmDeps struct {
 	// refused is told of an account whose private stream refused its key
 	// at start; it reports whether the others go on without it.
 	refused func(a *account, err error) (goOn bool)
-	dcp     dcpHooks
-}
-
-// dcpHooks are the worker's dead-man switch, which rides on the
-// confirmer's private streams: arm sets an account's window before its
-// stream connects, observe follows the stream's state, armed says whether
-// the switch is armed now (and if not, why).
-type dcpHooks struct {
-	arm     func(ctx context.Context, a *account)
-	observe func(a *account)
-	armed   func(a *account) (bool, string)
 }
 
 func newConfirmer(d confirmDeps) *confirmer {
@@ -86,8 +75,8 @@ func newConfirmer(d confirmDeps) *confirmer {
 		log := c.log.With("account", name)
 		as.stream = a.client.OrderStream(bybit.OrderStreamOptions{
 			URL:              a.wsURL,
-			Topics:           dcpTopics(a),
-			MaxReconnectWait: reconnectWait(a),
+			Topics:           a.dcp.topics(),
+			MaxReconnectWait: a.dcp.reconnectWait(),
 			OnOrders: func(orders []bybit.Order) {
 				for _, o := range orders {
 					c.book.put(name, o)
@@ -96,7 +85,7 @@ func newConfirmer(d confirmDeps) *confirmer {
 			OnState: func(up bool, err error) {
 				as.up.Store(up)
 				as.subscribed.Store(up)
-				c.dcp.observe(a)
+				c.observeDCP(a)
 				c.metrics.streamUp.WithLabelValues(name).Set(boolGauge(up))
 				switch {
 				case up:
@@ -110,6 +99,31 @@ func newConfirmer(d confirmDeps) *confirmer {
 		c.streams[name] = as
 	}
 	return c
+}
+
+// The dead-man switch (dcp.go) rides on the confirmer's private streams: an
+// account's window is set before its stream connects (setup), and the
+// switch is armed only while the stream is subscribed.
+
+// dcpArmed reports whether account a's switch is armed now, and if not, why
+// (a nil confirmer holds no private stream).
+func (c *confirmer) dcpArmed(a *account) (bool, string) {
+	subscribed := false
+	if c != nil {
+		if as := c.streams[a.name]; as != nil {
+			subscribed = as.subscribed.Load()
+		}
+	}
+	return a.dcp.status(subscribed)
+}
+
+// observeDCP updates the armed gauge of an account.
+func (c *confirmer) observeDCP(a *account) {
+	if a.dcp == nil {
+		return
+	}
+	armed, _ := c.dcpArmed(a)
+	c.metrics.dcpArmed.WithLabelValues(a.name).Set(boolGauge(armed))
 }
 
 func boolGauge(b bool) float64 {
@@ -128,7 +142,7 @@ func (c *confirmer) setup(ctx context.Context) error {
 	}
 	for _, name := range sortedAccountNames(c.accounts) {
 		if a := c.accounts[name]; a.dcp != nil {
-			c.dcp.arm(ctx, a)
+			dcpArming{log: c.log, window: c.metrics.dcpWindow}.arm(ctx, a.name, a.client, a.dcp)
 		}
 	}
 	// Subscribed before the first cancel is pulled, so that no update of
@@ -160,7 +174,7 @@ func (c *confirmer) bind(ctx context.Context) error {
 			MaxAckPending:  cfg.MaxAckPending,
 			DeliverPolicy:  jetstream.DeliverNewPolicy,
 			Metadata:       map[string]string{ManagedKey: ManagedValue},
-		}, cfg))
+		}, cfg.pinnedTTL()))
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", cfg.ConfirmConsumer(), err)
 		}
@@ -168,7 +182,7 @@ func (c *confirmer) bind(ctx context.Context) error {
 		return fmt.Errorf("look up consumer %s: %w", cfg.ConfirmConsumer(), err)
 	case cons.CachedInfo().Config.Metadata[ManagedKey] == ManagedValue && !isPinned(cons.CachedInfo().Config):
 		// One created before the fleet's priority group: given it.
-		cons, err = c.js.UpdateConsumer(ctx, cfg.Stream, pinnedConfig(cons.CachedInfo().Config, cfg))
+		cons, err = c.js.UpdateConsumer(ctx, cfg.Stream, pinnedConfig(cons.CachedInfo().Config, cfg.pinnedTTL()))
 		if err != nil {
 			return fmt.Errorf("update consumer %s: %w", cfg.ConfirmConsumer(), err)
 		}
@@ -208,10 +222,10 @@ func (c *confirmer) connect(ctx context.Context, name string, as *accountStream)
 		as.subscribed.Store(true)
 	}
 	if a := c.accounts[name]; a.dcp != nil {
-		c.dcp.observe(a)
-		if armed, why := c.dcp.armed(a); armed {
+		c.observeDCP(a)
+		if armed, why := c.dcpArmed(a); armed {
 			c.log.Info("dead-man switch armed: Bybit cancels every futures, spot and option order of the account once every replica's private stream has been gone for the window (disarm: unset the window and restart, or stop Bybit's DCP — see README)",
-				"account", name, "window", a.dcp.window, "topics", dcpTopics(a))
+				"account", name, "window", a.dcp.window, "topics", a.dcp.topics())
 		} else {
 			c.log.Warn("dead-man switch not armed", "account", name, "why", why)
 		}
@@ -480,4 +494,14 @@ func (c *confirmer) lookup(ctx context.Context, a *account, endpoint endpoint, q
 		err = ctx.Err()
 	}
 	return res.Order, res.Found, err
+}
+
+// scopeOf is the result as one of its orders sees it: a flatten's order
+// carries its own category and symbol or coin.
+func scopeOf(r messages.Result, ref messages.OrderRef) messages.Result {
+	if ref.Category == "" {
+		return r
+	}
+	r.Category, r.Symbol, r.BaseCoin, r.SettleCoin = ref.Category, ref.Symbol, ref.BaseCoin, ref.SettleCoin
+	return r
 }

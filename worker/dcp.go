@@ -3,10 +3,13 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
@@ -47,9 +50,10 @@ func checkDCPWindow(d time.Duration, confirm bool, wsURL, name string) []error {
 	return nil
 }
 
-// dcpTopics are the topics an account's private stream subscribes.
-func dcpTopics(a *account) []string {
-	if a.dcp == nil {
+// topics are the topics an account's private stream subscribes for its
+// switch (none without one).
+func (d *dcpState) topics() []string {
+	if d == nil {
 		return nil
 	}
 	topics := make([]string, len(bybit.DCPProducts))
@@ -63,146 +67,117 @@ func dcpTopics(a *account) []string {
 // stream's default) so that a replica whose stream drops comes back within
 // the account's window: a third of it (the backoff's jitter adds at most
 // half of that), at most 30 s.
-func reconnectWait(a *account) time.Duration {
-	if a.dcp == nil {
+func (d *dcpState) reconnectWait() time.Duration {
+	if d == nil {
 		return 0
 	}
-	return min(30*time.Second, a.dcp.window/3)
+	return min(30*time.Second, d.window/3)
 }
 
-// armDCP sets the account's window for every product and reads it back.
-// Neither Bybit refusing the window nor a read-back that does not show it
-// (Bybit says a change takes a while: "query or set again after 10
-// seconds") stops the start — the cancels matter more than the switch —
-// but the switch is then reported not armed, with why.
-func (w *Worker) armDCP(ctx context.Context, a *account) {
-	if err := w.tryArmDCP(ctx, a); err != nil {
-		w.log.Error("dead-man switch NOT armed: Bybit refused its window", "account", a.name, "error", err)
-		w.setDCPDetail(a, "not armed: "+err.Error())
+// dcpArming is what setting an account's switch works with: the logger and
+// the gauge of the windows Bybit reports (by account and product).
+type dcpArming struct {
+	log    *slog.Logger
+	window *prometheus.GaugeVec
+}
+
+// arm sets the window of account name's switch d for every product through
+// client, and reads it back. Neither Bybit refusing the window nor a
+// read-back that does not show it (Bybit says a change takes a while:
+// "query or set again after 10 seconds") stops the start — the cancels
+// matter more than the switch — but the switch is then reported not armed,
+// with why.
+func (m dcpArming) arm(ctx context.Context, name string, client *bybit.Client, d *dcpState) {
+	if err := m.tryArm(ctx, name, client, d); err != nil {
+		m.log.Error("dead-man switch NOT armed: Bybit refused its window", "account", name, "error", err)
+		d.setDetail("not armed: " + err.Error())
 	}
 }
 
-func (w *Worker) tryArmDCP(ctx context.Context, a *account) error {
-	secs := int(a.dcp.window / time.Second)
+func (m dcpArming) tryArm(ctx context.Context, name string, client *bybit.Client, d *dcpState) error {
+	secs := int(d.window / time.Second)
 	for _, p := range bybit.DCPProducts {
-		err := w.retryTransient(ctx, "setting the Disconnect Cancel All window", a, func() error {
-			_, err := a.client.SetDCP(ctx, p, secs)
+		err := retryTransient(ctx, m.log, "setting the Disconnect Cancel All window", name, func() error {
+			_, err := client.SetDCP(ctx, p, secs)
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("account %s: setting Bybit's Disconnect Cancel All window (%ds) for %s: %w (Bybit switches DCP on for an account on request)", a.name, secs, p, err)
+			return fmt.Errorf("account %s: setting Bybit's Disconnect Cancel All window (%ds) for %s: %w (Bybit switches DCP on for an account on request)", name, secs, p, err)
 		}
 	}
-	a.dcp.set.Store(true)
+	d.set.Store(true)
 	var infos []bybit.DCPInfo
-	err := w.retryTransient(ctx, "reading the Disconnect Cancel All window back", a, func() error {
+	err := retryTransient(ctx, m.log, "reading the Disconnect Cancel All window back", name, func() error {
 		var err error
-		infos, err = a.client.DCPInfos(ctx)
+		infos, err = client.DCPInfos(ctx)
 		return err
 	})
 	if err != nil {
-		w.log.Warn("Disconnect Cancel All window set, but reading it back failed", "account", a.name, "error", err)
-		w.setDCPDetail(a, "window set, not read back: "+err.Error())
+		m.log.Warn("Disconnect Cancel All window set, but reading it back failed", "account", name, "error", err)
+		d.setDetail("window set, not read back: " + err.Error())
 		return nil
 	}
 	got := map[string]bybit.DCPInfo{}
-	for _, d := range infos {
-		got[d.Product] = d
-		w.metrics.dcpWindow.WithLabelValues(a.name, d.Product).Set(float64(d.WindowSeconds))
+	for _, info := range infos {
+		got[info.Product] = info
+		m.window.WithLabelValues(name, info.Product).Set(float64(info.WindowSeconds))
 	}
 	var off []string
 	for _, p := range bybit.DCPProducts {
-		switch d, ok := got[p]; {
+		switch info, ok := got[p]; {
 		case !ok:
 			off = append(off, p+" (not listed)")
-		case d.Status != "ON" || d.WindowSeconds != secs:
-			off = append(off, fmt.Sprintf("%s (%s, %ds)", p, d.Status, d.WindowSeconds))
+		case info.Status != "ON" || info.WindowSeconds != secs:
+			off = append(off, fmt.Sprintf("%s (%s, %ds)", p, info.Status, info.WindowSeconds))
 		}
 	}
 	sort.Strings(off)
 	if len(off) > 0 {
-		w.log.Warn("Bybit's query-dcp-info does not show the Disconnect Cancel All window yet for every product; it may take effect later, or Bybit has not switched DCP on for them",
-			"account", a.name, "window", a.dcp.window, "notShown", strings.Join(off, ", "))
-		w.setDCPDetail(a, "window set, not shown by query-dcp-info for "+strings.Join(off, ", "))
+		m.log.Warn("Bybit's query-dcp-info does not show the Disconnect Cancel All window yet for every product; it may take effect later, or Bybit has not switched DCP on for them",
+			"account", name, "window", d.window, "notShown", strings.Join(off, ", "))
+		d.setDetail("window set, not shown by query-dcp-info for " + strings.Join(off, ", "))
 		return nil
 	}
-	a.dcp.readBack.Store(true)
-	w.setDCPDetail(a, "")
+	d.readBack.Store(true)
+	d.setDetail("")
 	return nil
 }
 
-// retryTransient makes call until it succeeds, fails for good (a
-// permanent answer) or ctx ends: network trouble at start is waited out,
-// as the key check does.
-func (w *Worker) retryTransient(ctx context.Context, what string, a *account, call func() error) error {
+// retryTransient makes call for account name until it succeeds, fails for
+// good (a permanent answer) or ctx ends: network trouble at start is
+// waited out, as the key check does.
+func retryTransient(ctx context.Context, log *slog.Logger, what, name string, call func() error) error {
 	retry := newRetryBackoff()
 	for {
 		err := call()
 		if err == nil || bybit.ClassOf(err) == bybit.ClassPermanent || ctx.Err() != nil {
 			return err
 		}
-		w.log.Warn(what+" failed; retrying", "account", a.name, "error", err)
+		log.Warn(what+" failed; retrying", "account", name, "error", err)
 		if sleepCtx(ctx, retry.NextBackOff()) != nil {
 			return err
 		}
 	}
 }
 
-func (w *Worker) setDCPDetail(a *account, s string) { a.dcp.detail.Store(&s) }
+func (d *dcpState) setDetail(s string) { d.detail.Store(&s) }
 
-// dcpArmed reports whether the account's switch is armed now: the window
-// set and read back, and this replica's private stream up with the dcp
-// topics subscribed (the stream counts as up only once subscribed).
-func (w *Worker) dcpArmed(a *account) (bool, string) {
-	if a.dcp == nil {
+// status reports whether the switch is armed now: the window set and read
+// back, and this replica's private stream up with the dcp topics
+// subscribed (subscribed: the stream counts as up only once subscribed);
+// and if not, why.
+func (d *dcpState) status(subscribed bool) (bool, string) {
+	if d == nil {
 		return false, "off"
 	}
-	if d := a.dcp.detail.Load(); d != nil && *d != "" {
-		return false, *d
+	if detail := d.detail.Load(); detail != nil && *detail != "" {
+		return false, *detail
 	}
-	if !a.dcp.readBack.Load() {
+	if !d.readBack.Load() {
 		return false, "window not set yet"
 	}
-	if w.confirm != nil {
-		if as := w.confirm.streams[a.name]; as != nil && as.subscribed.Load() {
-			return true, fmt.Sprintf("armed, window %v", a.dcp.window)
-		}
+	if subscribed {
+		return true, fmt.Sprintf("armed, window %v", d.window)
 	}
 	return false, "private stream down: this replica does not hold the switch"
-}
-
-// observeDCP updates the armed gauge of an account.
-func (w *Worker) observeDCP(a *account) {
-	if a.dcp == nil {
-		return
-	}
-	armed, _ := w.dcpArmed(a)
-	w.metrics.dcpArmed.WithLabelValues(a.name).Set(boolGauge(armed))
-}
-
-// DCPStatus describes every account's dead-man switch for /readyz: ""
-// when no account arms one.
-func (w *Worker) DCPStatus() string {
-	var parts []string
-	for _, name := range sortedAccountNames(w.accounts) {
-		a := w.accounts[name]
-		if a.dcp == nil {
-			continue
-		}
-		_, s := w.dcpArmed(a)
-		parts = append(parts, "account "+name+": "+s)
-	}
-	if len(parts) == 0 {
-		return ""
-	}
-	return "dead-man switch (Bybit DCP): " + strings.Join(parts, "; ")
-}
-
-func sortedAccountNames(m map[string]*account) []string {
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }

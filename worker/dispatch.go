@@ -9,6 +9,26 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
+// lane returns the queue of an (account, category), starting its dispatcher
+// on first use. Accounts of one limit group (one Bybit UID) share a pacer.
+func (w *Worker) lane(a *account, category string) *lane {
+	key := laneKey{account: a.name, category: category}
+	w.lanesMu.Lock()
+	defer w.lanesMu.Unlock()
+	if l, ok := w.lanes[key]; ok {
+		return l
+	}
+	var batch *pacer
+	if w.cfg.Batch {
+		batch = w.gw.pacer(a, budget{endpointCancelBatch, category})
+	}
+	l := newLane(key, a, w.gw.pacer(a, budget{endpointCancel, category}), batch)
+	w.lanes[key] = l
+	w.laneWG.Add(1)
+	go w.dispatch(l)
+	return l
+}
+
 // dispatch takes work off one lane as budget allows: the ban gate, then the
 // single-cancel budget or, when that is spent, the batch budget (both are
 // spent, so a burst drains at their sum), then the process-wide IP limit and

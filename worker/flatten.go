@@ -333,13 +333,3 @@ func sortedKeys(m map[string]bool) []string {
 	sort.Strings(keys)
 	return keys
 }
-
-// scopeOf is the result as one of its orders sees it: a flatten's order
-// carries its own category and symbol or coin.
-func scopeOf(r messages.Result, ref messages.OrderRef) messages.Result {
-	if ref.Category == "" {
-		return r
-	}
-	r.Category, r.Symbol, r.BaseCoin, r.SettleCoin = ref.Category, ref.Symbol, ref.BaseCoin, ref.SettleCoin
-	return r
-}

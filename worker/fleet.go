@@ -3,12 +3,14 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A fleet: N replicas with identical settings on one consumer, one of them
@@ -54,19 +56,12 @@ func leaseOf(ackWait, pinnedTTL time.Duration) time.Duration {
 }
 
 // pinnedConfig gives a consumer config the worker creates the fleet's
-// priority group.
-func pinnedConfig(cc jetstream.ConsumerConfig, c Config) jetstream.ConsumerConfig {
+// priority group, its pins outliving a replica's last pull by ttl.
+func pinnedConfig(cc jetstream.ConsumerConfig, ttl time.Duration) jetstream.ConsumerConfig {
 	cc.PriorityPolicy = jetstream.PriorityPolicyPinned
 	cc.PriorityGroups = []string{PriorityGroup}
-	cc.PinnedTTL = c.pinnedTTL()
+	cc.PinnedTTL = ttl
 	return cc
-}
-
-func (c Config) pinnedTTL() time.Duration {
-	if c.PinnedTTL <= 0 {
-		return DefaultPinnedTTL
-	}
-	return c.PinnedTTL
 }
 
 // isPinned reports whether a consumer pins replicas through PriorityGroup.
@@ -228,7 +223,7 @@ func (p *pin) active(contact time.Time) bool {
 
 // fleet is a replica's view of both its consumers' pins.
 type fleet struct {
-	w       *Worker
+	fleetDeps
 	cancel  *pin
 	confirm *pin // nil without confirmations
 
@@ -243,6 +238,28 @@ type fleet struct {
 	// followed is closed and replaced when mayConfirm may have changed.
 	cancelFree bool
 	followed   chan struct{}
+}
+
+// fleetDeps is what the fleet works with: the connection whose round trips
+// confirm the contact, the cancel consumer, and the two calls back into the
+// worker that a lost lease and a renewing pull need.
+type fleetDeps struct {
+	js     jetstream.JetStream
+	stream string
+	// cons is the cancel consumer, named name.
+	cons   jetstream.Consumer
+	name   string
+	now    func() time.Time
+	log    *slog.Logger
+	active prometheus.Gauge // cancel_worker_active of the cancel consumer
+	// ban is the IP ban gate; with banRelease a banned replica gives its pin
+	// up instead of keeping it (see keepPin).
+	ban        *banGate
+	banRelease bool
+	// release gives back, unsent, everything queued: the lease ran out.
+	release func()
+	// accept takes a message that a renewing pull delivered after all.
+	accept func(ctx context.Context, msg jetstream.Msg, pulledAt time.Time)
 }
 
 // follows reports whether the confirmation pin follows the cancel pin.
@@ -298,7 +315,7 @@ func (f *fleet) confirmElsewhere(ctx context.Context, cons jetstream.Consumer) b
 	if err != nil {
 		return true
 	}
-	if info.AckFloor.Last != nil && f.w.now().Sub(*info.AckFloor.Last) < takeoverWait {
+	if info.AckFloor.Last != nil && f.now().Sub(*info.AckFloor.Last) < takeoverWait {
 		return true
 	}
 	for _, g := range info.PriorityGroups {
@@ -318,7 +335,7 @@ func (f *fleet) lookCancelPin() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pullInterval)
 	defer cancel()
-	info, err := f.w.cons.Info(ctx)
+	info, err := f.cons.Info(ctx)
 	free := false
 	if err == nil {
 		free = true
@@ -340,14 +357,16 @@ func (f *fleet) lookCancelPin() {
 	}
 }
 
-func newFleet(w *Worker, pinned bool) *fleet {
-	lease := leaseOf(w.consumer.AckWait, w.consumer.PinnedTTL)
-	f := &fleet{w: w, cancel: newPin(pinned, w.cfg.Consumer, lease, w.now), followed: make(chan struct{})}
+// newFleet follows the cancel consumer's pin (pinned: the consumer has the
+// priority group), with the lease the consumer's settings give; share is
+// BYBIT_LIMIT_SHARE, which a pinned consumer does not apply.
+func newFleet(d fleetDeps, pinned bool, lease time.Duration, share float64) *fleet {
+	f := &fleet{fleetDeps: d, cancel: newPin(pinned, d.name, lease, d.now), followed: make(chan struct{})}
 	if !pinned {
-		w.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",
-			"consumer", w.cfg.Consumer)
-	} else if w.cfg.LimitShare > 0 && w.cfg.LimitShare < 1 {
-		w.log.Warn("BYBIT_LIMIT_SHARE is not applied: the consumer pins one replica at a time, which works at the whole budget", "consumer", w.cfg.Consumer, "share", w.cfg.LimitShare)
+		d.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",
+			"consumer", d.name)
+	} else if share > 0 && share < 1 {
+		d.log.Warn("BYBIT_LIMIT_SHARE is not applied: the consumer pins one replica at a time, which works at the whole budget", "consumer", d.name, "share", share)
 	}
 	return f
 }
@@ -379,7 +398,7 @@ func (f *fleet) warm(ctx context.Context) error {
 		return nil
 	}
 	if until := p.warmUntil(); !until.IsZero() {
-		return sleepCtx(ctx, until.Sub(f.w.now()))
+		return sleepCtx(ctx, until.Sub(f.now()))
 	}
 	return nil
 }
@@ -438,8 +457,8 @@ func (f *fleet) run(ctx context.Context) {
 // round trip (a loaded host) still confirms the contact at its start, so it
 // may take as long as the lease.
 func (f *fleet) touch() {
-	start := f.w.now()
-	if f.w.js.Conn().FlushTimeout(f.contactTimeout()) == nil {
+	start := f.now()
+	if f.js.Conn().FlushTimeout(f.contactTimeout()) == nil {
 		f.mu.Lock()
 		f.contact = start
 		f.mu.Unlock()
@@ -464,7 +483,7 @@ func (f *fleet) check() {
 		return
 	}
 	if !active {
-		f.w.releaseAllQueued(0, "lease")
+		f.release()
 		f.leaveConfirm()
 	}
 	f.nudge()
@@ -494,12 +513,12 @@ func (f *fleet) report(active bool) bool {
 	if active {
 		v = 1
 	}
-	f.w.metrics.active.WithLabelValues(f.w.cfg.Consumer).Set(v)
+	f.active.Set(v)
 	if changed && f.cancel.on {
 		if active {
-			f.w.log.Info("this replica is the active one: it holds the consumer's pin", "consumer", f.w.cfg.Consumer)
+			f.log.Info("this replica is the active one: it holds the consumer's pin", "consumer", f.name)
 		} else {
-			f.w.log.Warn("this replica is no longer active (its pin or its lease ended): what it holds is released unsent; requests in flight finish", "consumer", f.w.cfg.Consumer)
+			f.log.Warn("this replica is no longer active (its pin or its lease ended): what it holds is released unsent; requests in flight finish", "consumer", f.name)
 		}
 	}
 	return changed
@@ -524,7 +543,7 @@ func (f *fleet) unpin(ctx context.Context, p *pin) {
 	if id == "" {
 		return
 	}
-	s, err := f.w.js.Stream(ctx, f.w.cfg.Stream)
+	s, err := f.js.Stream(ctx, f.stream)
 	if err == nil {
 		var c jetstream.Consumer
 		if c, err = s.Consumer(ctx, p.consumer); err == nil {
@@ -536,7 +555,7 @@ func (f *fleet) unpin(ctx context.Context, p *pin) {
 						if err == nil {
 							// This replica cannot see whether another one pulls:
 							// say what the unpin does, not that someone is there.
-							f.w.log.Info("pin handed over: a standby replica, if one is pulling, takes over at once", "consumer", p.consumer)
+							f.log.Info("pin handed over: a standby replica, if one is pulling, takes over at once", "consumer", p.consumer)
 						}
 					}
 				}
@@ -544,7 +563,7 @@ func (f *fleet) unpin(ctx context.Context, p *pin) {
 		}
 	}
 	if err != nil {
-		f.w.log.Warn("could not hand the pin over; a standby replica, if any, takes over after NATS_PINNED_TTL", "consumer", p.consumer, "error", err)
+		f.log.Warn("could not hand the pin over; a standby replica, if any, takes over after NATS_PINNED_TTL", "consumer", p.consumer, "error", err)
 	}
 }
 
@@ -565,7 +584,7 @@ func (f *fleet) keepPin() bool {
 	if f == nil || !f.cancel.on {
 		return false
 	}
-	return !(f.w.cfg.BanRelease && f.w.gw.ban.closed())
+	return !(f.banRelease && f.ban.closed())
 }
 
 // renew sends a pull that can deliver nothing (a byte limit no message
@@ -574,7 +593,7 @@ func (f *fleet) keepPin() bool {
 func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
 	defer cancel()
-	start := f.w.now()
+	start := f.now()
 	pulledAt := time.Now()
 	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts(fctx)...)
 	if err != nil {
@@ -584,7 +603,7 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 		// None fits; should one come, it is taken like any other.
 		f.cancel.pulled(start, pinOf(msg), nil)
 		f.cancel.takeover(ctx, cons, msg)
-		f.w.accept(ctx, msg, pulledAt)
+		f.accept(ctx, msg, pulledAt)
 	}
 	f.pulled(start, "", batch.Error())
 }

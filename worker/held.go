@@ -64,50 +64,70 @@ func (p puller) keepingPin() bool { return p.keepPin != nil && p.keepPin() }
 func (p puller) run(ctx context.Context) {
 	retry := newRetryBackoff()
 	for ctx.Err() == nil {
-		if p.ban != nil && !p.keepingPin() && p.ban.waitOpen(ctx) != nil {
+		if !p.mayPull(ctx) {
 			return
 		}
-		if p.hold != nil && p.hold(ctx) != nil {
-			return
-		}
-		n, changed := p.held.len()
-		room := p.max - n
+		room := p.freeRoom(ctx)
 		if room <= 0 {
-			var renewal <-chan time.Time
-			if p.keepingPin() {
-				p.renew(ctx)
-				renewal = p.renewal()
-			}
-			select {
-			case <-ctx.Done():
-			case <-changed:
-			case <-renewal:
-			}
 			continue
 		}
-		fctx := ctx
-		if p.outliveStop {
-			fctx = context.WithoutCancel(ctx)
-		}
-		fctx, cancel := context.WithTimeout(fctx, pullInterval)
-		err := p.fetch(ctx, fctx, room)
-		cancel()
-		if ctx.Err() != nil {
+		err := p.pull(ctx, room)
+		switch {
+		case ctx.Err() != nil:
 			return
-		}
-		if errors.Is(err, jetstream.ErrPinIDMismatch) {
+		case errors.Is(err, jetstream.ErrPinIDMismatch):
 			if p.standBy != nil {
 				p.standBy()
 			}
-			continue
-		}
-		if err != nil {
+		case err != nil:
 			p.log.Warn(p.name+"pull failed", "error", err)
 			_ = sleepCtx(ctx, retry.NextBackOff())
-			continue
+		default:
+			retry.Reset()
 		}
-		retry.Reset()
 	}
+}
+
+// mayPull waits out an IP ban's pause (unless the pull keeps the pin) and
+// the hold; false: ctx ended.
+func (p puller) mayPull(ctx context.Context) bool {
+	if p.ban != nil && !p.keepingPin() && p.ban.waitOpen(ctx) != nil {
+		return false
+	}
+	return p.hold == nil || p.hold(ctx) == nil
+}
+
+// freeRoom is how many messages the next pull may take. With none it
+// waits, renewing the pin meanwhile if it keeps it, until the held set
+// changes, the renewal is due or ctx ends, and returns 0.
+func (p puller) freeRoom(ctx context.Context) int {
+	n, changed := p.held.len()
+	if room := p.max - n; room > 0 {
+		return room
+	}
+	var renewal <-chan time.Time
+	if p.keepingPin() {
+		p.renew(ctx)
+		renewal = p.renewal()
+	}
+	select {
+	case <-ctx.Done():
+	case <-changed:
+	case <-renewal:
+	}
+	return 0
+}
+
+// pull makes one pull of up to room messages, which waits at most
+// pullInterval (see outliveStop).
+func (p puller) pull(ctx context.Context, room int) error {
+	fctx := ctx
+	if p.outliveStop {
+		fctx = context.WithoutCancel(ctx)
+	}
+	fctx, cancel := context.WithTimeout(fctx, pullInterval)
+	defer cancel()
+	return p.fetch(ctx, fctx, room)
 }
 
 // fetch takes one batch of up to room messages to accept.

@@ -151,10 +151,3 @@ func (w *Worker) refuse(j *job, payload []byte, why error) {
 	j.invalid = messages.NewInvalidResult(payload, why, j.requestID, j.seq, j.stored)
 	go w.apply(j, nil, w.decide(j, event{kind: evInvalid, err: why}))
 }
-
-func (w *Worker) sendCtxOr(ctx context.Context) context.Context {
-	if w.sendCtx != nil {
-		return w.sendCtx
-	}
-	return ctx
-}

@@ -34,3 +34,9 @@ type job struct {
 	// is empty otherwise).
 	invalid messages.Result
 }
+
+// attrs are the job's log attributes, then extra.
+func (j *job) attrs(extra ...any) []any {
+	return append([]any{"requestId", j.requestID, "seq", j.seq, "category", j.req.Category, "symbol", j.req.Symbol,
+		"orderId", j.req.OrderID, "orderLinkId", j.req.OrderLinkID, "attempts", j.attempts}, extra...)
+}

@@ -2,12 +2,29 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 )
+
+// Rate is N requests per Per. The zero Rate means unlimited.
+type Rate struct {
+	N   int
+	Per time.Duration
+}
+
+// Unlimited reports whether the rate imposes no limit.
+func (r Rate) Unlimited() bool { return r.N <= 0 || r.Per <= 0 }
+
+func (r Rate) String() string {
+	if r.Unlimited() {
+		return "off"
+	}
+	return fmt.Sprintf("%d/%s", r.N, r.Per)
+}
 
 // pacer keeps requests to one budget (an (account, endpoint, category) of
 // Bybit's, or the process-wide IP limit) inside a rolling window, the way
@@ -115,6 +132,21 @@ const unlimitedRoom = 1 << 30
 // room reports how many requests may go now; when none, how long until one
 // may (0: when an answer arrives), and a channel closed at the next change.
 func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
+	return p.roomOver(0)
+}
+
+// above reports whether more than keep requests may go now; when not, how
+// long until that may change (0: when an answer arrives) and a channel
+// closed at the next change.
+func (p *pacer) above(keep int) (ok bool, wait time.Duration, changed <-chan struct{}) {
+	free, wait, changed := p.roomOver(keep)
+	return free > 0, wait, changed
+}
+
+// roomOver reports how many requests beyond keep may go now; when none, how
+// long until one may (0: when an answer arrives), and a channel closed at
+// the next change.
+func (p *pacer) roomOver(keep int) (free int, wait time.Duration, changed <-chan struct{}) {
 	if !p.blocking() {
 		return unlimitedRoom, 0, nil
 	}
@@ -127,30 +159,10 @@ func (p *pacer) room() (free int, wait time.Duration, changed <-chan struct{}) {
 		return 0, p.blocked.Sub(now), p.changed
 	case p.off:
 		return unlimitedRoom, 0, nil
-	case p.liveLocked(now) < p.limit:
-		return p.limit - p.liveLocked(now), 0, p.changed
+	case p.liveLocked(now) < p.limit-keep:
+		return p.limit - keep - p.liveLocked(now), 0, p.changed
 	}
 	return 0, p.nextExpiryLocked(now), p.changed
-}
-
-// above reports whether more than keep requests may go now; when not, how
-// long until that may change (0: when an answer arrives) and a channel
-// closed at the next change.
-func (p *pacer) above(keep int) (ok bool, wait time.Duration, changed <-chan struct{}) {
-	if !p.blocking() {
-		return true, 0, nil
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	p.pruneLocked(now)
-	switch {
-	case now.Before(p.blocked):
-		return false, p.blocked.Sub(now), p.changed
-	case p.off || p.liveLocked(now) < p.limit-keep:
-		return true, 0, p.changed
-	}
-	return false, p.nextExpiryLocked(now), p.changed
 }
 
 // requestsPer is how many requests of up to size orders use a whole
@@ -199,19 +211,17 @@ func (p *pacer) reserve(n int) []*slot {
 
 // markSent records that the requests of these slots went out.
 func (p *pacer) markSent(slots []*slot) {
-	if len(slots) == 0 {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	for _, s := range slots {
-		s.sent, s.sentAt = true, now
-	}
+	p.mark(slots, false, func(s *slot, now time.Time) { s.sent, s.sentAt = true, now })
 }
 
 // answered dates reserved slots by their answer: they expire a window later.
 func (p *pacer) answered(slots []*slot) {
+	p.mark(slots, true, func(s *slot, now time.Time) { s.done, s.at = true, now })
+}
+
+// mark applies set to each slot at the pacer's now, under its lock; wake
+// tells those waiting for room to look again.
+func (p *pacer) mark(slots []*slot, wake bool, set func(s *slot, now time.Time)) {
 	if len(slots) == 0 {
 		return
 	}
@@ -219,9 +229,11 @@ func (p *pacer) answered(slots []*slot) {
 	defer p.mu.Unlock()
 	now := p.now()
 	for _, s := range slots {
-		s.done, s.at = true, now
+		set(s, now)
 	}
-	p.wakeLocked()
+	if wake {
+		p.wakeLocked()
+	}
 }
 
 // unreserve gives back slots that were never used.

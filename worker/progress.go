@@ -140,7 +140,7 @@ func (w *Worker) loadProgressForRelease(j *job) {
 	ctx, cancel := context.WithTimeout(w.sendCtxOr(context.Background()), progressTimeout)
 	defer cancel()
 	if w.startProgress(ctx, j) != nil {
-		w.log.Warn("a cancel-all's progress could not be read for its last delivery's result; its list is reported possibly incomplete", w.jobAttrs(j)...)
+		w.log.Warn("a cancel-all's progress could not be read for its last delivery's result; its list is reported possibly incomplete", j.attrs()...)
 		j.prog = &cancelAllProgress{seen: map[string]bool{}, unknownEarlier: true}
 	}
 }
@@ -277,11 +277,11 @@ func (w *Worker) progressNotStored(j *job, err error) {
 	if last := w.progressRefusal(); last != nil {
 		if w.progressRefused.CompareAndSwap(false, true) {
 			w.log.Warn("the NATS server refuses this worker's cancel-all progress records (permissions): they are not written any more; a redelivered cancel-all's result will say its list may be incomplete. Allow publishing "+w.cfg.progressSubjects()+" to keep them",
-				w.jobAttrs(j, "error", last)...)
+				j.attrs("error", last)...)
 		}
 		return
 	}
-	w.log.Warn("cancel-all progress not stored: should this request be redelivered, its result will say its list may be incomplete", w.jobAttrs(j, "error", err)...)
+	w.log.Warn("cancel-all progress not stored: should this request be redelivered, its result will say its list may be incomplete", j.attrs("error", err)...)
 }
 
 // progressRefusal is the connection's permissions violation for a progress
@@ -309,7 +309,7 @@ func (w *Worker) settleProgress(j *job) {
 	defer cancel()
 	recs, err := w.readProgress(ctx, j.seq)
 	if err != nil {
-		w.log.Warn("a cancel-all's progress could not be read again before its result; its list is reported possibly incomplete", w.jobAttrs(j, "error", err)...)
+		w.log.Warn("a cancel-all's progress could not be read again before its result; its list is reported possibly incomplete", j.attrs("error", err)...)
 		j.prog.unknownEarlier = true
 		return
 	}

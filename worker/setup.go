@@ -298,7 +298,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, c Config) (jets
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		Metadata:       map[string]string{ManagedKey: ManagedValue},
 	}
-	want = pinnedConfig(want, c)
+	want = pinnedConfig(want, c.pinnedTTL())
 	cons, err = js.CreateOrUpdateConsumer(ctx, c.Stream, want)
 	if err != nil {
 		return nil, ConsumerSettings{}, fmt.Errorf("create or update consumer %s: %w", c.Consumer, err)
@@ -318,6 +318,15 @@ func settingsOf(cfg jetstream.ConsumerConfig) ConsumerSettings {
 		}
 	}
 	return s
+}
+
+// pinnedTTL is the PinnedTTL the worker gives the consumers it creates
+// (NATS_PINNED_TTL).
+func (c Config) pinnedTTL() time.Duration {
+	if c.PinnedTTL <= 0 {
+		return DefaultPinnedTTL
+	}
+	return c.PinnedTTL
 }
 
 // serverPinnedTTL is the PinnedTTL nats-server gives a pinned consumer

@@ -150,7 +150,11 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		stopping: make(chan struct{}),
 		routes:   cfg.routes(),
 	}
-	w.gw.newBudget = w.newBudget
+	// The share is read when a budget is first used: Setup sets it to 1
+	// in a pinned fleet.
+	w.gw.newBudget = func(a *account, key string) *pacer {
+		return budgetMaker{share: w.cfg.LimitShare, now: w.now, log: w.log, limit: metrics.budgetLimit}.newBudget(a, key)
+	}
 	if cfg.Confirm {
 		w.confirm = newConfirmer(confirmDeps{
 			js: js, cfg: cfg, accounts: accounts, gw: w.gw, pub: w.pub, metrics: metrics, log: w.log, now: w.now,
@@ -161,7 +165,6 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 				w.markStartupProblem(a, err)
 				return true
 			},
-			dcp: dcpHooks{arm: w.armDCP, observe: w.observeDCP, armed: w.dcpArmed},
 		})
 	}
 	return w, nil
@@ -206,6 +209,24 @@ func (w *Worker) Ready() (bool, string) {
 	return true, "ready; " + strings.Join(notes, "; ")
 }
 
+// DCPStatus describes every account's dead-man switch for /readyz: ""
+// when no account arms one.
+func (w *Worker) DCPStatus() string {
+	var parts []string
+	for _, name := range sortedAccountNames(w.accounts) {
+		a := w.accounts[name]
+		if a.dcp == nil {
+			continue
+		}
+		_, s := w.confirm.dcpArmed(a)
+		parts = append(parts, "account "+name+": "+s)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "dead-man switch (Bybit DCP): " + strings.Join(parts, "; ")
+}
+
 // Stats returns live counters.
 func (w *Worker) Stats() *Stats { return &w.stats }
 
@@ -216,24 +237,8 @@ func (w *Worker) Setup(ctx context.Context) error {
 	if w.cons != nil {
 		return nil
 	}
-	scfg, err := EnsureStream(ctx, w.js, w.cfg)
-	if err != nil {
+	if err := w.setupStream(ctx); err != nil {
 		return err
-	}
-	// A stream of the operator's may lack the optional subjects: what
-	// needs one is off, said once here and on Ready's detail.
-	w.keepProgress = true
-	w.degraded = nil
-	for _, o := range w.cfg.missingOptional(scfg.Subjects) {
-		switch o.add {
-		case w.cfg.progressSubjects():
-			w.keepProgress = false
-		case w.cfg.ConfirmedSubject:
-			w.confirm = nil
-		}
-		w.log.Warn("the stream does not capture "+o.name+" ("+o.add+"): "+o.without+"; add "+o.add+" to the stream's subjects",
-			"stream", w.cfg.Stream, "add", o.add)
-		w.degraded = append(w.degraded, fmt.Sprintf("stream %s does not capture %s: %s (add it to the stream's subjects)", w.cfg.Stream, o.add, o.without))
 	}
 	cons, settings, err := EnsureConsumer(ctx, w.js, w.cfg)
 	if err != nil {
@@ -252,13 +257,49 @@ func (w *Worker) Setup(ctx context.Context) error {
 		}
 	}
 	w.cons, w.consumer = cons, settings
-	pinned := isPinned(cons.CachedInfo().Config)
-	w.fleet = newFleet(w, pinned)
+	w.setupFleet(isPinned(cons.CachedInfo().Config))
+	return nil
+}
+
+// setupStream creates or checks the stream. A stream of the operator's may
+// lack the optional subjects: what needs one is off, said once here and on
+// Ready's detail.
+func (w *Worker) setupStream(ctx context.Context) error {
+	scfg, err := EnsureStream(ctx, w.js, w.cfg)
+	if err != nil {
+		return err
+	}
+	w.keepProgress = true
+	w.degraded = nil
+	for _, o := range w.cfg.missingOptional(scfg.Subjects) {
+		switch o.add {
+		case w.cfg.progressSubjects():
+			w.keepProgress = false
+		case w.cfg.ConfirmedSubject:
+			w.confirm = nil
+		}
+		w.log.Warn("the stream does not capture "+o.name+" ("+o.add+"): "+o.without+"; add "+o.add+" to the stream's subjects",
+			"stream", w.cfg.Stream, "add", o.add)
+		w.degraded = append(w.degraded, fmt.Sprintf("stream %s does not capture %s: %s (add it to the stream's subjects)", w.cfg.Stream, o.add, o.without))
+	}
+	return nil
+}
+
+// setupFleet follows this replica's pins on the bound consumers (pinned:
+// the cancel consumer has the priority group) and lets only the active
+// replica of a fleet call Bybit.
+func (w *Worker) setupFleet(pinned bool) {
+	w.fleet = newFleet(fleetDeps{
+		js: w.js, stream: w.cfg.Stream, cons: w.cons, name: w.cfg.Consumer, now: w.now, log: w.log,
+		active: w.metrics.active.WithLabelValues(w.cfg.Consumer),
+		ban:    w.gw.ban, banRelease: w.cfg.BanRelease,
+		release: func() { w.releaseAllQueued(0, "lease") },
+		accept:  w.accept,
+	}, pinned, leaseOf(w.consumer.AckWait, w.consumer.PinnedTTL), w.cfg.LimitShare)
 	if pinned {
 		w.cfg.LimitShare = 1 // one replica works at a time, at the whole budget
 	}
-	// Only the active replica of a fleet calls Bybit: a paced call checks
-	// the pin of the consumer it serves.
+	// A paced call checks the pin of the consumer it serves.
 	w.gw.active = func(ctx context.Context) error {
 		if w.fleet.warm(ctx) != nil || !w.fleet.mayCall(ctx) {
 			return errNotActive
@@ -272,7 +313,6 @@ func (w *Worker) Setup(ctx context.Context) error {
 		cons := w.confirm.cons
 		w.fleet.cancel.elsewhere = func(ctx context.Context) bool { return w.fleet.confirmElsewhere(ctx, cons) }
 	}
-	return nil
 }
 
 // checkAccounts runs every account's start-up check. An account whose check
@@ -447,26 +487,6 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 	w.held.heartbeatLoop(ctx, w.js.Conn(), w.consumer.AckWait)
 }
 
-// lane returns the queue of an (account, category), starting its dispatcher
-// on first use. Accounts of one limit group (one Bybit UID) share a pacer.
-func (w *Worker) lane(a *account, category string) *lane {
-	key := laneKey{account: a.name, category: category}
-	w.lanesMu.Lock()
-	defer w.lanesMu.Unlock()
-	if l, ok := w.lanes[key]; ok {
-		return l
-	}
-	var batch *pacer
-	if w.cfg.Batch {
-		batch = w.gw.pacer(a, budget{endpointCancelBatch, category})
-	}
-	l := newLane(key, a, w.gw.pacer(a, budget{endpointCancel, category}), batch)
-	w.lanes[key] = l
-	w.laneWG.Add(1)
-	go w.dispatch(l)
-	return l
-}
-
 // untilStopping is a context that ends when the worker starts to stop (the
 // send context outlives that, for requests already sent).
 func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {
@@ -479,6 +499,14 @@ func (w *Worker) untilStopping() (context.Context, context.CancelFunc) {
 		}
 	}()
 	return ctx, cancel
+}
+
+// sendCtxOr is the send context once Run made it, ctx before.
+func (w *Worker) sendCtxOr(ctx context.Context) context.Context {
+	if w.sendCtx != nil {
+		return w.sendCtx
+	}
+	return ctx
 }
 
 // resync measures an account's clock offset again unless that happened

@@ -212,29 +212,6 @@ func TestDCPRefusedOrNotReadBackIsReported(t *testing.T) {
 	require.Contains(t, e.logs.String(), "dead-man switch not armed")
 }
 
-// gauge reads one gauge of reg by its label values (in label order).
-func gauge(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i, l := range m.GetLabel() {
-				if i >= len(labels) || l.GetValue() != labels[i] {
-					continue next
-				}
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no %s%v", name, labels)
-	return 0
-}
-
 // A replica alive and able to reach Bybit holds the
 // dead-man switch. Bybit's private stream dropping the connection a few
 // times in a row (a flaky path, a Bybit restart) must not fire it: the

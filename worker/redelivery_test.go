@@ -71,26 +71,6 @@ func startWorkerVia(t *testing.T, cfg worker.Config, natsURL, baseURL string) *w
 	return w
 }
 
-// counter reads one labelled counter of a registry (0 if never counted).
-func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 func (e *env) resultFor(seq uint64) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()

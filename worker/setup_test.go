@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -138,6 +140,25 @@ func (e *env) start() *running {
 		}
 	})
 	return r
+}
+
+// halt stops the worker and waits until its Run returned, without an
+// error.
+func (r *running) halt(t *testing.T) {
+	t.Helper()
+	r.stop()
+	err := <-r.done
+	require.NoError(t, err)
+	r.done <- err // for the test's cleanup
+}
+
+// addOrders rests n orders of one symbol on the simulated book.
+func (e *env) addOrders(n int, category, symbol string) []bybittest.Order {
+	orders := make([]bybittest.Order, 0, n)
+	for range n {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: category, Symbol: symbol}))
+	}
+	return orders
 }
 
 // publish puts a request on the cancel subject and returns its stream sequence.
@@ -312,4 +333,77 @@ func requireOneCancelledResultEach(t *testing.T, ex *bybittest.Exchange, results
 	for seq, c := range perSeq {
 		require.Equal(t, 1, c, "request %d", seq)
 	}
+}
+
+// metricSeries finds the first series of reg's metric name whose labels
+// match.
+func metricSeries(t *testing.T, reg *prometheus.Registry, name string, match func([]*dto.LabelPair) bool) (*dto.Metric, bool) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if match(m.GetLabel()) {
+				return m, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// withLabel matches a series that has label set to value.
+func withLabel(label, value string) func([]*dto.LabelPair) bool {
+	return func(ls []*dto.LabelPair) bool {
+		for _, l := range ls {
+			if l.GetName() == label && l.GetValue() == value {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// metricValue reads a gauge or counter series of reg by one label (-1: no
+// such series).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	m, ok := metricSeries(t, reg, name, withLabel(label, value))
+	switch {
+	case !ok:
+		return -1
+	case m.GetGauge() != nil:
+		return m.GetGauge().GetValue()
+	default:
+		return m.GetCounter().GetValue()
+	}
+}
+
+// counter reads one labelled counter of a registry (0 if never counted).
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	m, ok := metricSeries(t, reg, name, withLabel(label, value))
+	if !ok {
+		return 0
+	}
+	return m.GetCounter().GetValue()
+}
+
+// gauge reads one gauge of reg by its label values (in label order).
+func gauge(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	m, ok := metricSeries(t, reg, name, func(ls []*dto.LabelPair) bool {
+		for i, l := range ls {
+			if i >= len(labels) || l.GetValue() != labels[i] {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("no %s%v", name, labels)
+	}
+	return m.GetGauge().GetValue()
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
@@ -54,20 +53,9 @@ func exchangeFront(t *testing.T, ex http.Handler, before, after func(body []byte
 // natsURL, sending to the exchange at baseURL, until the test ends.
 func startWorkerVia(t *testing.T, cfg worker.Config, natsURL, baseURL string) *worker.Worker {
 	t.Helper()
-	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	client, err := bybit.NewClient(bybit.Options{BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: waitFor})
-	require.NoError(t, err)
-	w, err := worker.New(cfg, js, client)
-	require.NoError(t, err)
-	require.NoError(t, w.Setup(context.Background()))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	_, js := connectForFailover(t, natsURL)
+	w, stop := runWorker(t, cfg, js, demoClient(t, baseURL, waitFor))
+	t.Cleanup(func() { require.NoError(t, stop()) })
 	return w
 }
 

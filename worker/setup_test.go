@@ -56,17 +56,15 @@ type env struct {
 func setup(t *testing.T, exOpts bybittest.Options) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}, timeout: 5 * time.Second}
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	e.ns = ns
+	e.ns = embedded.StartForTest(t, embedded.NATSOptions{})
 
 	e.ex = bybittest.New(exOpts)
 	e.handler = e.ex
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { e.handler.ServeHTTP(w, r) }))
 	t.Cleanup(e.srv.Close)
 
-	e.nc, err = nats.Connect(ns.ClientURL())
+	var err error
+	e.nc, err = nats.Connect(e.ns.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(e.nc.Close)
 	e.js, err = jetstream.New(e.nc)
@@ -107,11 +105,31 @@ func setup(t *testing.T, exOpts bybittest.Options) *env {
 
 func (e *env) client() *bybit.Client {
 	e.t.Helper()
+	return demoClient(e.t, e.srv.URL, e.timeout)
+}
+
+// demoClient is a client of the simulated exchange at baseURL with its demo
+// key.
+func demoClient(t *testing.T, baseURL string, timeout time.Duration) *bybit.Client {
+	t.Helper()
 	c, err := bybit.NewClient(bybit.Options{
-		BaseURL: e.srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: e.timeout,
+		BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: timeout,
 	})
-	require.NoError(e.t, err)
+	require.NoError(t, err)
 	return c
+}
+
+// runWorker sets a worker with cfg up on js and runs it; stop cancels its
+// Run and returns what Run returned.
+func runWorker(t *testing.T, cfg worker.Config, js jetstream.JetStream, client *bybit.Client) (w *worker.Worker, stop func() error) {
+	t.Helper()
+	w, err := worker.New(cfg, js, client)
+	require.NoError(t, err)
+	require.NoError(t, w.Setup(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	return w, func() error { cancel(); return <-done }
 }
 
 // running is a worker started by start.

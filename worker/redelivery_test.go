@@ -59,6 +59,29 @@ func startWorkerVia(t *testing.T, cfg worker.Config, natsURL, baseURL string) *w
 	return w
 }
 
+// startWorkerA runs worker A, logging as A, with a registry of its own and
+// its NATS connection through a proxy the test can cut, sending to the
+// exchange at front; it returns the registry and the proxy.
+func (e *env) startWorkerA(front string) (*prometheus.Registry, *proxy) {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := e.cfg
+	cfg.Registerer = reg
+	cfg.Logger = e.cfg.Logger.With("worker", "A")
+	pa := newProxy(e.t, e.ns.Addr().String())
+	startWorkerVia(e.t, cfg, pa.url(), front)
+	return reg, pa
+}
+
+// startWorkerB runs worker B, logging as B, straight on the test's
+// nats-server, sending to the exchange at front.
+func (e *env) startWorkerB(front string) {
+	e.t.Helper()
+	cfg := e.cfg
+	cfg.Logger = e.cfg.Logger.With("worker", "B")
+	startWorkerVia(e.t, cfg, e.ns.ClientURL(), front)
+}
+
 func (e *env) resultFor(seq uint64) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -111,12 +134,7 @@ func TestACopyTheBrokerHandedToAnotherWorkerIsNotRaced(t *testing.T) {
 		}
 	})
 
-	regA := prometheus.NewRegistry()
-	cfgA := e.cfg
-	cfgA.Registerer = regA
-	cfgA.Logger = e.cfg.Logger.With("worker", "A")
-	pa := newProxy(t, e.ns.Addr().String())
-	startWorkerVia(t, cfgA, pa.url(), aFront)
+	regA, pa := e.startWorkerA(aFront)
 	<-aGotS
 	require.Eventually(t, func() bool {
 		c, err := e.js.Consumer(context.Background(), e.cfg.Stream, e.cfg.Consumer)
@@ -128,9 +146,7 @@ func TestACopyTheBrokerHandedToAnotherWorkerIsNotRaced(t *testing.T) {
 	}, waitFor, 10*time.Millisecond, "A holds both requests")
 	pa.cut()
 
-	cfgB := e.cfg
-	cfgB.Logger = e.cfg.Logger.With("worker", "B")
-	startWorkerVia(t, cfgB, e.ns.ClientURL(), bFront)
+	e.startWorkerB(bFront)
 	<-bCancelledX
 	pa.restore()
 	// A has decided about X once it stored a result for it, or let both
@@ -275,18 +291,11 @@ func TestACancelAllTheBrokerHandedToAnotherWorkerMakesNoFurtherCall(t *testing.T
 			<-bStored // A's first answer comes back after B's result
 		}
 	})
-	regA := prometheus.NewRegistry()
-	cfgA := e.cfg
-	cfgA.Registerer = regA
-	cfgA.Logger = e.cfg.Logger.With("worker", "A")
-	pa := newProxy(t, e.ns.Addr().String())
-	startWorkerVia(t, cfgA, pa.url(), aFront)
+	regA, pa := e.startWorkerA(aFront)
 	<-aCalled
 	pa.cut()
 
-	cfgB := e.cfg
-	cfgB.Logger = e.cfg.Logger.With("worker", "B")
-	startWorkerVia(t, cfgB, e.ns.ClientURL(), e.srv.URL)
+	e.startWorkerB(e.srv.URL)
 	got := e.waitResults(1)
 	close(bStored)
 	require.Eventually(t, func() bool {

@@ -202,6 +202,15 @@ func (e *env) publish(body any, msgID string) uint64 {
 	return ack.Sequence
 }
 
+// startedResult publishes a cancel of o (by orderLinkId when byLink), then
+// starts a worker, and returns the request's result.
+func (e *env) startedResult(o bybittest.Order, byLink bool, requestID string) messages.Result {
+	e.t.Helper()
+	seq := e.publish(cancelBody(o, byLink, requestID), "")
+	e.start()
+	return e.waitResults(1)[seq]
+}
+
 // cancelBody is a cancel request for an order of the simulated book.
 func cancelBody(o bybittest.Order, byLink bool, requestID string) map[string]string {
 	m := map[string]string{"category": o.Category, "symbol": o.Symbol}
@@ -276,13 +285,19 @@ func newTestLogger(w *syncBuffer) *slog.Logger {
 }
 
 func (e *env) cancelRequests() int {
-	n := 0
+	return len(e.cancels())
+}
+
+// cancels lists the exchange's log of one order's cancels, by either
+// endpoint, in the order they came.
+func (e *env) cancels() []bybittest.Request {
+	var out []bybittest.Request
 	for _, q := range e.ex.Requests() {
 		if isCancel(q) {
-			n++
+			out = append(out, q)
 		}
 	}
-	return n
+	return out
 }
 
 // isCancel reports whether a log entry is one order's cancel, by either

@@ -136,9 +136,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 			e.timeout = 500 * time.Millisecond
 			o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT"})
 			e.ex.InjectFault(fault, fault)
-			seq := e.publish(cancelBody(o, false, ""), "")
-			e.start()
-			r := e.waitResults(1)[seq]
+			r := e.startedResult(o, false, "")
 			require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
 			require.Equal(t, 3, r.Attempts)
 			require.True(t, r.Ambiguous, "the failed attempts may have reached Bybit")
@@ -153,9 +151,7 @@ func TestLostResponseEndsNotOpenAndAmbiguous(t *testing.T) {
 	e := setup(t, bybittest.Options{})
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderLinkID: "lost-1"})
 	e.ex.InjectFault(bybittest.Fault{Apply: true, Hangup: true})
-	seq := e.publish(cancelBody(o, true, "lost"), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, true, "lost")
 	require.Equal(t, messages.StatusNotOpen, r.Status, "%+v", r)
 	require.True(t, r.Ambiguous, "the first attempt's answer was lost after it was applied")
 	require.Equal(t, 110001, *r.RetCode)
@@ -169,9 +165,7 @@ func TestPermanentRetCodeIsRejected(t *testing.T) {
 	e := setup(t, bybittest.Options{})
 	o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT"})
 	e.ex.InjectFault(bybittest.Fault{RetCode: 170145, RetMsg: "This order type does not support cancellation"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusRejected, r.Status)
 	require.Equal(t, 170145, *r.RetCode)
 	require.Equal(t, "This order type does not support cancellation", r.RetMsg)
@@ -212,12 +206,7 @@ func TestIPBanPausesEveryRequest(t *testing.T) {
 	for _, s := range seqs {
 		require.Equal(t, messages.StatusCancelled, got[s].Status)
 	}
-	var cancels []bybittest.Request
-	for _, q := range e.ex.Requests() {
-		if isCancel(q) {
-			cancels = append(cancels, q)
-		}
-	}
+	cancels := e.cancels()
 	require.Len(t, cancels, 5, "one banned request, one banned probe, then the three cancels")
 	require.Equal(t, 403, cancels[0].HTTPStatus)
 	require.Equal(t, 403, cancels[1].HTTPStatus)
@@ -345,9 +334,7 @@ func TestTooOldRequestFailsAndIsTerminated(t *testing.T) {
 		e.ex.InjectFault(bybittest.Fault{Status: 503, Body: "down"})
 	}
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusFailed, r.Status)
 	require.Contains(t, r.LastError, "WORKER_MAX_AGE")
 	require.Contains(t, r.LastError, "503")
@@ -364,9 +351,7 @@ func TestRetryBudgetReleasesForALaterDelivery(t *testing.T) {
 		e.ex.InjectFault(bybittest.Fault{RetCode: 10016, RetMsg: "restarting"})
 	}
 	o := e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusCancelled, r.Status)
 	require.GreaterOrEqual(t, r.Deliveries, uint64(2), "the message was released and delivered again")
 	require.True(t, r.Ambiguous)

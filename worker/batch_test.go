@@ -58,8 +58,7 @@ func TestBatchAnswersMapBackPerRequest(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, batched, 10, "the batch budget carried most of the burst")
 	require.Zero(t, e.requestsWith(10006))
-	e.settled()
-	require.EqualValues(t, len(want), e.storedResults())
+	e.requireSettledWith(len(want))
 }
 
 // The exchange allows fewer batch orders than the worker believes: the items
@@ -81,8 +80,7 @@ func TestBatchItemsAnswered10006AreRequeued(t *testing.T) {
 		require.False(t, r.Ambiguous, "an item answered 10006 was not applied")
 	}
 	require.Positive(t, e.requestsWith(10006))
-	e.settled()
-	require.EqualValues(t, n, e.storedResults())
+	e.requireSettledWith(n)
 }
 
 // Held cancels of the same order are sent once and all answered from it.

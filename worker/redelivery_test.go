@@ -157,8 +157,7 @@ func TestACopyTheBrokerHandedToAnotherWorkerIsNotRaced(t *testing.T) {
 	close(aDecidedX)
 
 	got := e.waitResults(2)
-	e.settled()
-	require.EqualValues(t, 2, e.storedResults())
+	e.requireSettledWith(2)
 	requireOneCancelledResultEach(t, e.ex, []messages.Result{got[seqS], got[seqX]}, 2)
 	for _, seq := range []uint64{seqS, seqX} {
 		require.Equal(t, messages.StatusCancelled, got[seq].Status, "the result of the cancel that landed: %+v", got[seq])
@@ -219,11 +218,10 @@ func TestALastDeliveryThatFindsItsMessageHeldIsAnsweredAtTheBudgetsEnd(t *testin
 
 	r := e.waitResults(1)[seq]
 	require.Equal(t, messages.StatusFailed, r.Status, "%+v", r)
-	require.Contains(t, r.LastError, "last delivery")
 	require.EqualValues(t, 3, r.Deliveries)
 	require.True(t, r.Ambiguous, "another consumer held the message in between")
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults())
+	require.Contains(t, r.LastError, "last delivery")
+	e.requireSettledWith(1)
 }
 
 // Issue 13, defect 6: when an earlier delivery already stored the result
@@ -255,8 +253,7 @@ func TestMetricsAndLogsGiveTheStoredResultWhenAnEarlierOneWasKept(t *testing.T) 
 	reg := prometheus.NewRegistry()
 	e.cfg.Registerer = reg
 	e.start()
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults())
+	e.requireSettledWith(1)
 	require.Equal(t, messages.StatusCancelled, e.waitResults(1)[seq].Status)
 	require.Equal(t, 1.0, counter(t, reg, "cancel_worker_results_total", "status", "cancelled"), "the stored result is counted")
 	require.Zero(t, counter(t, reg, "cancel_worker_results_total", "status", "not_open"), "this delivery's own not_open was not stored")

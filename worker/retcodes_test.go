@@ -18,8 +18,8 @@ import (
 func TestHighServerLoad429IsRetriedAndAmbiguous(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
-	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	e.ex.InjectFault(bybittest.Fault{RetCode: 429, RetMsg: "The trading service is experiencing a high server load. Please retry if you encounter this issue."})
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
 	require.Equal(t, 2, r.Attempts)

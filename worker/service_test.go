@@ -207,8 +207,7 @@ func TestSyncDuplicateIsAnsweredFromTheOriginalsResult(t *testing.T) {
 		require.Equal(t, c.seq, a.RequestSeq, "the original's result")
 		require.Equal(t, messages.StatusCancelled, a.Status, "not a second cancel (not_open)")
 	}
-	e.settled()
-	require.EqualValues(t, 2, e.storedResults(), "a duplicate is neither stored nor answered twice")
+	e.requireSettledWith(2, "a duplicate is neither stored nor answered twice")
 }
 
 func TestSyncInvalidBodyIsAnsweredInvalid(t *testing.T) {
@@ -451,8 +450,7 @@ func TestSyncMsgIDReusedForAnotherOrderIsNotAnsweredWithTheFirstOrdersResult(t *
 		reply.Header.Get(micro.ErrorHeader))
 	st2, _ := e.ex.Order("linear", o2.OrderID)
 	require.Equal(t, "New", st2.Status, "o2 was never cancelled")
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults())
+	e.requireSettledWith(1)
 }
 
 // A Nats-Msg-Id the stream holds for a message that is not this endpoint's

@@ -270,6 +270,14 @@ func (e *env) settled() {
 	}, waitFor, 10*time.Millisecond)
 }
 
+// requireSettledWith waits until the consumer holds nothing (settled) and
+// requires the stream to hold n results.
+func (e *env) requireSettledWith(n int, msgAndArgs ...any) {
+	e.t.Helper()
+	e.settled()
+	require.EqualValues(e.t, n, e.storedResults(), msgAndArgs...)
+}
+
 func (e *env) requestsWith(code int) int {
 	n := 0
 	for _, q := range e.ex.Requests() {

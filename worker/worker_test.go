@@ -49,8 +49,7 @@ func TestCancelsInEveryCategoryByOrderIDAndOrderLinkID(t *testing.T) {
 		st, _ := e.ex.Order(o.Category, o.OrderID)
 		require.Equal(t, "Cancelled", st.Status)
 	}
-	e.settled()
-	require.EqualValues(t, len(want), e.storedResults())
+	e.requireSettledWith(len(want))
 }
 
 func TestRequestIDComesFromBodyHeaderOrSequence(t *testing.T) {
@@ -69,8 +68,7 @@ func TestRequestIDComesFromBodyHeaderOrSequence(t *testing.T) {
 	require.Equal(t, "same-id", got[fromBodyAgain].RequestID, "a repeated requestId still gets its own result")
 	require.Equal(t, "hdr-2", got[fromHeader].RequestID)
 	require.Equal(t, fmt.Sprintf("ORDERS:%d", fromSeq), got[fromSeq].RequestID)
-	e.settled()
-	require.EqualValues(t, 4, e.storedResults())
+	e.requireSettledWith(4)
 }
 
 func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
@@ -95,8 +93,7 @@ func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
 			}
 			require.Positive(t, e.requestsWith(10006))
 			require.Positive(t, r.w.Stats().RateLimited.Load())
-			e.settled()
-			require.EqualValues(t, n, e.storedResults())
+			e.requireSettledWith(n)
 		})
 	}
 }
@@ -140,8 +137,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 			require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
 			require.Equal(t, 3, r.Attempts)
 			require.True(t, r.Ambiguous, "the failed attempts may have reached Bybit")
-			e.settled()
-			require.EqualValues(t, 1, e.storedResults())
+			e.requireSettledWith(1)
 		})
 	}
 }
@@ -242,8 +238,7 @@ func TestRedeliveredAnsweredRequestGetsNoSecondResult(t *testing.T) {
 	require.NoError(t, msg.Nak())
 
 	r := e.start()
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults(), "the redelivery added no second result")
+	e.requireSettledWith(1, "the redelivery added no second result")
 	require.EqualValues(t, 1, r.w.Stats().Redelivered.Load())
 	got := e.waitResults(1)
 	require.Equal(t, 1, got[seq].Attempts, "the stored result is the first one")
@@ -305,8 +300,7 @@ func TestInvalidMessagesAreAnsweredAndTerminated(t *testing.T) {
 	}
 	require.Equal(t, "lc-1", got[seqs["lower-case"]].RequestID, "the requestId of an invalid body is kept when it can be read")
 	require.Zero(t, e.cancelRequests(), "nothing invalid reaches the exchange")
-	e.settled()
-	require.EqualValues(t, len(bodies), e.storedResults())
+	e.requireSettledWith(len(bodies))
 }
 
 func TestHeldMessageOutlivesAckWaitWithoutRedelivery(t *testing.T) {
@@ -339,8 +333,7 @@ func TestTooOldRequestFailsAndIsTerminated(t *testing.T) {
 	require.Contains(t, r.LastError, "WORKER_MAX_AGE")
 	require.Contains(t, r.LastError, "503")
 	require.True(t, r.Ambiguous)
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults())
+	e.requireSettledWith(1)
 }
 
 func TestRetryBudgetReleasesForALaterDelivery(t *testing.T) {

@@ -122,14 +122,9 @@ func TestDCPWithOneReplicaAliveCancelsNothing(t *testing.T) {
 	a, _ := e.start(), e.start()
 	e.requireArmedReplicas(2)
 	a.stop()
-	e.requireArmedReplicas(1)
 	// The simulator starts a countdown as the last subscribed connection
 	// goes; with one left there is none to wait out.
-	require.Zero(t, e.ex.DCPCountdowns())
-	for _, o := range orders {
-		st, _ := e.ex.Order(o.Category, o.OrderID)
-		require.True(t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
-	}
+	e.requireOneArmedNothingCancelled(orders)
 }
 
 // Both replicas gone, one restarted inside the window: the countdown stops
@@ -150,11 +145,18 @@ func TestDCPReplicaRestartedInsideTheWindowCancelsNothing(t *testing.T) {
 	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
 		waitDCP(t, events, "stopped", p)
 	}
+	e.requireOneArmedNothingCancelled(orders)
+}
+
+// requireOneArmedNothingCancelled requires one replica to hold the switch, no
+// countdown to run, and every one of orders to be open still.
+func (e *env) requireOneArmedNothingCancelled(orders []bybittest.Order) {
+	e.t.Helper()
 	e.requireArmedReplicas(1)
-	require.Zero(t, e.ex.DCPCountdowns())
+	require.Zero(e.t, e.ex.DCPCountdowns())
 	for _, o := range orders {
 		st, _ := e.ex.Order(o.Category, o.OrderID)
-		require.True(t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
+		require.True(e.t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
 	}
 }
 

@@ -38,14 +38,7 @@ func TestLimitLearnedFromHeaderCappedByExplicitCeiling(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			e.cfg.Registerer = reg
 			const n = 120
-			for i := range n {
-				e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
-			}
-			e.start()
-			got := e.waitResults(n)
-			for _, r := range got {
-				require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
-			}
+			e.cancelledNumbered(n)
 			require.Equal(t, float64(tc.want), budgetLimit(t, reg, "cancel", "linear"), "the learned limit")
 			require.Equal(t, float64(tc.want), budgetLimit(t, reg, "cancel", "inverse"), "linear and inverse share one budget")
 			require.Zero(t, e.requestsWith(10006))

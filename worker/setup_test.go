@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -200,6 +201,29 @@ func (e *env) publish(body any, msgID string) uint64 {
 	ack, err := e.js.Publish(context.Background(), e.cfg.CancelSubject, data, opts...)
 	require.NoError(e.t, err)
 	return ack.Sequence
+}
+
+// publishNumbered publishes cancels of n linear BTCUSDT orders o-0 … o-(n-1)
+// (an AutoCreate exchange rests each as its cancel comes).
+func (e *env) publishNumbered(n int) {
+	e.t.Helper()
+	for i := range n {
+		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
+	}
+}
+
+// cancelledNumbered publishes cancels of n numbered orders (publishNumbered),
+// starts a worker and requires every result cancelled; it returns the
+// results by request sequence.
+func (e *env) cancelledNumbered(n int) map[uint64]messages.Result {
+	e.t.Helper()
+	e.publishNumbered(n)
+	e.start()
+	got := e.waitResults(n)
+	for _, r := range got {
+		require.Equal(e.t, messages.StatusCancelled, r.Status, "%+v", r)
+	}
+	return got
 }
 
 // startedResult publishes a cancel of o (by orderLinkId when byLink), then

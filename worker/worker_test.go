@@ -82,9 +82,7 @@ func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
 			// enforces, so only 10006 answers can pace it.
 			e.cfg.Limits = map[string]int{"cancel/linear": 100, "cancel-batch/linear": 100}
 			const n = 15
-			for i := range n {
-				e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
-			}
+			e.publishNumbered(n)
 			r := e.start()
 			got := e.waitResults(n)
 			for _, res := range got {

@@ -92,23 +92,11 @@ func maxInWindow(log []bybittest.Request, d time.Duration) int {
 // (-1: no such series).
 func budgetLimit(t *testing.T, reg *prometheus.Registry, endpoint, category string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "cancel_worker_budget_limit" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["endpoint"] == endpoint && labels["category"] == category {
-				return m.GetGauge().GetValue()
-			}
-		}
+	m, ok := metricSeries(t, reg, "cancel_worker_budget_limit", withLabels("endpoint", endpoint, "category", category))
+	if !ok {
+		return -1
 	}
-	return -1
+	return m.GetGauge().GetValue()
 }
 
 // An operator's consumer without the fleet's priority group keeps today's

@@ -59,6 +59,22 @@ func startWorkerVia(t *testing.T, cfg worker.Config, natsURL, baseURL string) *w
 	return w
 }
 
+// storedByADeadWorker is a worker that took request earlier.RequestSeq from
+// cons, stored earlier as its result and died before its ack arrived: the
+// message goes back (a Nak) with its result in the stream.
+func (e *env) storedByADeadWorker(cons jetstream.Consumer, earlier messages.Result) {
+	e.t.Helper()
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor), jetstream.FetchPriorityGroup(worker.PriorityGroup))
+	require.NoError(e.t, err)
+	msg := <-batch.Messages()
+	require.NotNil(e.t, msg)
+	data, err := earlier.Marshal()
+	require.NoError(e.t, err)
+	_, err = e.js.PublishMsg(context.Background(), &nats.Msg{Subject: e.cfg.AckSubject, Data: data}, jetstream.WithMsgID(messages.ResultMsgID(earlier.RequestSeq)))
+	require.NoError(e.t, err)
+	require.NoError(e.t, msg.Nak())
+}
+
 // startWorkerA runs worker A, logging as A, with a registry of its own and
 // its NATS connection through a proxy the test can cut, sending to the
 // exchange at front; it returns the registry and the proxy.
@@ -238,17 +254,8 @@ func TestMetricsAndLogsGiveTheStoredResultWhenAnEarlierOneWasKept(t *testing.T) 
 
 	// An earlier worker cancelled the order, stored its result and died
 	// before its ack arrived.
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(waitFor), jetstream.FetchPriorityGroup(worker.PriorityGroup))
-	require.NoError(t, err)
-	msg := <-batch.Messages()
-	require.NotNil(t, msg)
 	e.ex.SetOrderStatus("linear", o.OrderID, "Cancelled")
-	earlier := messages.Result{RequestID: "kept", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1, Deliveries: 1}
-	data, err := earlier.Marshal()
-	require.NoError(t, err)
-	_, err = e.js.PublishMsg(ctx, &nats.Msg{Subject: e.cfg.AckSubject, Data: data}, jetstream.WithMsgID(messages.ResultMsgID(seq)))
-	require.NoError(t, err)
-	require.NoError(t, msg.Nak())
+	e.storedByADeadWorker(cons, messages.Result{RequestID: "kept", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1, Deliveries: 1})
 
 	reg := prometheus.NewRegistry()
 	e.cfg.Registerer = reg

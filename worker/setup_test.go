@@ -419,15 +419,20 @@ func metricSeries(t *testing.T, reg *prometheus.Registry, name string, match fun
 	return nil, false
 }
 
-// withLabel matches a series that has label set to value.
-func withLabel(label, value string) func([]*dto.LabelPair) bool {
+// withLabels matches a series that has each label of pairs (name, value,
+// name, value …) set to its value.
+func withLabels(pairs ...string) func([]*dto.LabelPair) bool {
 	return func(ls []*dto.LabelPair) bool {
+		labels := map[string]string{}
 		for _, l := range ls {
-			if l.GetName() == label && l.GetValue() == value {
-				return true
+			labels[l.GetName()] = l.GetValue()
+		}
+		for i := 0; i+1 < len(pairs); i += 2 {
+			if v, ok := labels[pairs[i]]; !ok || v != pairs[i+1] {
+				return false
 			}
 		}
-		return false
+		return true
 	}
 }
 
@@ -435,7 +440,7 @@ func withLabel(label, value string) func([]*dto.LabelPair) bool {
 // such series).
 func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
-	m, ok := metricSeries(t, reg, name, withLabel(label, value))
+	m, ok := metricSeries(t, reg, name, withLabels(label, value))
 	switch {
 	case !ok:
 		return -1
@@ -449,7 +454,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value stri
 // counter reads one labelled counter of a registry (0 if never counted).
 func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
-	m, ok := metricSeries(t, reg, name, withLabel(label, value))
+	m, ok := metricSeries(t, reg, name, withLabels(label, value))
 	if !ok {
 		return 0
 	}

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -224,16 +222,7 @@ func TestRedeliveredAnsweredRequestGetsNoSecondResult(t *testing.T) {
 
 	// An earlier worker took the message, published its result, and died
 	// before its ack arrived.
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second), jetstream.FetchPriorityGroup(worker.PriorityGroup))
-	require.NoError(t, err)
-	msg := <-batch.Messages()
-	require.NotNil(t, msg)
-	earlier := messages.Result{RequestID: "r-1", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1}
-	data, err := earlier.Marshal()
-	require.NoError(t, err)
-	_, err = e.js.PublishMsg(ctx, &nats.Msg{Subject: e.cfg.AckSubject, Data: data}, jetstream.WithMsgID(messages.ResultMsgID(seq)))
-	require.NoError(t, err)
-	require.NoError(t, msg.Nak())
+	e.storedByADeadWorker(cons, messages.Result{RequestID: "r-1", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1})
 
 	r := e.start()
 	e.requireSettledWith(1, "the redelivery added no second result")

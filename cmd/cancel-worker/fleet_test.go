@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -50,14 +49,6 @@ func (s *stack) startReplica(i int, natsURL string) *replica {
 		s.env[k] = v
 	}
 	return &replica{key: fleetKeys[i].APIKey, cmd: cmd, logs: logs}
-}
-
-func (s *stack) publishCancels(prefix string, n int) {
-	s.t.Helper()
-	for i := range n {
-		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"%s-%d"}`, prefix, i)))
-		require.NoError(s.t, err)
-	}
 }
 
 // activeKey is the key of the replica that sent the first cancel.

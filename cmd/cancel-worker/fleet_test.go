@@ -204,10 +204,10 @@ func TestFleetConnectionLossEndsTheLease(t *testing.T) {
 // freezableProxy forwards TCP connections until freeze, after which it
 // forwards nothing and closes nothing.
 type freezableProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	frozen chan struct{}
+	ln         net.Listener
+	target     string
+	frozen     chan struct{}
+	freezeOnce sync.Once
 }
 
 func newFreezableProxy(t *testing.T, target string) *freezableProxy {
@@ -238,15 +238,7 @@ func newFreezableProxy(t *testing.T, target string) *freezableProxy {
 
 func (p *freezableProxy) addr() string { return p.ln.Addr().String() }
 
-func (p *freezableProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.frozen:
-	default:
-		close(p.frozen)
-	}
-}
+func (p *freezableProxy) freeze() { p.freezeOnce.Do(func() { close(p.frozen) }) }
 
 // pipe copies src to dst until freeze; then it holds what it read.
 func (p *freezableProxy) pipe(dst io.Writer, src io.Reader) {

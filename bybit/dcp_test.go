@@ -1,7 +1,6 @@
 package bybit_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -43,11 +42,7 @@ func TestOrderStreamKeepsTheDCPTopicsThroughReconnects(t *testing.T) {
 	var u updates
 	o := u.opts(wsURL(f))
 	o.Topics = []string{bybit.DCPTopic(bybit.DCPDerivatives)}
-	s := f.client.OrderStream(o)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, f.client.OrderStream(o))
 	require.Eventually(t, func() bool { return f.ex.DCPSubscribers("demo", "DERIVATIVES") == 1 }, 5*time.Second, 5*time.Millisecond)
 	f.ex.DropPrivateConnections()
 	require.Equal(t, "countdown", (<-events).Kind)
@@ -107,13 +102,9 @@ func TestSimulatedDCPCancelsOnlyTheProductOfTheUIDWhoseConnectionsAreGone(t *tes
 	var u updates
 	o := u.opts(wsURL(f))
 	o.Topics = []string{bybit.DCPTopic(bybit.DCPSpot)}
-	s := f.client.OrderStream(o)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); s.Run(ctx) }()
+	stop := run(t, f.client.OrderStream(o))
 	require.Eventually(t, func() bool { return f.ex.DCPSubscribers("a", "SPOT") == 1 }, 5*time.Second, 5*time.Millisecond)
-	cancel()
-	<-done
+	stop()
 	ev := <-fired
 	require.Equal(t, bybittest.DCPEvent{UID: "a", Product: "SPOT", Kind: "fired", Cancelled: 1}, ev)
 	st, _ := f.ex.Order("spot", mine.OrderID)

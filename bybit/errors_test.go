@@ -10,37 +10,43 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// answerWith is Bybit's answer with retCode code.
+func answerWith(code int) string {
+	return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
+}
+
+// classCase is an answer of Bybit (HTTP status and body) with the class, a
+// Class or its name, and the may-have-applied the client must give it.
+type classCase[C Class | string] struct {
+	name       string
+	status     int
+	body       string
+	class      C
+	mayApplied bool
+}
+
 func TestDecodeResponseClassifiesEveryAnswer(t *testing.T) {
 	t.Parallel()
-	envelope := func(code int) string {
-		return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
-	}
-	cases := []struct {
-		name       string
-		status     int
-		body       string
-		class      Class
-		mayApplied bool
-	}{
-		{"not open 110001", 200, envelope(110001), ClassNotOpen, false},
-		{"not open 110008", 200, envelope(110008), ClassNotOpen, false},
-		{"not open 110010", 200, envelope(110010), ClassNotOpen, false},
-		{"spot not open 170213", 200, envelope(170213), ClassNotOpen, false},
-		{"spot cancelled 170142", 200, envelope(170142), ClassNotOpen, false},
-		{"spot not on book 170143", 200, envelope(170143), ClassNotOpen, false},
-		{"rate limited 10006", 200, envelope(10006), ClassRateLimited, false},
-		{"spot rate limited 170222", 200, envelope(170222), ClassRateLimited, false},
-		{"clock 10002", 200, envelope(10002), ClassClockSkew, false},
-		{"server timeout 10000", 200, envelope(10000), ClassTransient, true},
-		{"restarting 10016", 200, envelope(10016), ClassTransient, true},
-		{"processing 110079", 200, envelope(110079), ClassTransient, true},
-		{"spot processing 170212", 200, envelope(170212), ClassTransient, true},
-		{"option too fast 30035", 200, envelope(30035), ClassTransient, true},
-		{"param error 10001", 200, envelope(10001), ClassPermanent, false},
-		{"bad key 10003", 200, envelope(10003), ClassPermanent, false},
-		{"sign 10004", 200, envelope(10004), ClassPermanent, false},
-		{"spot not cancellable 170145", 200, envelope(170145), ClassPermanent, false},
-		{"unknown code", 200, envelope(99999), ClassPermanent, false},
+	cases := []classCase[Class]{
+		{"not open 110001", 200, answerWith(110001), ClassNotOpen, false},
+		{"not open 110008", 200, answerWith(110008), ClassNotOpen, false},
+		{"not open 110010", 200, answerWith(110010), ClassNotOpen, false},
+		{"spot not open 170213", 200, answerWith(170213), ClassNotOpen, false},
+		{"spot cancelled 170142", 200, answerWith(170142), ClassNotOpen, false},
+		{"spot not on book 170143", 200, answerWith(170143), ClassNotOpen, false},
+		{"rate limited 10006", 200, answerWith(10006), ClassRateLimited, false},
+		{"spot rate limited 170222", 200, answerWith(170222), ClassRateLimited, false},
+		{"clock 10002", 200, answerWith(10002), ClassClockSkew, false},
+		{"server timeout 10000", 200, answerWith(10000), ClassTransient, true},
+		{"restarting 10016", 200, answerWith(10016), ClassTransient, true},
+		{"processing 110079", 200, answerWith(110079), ClassTransient, true},
+		{"spot processing 170212", 200, answerWith(170212), ClassTransient, true},
+		{"option too fast 30035", 200, answerWith(30035), ClassTransient, true},
+		{"param error 10001", 200, answerWith(10001), ClassPermanent, false},
+		{"bad key 10003", 200, answerWith(10003), ClassPermanent, false},
+		{"sign 10004", 200, answerWith(10004), ClassPermanent, false},
+		{"spot not cancellable 170145", 200, answerWith(170145), ClassPermanent, false},
+		{"unknown code", 200, answerWith(99999), ClassPermanent, false},
 		{"502 html", 502, "<html>Bad Gateway</html>", ClassTransient, true},
 		{"503 empty", 503, "", ClassTransient, true},
 		{"200 html", 200, "<html>maintenance</html>", ClassTransient, true},
@@ -119,27 +125,18 @@ func FuzzDecodeResponse(f *testing.F) {
 // README's does.
 func TestBybitsCancelCodesAreClassified(t *testing.T) {
 	t.Parallel()
-	envelope := func(code int) string {
-		return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
-	}
-	cases := []struct {
-		name       string
-		status     int
-		body       string
-		class      string
-		mayApplied bool
-	}{
-		{"429 in the body: high server load, please retry", 200, envelope(429), "transient", true},
-		{"spot 170139 order has been filled", 200, envelope(170139), "not_open", false},
-		{"spot 170190 cancel order has been finished", 200, envelope(170190), "not_open", false},
-		{"spot 170191 can not cancel, try again later", 200, envelope(170191), "transient", false},
-		{"spot 170032 network error", 200, envelope(170032), "transient", true},
-		{"spot 170144 order has been locked", 200, envelope(170144), "transient", true},
-		{"10018 over the IP rate limit", 200, envelope(10018), "ip_rate_limited", false},
+	cases := []classCase[string]{
+		{"429 in the body: high server load, please retry", 200, answerWith(429), "transient", true},
+		{"spot 170139 order has been filled", 200, answerWith(170139), "not_open", false},
+		{"spot 170190 cancel order has been finished", 200, answerWith(170190), "not_open", false},
+		{"spot 170191 can not cancel, try again later", 200, answerWith(170191), "transient", false},
+		{"spot 170032 network error", 200, answerWith(170032), "transient", true},
+		{"spot 170144 order has been locked", 200, answerWith(170144), "transient", true},
+		{"10018 over the IP rate limit", 200, answerWith(10018), "ip_rate_limited", false},
 		{"403 from the CDN without an envelope", 403, "<html>The Amazon CloudFront distribution is configured to block access from your country.</html>", "ip_ban", false},
 		{"403 empty", 403, "", "ip_ban", false},
-		{"403 with a JSON retCode is that code's", 403, envelope(10005), "permanent", false},
-		{"403 with a JSON 10006", 403, envelope(10006), "rate_limited", false},
+		{"403 with a JSON retCode is that code's", 403, answerWith(10005), "permanent", false},
+		{"403 with a JSON 10006", 403, answerWith(10006), "rate_limited", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,21 +154,18 @@ func TestBybitsCancelCodesAreClassified(t *testing.T) {
 // Permanent for the request, and nothing was applied.
 func TestUnavailableSaysTheEndpointIsNotOffered(t *testing.T) {
 	t.Parallel()
-	envelope := func(code int) string {
-		return `{"retCode":` + strconv.Itoa(code) + `,"retMsg":"m","result":{},"retExtInfo":{},"time":1}`
-	}
 	for name, tc := range map[string]struct {
 		status      int
 		body        string
 		unavailable bool
 	}{
-		"10017 route not found":      {200, envelope(10017), true},
-		"10028 unified only":         {200, envelope(10028), true},
-		"10032 not in demo trading":  {200, envelope(10032), true},
+		"10017 route not found":      {200, answerWith(10017), true},
+		"10028 unified only":         {200, answerWith(10028), true},
+		"10032 not in demo trading":  {200, answerWith(10032), true},
 		"404 without an envelope":    {404, "", true},
-		"404 with a retCode":         {404, envelope(10001), false},
-		"10001 parameter error":      {200, envelope(10001), false},
-		"110001 not open":            {200, envelope(110001), false},
+		"404 with a retCode":         {404, answerWith(10001), false},
+		"10001 parameter error":      {200, answerWith(10001), false},
+		"110001 not open":            {200, answerWith(110001), false},
 		"502 without an envelope":    {502, "<html>bad gateway</html>", false},
 		"403 ban without a envelope": {403, "access too frequent", false},
 	} {

@@ -68,12 +68,15 @@ func (u *updates) ups() int {
 	return n
 }
 
-// run starts the stream until the test ends.
-func run(t *testing.T, s *bybit.OrderStream) {
+// run starts the stream until the test ends; stop ends it sooner and waits
+// until its Run returned.
+func run(t *testing.T, s *bybit.OrderStream) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
 }
 
 func TestOrderStreamPushesUpdatesAndReconnectsAfterADrop(t *testing.T) {

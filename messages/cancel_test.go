@@ -201,17 +201,23 @@ func FuzzDecodeCancel(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
+	fuzzDecode(f, DecodeCancel, func(*testing.T, Cancel) {})
+}
+
+// fuzzDecode fuzzes decode: what it refuses is ErrInvalid; whatever decodes
+// must validate, pass check and survive a round trip.
+func fuzzDecode[T interface{ Validate() error }](f *testing.F, decode func([]byte) (T, error), check func(*testing.T, T)) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := DecodeCancel(data)
+		c, err := decode(data)
 		if err != nil {
 			require.ErrorIs(t, err, ErrInvalid)
 			return
 		}
-		// Whatever decodes must validate and survive a round trip.
 		require.NoError(t, c.Validate())
+		check(t, c)
 		b, err := json.Marshal(c)
 		require.NoError(t, err)
-		again, err := DecodeCancel(b)
+		again, err := decode(b)
 		require.NoError(t, err)
 		require.Equal(t, c, again)
 	})

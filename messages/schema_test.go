@@ -44,15 +44,23 @@ func schemaAccepts(t *testing.T, s *jsonschema.Schema, body []byte) error {
 	return s.Validate(inst)
 }
 
+// requestDecoders are the worker's decoders of the request subjects, by
+// subject.
+func requestDecoders() map[string]func([]byte) error {
+	return map[string]func([]byte) error{
+		"orders.cancel":     func(b []byte) error { _, err := DecodeCancel(b); return err },
+		"orders.cancel-all": func(b []byte) error { _, err := DecodeCancelAll(b); return err },
+	}
+}
+
 // Publishers in other languages validate against the schemas before they
 // publish: on every example the schema and the worker's decoder agree, and
 // both agree with the example's name (valid-… or invalid-…).
 func TestSchemasAgreeWithTheDecoders(t *testing.T) {
 	t.Parallel()
 	schemas := compileSchemas(t)
-	decoders := map[string]func([]byte) error{
-		"orders.cancel":     func(b []byte) error { _, err := DecodeCancel(b); return err },
-		"orders.cancel-all": func(b []byte) error { _, err := DecodeCancelAll(b); return err },
+	decoders := requestDecoders()
+	for subject, decode := range map[string]func([]byte) error{
 		// Results and confirmations are read tolerantly; what a valid
 		// example must do is decode to the Go type and encode back to
 		// the same JSON (the field names are the Go encoder's), on the
@@ -60,6 +68,8 @@ func TestSchemasAgreeWithTheDecoders(t *testing.T) {
 		"orders.cancel.ack":       roundTrip(DecodeResult, func(r Result) ([]byte, error) { return subjectOf(r, true) }),
 		"orders.cancel.rejected":  roundTrip(DecodeResult, func(r Result) ([]byte, error) { return subjectOf(r, false) }),
 		"orders.cancel.confirmed": roundTrip(DecodeConfirmation, Confirmation.Marshal),
+	} {
+		decoders[subject] = decode
 	}
 	for _, subject := range SchemaSubjects {
 		files, err := filepath.Glob(filepath.Join("testdata", "examples", subject, "*.json"))
@@ -183,10 +193,7 @@ func TestWhatTheWorkerPublishesValidates(t *testing.T) {
 func TestSchemasAgreeWithTheDecodersOnVariants(t *testing.T) {
 	t.Parallel()
 	schemas := compileSchemas(t)
-	decoders := map[string]func([]byte) error{
-		"orders.cancel":     func(b []byte) error { _, err := DecodeCancel(b); return err },
-		"orders.cancel-all": func(b []byte) error { _, err := DecodeCancelAll(b); return err },
-	}
+	decoders := requestDecoders()
 	values := []any{nil, "", "X", "x", "ä", "A B", "A\u00a0B", "A\tB", "A\u0085B", 7, -1, 1.5, true, []any{}, map[string]any{},
 		strings.Repeat("A", 64), strings.Repeat("A", 65), strings.Repeat("a", 128), strings.Repeat("a", 129), "BTC-27DEC24-100000-C",
 		"Stop", "Order", "StopOrder", "OpenOrder", "tpslOrder", "OcoOrder", "BidirectionalTpslOrder", "spot", "linear", "inverse", "option"}

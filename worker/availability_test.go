@@ -22,30 +22,6 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
-// metricValue reads a gauge or counter series of reg by one label (-1: no
-// such series).
-func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					if m.GetGauge() != nil {
-						return m.GetGauge().GetValue()
-					}
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
-}
-
 func batchRequests(ex *bybittest.Exchange) (refused, items int) {
 	for _, q := range ex.Requests() {
 		if q.Path != "/v5/order/cancel-batch" {

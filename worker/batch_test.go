@@ -58,8 +58,7 @@ func TestBatchAnswersMapBackPerRequest(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, batched, 10, "the batch budget carried most of the burst")
 	require.Zero(t, e.requestsWith(10006))
-	e.settled()
-	require.EqualValues(t, len(want), e.storedResults())
+	e.requireSettledWith(len(want))
 }
 
 // The exchange allows fewer batch orders than the worker believes: the items
@@ -71,18 +70,11 @@ func TestBatchItemsAnswered10006AreRequeued(t *testing.T) {
 	e.cfg.Limits = map[string]int{"cancel/linear": 1, "cancel-batch/linear": 20}
 	e.cfg.LimitCeilings = e.cfg.Limits // explicit: not raised to what Bybit reports
 	const n = 12
-	for i := range n {
-		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
-	}
-	e.start()
-	got := e.waitResults(n)
-	for _, r := range got {
-		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
+	for _, r := range e.cancelledNumbered(n) {
 		require.False(t, r.Ambiguous, "an item answered 10006 was not applied")
 	}
 	require.Positive(t, e.requestsWith(10006))
-	e.settled()
-	require.EqualValues(t, n, e.storedResults())
+	e.requireSettledWith(n)
 }
 
 // Held cancels of the same order are sent once and all answered from it.
@@ -288,13 +280,7 @@ func TestScarceIPLimitGoesToBatches(t *testing.T) {
 	e.cfg.LimitCeilings = limits
 	e.cfg.IPLimit = worker.Rate{N: 15, Per: 5 * time.Second} // the batches need 3 a second
 	const n = 100
-	for i := range n {
-		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
-	}
-	e.start()
-	for _, r := range e.waitResults(n) {
-		require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
-	}
+	e.cancelledNumbered(n)
 	requests := map[string]bool{} // the log has a line per order of a batch
 	for _, q := range e.ex.Requests() {
 		if q.Path == "/v5/order/cancel" || q.Path == "/v5/order/cancel-batch" {

@@ -104,6 +104,18 @@ func (e *env) countCancelAlls() *atomic.Int32 {
 	return &calls
 }
 
+// releasedAtCall answers the cancel-all calls numbered call and call+1 (as
+// they arrive) with a 503 HTML page, under a retry budget shorter than the
+// first backoff: the second 503 spends it and the request is released
+// mid-loop.
+func (e *env) releasedAtCall(call int32) {
+	e.cfg.RetryBudget = 50 * time.Millisecond
+	calls := e.countCancelAlls()
+	at := func(string, string, string, string) bool { n := calls.Load(); return n == call || n == call+1 }
+	unavailable := bybittest.Fault{Match: at, Status: 503, Body: "<html>Service Unavailable</html>"}
+	e.ex.InjectFault(unavailable, unavailable)
+}
+
 // requireListsEveryCancelledOrder checks that the exchange cancelled every
 // one of orders and that the result lists each, once.
 func (e *env) requireListsEveryCancelledOrder(r messages.Result, orders []bybittest.Order) {
@@ -129,15 +141,8 @@ func TestCancelAllReleasedMidLoopOnItsRetryBudgetListsEveryOrder(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.withConfirm(10 * time.Second)
-	e.cfg.RetryBudget = 50 * time.Millisecond // less than the first backoff: the second 503 releases
-	var orders []bybittest.Order
-	for range 700 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"}))
-	}
-	calls := e.countCancelAlls()
-	second := func(string, string, string, string) bool { n := calls.Load(); return n == 2 || n == 3 }
-	unavailable := bybittest.Fault{Match: second, Status: 503, Body: "<html>Service Unavailable</html>"}
-	e.ex.InjectFault(unavailable, unavailable)
+	orders := e.addOrders(700, "inverse", "BTCUSD")
+	e.releasedAtCall(2)
 	seq := e.publishAll(`{"category":"inverse","baseCoin":"BTC","requestId":"kill-700"}`)
 	e.start()
 	r := e.waitResults(1)[seq]
@@ -147,10 +152,7 @@ func TestCancelAllReleasedMidLoopOnItsRetryBudgetListsEveryOrder(t *testing.T) {
 	require.True(t, r.Ambiguous)
 	require.NotNil(t, r.OrdersComplete)
 	require.False(t, *r.OrdersComplete, "a 503 may come after Bybit cancelled orders it never listed: the result cannot claim the list is whole")
-	got := e.waitConfirmations(len(orders))
-	for _, o := range orders {
-		require.Equal(t, "Cancelled", got[messages.ConfirmedMsgID(seq, o.OrderID, "")].OrderStatus)
-	}
+	e.requireConfirmedCancelled(seq, orders)
 	e.settled()
 }
 
@@ -160,10 +162,7 @@ func TestCancelAllReleasedMidLoopOnItsRetryBudgetListsEveryOrder(t *testing.T) {
 func TestCancelAllStoppedMidLoopIsFinishedByAnotherWorker(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
-	var orders []bybittest.Order
-	for range 1203 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
-	}
+	orders := e.addOrders(1203, "linear", "BTCUSDT")
 	calls := e.countCancelAlls()
 	// One request an hour: the first call goes, the second waits for the
 	// IP budget, and the stop comes while it waits (a call already on its
@@ -172,10 +171,7 @@ func TestCancelAllStoppedMidLoopIsFinishedByAnotherWorker(t *testing.T) {
 	seq := e.publishAll(`{"category":"linear","symbol":"BTCUSDT","requestId":"kill-1203"}`)
 	first := e.start()
 	require.Eventually(t, func() bool { return calls.Load() == 1 }, waitFor, 5*time.Millisecond)
-	first.stop()
-	err := <-first.done
-	require.NoError(t, err)
-	first.done <- err // for the test's cleanup
+	first.halt(t)
 	require.EqualValues(t, 1, calls.Load(), "stopped between the calls")
 
 	e.cfg.IPLimit = worker.Rate{}
@@ -204,20 +200,14 @@ func TestCancelAllOnAStreamWithoutProgressSaysItsListMayBeIncomplete(t *testing.
 	operators.Subjects = []string{"orders.cancel", "orders.cancel-all", "orders.cancel.ack", "orders.cancel.rejected"}
 	_, err = e.js.UpdateStream(ctx, operators)
 	require.NoError(t, err)
-	var orders []bybittest.Order
-	for range 700 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"}))
-	}
+	orders := e.addOrders(700, "inverse", "BTCUSD")
 	calls := e.countCancelAlls()
 	e.cfg.IPLimit = worker.Rate{N: 1, Per: time.Hour}
 	seq := e.publishAll(`{"category":"inverse","baseCoin":"BTC"}`)
 	first := e.start()
 	require.Contains(t, e.logs.String(), "does not capture the cancel-all progress subject")
 	require.Eventually(t, func() bool { return calls.Load() == 1 }, waitFor, 5*time.Millisecond)
-	first.stop()
-	err = <-first.done
-	require.NoError(t, err)
-	first.done <- err
+	first.halt(t)
 
 	e.cfg.IPLimit = worker.Rate{}
 	e.start()

@@ -77,6 +77,16 @@ func (e *env) waitConfirmations(n int) map[string]messages.Confirmation {
 	return got
 }
 
+// requireConfirmedCancelled waits for a confirmation of each of orders,
+// cancelled by request seq, and requires each to say Cancelled.
+func (e *env) requireConfirmedCancelled(seq uint64, orders []bybittest.Order) {
+	e.t.Helper()
+	got := e.waitConfirmations(len(orders))
+	for _, o := range orders {
+		require.Equal(e.t, "Cancelled", got[messages.ConfirmedMsgID(seq, o.OrderID, "")].OrderStatus)
+	}
+}
+
 func (e *env) lookups() int {
 	n := 0
 	for _, q := range e.ex.Requests() {
@@ -192,10 +202,7 @@ func TestSocketDroppedMidBurstStillConfirmsEveryOrderOnce(t *testing.T) {
 	e := setup(t, bybittest.Options{})
 	e.withConfirm(time.Second)
 	const n = 40
-	var orders []bybittest.Order
-	for range n {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
-	}
+	orders := e.addOrders(n, "linear", "BTCUSDT")
 	e.start()
 	require.Eventually(t, func() bool { return e.ex.PrivateSubscribers() == 1 }, waitFor, 5*time.Millisecond)
 	for _, o := range orders {
@@ -232,20 +239,14 @@ func TestWorkerRestartLosesNoConfirmation(t *testing.T) {
 	// Updates are held: confirmations wait on the stream when the worker
 	// stops.
 	e.ex.PausePushes()
-	var orders []bybittest.Order
-	for range 12 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"}))
-	}
+	orders := e.addOrders(12, "spot", "ETHUSDT")
 	r := e.start()
 	for _, o := range orders {
 		e.publish(cancelBody(o, false, ""), "")
 	}
 	e.waitResults(len(orders))
 	require.Empty(t, e.confirmations())
-	r.stop()
-	err := <-r.done
-	require.NoError(t, err)
-	r.done <- err // for the test's cleanup
+	r.halt(t)
 
 	// Bybit pushed the updates while no worker listened: a new stream does
 	// not replay them, so the restarted worker finds them over REST.

@@ -122,14 +122,9 @@ func TestDCPWithOneReplicaAliveCancelsNothing(t *testing.T) {
 	a, _ := e.start(), e.start()
 	e.requireArmedReplicas(2)
 	a.stop()
-	e.requireArmedReplicas(1)
 	// The simulator starts a countdown as the last subscribed connection
 	// goes; with one left there is none to wait out.
-	require.Zero(t, e.ex.DCPCountdowns())
-	for _, o := range orders {
-		st, _ := e.ex.Order(o.Category, o.OrderID)
-		require.True(t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
-	}
+	e.requireOneArmedNothingCancelled(orders)
 }
 
 // Both replicas gone, one restarted inside the window: the countdown stops
@@ -150,11 +145,18 @@ func TestDCPReplicaRestartedInsideTheWindowCancelsNothing(t *testing.T) {
 	for _, p := range []string{"DERIVATIVES", "SPOT", "OPTIONS"} {
 		waitDCP(t, events, "stopped", p)
 	}
+	e.requireOneArmedNothingCancelled(orders)
+}
+
+// requireOneArmedNothingCancelled requires one replica to hold the switch, no
+// countdown to run, and every one of orders to be open still.
+func (e *env) requireOneArmedNothingCancelled(orders []bybittest.Order) {
+	e.t.Helper()
 	e.requireArmedReplicas(1)
-	require.Zero(t, e.ex.DCPCountdowns())
+	require.Zero(e.t, e.ex.DCPCountdowns())
 	for _, o := range orders {
 		st, _ := e.ex.Order(o.Category, o.OrderID)
-		require.True(t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
+		require.True(e.t, st.Status == "New" || st.Status == "Untriggered", "%s %s", o.Category, st.Status)
 	}
 }
 
@@ -210,29 +212,6 @@ func TestDCPRefusedOrNotReadBackIsReported(t *testing.T) {
 	_, why = r.w.Ready()
 	require.Contains(t, why, "account default: window set, not shown by query-dcp-info for DERIVATIVES (not listed), OPTIONS (not listed)")
 	require.Contains(t, e.logs.String(), "dead-man switch not armed")
-}
-
-// gauge reads one gauge of reg by its label values (in label order).
-func gauge(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i, l := range m.GetLabel() {
-				if i >= len(labels) || l.GetValue() != labels[i] {
-					continue next
-				}
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no %s%v", name, labels)
-	return 0
 }
 
 // A replica alive and able to reach Bybit holds the

@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
@@ -93,15 +92,8 @@ func TestClusterFailoverWithTwoWorkers(t *testing.T) {
 	for range 2 {
 		nc, wjs := connect()
 		conns = append(conns, nc)
-		client, err := bybit.NewClient(bybit.Options{BaseURL: srvURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
-		require.NoError(t, err)
-		w, err := worker.New(cfg, wjs, client)
-		require.NoError(t, err)
-		require.NoError(t, w.Setup(context.Background()))
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		_, stop := runWorker(t, cfg, wjs, demoClient(t, srvURL, 0))
+		t.Cleanup(func() { _ = stop() })
 	}
 
 	const n = 60

@@ -166,20 +166,11 @@ func TestFlattenReleasedMidRunListsWhatEveryDeliveryCancelled(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.withConfirm(10 * time.Second)
-	e.cfg.RetryBudget = 50 * time.Millisecond // less than the first backoff: the second 503 releases
-	var orders []bybittest.Order
-	for range 700 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
-	}
-	for range 3 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "ETHUSDT"}))
-	}
-	calls := e.countCancelAlls()
+	orders := e.addOrders(700, "linear", "BTCUSDT")
+	orders = append(orders, e.addOrders(3, "spot", "ETHUSDT")...)
 	// Calls 1-5 are spot's filters, 6 the first linear USDT call (500
 	// orders): its repeat, call 7, meets the 503s.
-	repeat := func(string, string, string, string) bool { n := calls.Load(); return n == 7 || n == 8 }
-	unavailable := bybittest.Fault{Match: repeat, Status: 503, Body: "<html>Service Unavailable</html>"}
-	e.ex.InjectFault(unavailable, unavailable)
+	e.releasedAtCall(7)
 	seq := e.publishAll(`{"scope":"account","requestId":"flatten-703"}`)
 	e.start()
 	r := e.waitResults(1)[seq]
@@ -189,10 +180,7 @@ func TestFlattenReleasedMidRunListsWhatEveryDeliveryCancelled(t *testing.T) {
 	require.False(t, *r.OrdersComplete, "a 503 may have cancelled orders it never listed")
 	require.Equal(t, map[string]int{"spot": 3, "linear": 700}, r.Cancelled)
 	e.requireListsEveryCancelledOrder(r, orders)
-	got := e.waitConfirmations(len(orders))
-	for _, o := range orders {
-		require.Equal(t, "Cancelled", got[messages.ConfirmedMsgID(seq, o.OrderID, "")].OrderStatus)
-	}
+	e.requireConfirmedCancelled(seq, orders)
 	e.settled()
 }
 
@@ -204,10 +192,7 @@ func TestFlattenWaitsForTheOpenListToCatchUpWithItsCancels(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
 	e.ex.SetOpenListLag(300 * time.Millisecond)
-	var orders []bybittest.Order
-	for range 30 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
-	}
+	orders := e.addOrders(30, "linear", "BTCUSDT")
 	orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "ETHUSD"}))
 	calls := e.countCancelAlls()
 	e.start()

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -24,14 +23,7 @@ import (
 // managed one another replica updated), the replica goes on starting
 // requests after the server may have pinned another one.
 func TestTheLeaseFollowsTheConsumersPinnedTTL(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, _, js := embedded.ConnectForTest(t)
 	srv := httptest.NewServer(bybittest.New(bybittest.Options{}))
 	t.Cleanup(srv.Close)
 	client, err := bybit.NewClient(bybit.Options{BaseURL: srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: 5 * time.Second})

@@ -62,10 +62,7 @@ func TestReplicasWithSplitPinsKeepTheIPLimit(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, s.UnpinConsumer(context.Background(), e.cfg.Consumer, worker.PriorityGroup))
 	const n = 24
-	var orders []bybittest.Order
-	for range n {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
-	}
+	orders := e.addOrders(n, "linear", "BTCUSDT")
 	for _, o := range orders {
 		e.publish(cancelBody(o, false, ""), "")
 	}

@@ -49,14 +49,7 @@ func (m *lastDeliveryMsg) TermWithReason(r string) error {
 // failed: that result must still name the request and list what the earlier
 // deliveries cancelled ("a release on shutdown ... must not lose progress").
 func TestLastDeliveryReleasedOnShutdownKeepsTheCancelAllsProgress(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, _, js := embedded.ConnectForTest(t)
 	client, err := bybit.NewClient(bybit.Options{BaseURL: "http://127.0.0.1:1", APIKey: "k", APISecret: "s"})
 	require.NoError(t, err)
 	cfg := Config{

@@ -38,14 +38,7 @@ func TestLimitLearnedFromHeaderCappedByExplicitCeiling(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			e.cfg.Registerer = reg
 			const n = 120
-			for i := range n {
-				e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
-			}
-			e.start()
-			got := e.waitResults(n)
-			for _, r := range got {
-				require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
-			}
+			e.cancelledNumbered(n)
 			require.Equal(t, float64(tc.want), budgetLimit(t, reg, "cancel", "linear"), "the learned limit")
 			require.Equal(t, float64(tc.want), budgetLimit(t, reg, "cancel", "inverse"), "linear and inverse share one budget")
 			require.Zero(t, e.requestsWith(10006))
@@ -99,23 +92,11 @@ func maxInWindow(log []bybittest.Request, d time.Duration) int {
 // (-1: no such series).
 func budgetLimit(t *testing.T, reg *prometheus.Registry, endpoint, category string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "cancel_worker_budget_limit" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["endpoint"] == endpoint && labels["category"] == category {
-				return m.GetGauge().GetValue()
-			}
-		}
+	m, ok := metricSeries(t, reg, "cancel_worker_budget_limit", withLabels("endpoint", endpoint, "category", category))
+	if !ok {
+		return -1
 	}
-	return -1
+	return m.GetGauge().GetValue()
 }
 
 // An operator's consumer without the fleet's priority group keeps today's

@@ -18,10 +18,10 @@ import (
 // not a short backoff into the same exhausted window when it is behind.
 func TestRateLimitedDecisionWaitsUntilBybitsReset(t *testing.T) {
 	t.Parallel()
+	const window = time.Second
 	for _, skew := range []time.Duration{3 * time.Second, -3 * time.Second} {
 		t.Run(skew.String(), func(t *testing.T) {
 			t.Parallel()
-			const window = time.Second
 			ex := bybittest.New(bybittest.Options{AutoCreate: true, ClockOffset: skew, Window: window, Limits: map[string]int{"cancel/linear": 1}})
 			srv := httptest.NewServer(ex)
 			t.Cleanup(srv.Close)

@@ -38,6 +38,23 @@ func (e *env) optionCancelAlls(n int) []uint64 {
 	return seqs
 }
 
+// cancelledOptionCancelAlls publishes three option cancel-alls
+// (optionCancelAlls), starts a worker and requires each cancelled with its 50
+// orders listed; it returns their results.
+func (e *env) cancelledOptionCancelAlls() []messages.Result {
+	e.t.Helper()
+	seqs := e.optionCancelAlls(3)
+	e.start()
+	got := e.waitResults(len(seqs))
+	out := make([]messages.Result, 0, len(seqs))
+	for _, s := range seqs {
+		require.Equal(e.t, messages.StatusCancelled, got[s].Status, "%+v", got[s])
+		require.Len(e.t, got[s].Orders, 50)
+		out = append(out, got[s])
+	}
+	return out
+}
+
 // A kill switch fires several cancel-alls at once. Bybit allows one option
 // cancel-all a second per UID: the worker paces them to that (the default
 // limits know it), and a worker told the endpoint is unlimited still waits
@@ -52,13 +69,8 @@ func TestCancelAllIsPacedAndWaitsOutRateLimits(t *testing.T) {
 			if limit >= 0 {
 				e.cfg.Limits["cancel-all/option"] = limit
 			}
-			seqs := e.optionCancelAlls(3)
-			e.start()
-			got := e.waitResults(len(seqs))
-			for _, s := range seqs {
-				require.Equal(t, messages.StatusCancelled, got[s].Status, "%+v", got[s])
-				require.Len(t, got[s].Orders, 50)
-				require.False(t, got[s].Ambiguous, "a 10006 proves nothing was cancelled")
+			for _, r := range e.cancelledOptionCancelAlls() {
+				require.False(t, r.Ambiguous, "a 10006 proves nothing was cancelled")
 			}
 			limited := e.cancelAllsWith(10006)
 			if limit < 0 {
@@ -84,13 +96,7 @@ func TestRateLimitWaitsFollowBybitsClock(t *testing.T) {
 			t.Parallel()
 			e := setup(t, bybittest.Options{ClockOffset: skew})
 			e.cfg.Limits["cancel-all/option"] = 0
-			seqs := e.optionCancelAlls(3)
-			e.start()
-			got := e.waitResults(len(seqs))
-			for _, s := range seqs {
-				require.Equal(t, messages.StatusCancelled, got[s].Status, "%+v", got[s])
-				require.Len(t, got[s].Orders, 50)
-			}
+			e.cancelledOptionCancelAlls()
 			require.LessOrEqual(t, e.cancelAllsWith(10006), 6, "every wait ended at the reset, not before it")
 			require.Zero(t, e.cancelAllsWith(10002), "signed in Bybit's clock throughout")
 		})

@@ -86,19 +86,5 @@ func TestAPartlyFilledOrderIsConfirmedWithItsFills(t *testing.T) {
 // category from reg (-1: no such series).
 func partlyFilled(t *testing.T, reg *prometheus.Registry, category string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != "cancel_worker_confirmations_partly_filled_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "category" && l.GetValue() == category {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
+	return metricValue(t, reg, "cancel_worker_confirmations_partly_filled_total", "category", category)
 }

@@ -31,10 +31,7 @@ import (
 func TestCancelAllResultFoldsProgressOfARunThatOverlapsIt(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
-	var orders []bybittest.Order
-	for range 700 {
-		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"}))
-	}
+	orders := e.addOrders(700, "linear", "BTCUSDT")
 	other := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	var seq atomic.Uint64
 	var calls atomic.Int32

@@ -12,10 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
@@ -42,15 +40,8 @@ func TestBrokerRestartMidBurst(t *testing.T) {
 	_, wjs := connect()
 	_, tjs := connect()
 	cfg := e.cfg
-	client, err := bybit.NewClient(bybit.Options{BaseURL: srvURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret})
-	require.NoError(t, err)
-	w, err := worker.New(cfg, wjs, client)
-	require.NoError(t, err)
-	require.NoError(t, w.Setup(context.Background()))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); require.NoError(t, <-done) }()
+	_, stop := runWorker(t, cfg, wjs, demoClient(t, srvURL, 0))
+	defer func() { require.NoError(t, stop()) }()
 
 	const n = 40
 	for i := range n {

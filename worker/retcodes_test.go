@@ -18,11 +18,9 @@ import (
 func TestHighServerLoad429IsRetriedAndAmbiguous(t *testing.T) {
 	t.Parallel()
 	e := setup(t, bybittest.Options{})
-	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	e.ex.InjectFault(bybittest.Fault{RetCode: 429, RetMsg: "The trading service is experiencing a high server load. Please retry if you encounter this issue."})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
 	require.Equal(t, 2, r.Attempts)
 	require.True(t, r.Ambiguous, "a 429 under load may come after the cancel applied")
@@ -60,17 +58,10 @@ func TestForbiddenWithoutEnvelopePausesLikeABan(t *testing.T) {
 	const body = "<html><h1>403 ERROR</h1>The Amazon CloudFront distribution is configured to block access from your country.</html>"
 	e.ex.InjectFault(bybittest.Fault{Status: 403, Body: body})
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
 	require.False(t, r.Ambiguous, "a 403 refusal was not applied")
-	var cancels []bybittest.Request
-	for _, q := range e.ex.Requests() {
-		if isCancel(q) {
-			cancels = append(cancels, q)
-		}
-	}
+	cancels := e.cancels()
 	require.Len(t, cancels, 2, "the refused request, then the probe after the pause")
 	require.Equal(t, 403, cancels[0].HTTPStatus)
 	require.GreaterOrEqual(t, cancels[1].Time.Sub(cancels[0].Time), pause, "no request during the pause")

@@ -27,6 +27,36 @@ func (e *env) withSync() {
 	e.cfg.SyncMaxTimeout = 30 * time.Second
 }
 
+// syncSetup is setup with the sync service's subjects on.
+func syncSetup(t *testing.T) *env {
+	t.Helper()
+	e := setup(t, bybittest.Options{})
+	e.withSync()
+	return e
+}
+
+// syncRunning is syncSetup with a worker and then the sync service running.
+func syncRunning(t *testing.T) *env {
+	t.Helper()
+	e := syncSetup(t)
+	e.start()
+	e.service()
+	return e
+}
+
+// storedBeforeTheService starts a worker, has it store the result of a
+// cancel (requestID, published with msgID) of a new order, and only then
+// starts the sync service; it returns the order and the request's sequence.
+func (e *env) storedBeforeTheService(requestID, msgID string) (bybittest.Order, uint64) {
+	e.t.Helper()
+	e.start()
+	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
+	seq := e.publish(cancelBody(o, false, requestID), msgID)
+	e.waitResults(1)
+	e.service()
+	return o, seq
+}
+
 // service starts the sync service on its own connection until the test
 // ends.
 func (e *env) service() *worker.Service {
@@ -74,10 +104,7 @@ func requireAnswer(t *testing.T, reply *nats.Msg) messages.Answer {
 
 func TestSyncCancelIsAnsweredWithItsStoredResult(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	e.service()
+	e := syncRunning(t)
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	reply := e.syncRequest("orders.sync.cancel", cancelBody(o, false, "sync-1"), nil)
 	a := requireAnswer(t, reply)
@@ -115,8 +142,7 @@ func (e *env) consumerNames() []string {
 
 func TestSyncServiceStopLeavesNoConsumerOnTheServer(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	e.start()
 	before := e.consumerNames()
 	s := e.service()
@@ -129,10 +155,7 @@ func TestSyncServiceStopLeavesNoConsumerOnTheServer(t *testing.T) {
 
 func TestSyncCancelAllIsAnsweredWithItsResult(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	e.service()
+	e := syncRunning(t)
 	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	a := requireAnswer(t, e.syncRequest("orders.sync.cancel-all", map[string]string{"category": "linear", "symbol": "BTCUSDT"}, nil))
@@ -146,8 +169,7 @@ func TestSyncCancelAllIsAnsweredWithItsResult(t *testing.T) {
 
 func TestSyncCancelIsAnsweredByTheOtherReplica(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	// Replica A only answers (its worker is not pulling); replica B's
 	// worker stores every result.
 	e.service()
@@ -162,14 +184,9 @@ func TestSyncCancelIsAnsweredByTheOtherReplica(t *testing.T) {
 
 func TestSyncDuplicateIsAnsweredFromTheOriginalsResult(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
+	e := syncSetup(t)
 	// Stored before the service started: found in the stream.
-	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
-	before := e.publish(cancelBody(o1, false, "before"), "id-before")
-	e.waitResults(1)
-	e.service()
+	o1, before := e.storedBeforeTheService("before", "id-before")
 	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	first := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o2, false, "after"), nats.Header{nats.MsgIdHdr: []string{"id-after"}}))
 	require.Equal(t, messages.StatusCancelled, first.Status)
@@ -190,16 +207,12 @@ func TestSyncDuplicateIsAnsweredFromTheOriginalsResult(t *testing.T) {
 		require.Equal(t, c.seq, a.RequestSeq, "the original's result")
 		require.Equal(t, messages.StatusCancelled, a.Status, "not a second cancel (not_open)")
 	}
-	e.settled()
-	require.EqualValues(t, 2, e.storedResults(), "a duplicate is neither stored nor answered twice")
+	e.requireSettledWith(2, "a duplicate is neither stored nor answered twice")
 }
 
 func TestSyncInvalidBodyIsAnsweredInvalid(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	e.service()
+	e := syncRunning(t)
 	a := requireAnswer(t, e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT"}`, nil))
 	require.Equal(t, messages.StatusInvalid, a.Status)
 	require.Contains(t, a.Error, "orderId")
@@ -208,8 +221,7 @@ func TestSyncInvalidBodyIsAnsweredInvalid(t *testing.T) {
 
 func TestSyncTimeoutIsA504NamingTheSequence(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	e.service() // no worker: nothing answers
 	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"200ms"}})
 	require.Equal(t, "504", reply.Header.Get(micro.ErrorCodeHeader))
@@ -226,8 +238,7 @@ func TestSyncTimeoutIsA504NamingTheSequence(t *testing.T) {
 
 func TestSyncBadHeadersAndStoppingAreClearErrors(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	s := e.service()
 	body := `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`
 	for hdr, value := range map[string]string{messages.HeaderTimeout: "soon", messages.HeaderWait: "forever"} {
@@ -260,8 +271,7 @@ func TestSyncBadHeadersAndStoppingAreClearErrors(t *testing.T) {
 
 func TestSyncRefusedPublishIsA503(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	e.service()
 	// The stream no longer captures the input subject.
 	s, err := e.js.Stream(context.Background(), e.cfg.Stream)
@@ -277,8 +287,7 @@ func TestSyncRefusedPublishIsA503(t *testing.T) {
 
 func TestSyncConfirmedWaitCarriesTheConfirmations(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	e.withConfirm(10 * time.Second)
 	e.start()
 	e.service()
@@ -350,8 +359,7 @@ func TestThousandConcurrentSyncCancelsAreEachAnsweredOnce(t *testing.T) {
 
 func TestSyncServiceStaysOffWhenTheStreamCapturesItsSubject(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	// An operator's stream that captures everything under orders.>: the
 	// stream set up for the test is changed in place (a delete and a create
 	// of the same name races the file store on a loaded machine), and
@@ -374,10 +382,7 @@ func TestSyncServiceStaysOffWhenTheStreamCapturesItsSubject(t *testing.T) {
 
 func TestSyncServiceAnswersMicroInfoAndStats(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	e.service()
+	e := syncRunning(t)
 	reply, err := e.nc.Request("$SRV.INFO."+worker.ServiceName, nil, waitFor)
 	require.NoError(t, err)
 	var info micro.Info
@@ -432,10 +437,7 @@ func waitingOf(t *testing.T, nc *nats.Conn, endpoint string) int64 {
 // second were cancelled.
 func TestSyncMsgIDReusedForAnotherOrderIsNotAnsweredWithTheFirstOrdersResult(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	e.service()
+	e := syncRunning(t)
 	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	hdr := nats.Header{nats.MsgIdHdr: []string{"strategy-1"}}
@@ -448,8 +450,7 @@ func TestSyncMsgIDReusedForAnotherOrderIsNotAnsweredWithTheFirstOrdersResult(t *
 		reply.Header.Get(micro.ErrorHeader))
 	st2, _ := e.ex.Order("linear", o2.OrderID)
 	require.Equal(t, "New", st2.Status, "o2 was never cancelled")
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults())
+	e.requireSettledWith(1)
 }
 
 // A Nats-Msg-Id the stream holds for a message that is not this endpoint's
@@ -458,10 +459,7 @@ func TestSyncMsgIDReusedForAnotherOrderIsNotAnsweredWithTheFirstOrdersResult(t *
 // naming a sequence that does not hold it).
 func TestSyncMsgIDOfAResultIsNotWaitedOnAsARequest(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	e.service()
+	e := syncRunning(t)
 	o1 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
 	first := requireAnswer(t, e.syncRequest("orders.sync.cancel", cancelBody(o1, false, ""), nil))
 	o2 := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
@@ -487,13 +485,8 @@ func TestSyncMsgIDOfAResultIsNotWaitedOnAsARequest(t *testing.T) {
 // MaxConsumers, which the worker's own consumers need).
 func TestSyncLookupOfAnOlderResultLeavesNoConsumerBehind(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
-	e.start()
-	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
-	seq := e.publish(cancelBody(o, false, ""), "old-1")
-	e.waitResults(1)
-	e.service()
+	e := syncSetup(t)
+	o, seq := e.storedBeforeTheService("", "old-1")
 	consumers := func() int {
 		s, err := e.js.Stream(context.Background(), e.cfg.Stream)
 		require.NoError(t, err)
@@ -516,8 +509,7 @@ func TestSyncLookupOfAnOlderResultLeavesNoConsumerBehind(t *testing.T) {
 // each answered with their own result.
 func TestSyncConcurrentLookupsOfOlderResultsAreEachAnswered(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	e.start()
 	const n = 20
 	bodies := make([]map[string]string, n)
@@ -553,8 +545,7 @@ func TestSyncConcurrentLookupsOfOlderResultsAreEachAnswered(t *testing.T) {
 // not only in the endpoint's data.
 func TestSyncMicroStatsCountTheServicesErrors(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	e.service()
 	reply := e.syncRequest("orders.sync.cancel", `{"category":"linear","symbol":"BTCUSDT","orderId":"o-1"}`, nats.Header{messages.HeaderTimeout: []string{"soon"}})
 	require.Equal(t, "400", reply.Header.Get(micro.ErrorCodeHeader))
@@ -593,8 +584,7 @@ func TestSyncMicroStatsCountTheServicesErrors(t *testing.T) {
 // Status says why); the cancel endpoint runs.
 func TestSyncCancelAllIsOffWhenTheStreamDoesNotStoreCancelAlls(t *testing.T) {
 	t.Parallel()
-	e := setup(t, bybittest.Options{})
-	e.withSync()
+	e := syncSetup(t)
 	_, err := e.js.UpdateStream(context.Background(), operatorStream(t, e, e.cfg.CancelSubject, e.cfg.AckSubject, e.cfg.RejectedSubject))
 	require.NoError(t, err)
 	e.start()

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -54,17 +57,15 @@ type env struct {
 func setup(t *testing.T, exOpts bybittest.Options) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}, timeout: 5 * time.Second}
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	e.ns = ns
+	e.ns = embedded.StartForTest(t, embedded.NATSOptions{})
 
 	e.ex = bybittest.New(exOpts)
 	e.handler = e.ex
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { e.handler.ServeHTTP(w, r) }))
 	t.Cleanup(e.srv.Close)
 
-	e.nc, err = nats.Connect(ns.ClientURL())
+	var err error
+	e.nc, err = nats.Connect(e.ns.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(e.nc.Close)
 	e.js, err = jetstream.New(e.nc)
@@ -105,11 +106,31 @@ func setup(t *testing.T, exOpts bybittest.Options) *env {
 
 func (e *env) client() *bybit.Client {
 	e.t.Helper()
+	return demoClient(e.t, e.srv.URL, e.timeout)
+}
+
+// demoClient is a client of the simulated exchange at baseURL with its demo
+// key.
+func demoClient(t *testing.T, baseURL string, timeout time.Duration) *bybit.Client {
+	t.Helper()
 	c, err := bybit.NewClient(bybit.Options{
-		BaseURL: e.srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: e.timeout,
+		BaseURL: baseURL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: timeout,
 	})
-	require.NoError(e.t, err)
+	require.NoError(t, err)
 	return c
+}
+
+// runWorker sets a worker with cfg up on js and runs it; stop cancels its
+// Run and returns what Run returned.
+func runWorker(t *testing.T, cfg worker.Config, js jetstream.JetStream, client *bybit.Client) (w *worker.Worker, stop func() error) {
+	t.Helper()
+	w, err := worker.New(cfg, js, client)
+	require.NoError(t, err)
+	require.NoError(t, w.Setup(context.Background()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	return w, func() error { cancel(); return <-done }
 }
 
 // running is a worker started by start.
@@ -140,6 +161,25 @@ func (e *env) start() *running {
 	return r
 }
 
+// halt stops the worker and waits until its Run returned, without an
+// error.
+func (r *running) halt(t *testing.T) {
+	t.Helper()
+	r.stop()
+	err := <-r.done
+	require.NoError(t, err)
+	r.done <- err // for the test's cleanup
+}
+
+// addOrders rests n orders of one symbol on the simulated book.
+func (e *env) addOrders(n int, category, symbol string) []bybittest.Order {
+	orders := make([]bybittest.Order, 0, n)
+	for range n {
+		orders = append(orders, e.ex.AddOrder(bybittest.Order{Category: category, Symbol: symbol}))
+	}
+	return orders
+}
+
 // publish puts a request on the cancel subject and returns its stream sequence.
 func (e *env) publish(body any, msgID string) uint64 {
 	e.t.Helper()
@@ -161,6 +201,38 @@ func (e *env) publish(body any, msgID string) uint64 {
 	ack, err := e.js.Publish(context.Background(), e.cfg.CancelSubject, data, opts...)
 	require.NoError(e.t, err)
 	return ack.Sequence
+}
+
+// publishNumbered publishes cancels of n linear BTCUSDT orders o-0 … o-(n-1)
+// (an AutoCreate exchange rests each as its cancel comes).
+func (e *env) publishNumbered(n int) {
+	e.t.Helper()
+	for i := range n {
+		e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
+	}
+}
+
+// cancelledNumbered publishes cancels of n numbered orders (publishNumbered),
+// starts a worker and requires every result cancelled; it returns the
+// results by request sequence.
+func (e *env) cancelledNumbered(n int) map[uint64]messages.Result {
+	e.t.Helper()
+	e.publishNumbered(n)
+	e.start()
+	got := e.waitResults(n)
+	for _, r := range got {
+		require.Equal(e.t, messages.StatusCancelled, r.Status, "%+v", r)
+	}
+	return got
+}
+
+// startedResult publishes a cancel of o (by orderLinkId when byLink), then
+// starts a worker, and returns the request's result.
+func (e *env) startedResult(o bybittest.Order, byLink bool, requestID string) messages.Result {
+	e.t.Helper()
+	seq := e.publish(cancelBody(o, byLink, requestID), "")
+	e.start()
+	return e.waitResults(1)[seq]
 }
 
 // cancelBody is a cancel request for an order of the simulated book.
@@ -222,6 +294,14 @@ func (e *env) settled() {
 	}, waitFor, 10*time.Millisecond)
 }
 
+// requireSettledWith waits until the consumer holds nothing (settled) and
+// requires the stream to hold n results.
+func (e *env) requireSettledWith(n int, msgAndArgs ...any) {
+	e.t.Helper()
+	e.settled()
+	require.EqualValues(e.t, n, e.storedResults(), msgAndArgs...)
+}
+
 func (e *env) requestsWith(code int) int {
 	n := 0
 	for _, q := range e.ex.Requests() {
@@ -237,13 +317,19 @@ func newTestLogger(w *syncBuffer) *slog.Logger {
 }
 
 func (e *env) cancelRequests() int {
-	n := 0
+	return len(e.cancels())
+}
+
+// cancels lists the exchange's log of one order's cancels, by either
+// endpoint, in the order they came.
+func (e *env) cancels() []bybittest.Request {
+	var out []bybittest.Request
 	for _, q := range e.ex.Requests() {
 		if isCancel(q) {
-			n++
+			out = append(out, q)
 		}
 	}
-	return n
+	return out
 }
 
 // isCancel reports whether a log entry is one order's cancel, by either
@@ -312,4 +398,82 @@ func requireOneCancelledResultEach(t *testing.T, ex *bybittest.Exchange, results
 	for seq, c := range perSeq {
 		require.Equal(t, 1, c, "request %d", seq)
 	}
+}
+
+// metricSeries finds the first series of reg's metric name whose labels
+// match.
+func metricSeries(t *testing.T, reg *prometheus.Registry, name string, match func([]*dto.LabelPair) bool) (*dto.Metric, bool) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if match(m.GetLabel()) {
+				return m, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// withLabels matches a series that has each label of pairs (name, value,
+// name, value …) set to its value.
+func withLabels(pairs ...string) func([]*dto.LabelPair) bool {
+	return func(ls []*dto.LabelPair) bool {
+		labels := map[string]string{}
+		for _, l := range ls {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for i := 0; i+1 < len(pairs); i += 2 {
+			if v, ok := labels[pairs[i]]; !ok || v != pairs[i+1] {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// metricValue reads a gauge or counter series of reg by one label (-1: no
+// such series).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	m, ok := metricSeries(t, reg, name, withLabels(label, value))
+	switch {
+	case !ok:
+		return -1
+	case m.GetGauge() != nil:
+		return m.GetGauge().GetValue()
+	default:
+		return m.GetCounter().GetValue()
+	}
+}
+
+// counter reads one labelled counter of a registry (0 if never counted).
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	m, ok := metricSeries(t, reg, name, withLabels(label, value))
+	if !ok {
+		return 0
+	}
+	return m.GetCounter().GetValue()
+}
+
+// gauge reads one gauge of reg by its label values (in label order).
+func gauge(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	m, ok := metricSeries(t, reg, name, func(ls []*dto.LabelPair) bool {
+		for i, l := range ls {
+			if i >= len(labels) || l.GetValue() != labels[i] {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("no %s%v", name, labels)
+	}
+	return m.GetGauge().GetValue()
 }

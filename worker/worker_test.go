@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
@@ -49,8 +47,7 @@ func TestCancelsInEveryCategoryByOrderIDAndOrderLinkID(t *testing.T) {
 		st, _ := e.ex.Order(o.Category, o.OrderID)
 		require.Equal(t, "Cancelled", st.Status)
 	}
-	e.settled()
-	require.EqualValues(t, len(want), e.storedResults())
+	e.requireSettledWith(len(want))
 }
 
 func TestRequestIDComesFromBodyHeaderOrSequence(t *testing.T) {
@@ -69,8 +66,7 @@ func TestRequestIDComesFromBodyHeaderOrSequence(t *testing.T) {
 	require.Equal(t, "same-id", got[fromBodyAgain].RequestID, "a repeated requestId still gets its own result")
 	require.Equal(t, "hdr-2", got[fromHeader].RequestID)
 	require.Equal(t, fmt.Sprintf("ORDERS:%d", fromSeq), got[fromSeq].RequestID)
-	e.settled()
-	require.EqualValues(t, 4, e.storedResults())
+	e.requireSettledWith(4)
 }
 
 func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
@@ -84,9 +80,7 @@ func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
 			// enforces, so only 10006 answers can pace it.
 			e.cfg.Limits = map[string]int{"cancel/linear": 100, "cancel-batch/linear": 100}
 			const n = 15
-			for i := range n {
-				e.publish(map[string]string{"category": "linear", "symbol": "BTCUSDT", "orderId": fmt.Sprint("o-", i)}, "")
-			}
+			e.publishNumbered(n)
 			r := e.start()
 			got := e.waitResults(n)
 			for _, res := range got {
@@ -95,8 +89,7 @@ func TestRateLimitedRequestsWaitForTheReset(t *testing.T) {
 			}
 			require.Positive(t, e.requestsWith(10006))
 			require.Positive(t, r.w.Stats().RateLimited.Load())
-			e.settled()
-			require.EqualValues(t, n, e.storedResults())
+			e.requireSettledWith(n)
 		})
 	}
 }
@@ -136,14 +129,11 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 			e.timeout = 500 * time.Millisecond
 			o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT"})
 			e.ex.InjectFault(fault, fault)
-			seq := e.publish(cancelBody(o, false, ""), "")
-			e.start()
-			r := e.waitResults(1)[seq]
+			r := e.startedResult(o, false, "")
 			require.Equal(t, messages.StatusCancelled, r.Status, "%+v", r)
 			require.Equal(t, 3, r.Attempts)
 			require.True(t, r.Ambiguous, "the failed attempts may have reached Bybit")
-			e.settled()
-			require.EqualValues(t, 1, e.storedResults())
+			e.requireSettledWith(1)
 		})
 	}
 }
@@ -153,9 +143,7 @@ func TestLostResponseEndsNotOpenAndAmbiguous(t *testing.T) {
 	e := setup(t, bybittest.Options{})
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT", OrderLinkID: "lost-1"})
 	e.ex.InjectFault(bybittest.Fault{Apply: true, Hangup: true})
-	seq := e.publish(cancelBody(o, true, "lost"), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, true, "lost")
 	require.Equal(t, messages.StatusNotOpen, r.Status, "%+v", r)
 	require.True(t, r.Ambiguous, "the first attempt's answer was lost after it was applied")
 	require.Equal(t, 110001, *r.RetCode)
@@ -169,9 +157,7 @@ func TestPermanentRetCodeIsRejected(t *testing.T) {
 	e := setup(t, bybittest.Options{})
 	o := e.ex.AddOrder(bybittest.Order{Category: "spot", Symbol: "BTCUSDT"})
 	e.ex.InjectFault(bybittest.Fault{RetCode: 170145, RetMsg: "This order type does not support cancellation"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusRejected, r.Status)
 	require.Equal(t, 170145, *r.RetCode)
 	require.Equal(t, "This order type does not support cancellation", r.RetMsg)
@@ -212,12 +198,7 @@ func TestIPBanPausesEveryRequest(t *testing.T) {
 	for _, s := range seqs {
 		require.Equal(t, messages.StatusCancelled, got[s].Status)
 	}
-	var cancels []bybittest.Request
-	for _, q := range e.ex.Requests() {
-		if isCancel(q) {
-			cancels = append(cancels, q)
-		}
-	}
+	cancels := e.cancels()
 	require.Len(t, cancels, 5, "one banned request, one banned probe, then the three cancels")
 	require.Equal(t, 403, cancels[0].HTTPStatus)
 	require.Equal(t, 403, cancels[1].HTTPStatus)
@@ -241,20 +222,10 @@ func TestRedeliveredAnsweredRequestGetsNoSecondResult(t *testing.T) {
 
 	// An earlier worker took the message, published its result, and died
 	// before its ack arrived.
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second), jetstream.FetchPriorityGroup(worker.PriorityGroup))
-	require.NoError(t, err)
-	msg := <-batch.Messages()
-	require.NotNil(t, msg)
-	earlier := messages.Result{RequestID: "r-1", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1}
-	data, err := earlier.Marshal()
-	require.NoError(t, err)
-	_, err = e.js.PublishMsg(ctx, &nats.Msg{Subject: e.cfg.AckSubject, Data: data}, jetstream.WithMsgID(messages.ResultMsgID(seq)))
-	require.NoError(t, err)
-	require.NoError(t, msg.Nak())
+	e.storedByADeadWorker(cons, messages.Result{RequestID: "r-1", RequestSeq: seq, Status: messages.StatusCancelled, Category: "linear", Symbol: "BTCUSDT", OrderID: o.OrderID, Attempts: 1})
 
 	r := e.start()
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults(), "the redelivery added no second result")
+	e.requireSettledWith(1, "the redelivery added no second result")
 	require.EqualValues(t, 1, r.w.Stats().Redelivered.Load())
 	got := e.waitResults(1)
 	require.Equal(t, 1, got[seq].Attempts, "the stored result is the first one")
@@ -316,8 +287,7 @@ func TestInvalidMessagesAreAnsweredAndTerminated(t *testing.T) {
 	}
 	require.Equal(t, "lc-1", got[seqs["lower-case"]].RequestID, "the requestId of an invalid body is kept when it can be read")
 	require.Zero(t, e.cancelRequests(), "nothing invalid reaches the exchange")
-	e.settled()
-	require.EqualValues(t, len(bodies), e.storedResults())
+	e.requireSettledWith(len(bodies))
 }
 
 func TestHeldMessageOutlivesAckWaitWithoutRedelivery(t *testing.T) {
@@ -345,15 +315,12 @@ func TestTooOldRequestFailsAndIsTerminated(t *testing.T) {
 		e.ex.InjectFault(bybittest.Fault{Status: 503, Body: "down"})
 	}
 	o := e.ex.AddOrder(bybittest.Order{Category: "linear", Symbol: "BTCUSDT"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusFailed, r.Status)
 	require.Contains(t, r.LastError, "WORKER_MAX_AGE")
 	require.Contains(t, r.LastError, "503")
 	require.True(t, r.Ambiguous)
-	e.settled()
-	require.EqualValues(t, 1, e.storedResults())
+	e.requireSettledWith(1)
 }
 
 func TestRetryBudgetReleasesForALaterDelivery(t *testing.T) {
@@ -364,9 +331,7 @@ func TestRetryBudgetReleasesForALaterDelivery(t *testing.T) {
 		e.ex.InjectFault(bybittest.Fault{RetCode: 10016, RetMsg: "restarting"})
 	}
 	o := e.ex.AddOrder(bybittest.Order{Category: "inverse", Symbol: "BTCUSD"})
-	seq := e.publish(cancelBody(o, false, ""), "")
-	e.start()
-	r := e.waitResults(1)[seq]
+	r := e.startedResult(o, false, "")
 	require.Equal(t, messages.StatusCancelled, r.Status)
 	require.GreaterOrEqual(t, r.Deliveries, uint64(2), "the message was released and delivered again")
 	require.True(t, r.Ambiguous)

@@ -23,10 +23,7 @@ func TestKill9MidBurstThenRestart(t *testing.T) {
 	s.env["CONFIRM_TIMEOUT"] = "1s"
 	cmd, _ := s.startBinary()
 	const n = 40
-	for i := range n {
-		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"crash-%d"}`, i)))
-		require.NoError(t, err)
-	}
+	s.publishCancels("crash", n)
 	require.Eventually(t, func() bool { return len(s.results()) >= 5 }, waitFor, 10*time.Millisecond)
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -50,14 +49,6 @@ func (s *stack) startReplica(i int, natsURL string) *replica {
 		s.env[k] = v
 	}
 	return &replica{key: fleetKeys[i].APIKey, cmd: cmd, logs: logs}
-}
-
-func (s *stack) publishCancels(prefix string, n int) {
-	s.t.Helper()
-	for i := range n {
-		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"%s-%d"}`, prefix, i)))
-		require.NoError(s.t, err)
-	}
 }
 
 // activeKey is the key of the replica that sent the first cancel.
@@ -124,11 +115,34 @@ func requireOneSenderAtATime(t *testing.T, log []bybittest.Request, switches int
 	require.Equal(t, switches+1, runs, "one replica after the other")
 }
 
-func newFleetStack(t *testing.T) *stack {
+// newFleetStack is a stack for replicas of the fleet tests, whose AckWait
+// and pin's TTL are both lease.
+func newFleetStack(t *testing.T, lease string) *stack {
 	s := newStack(t, bybittest.Options{AutoCreate: true, Latency: 20 * time.Millisecond, Accounts: fleetKeys}, nil)
 	s.env["BYBIT_BATCH"] = "false"
 	s.env["CONFIRM"] = "false"
+	s.env["NATS_ACK_WAIT"] = lease
+	s.env["NATS_PINNED_TTL"] = lease
 	return s
+}
+
+// twoReplicasMidBurst starts replicas 0 and 1, publishes n cancels named
+// prefix and waits until 8 are answered; it returns the replica that sends
+// (the active one) and the other.
+func (s *stack) twoReplicasMidBurst(prefix string, n int) (active, other *replica) {
+	s.t.Helper()
+	replicas := []*replica{s.startReplica(0, ""), s.startReplica(1, "")}
+	s.publishCancels(prefix, n)
+	require.Eventually(s.t, func() bool { return len(s.results()) >= 8 }, waitFor, 10*time.Millisecond)
+	key := s.activeKey()
+	for _, r := range replicas {
+		if r.key == key {
+			active = r
+		} else {
+			other = r
+		}
+	}
+	return active, other
 }
 
 // Two replicas with identical settings: only one works; killed with
@@ -136,23 +150,11 @@ func newFleetStack(t *testing.T) *stack {
 // is answered once (what the dead one had sent, ambiguous).
 func TestFleetKilledActiveReplicaIsReplaced(t *testing.T) {
 	t.Parallel()
-	s := newFleetStack(t)
-	s.env["NATS_ACK_WAIT"] = "3s"
-	s.env["NATS_PINNED_TTL"] = "3s"
-	replicas := []*replica{s.startReplica(0, ""), s.startReplica(1, "")}
+	s := newFleetStack(t, "3s")
 	const n = 40 // 4 s at the base tier's 10/s
-	s.publishCancels("kill", n)
-	require.Eventually(t, func() bool { return len(s.results()) >= 8 }, waitFor, 10*time.Millisecond)
-	active := s.activeKey()
-	var standby *replica
-	for _, r := range replicas {
-		if r.key == active {
-			require.NoError(t, r.cmd.Process.Kill())
-			_ = r.cmd.Wait()
-		} else {
-			standby = r
-		}
-	}
+	active, standby := s.twoReplicasMidBurst("kill", n)
+	require.NoError(t, active.cmd.Process.Kill())
+	_ = active.cmd.Wait()
 	require.Less(t, len(s.results()), n, "the kill came mid-burst")
 	require.Eventually(t, func() bool { return len(s.results()) >= n }, waitFor, 20*time.Millisecond, "%s", standby.logs)
 	s.requireEachAnsweredOnce("kill", n)
@@ -164,22 +166,9 @@ func TestFleetKilledActiveReplicaIsReplaced(t *testing.T) {
 // burst can only finish through the old replica's release and unpin.
 func TestFleetSIGTERMHandsOverAtOnce(t *testing.T) {
 	t.Parallel()
-	s := newFleetStack(t)
-	s.env["NATS_ACK_WAIT"] = "1h"
-	s.env["NATS_PINNED_TTL"] = "1h"
-	replicas := []*replica{s.startReplica(0, ""), s.startReplica(1, "")}
+	s := newFleetStack(t, "1h")
 	const n = 40
-	s.publishCancels("term", n)
-	require.Eventually(t, func() bool { return len(s.results()) >= 8 }, waitFor, 10*time.Millisecond)
-	active := s.activeKey()
-	var old, taker *replica
-	for _, r := range replicas {
-		if r.key == active {
-			old = r
-		} else {
-			taker = r
-		}
-	}
+	old, taker := s.twoReplicasMidBurst("term", n)
 	require.NoError(t, old.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, old.cmd.Wait(), "%s", old.logs)
 	require.Less(t, len(s.results()), n, "the SIGTERM came mid-burst")
@@ -194,9 +183,7 @@ func TestFleetSIGTERMHandsOverAtOnce(t *testing.T) {
 // before the server pins the other replica, which answers everything once.
 func TestFleetConnectionLossEndsTheLease(t *testing.T) {
 	t.Parallel()
-	s := newFleetStack(t)
-	s.env["NATS_ACK_WAIT"] = "3s"
-	s.env["NATS_PINNED_TTL"] = "3s"
+	s := newFleetStack(t, "3s")
 	proxy := newFreezableProxy(t, strings.TrimPrefix(s.env["NATS_URL"], "nats://"))
 	cut := s.startReplica(0, "nats://"+proxy.addr())
 	// The first request pins the replica behind the proxy.
@@ -217,10 +204,10 @@ func TestFleetConnectionLossEndsTheLease(t *testing.T) {
 // freezableProxy forwards TCP connections until freeze, after which it
 // forwards nothing and closes nothing.
 type freezableProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	frozen chan struct{}
+	ln         net.Listener
+	target     string
+	frozen     chan struct{}
+	freezeOnce sync.Once
 }
 
 func newFreezableProxy(t *testing.T, target string) *freezableProxy {
@@ -251,15 +238,7 @@ func newFreezableProxy(t *testing.T, target string) *freezableProxy {
 
 func (p *freezableProxy) addr() string { return p.ln.Addr().String() }
 
-func (p *freezableProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.frozen:
-	default:
-		close(p.frozen)
-	}
-}
+func (p *freezableProxy) freeze() { p.freezeOnce.Do(func() { close(p.frozen) }) }
 
 // pipe copies src to dst until freeze; then it holds what it read.
 func (p *freezableProxy) pipe(dst io.Writer, src io.Reader) {

@@ -247,6 +247,16 @@ func (s *stack) startBinary() (*exec.Cmd, *syncBuffer) {
 }
 
 // results reads every result stored in the stream.
+// publishCancels publishes cancels of n linear BTCUSDT orders prefix-0 …
+// prefix-(n-1).
+func (s *stack) publishCancels(prefix string, n int) {
+	s.t.Helper()
+	for i := range n {
+		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"%s-%d"}`, prefix, i)))
+		require.NoError(s.t, err)
+	}
+}
+
 func (s *stack) results() []messages.Result {
 	s.t.Helper()
 	var out []messages.Result
@@ -387,10 +397,7 @@ func TestSIGTERMMidBurstLosesNothing(t *testing.T) {
 	s := newStack(t, bybittest.Options{AutoCreate: true, Latency: 150 * time.Millisecond}, nil)
 	cmd, logs := s.startBinary()
 	const n = 40
-	for i := range n {
-		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"burst-%d"}`, i)))
-		require.NoError(t, err)
-	}
+	s.publishCancels("burst", n)
 	// Mid-burst: some answered, the rest waiting on the 10/s limit.
 	require.Eventually(t, func() bool { return len(s.results()) >= 5 }, waitFor, 10*time.Millisecond)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))

@@ -205,8 +205,7 @@ func TestMetricsMatchWhatHappened(t *testing.T) {
 func TestReadyzFollowsTheNATSConnection(t *testing.T) {
 	t.Parallel()
 	store := t.TempDir()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store})
-	require.NoError(t, err)
+	ns := embedded.StartForTest(t, embedded.NATSOptions{StoreDir: store})
 	port := ns.Addr().(*net.TCPAddr).Port
 	s := newStack(t, bybittest.Options{}, nil)
 	s.env["NATS_URL"] = ns.ClientURL()
@@ -222,9 +221,7 @@ func TestReadyzFollowsTheNATSConnection(t *testing.T) {
 	code, _ := get(t, base+"/healthz")
 	require.Equal(t, http.StatusOK, code, "alive while NATS is down")
 
-	ns2, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: store, Port: port})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns2.Shutdown(); ns2.WaitForShutdown() })
+	embedded.StartForTest(t, embedded.NATSOptions{StoreDir: store, Port: port})
 	require.Eventually(t, func() bool { c, _ := get(t, base+"/readyz"); return c == http.StatusOK }, waitFor, 10*time.Millisecond, "%s", logs)
 	require.NoError(t, stop())
 	require.Contains(t, logs.String(), "NATS disconnected")

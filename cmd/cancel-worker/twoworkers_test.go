@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os/exec"
 	"testing"
 	"time"
@@ -33,10 +31,7 @@ func TestTwoWorkersOneKilledMidBurst(t *testing.T) {
 	_, survivorLogs, survivorURL := start()
 
 	const n = 120
-	for i := range n {
-		_, err := s.js.Publish(context.Background(), "orders.cancel", []byte(fmt.Sprintf(`{"category":"linear","symbol":"BTCUSDT","orderId":"two-%d"}`, i)))
-		require.NoError(t, err)
-	}
+	s.publishCancels("two", n)
 	require.Eventually(t, func() bool { return len(s.results()) >= 20 }, waitFor, 10*time.Millisecond)
 	alive := scrape(t, survivorURL)
 	require.Zero(t, value(alive, "cancel_worker_redeliveries_total", nil), "no redelivery while both were alive")

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -41,14 +40,7 @@ type history struct {
 
 func newHistory(t *testing.T) *history {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	_, _, js := embedded.ConnectForTest(t)
 	wc := worker.Config{
 		Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject, CancelAllSubject: cfg.CancelAllSubject,
 		AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, CancelAllProgressSubject: "orders.cancel-all.progress",
@@ -56,7 +48,7 @@ func newHistory(t *testing.T) *history {
 		AckWait: time.Minute, MaxDeliver: 20, MaxAckPending: 1000,
 	}
 	ctx := context.Background()
-	_, err = worker.EnsureStream(ctx, js, wc)
+	_, err := worker.EnsureStream(ctx, js, wc)
 	require.NoError(t, err)
 	cons, _, err := worker.EnsureConsumer(ctx, js, wc)
 	require.NoError(t, err)

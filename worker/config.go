@@ -1,9 +1,9 @@
 package worker
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -218,89 +218,67 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks the configuration; errors name the setting. New calls it;
-// a command can call it before connecting to anything.
+// Validate checks the configuration. Its error is a *ConfigError naming
+// the fields as Go spells them (a command renders it with its own names).
+// New calls it; a command can call it before connecting to anything.
 func (c Config) Validate() error {
-	v := &validation{}
+	v := &validation{c: c}
 	c.validateSubjects(v)
-	v.positive(c.AckWait, "NATS_ACK_WAIT")
-	v.positive(c.DuplicateWindow, "NATS_DUPLICATE_WINDOW")
-	v.positive(c.RetryBudget, "WORKER_RETRY_BUDGET")
-	v.positive(c.MaxAge, "WORKER_MAX_AGE")
-	v.positive(c.ShutdownTimeout, "WORKER_SHUTDOWN_TIMEOUT")
-	v.positive(c.BanPause, "BYBIT_BAN_PAUSE")
-	v.check(c.MaxDeliver >= 1 || c.MaxDeliver == -1, "NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver)
-	v.check(c.PinnedTTL == 0 || c.PinnedTTL >= 3*pullInterval,
-		"NATS_PINNED_TTL must be at least %v (above the 1 s pull interval and the replica's lease), not %v", 3*pullInterval, c.PinnedTTL)
-	v.check(c.MaxAckPending >= 1, "NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending)
-	v.check(c.StreamReplicas >= 1 && c.StreamReplicas <= 5, "NATS_STREAM_REPLICAS must be 1 to 5, not %d", c.StreamReplicas)
-	v.check(c.LimitShare >= 0 && c.LimitShare <= 1, "BYBIT_LIMIT_SHARE must be in (0, 1], not %v", c.LimitShare)
-	v.check(c.Concurrency >= 1, "WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency)
-	v.errs = append(v.errs, checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, "BYBIT_DCP_WINDOW")...)
-	for name, a := range c.Accounts {
-		v.check(name != "" && name != DefaultAccount, "BYBIT_ACCOUNTS_FILE: account name %q is reserved", name)
-		v.errs = append(v.errs, checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, "BYBIT_ACCOUNTS_FILE: account "+name+": dcpWindow")...)
-		v.check(a.Client != nil, "BYBIT_ACCOUNTS_FILE: account %q has no client", name)
+	v.positive("AckWait", "DuplicateWindow", "RetryBudget", "MaxAge", "ShutdownTimeout", "BanPause")
+	v.check(c.MaxDeliver >= 1 || c.MaxDeliver == -1, field("MaxDeliver"), "%s must be at least 1 (or -1 for unlimited), not %d", field("MaxDeliver"), c.MaxDeliver)
+	v.check(c.PinnedTTL == 0 || c.PinnedTTL >= 3*pullInterval, field("PinnedTTL"),
+		"%s must be at least %v (above the 1 s pull interval and the replica's lease), not %v", field("PinnedTTL"), 3*pullInterval, c.PinnedTTL)
+	v.check(c.MaxAckPending >= 1, field("MaxAckPending"), "%s must be at least 1, not %d", field("MaxAckPending"), c.MaxAckPending)
+	v.check(c.StreamReplicas >= 1 && c.StreamReplicas <= 5, field("StreamReplicas"), "%s must be 1 to 5, not %d", field("StreamReplicas"), c.StreamReplicas)
+	v.check(c.LimitShare >= 0 && c.LimitShare <= 1, field("LimitShare"), "%s must be in (0, 1], not %v", field("LimitShare"), c.LimitShare)
+	v.check(c.Concurrency >= 1, field("Concurrency"), "%s must be at least 1, not %d", field("Concurrency"), c.Concurrency)
+	v.add(checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, field("DCPWindow"))...)
+	for _, name := range slices.Sorted(maps.Keys(c.Accounts)) {
+		a := c.Accounts[name]
+		if name == "" || name == DefaultAccount {
+			v.add(problem(field("Accounts"), "%s: account name %q is reserved", field("Accounts"), name))
+			continue
+		}
+		v.add(checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, accountField(name, "DCPWindow"))...)
+		v.check(a.Client != nil, accountField(name, ""), "%s has no client", accountField(name, ""))
 	}
-	v.errs = append(v.errs, c.checkAccountSubjects()...)
-	v.check(c.SyncMaxTimeout >= 0, "SYNC_MAX_TIMEOUT must not be negative, not %v", c.SyncMaxTimeout)
+	v.add(c.checkAccountSubjects()...)
+	v.check(c.SyncMaxTimeout >= 0, field("SyncMaxTimeout"), "%s must not be negative, not %v", field("SyncMaxTimeout"), c.SyncMaxTimeout)
 	if c.Confirm {
-		v.positive(c.ConfirmTimeout, "CONFIRM_TIMEOUT")
+		v.positive("ConfirmTimeout")
 	}
 	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
-		v.add(checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"))
+		if p, bad := checkDupeWindow(field("DuplicateWindow"), field("DuplicateWindow"), c.DuplicateWindow, c.MaxAge); bad {
+			v.add(p)
+		}
 	}
-	return errors.Join(v.errs...)
+	return v.err()
 }
 
 // validateSubjects checks that every subject is set and differs from the
 // others.
 func (c Config) validateSubjects(v *validation) {
-	v.need(c.Stream, "NATS_STREAM")
-	v.need(c.Consumer, "NATS_CONSUMER")
-	v.need(c.CancelSubject, "NATS_CANCEL_SUBJECT")
-	v.need(c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT")
-	v.need(c.AckSubject, "NATS_ACK_SUBJECT")
-	v.need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
-	v.need(c.CancelAllProgressSubject, "NATS_CANCEL_ALL_PROGRESS_SUBJECT")
-	v.add(c.checkProgressSubject())
-	subjects := map[string]string{}
+	v.nonEmpty("Stream", "Consumer", "CancelSubject", "CancelAllSubject", "AckSubject", "RejectedSubject", "CancelAllProgressSubject")
+	if p, bad := c.checkProgressSubject(); bad {
+		v.add(p)
+	}
+	confirmed := field("ConfirmedSubject")
+	subjects := map[string]Field{}
 	for _, s := range c.namedSubjects() {
-		if s[1] == "NATS_CONFIRMED_SUBJECT" {
+		if s.field == confirmed {
 			continue // checked below
 		}
-		if prev, dup := subjects[s[0]]; dup && s[0] != "" {
-			v.add(fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
+		if prev, dup := subjects[s.subject]; dup && s.subject != "" {
+			v.add(problem(s.field, "%s and %s are both %q: every subject must differ", prev, s.field, s.subject))
 		}
-		subjects[s[0]] = s[1]
+		subjects[s.subject] = s.field
 	}
 	if !c.Confirm {
 		return
 	}
-	v.need(c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT")
+	v.nonEmpty("ConfirmedSubject")
 	for _, s := range c.namedSubjects() {
-		v.check(s[0] != c.ConfirmedSubject || s[0] == "" || s[1] == "NATS_CONFIRMED_SUBJECT",
-			"%s and NATS_CONFIRMED_SUBJECT are both %q: every subject must differ", s[1], s[0])
+		v.check(s.subject != c.ConfirmedSubject || s.subject == "" || s.field == confirmed, confirmed,
+			"%s and %s are both %q: every subject must differ", s.field, confirmed, s.subject)
 	}
-}
-
-// validation collects what Validate finds.
-type validation struct{ errs []error }
-
-func (v *validation) add(err error) {
-	if err != nil {
-		v.errs = append(v.errs, err)
-	}
-}
-
-func (v *validation) check(ok bool, format string, args ...any) {
-	if !ok {
-		v.errs = append(v.errs, fmt.Errorf(format, args...))
-	}
-}
-
-func (v *validation) need(s, name string) { v.check(s != "", "%s must not be empty", name) }
-
-func (v *validation) positive(d time.Duration, name string) {
-	v.check(d > 0, "%s must be positive, not %v", name, d)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
 // DefaultLimits are Bybit's documented per-UID limits of the base tier, per
@@ -52,29 +53,14 @@ type Account struct {
 // Config is everything the worker needs besides its connections. Defaults are
 // those of the cancel-worker command; Validate fills none in.
 type Config struct {
-	// Stream holds requests and results (NATS_STREAM, default ORDERS).
-	Stream string
-	// Consumer is the durable pull consumer (NATS_CONSUMER, default
-	// cancel-worker); several processes may share it.
-	Consumer string
-	// CancelSubject is the input (NATS_CANCEL_SUBJECT, orders.cancel).
-	CancelSubject string
-	// CancelAllSubject is the cancel-all input (NATS_CANCEL_ALL_SUBJECT,
-	// orders.cancel-all).
-	CancelAllSubject string
-	// CancelAllProgressSubject prefixes the progress records of running
-	// cancel-alls, one subject per request: <subject>.<requestSeq>
-	// (NATS_CANCEL_ALL_PROGRESS_SUBJECT, orders.cancel-all.progress). A
-	// created stream captures <subject>.>; on a stream of the operator's
-	// that does not, a redelivered cancel-all cannot know what an earlier
-	// delivery cancelled and says so (ordersComplete false).
-	CancelAllProgressSubject string
-	// AckSubject receives cancels the exchange acknowledged
-	// (NATS_ACK_SUBJECT, orders.cancel.ack).
-	AckSubject string
-	// RejectedSubject receives every other final outcome
-	// (NATS_REJECTED_SUBJECT, orders.cancel.rejected).
-	RejectedSubject string
+	// Subjects are the stream, the consumer and the subjects (NATS_STREAM,
+	// NATS_CONSUMER, NATS_*_SUBJECT). A created stream captures
+	// CancelAllProgressSubject.>; on a stream of the operator's that does
+	// not, a redelivered cancel-all cannot know what an earlier delivery
+	// cancelled and says so (ordersComplete false). The sync subjects are
+	// outside orders.cancel.> so that a stream or a permission on that does
+	// not capture them; both empty: no sync service.
+	messages.Subjects
 	// AckWait, MaxDeliver and MaxAckPending are applied to a consumer the
 	// worker created (5s, 20, 1000). What the consumer really has is read
 	// back and used.
@@ -149,21 +135,10 @@ type Config struct {
 	// Confirm follows every acknowledged cancel (and every ambiguous
 	// not_open) to the order's final state (CONFIRM, true).
 	Confirm bool
-	// ConfirmedSubject receives one confirmation per order
-	// (NATS_CONFIRMED_SUBJECT, orders.cancel.confirmed).
-	ConfirmedSubject string
 	// ConfirmTimeout is how long a confirmation waits for the private
 	// stream before it asks the REST lookups (CONFIRM_TIMEOUT, 5s).
 	ConfirmTimeout time.Duration
 
-	// SyncCancelSubject and SyncCancelAllSubject are the subjects of the
-	// sync service's endpoints cancel and cancel-all
-	// (NATS_SYNC_CANCEL_SUBJECT, orders.sync.cancel;
-	// NATS_SYNC_CANCEL_ALL_SUBJECT, orders.sync.cancel-all): outside
-	// orders.cancel.> so that a stream or a permission on that does not
-	// capture them. Both empty: no sync service.
-	SyncCancelSubject    string
-	SyncCancelAllSubject string
 	// SyncMaxTimeout caps a sync request's Cancel-Timeout header
 	// (SYNC_MAX_TIMEOUT, 30s); 0: no cap.
 	SyncMaxTimeout time.Duration
@@ -172,12 +147,14 @@ type Config struct {
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
 	Registerer prometheus.Registerer
-	// Now is the clock of everything compared with a time: request ages
-	// (MaxAge), the pacers' windows, ban pauses, rate-limit resets, the
-	// times a result names. Durations the worker reports (rate-limit waits,
-	// request latencies) are measured on the monotonic clock instead, so
-	// that a stepped wall clock (or a test's) cannot make them negative.
-	// Default time.Now.
+	// Now is the worker's one clock: request ages (MaxAge), the pacers'
+	// windows, ban pauses, rate-limit resets, the times a result names,
+	// the heartbeats against AckWait, and the durations it reports
+	// (rate-limit waits, request latencies) as differences of two
+	// readings. Default time.Now, whose readings carry the monotonic clock:
+	// a stepped wall clock moves no duration. A clock given here must keep
+	// pace with real time (the NATS server's AckWait and Bybit's windows
+	// do); it may be set off from it.
 	Now func() time.Time
 }
 
@@ -186,35 +163,37 @@ type Config struct {
 // shows, the demo and the benchmark start from and the tests adjust.
 func DefaultConfig() Config {
 	return Config{
-		Stream:                   "ORDERS",
-		Consumer:                 "cancel-worker",
-		CancelSubject:            "orders.cancel",
-		CancelAllSubject:         "orders.cancel-all",
-		CancelAllProgressSubject: "orders.cancel-all.progress",
-		AckSubject:               "orders.cancel.ack",
-		RejectedSubject:          "orders.cancel.rejected",
-		AckWait:                  5 * time.Second,
-		PinnedTTL:                5 * time.Second,
-		MaxDeliver:               20,
-		MaxAckPending:            1000,
-		DuplicateWindow:          time.Hour,
-		StreamReplicas:           1,
-		StreamMaxBytes:           4 << 30,
-		Concurrency:              16,
-		RetryBudget:              2 * time.Minute,
-		MaxAge:                   50 * time.Minute,
-		ShutdownTimeout:          20 * time.Second,
-		Limits:                   DefaultLimits(),
-		LimitShare:               1,
-		Batch:                    true,
-		IPLimit:                  Rate{N: 500, Per: 5 * time.Second},
-		BanPause:                 10 * time.Minute,
-		Confirm:                  true,
-		ConfirmedSubject:         "orders.cancel.confirmed",
-		ConfirmTimeout:           5 * time.Second,
-		SyncCancelSubject:        "orders.sync.cancel",
-		SyncCancelAllSubject:     "orders.sync.cancel-all",
-		SyncMaxTimeout:           30 * time.Second,
+		Subjects: messages.Subjects{
+			Stream:                   "ORDERS",
+			Consumer:                 "cancel-worker",
+			CancelSubject:            "orders.cancel",
+			CancelAllSubject:         "orders.cancel-all",
+			CancelAllProgressSubject: "orders.cancel-all.progress",
+			AckSubject:               "orders.cancel.ack",
+			RejectedSubject:          "orders.cancel.rejected",
+			ConfirmedSubject:         "orders.cancel.confirmed",
+			SyncCancelSubject:        "orders.sync.cancel",
+			SyncCancelAllSubject:     "orders.sync.cancel-all",
+		},
+		AckWait:         5 * time.Second,
+		PinnedTTL:       5 * time.Second,
+		MaxDeliver:      20,
+		MaxAckPending:   1000,
+		DuplicateWindow: time.Hour,
+		StreamReplicas:  1,
+		StreamMaxBytes:  4 << 30,
+		Concurrency:     16,
+		RetryBudget:     2 * time.Minute,
+		MaxAge:          50 * time.Minute,
+		ShutdownTimeout: 20 * time.Second,
+		Limits:          DefaultLimits(),
+		LimitShare:      1,
+		Batch:           true,
+		IPLimit:         Rate{N: 500, Per: 5 * time.Second},
+		BanPause:        10 * time.Minute,
+		Confirm:         true,
+		ConfirmTimeout:  5 * time.Second,
+		SyncMaxTimeout:  30 * time.Second,
 	}
 }
 

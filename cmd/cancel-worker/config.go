@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
@@ -486,6 +487,20 @@ func (p *parser) natsConfig() natsConfig {
 	}
 }
 
+// subjects reads the settings that fill messages.Subjects (the stream, the
+// consumer and the subjects), by their field in the settings table; one a
+// command does not read is empty.
+func (p *parser) subjects() messages.Subjects {
+	var out messages.Subjects
+	fields := reflect.ValueOf(&out).Elem()
+	for _, s := range settings {
+		if f := fields.FieldByName(s.field); s.field != "" && f.IsValid() {
+			f.SetString(p.str(s.env))
+		}
+	}
+	return out
+}
+
 // streamName checks a stream or consumer name as the server would (it
 // answers a bad one with "invalid stream name" and no setting named).
 func (p *parser) streamName(name string) string {
@@ -543,38 +558,31 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	p := &parser{v: v}
 	var rc runConfig
 	rc.nats = p.natsConfig()
+	p.streamName("NATS_STREAM")
+	p.streamName("NATS_CONSUMER")
 	rc.worker = worker.Config{
-		Stream:                   p.streamName("NATS_STREAM"),
-		Consumer:                 p.streamName("NATS_CONSUMER"),
-		CancelSubject:            p.str("NATS_CANCEL_SUBJECT"),
-		CancelAllSubject:         p.str("NATS_CANCEL_ALL_SUBJECT"),
-		AckSubject:               p.str("NATS_ACK_SUBJECT"),
-		RejectedSubject:          p.str("NATS_REJECTED_SUBJECT"),
-		CancelAllProgressSubject: p.str("NATS_CANCEL_ALL_PROGRESS_SUBJECT"),
-		AckWait:                  p.duration("NATS_ACK_WAIT"),
-		PinnedTTL:                p.duration("NATS_PINNED_TTL"),
-		MaxDeliver:               p.integer("NATS_MAX_DELIVER"),
-		MaxAckPending:            p.integer("NATS_MAX_ACK_PENDING"),
-		DuplicateWindow:          p.duration("NATS_DUPLICATE_WINDOW"),
-		StreamReplicas:           p.integer("NATS_STREAM_REPLICAS"),
-		StreamMaxBytes:           p.byteSize("NATS_STREAM_MAX_BYTES"),
-		Concurrency:              p.integer("WORKER_CONCURRENCY"),
-		RetryBudget:              p.duration("WORKER_RETRY_BUDGET"),
-		MaxAge:                   p.duration("WORKER_MAX_AGE"),
-		ShutdownTimeout:          p.duration("WORKER_SHUTDOWN_TIMEOUT"),
-		Limits:                   p.limits("BYBIT_LIMITS"),
-		LimitCeilings:            p.explicitLimits("BYBIT_LIMITS"),
-		IPLimit:                  p.rate("BYBIT_IP_LIMIT"),
-		LimitShare:               p.fraction("BYBIT_LIMIT_SHARE"),
-		Batch:                    p.boolean("BYBIT_BATCH"),
-		BanPause:                 p.duration("BYBIT_BAN_PAUSE"),
-		BanRelease:               p.boolean("BYBIT_BAN_RELEASE"),
-		Confirm:                  p.boolean("CONFIRM"),
-		ConfirmTimeout:           p.duration("CONFIRM_TIMEOUT"),
-		ConfirmedSubject:         p.str("NATS_CONFIRMED_SUBJECT"),
+		Subjects:        p.subjects(),
+		AckWait:         p.duration("NATS_ACK_WAIT"),
+		PinnedTTL:       p.duration("NATS_PINNED_TTL"),
+		MaxDeliver:      p.integer("NATS_MAX_DELIVER"),
+		MaxAckPending:   p.integer("NATS_MAX_ACK_PENDING"),
+		DuplicateWindow: p.duration("NATS_DUPLICATE_WINDOW"),
+		StreamReplicas:  p.integer("NATS_STREAM_REPLICAS"),
+		StreamMaxBytes:  p.byteSize("NATS_STREAM_MAX_BYTES"),
+		Concurrency:     p.integer("WORKER_CONCURRENCY"),
+		RetryBudget:     p.duration("WORKER_RETRY_BUDGET"),
+		MaxAge:          p.duration("WORKER_MAX_AGE"),
+		ShutdownTimeout: p.duration("WORKER_SHUTDOWN_TIMEOUT"),
+		Limits:          p.limits("BYBIT_LIMITS"),
+		LimitCeilings:   p.explicitLimits("BYBIT_LIMITS"),
+		IPLimit:         p.rate("BYBIT_IP_LIMIT"),
+		LimitShare:      p.fraction("BYBIT_LIMIT_SHARE"),
+		Batch:           p.boolean("BYBIT_BATCH"),
+		BanPause:        p.duration("BYBIT_BAN_PAUSE"),
+		BanRelease:      p.boolean("BYBIT_BAN_RELEASE"),
+		Confirm:         p.boolean("CONFIRM"),
+		ConfirmTimeout:  p.duration("CONFIRM_TIMEOUT"),
 	}
-	rc.worker.SyncCancelSubject = p.str("NATS_SYNC_CANCEL_SUBJECT")
-	rc.worker.SyncCancelAllSubject = p.str("NATS_SYNC_CANCEL_ALL_SUBJECT")
 	rc.worker.SyncMaxTimeout = p.duration("SYNC_MAX_TIMEOUT")
 	rc.apiKey = p.str("BYBIT_API_KEY")
 	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
@@ -72,7 +73,7 @@ func TestOperatorStreamDuplicateWindowNamesTheSetting(t *testing.T) {
 func TestEveryConfigProblemHasASettingName(t *testing.T) {
 	t.Parallel()
 	cfg := worker.Config{Confirm: true, MaxDeliver: 0, PinnedTTL: time.Millisecond, StreamReplicas: 9, LimitShare: 2,
-		DCPWindow: time.Millisecond, SyncMaxTimeout: -1, CancelAllProgressSubject: "p.*"}
+		DCPWindow: time.Millisecond, SyncMaxTimeout: -1, Subjects: messages.Subjects{CancelAllProgressSubject: "p.*"}}
 	var ce *worker.ConfigError
 	require.True(t, errors.As(cfg.Validate(), &ce))
 	require.Greater(t, len(ce.Problems), 15)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
@@ -30,10 +28,7 @@ func (s *stack) runFails() error {
 // accounts file, the account and its key.
 func TestAccountProblemsNameTheAccountsFileKey(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, bybittest.Options{AutoCreate: true, Accounts: []bybittest.Account{
-		{APIKey: bybittest.DemoAPIKey, Secret: bybittest.DemoAPISecret, UID: "main"},
-		{APIKey: "hedge-key", Secret: "hedge-secret", UID: "hedge"},
-	}}, nil)
+	s := newStack(t, bybittest.Options{AutoCreate: true}, nil) // the configuration fails before any call
 	s.env["BYBIT_ACCOUNTS_FILE"] = writeFileIn(t, t.TempDir(), "accounts.yaml", `
 accounts:
   hedge:
@@ -73,9 +68,10 @@ func TestOperatorStreamDuplicateWindowNamesTheSetting(t *testing.T) {
 func TestEveryConfigProblemHasASettingName(t *testing.T) {
 	t.Parallel()
 	cfg := worker.Config{Confirm: true, MaxDeliver: 0, PinnedTTL: time.Millisecond, StreamReplicas: 9, LimitShare: 2,
-		DCPWindow: time.Millisecond, SyncMaxTimeout: -1, Subjects: messages.Subjects{CancelAllProgressSubject: "p.*"}}
+		DCPWindow: time.Millisecond, SyncMaxTimeout: -1}
+	cfg.CancelAllProgressSubject = "p.*"
 	var ce *worker.ConfigError
-	require.True(t, errors.As(cfg.Validate(), &ce))
+	require.ErrorAs(t, cfg.Validate(), &ce)
 	require.Greater(t, len(ce.Problems), 15)
 	for _, p := range ce.Problems {
 		_, ok := settingOf[p.Field.Name]

@@ -554,13 +554,50 @@ type runConfig struct {
 	httpAddr   string
 }
 
+// buildRunConfig reads the settings of `run` in the order they are
+// reported: the first malformed one is the error.
 func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	p := &parser{v: v}
 	var rc runConfig
 	rc.nats = p.natsConfig()
+	rc.worker = p.workerConfig()
+	rc.apiKey = p.str("BYBIT_API_KEY")
+	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")
+	rc.timeout = p.duration("BYBIT_HTTP_TIMEOUT")
+	rc.baseURL = p.baseURL()
+	rc.worker.DCPWindow = p.dcpWindow("BYBIT_DCP_WINDOW")
+	rc.worker.WSURL = p.wsURL(rc.baseURL, rc.worker.Confirm)
+	p.logging(&rc)
+	if p.err != nil {
+		return rc, p.err
+	}
+	if err := rc.nats.readSecrets(env); err != nil {
+		return rc, err
+	}
+	accountsFile := p.str("BYBIT_ACCOUNTS_FILE")
+	envCreds, err := rc.readCredentials(env, accountsFile != "")
+	if err != nil {
+		return rc, err
+	}
+	if accountsFile != "" {
+		accts, err := readAccountsFile(accountsFile, rc.baseURL, rc.worker.WSURL, rc.worker.Confirm)
+		if err != nil {
+			return rc, err
+		}
+		if _, ok := accts[worker.DefaultAccount]; ok && envCreds {
+			return rc, errors.New("BYBIT_ACCOUNTS_FILE: account \"default\" is also given by BYBIT_API_KEY: keep one")
+		}
+		rc.accounts = accts
+	}
+	return rc, nil
+}
+
+// workerConfig reads the settings of worker.Config but the Bybit URLs and
+// the dead-man switch.
+func (p *parser) workerConfig() worker.Config {
 	p.streamName("NATS_STREAM")
 	p.streamName("NATS_CONSUMER")
-	rc.worker = worker.Config{
+	return worker.Config{
 		Subjects:        p.subjects(),
 		AckWait:         p.duration("NATS_ACK_WAIT"),
 		PinnedTTL:       p.duration("NATS_PINNED_TTL"),
@@ -582,43 +619,59 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		BanRelease:      p.boolean("BYBIT_BAN_RELEASE"),
 		Confirm:         p.boolean("CONFIRM"),
 		ConfirmTimeout:  p.duration("CONFIRM_TIMEOUT"),
+		SyncMaxTimeout:  p.duration("SYNC_MAX_TIMEOUT"),
 	}
-	rc.worker.SyncMaxTimeout = p.duration("SYNC_MAX_TIMEOUT")
-	rc.apiKey = p.str("BYBIT_API_KEY")
-	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")
-	rc.timeout = p.duration("BYBIT_HTTP_TIMEOUT")
-	rc.baseURL = p.str("BYBIT_BASE_URL")
-	if rc.baseURL == "" {
-		u, err := bybit.BaseURLFor(p.str("BYBIT_ENV"))
+}
+
+// baseURL is BYBIT_BASE_URL, or the BYBIT_ENV preset's.
+func (p *parser) baseURL() string {
+	u := p.str("BYBIT_BASE_URL")
+	if u == "" {
+		preset, err := bybit.BaseURLFor(p.str("BYBIT_ENV"))
 		if err != nil {
 			p.fail("BYBIT_ENV", "%q is not one of %s", p.str("BYBIT_ENV"), bybit.EnvironmentNames())
 		}
-		rc.baseURL = u
-	} else if !strings.HasPrefix(rc.baseURL, "http://") && !strings.HasPrefix(rc.baseURL, "https://") {
-		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", rc.baseURL)
+		return preset
 	}
-	if v := p.str("BYBIT_DCP_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			p.fail("BYBIT_DCP_WINDOW", "%q is not a Go duration such as 30s", v)
-		}
-		rc.worker.DCPWindow = d
+	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", u)
 	}
-	rc.worker.WSURL = p.str("BYBIT_WS_URL")
-	switch {
-	case rc.worker.WSURL != "":
-		if !strings.HasPrefix(rc.worker.WSURL, "ws://") && !strings.HasPrefix(rc.worker.WSURL, "wss://") {
-			p.fail("BYBIT_WS_URL", "%q must start with ws:// or wss://", rc.worker.WSURL)
-		}
-	default:
-		// The preset's documented stream, or the same host's for a local
-		// http:// BYBIT_BASE_URL; anything else cannot be guessed.
-		ws, err := bybit.PrivateStreamFor(rc.baseURL)
-		if err != nil && rc.worker.Confirm {
-			p.fail("BYBIT_WS_URL", "%s", wsURLMissing("BYBIT_WS_URL", err))
-		}
-		rc.worker.WSURL = ws
+	return u
+}
+
+// dcpWindow reads an optional duration (empty: 0, off).
+func (p *parser) dcpWindow(name string) time.Duration {
+	v := p.str(name)
+	if v == "" {
+		return 0
 	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		p.fail(name, "%q is not a Go duration such as 30s", v)
+	}
+	return d
+}
+
+// wsURL is BYBIT_WS_URL, or the private stream of baseURL: the preset's
+// documented stream, or the same host's for a local http:// BYBIT_BASE_URL;
+// anything else cannot be guessed, which is an error with confirmations on.
+func (p *parser) wsURL(baseURL string, confirm bool) string {
+	ws := p.str("BYBIT_WS_URL")
+	if ws != "" {
+		if !strings.HasPrefix(ws, "ws://") && !strings.HasPrefix(ws, "wss://") {
+			p.fail("BYBIT_WS_URL", "%q must start with ws:// or wss://", ws)
+		}
+		return ws
+	}
+	ws, err := bybit.PrivateStreamFor(baseURL)
+	if err != nil && confirm {
+		p.fail("BYBIT_WS_URL", "%s", wsURLMissing("BYBIT_WS_URL", err))
+	}
+	return ws
+}
+
+// logging reads LOG_LEVEL, LOG_FORMAT and HTTP_ADDR.
+func (p *parser) logging(rc *runConfig) {
 	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
 		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
 	}
@@ -627,50 +680,38 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	if rc.logFormat != "text" && rc.logFormat != "json" {
 		p.fail("LOG_FORMAT", "%q is not text or json", rc.logFormat)
 	}
-	if p.err != nil {
-		return rc, p.err
+}
+
+// readCredentials reads the default account's secret or RSA key and checks
+// them with BYBIT_API_KEY and whether there is an accounts file; envCreds:
+// the environment gives the default account.
+func (rc *runConfig) readCredentials(env lookupEnv, accountsFile bool) (envCreds bool, err error) {
+	if rc.apiSecret, err = readSecret(env, "BYBIT_API_SECRET"); err != nil {
+		return false, err
 	}
-	if err := rc.nats.readSecrets(env); err != nil {
-		return rc, err
-	}
-	secret, err := readSecret(env, "BYBIT_API_SECRET")
-	if err != nil {
-		return rc, err
-	}
-	rc.apiSecret = secret
 	if file := env.get("BYBIT_RSA_PRIVATE_KEY_FILE"); file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: cannot read %s: %v", file, errors.Unwrap(err))
+			return false, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: cannot read %s: %v", file, errors.Unwrap(err))
 		}
 		if rc.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
-			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: %s: %v", file, err)
+			return false, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: %s: %v", file, err)
 		}
 	}
-	envCreds := rc.apiKey != "" || !secret.IsZero() || rc.rsaKey != nil
-	accountsFile := p.str("BYBIT_ACCOUNTS_FILE")
+	secret := rc.apiSecret
+	envCreds = rc.apiKey != "" || !secret.IsZero() || rc.rsaKey != nil
 	switch {
 	case !secret.IsZero() && rc.rsaKey != nil:
-		return rc, errors.New("BYBIT_RSA_PRIVATE_KEY_FILE: set either an HMAC secret (BYBIT_API_SECRET or BYBIT_API_SECRET_FILE) or an RSA key, not both")
-	case !envCreds && accountsFile == "":
-		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE), or BYBIT_ACCOUNTS_FILE")
+		return envCreds, errors.New("BYBIT_RSA_PRIVATE_KEY_FILE: set either an HMAC secret (BYBIT_API_SECRET or BYBIT_API_SECRET_FILE) or an RSA key, not both")
+	case !envCreds && !accountsFile:
+		return envCreds, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE), or BYBIT_ACCOUNTS_FILE")
 	case !envCreds:
 	case rc.apiKey == "":
-		return rc, errors.New("BYBIT_API_KEY: must be set with the secret or RSA key")
+		return envCreds, errors.New("BYBIT_API_KEY: must be set with the secret or RSA key")
 	case secret.IsZero() && rc.rsaKey == nil:
-		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
+		return envCreds, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
 	}
-	if accountsFile != "" {
-		accts, err := readAccountsFile(accountsFile, rc.baseURL, rc.worker.WSURL, rc.worker.Confirm)
-		if err != nil {
-			return rc, err
-		}
-		if _, ok := accts[worker.DefaultAccount]; ok && envCreds {
-			return rc, errors.New("BYBIT_ACCOUNTS_FILE: account \"default\" is also given by BYBIT_API_KEY: keep one")
-		}
-		rc.accounts = accts
-	}
-	return rc, nil
+	return envCreds, nil
 }
 
 // effective lists the resolved settings for the start-up log, secrets masked.

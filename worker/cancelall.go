@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"time"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
@@ -41,7 +40,7 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 			return messages.OrderRef{OrderID: o.OrderID, OrderLinkID: o.OrderLinkID}
 		}
 	}
-	queued := time.Now()
+	queued := w.now()
 	for {
 		if w.possiblyRedelivered(j) {
 			// Like a lane's dispatch: another consumer may hold the
@@ -52,7 +51,7 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 			return w.decide(j, event{kind: evExpired, why: "finish"})
 		}
 		res, sent, err := w.cancelAllCall(ctx, j, a, p, req)
-		j.rateLimitWait += time.Since(queued)
+		j.rateLimitWait += w.now().Sub(queued)
 		if !sent {
 			// Stopping before this call went out. The release records
 			// that every call so far is recorded, for the redelivery.
@@ -66,7 +65,7 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 			}
 			w.recordCall(j, orders)
 			if futures && len(res.Orders) >= bybit.MaxCancelAll {
-				queued = time.Now()
+				queued = w.now()
 				continue // more may be left
 			}
 		} else if bybit.MayHaveApplied(err) {
@@ -79,7 +78,7 @@ func (w *Worker) cancelAllRun(ctx context.Context, j *job, a *account, req bybit
 		if w.waitRetry(ctx, j, p, d) != nil {
 			return w.decide(j, event{kind: evGiveBack, why: "shutdown"})
 		}
-		queued = time.Now()
+		queued = w.now()
 	}
 }
 

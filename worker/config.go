@@ -1,14 +1,15 @@
 package worker
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
 // DefaultLimits are Bybit's documented per-UID limits of the base tier, per
@@ -52,29 +53,14 @@ type Account struct {
 // Config is everything the worker needs besides its connections. Defaults are
 // those of the cancel-worker command; Validate fills none in.
 type Config struct {
-	// Stream holds requests and results (NATS_STREAM, default ORDERS).
-	Stream string
-	// Consumer is the durable pull consumer (NATS_CONSUMER, default
-	// cancel-worker); several processes may share it.
-	Consumer string
-	// CancelSubject is the input (NATS_CANCEL_SUBJECT, orders.cancel).
-	CancelSubject string
-	// CancelAllSubject is the cancel-all input (NATS_CANCEL_ALL_SUBJECT,
-	// orders.cancel-all).
-	CancelAllSubject string
-	// CancelAllProgressSubject prefixes the progress records of running
-	// cancel-alls, one subject per request: <subject>.<requestSeq>
-	// (NATS_CANCEL_ALL_PROGRESS_SUBJECT, orders.cancel-all.progress). A
-	// created stream captures <subject>.>; on a stream of the operator's
-	// that does not, a redelivered cancel-all cannot know what an earlier
-	// delivery cancelled and says so (ordersComplete false).
-	CancelAllProgressSubject string
-	// AckSubject receives cancels the exchange acknowledged
-	// (NATS_ACK_SUBJECT, orders.cancel.ack).
-	AckSubject string
-	// RejectedSubject receives every other final outcome
-	// (NATS_REJECTED_SUBJECT, orders.cancel.rejected).
-	RejectedSubject string
+	// Subjects are the stream, the consumer and the subjects (NATS_STREAM,
+	// NATS_CONSUMER, NATS_*_SUBJECT). A created stream captures
+	// CancelAllProgressSubject.>; on a stream of the operator's that does
+	// not, a redelivered cancel-all cannot know what an earlier delivery
+	// cancelled and says so (ordersComplete false). The sync subjects are
+	// outside orders.cancel.> so that a stream or a permission on that does
+	// not capture them; both empty: no sync service.
+	messages.Subjects
 	// AckWait, MaxDeliver and MaxAckPending are applied to a consumer the
 	// worker created (5s, 20, 1000). What the consumer really has is read
 	// back and used.
@@ -149,21 +135,10 @@ type Config struct {
 	// Confirm follows every acknowledged cancel (and every ambiguous
 	// not_open) to the order's final state (CONFIRM, true).
 	Confirm bool
-	// ConfirmedSubject receives one confirmation per order
-	// (NATS_CONFIRMED_SUBJECT, orders.cancel.confirmed).
-	ConfirmedSubject string
 	// ConfirmTimeout is how long a confirmation waits for the private
 	// stream before it asks the REST lookups (CONFIRM_TIMEOUT, 5s).
 	ConfirmTimeout time.Duration
 
-	// SyncCancelSubject and SyncCancelAllSubject are the subjects of the
-	// sync service's endpoints cancel and cancel-all
-	// (NATS_SYNC_CANCEL_SUBJECT, orders.sync.cancel;
-	// NATS_SYNC_CANCEL_ALL_SUBJECT, orders.sync.cancel-all): outside
-	// orders.cancel.> so that a stream or a permission on that does not
-	// capture them. Both empty: no sync service.
-	SyncCancelSubject    string
-	SyncCancelAllSubject string
 	// SyncMaxTimeout caps a sync request's Cancel-Timeout header
 	// (SYNC_MAX_TIMEOUT, 30s); 0: no cap.
 	SyncMaxTimeout time.Duration
@@ -172,12 +147,14 @@ type Config struct {
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
 	Registerer prometheus.Registerer
-	// Now is the clock of everything compared with a time: request ages
-	// (MaxAge), the pacers' windows, ban pauses, rate-limit resets, the
-	// times a result names. Durations the worker reports (rate-limit waits,
-	// request latencies) are measured on the monotonic clock instead, so
-	// that a stepped wall clock (or a test's) cannot make them negative.
-	// Default time.Now.
+	// Now is the worker's one clock: request ages (MaxAge), the pacers'
+	// windows, ban pauses, rate-limit resets, the times a result names,
+	// the heartbeats against AckWait, and the durations it reports
+	// (rate-limit waits, request latencies) as differences of two
+	// readings. Default time.Now, whose readings carry the monotonic clock:
+	// a stepped wall clock moves no duration. A clock given here must keep
+	// pace with real time (the NATS server's AckWait and Bybit's windows
+	// do); it may be set off from it.
 	Now func() time.Time
 }
 
@@ -186,121 +163,101 @@ type Config struct {
 // shows, the demo and the benchmark start from and the tests adjust.
 func DefaultConfig() Config {
 	return Config{
-		Stream:                   "ORDERS",
-		Consumer:                 "cancel-worker",
-		CancelSubject:            "orders.cancel",
-		CancelAllSubject:         "orders.cancel-all",
-		CancelAllProgressSubject: "orders.cancel-all.progress",
-		AckSubject:               "orders.cancel.ack",
-		RejectedSubject:          "orders.cancel.rejected",
-		AckWait:                  5 * time.Second,
-		PinnedTTL:                5 * time.Second,
-		MaxDeliver:               20,
-		MaxAckPending:            1000,
-		DuplicateWindow:          time.Hour,
-		StreamReplicas:           1,
-		StreamMaxBytes:           4 << 30,
-		Concurrency:              16,
-		RetryBudget:              2 * time.Minute,
-		MaxAge:                   50 * time.Minute,
-		ShutdownTimeout:          20 * time.Second,
-		Limits:                   DefaultLimits(),
-		LimitShare:               1,
-		Batch:                    true,
-		IPLimit:                  Rate{N: 500, Per: 5 * time.Second},
-		BanPause:                 10 * time.Minute,
-		Confirm:                  true,
-		ConfirmedSubject:         "orders.cancel.confirmed",
-		ConfirmTimeout:           5 * time.Second,
-		SyncCancelSubject:        "orders.sync.cancel",
-		SyncCancelAllSubject:     "orders.sync.cancel-all",
-		SyncMaxTimeout:           30 * time.Second,
+		Subjects: messages.Subjects{
+			Stream:                   "ORDERS",
+			Consumer:                 "cancel-worker",
+			CancelSubject:            "orders.cancel",
+			CancelAllSubject:         "orders.cancel-all",
+			CancelAllProgressSubject: "orders.cancel-all.progress",
+			AckSubject:               "orders.cancel.ack",
+			RejectedSubject:          "orders.cancel.rejected",
+			ConfirmedSubject:         "orders.cancel.confirmed",
+			SyncCancelSubject:        "orders.sync.cancel",
+			SyncCancelAllSubject:     "orders.sync.cancel-all",
+		},
+		AckWait:         5 * time.Second,
+		PinnedTTL:       5 * time.Second,
+		MaxDeliver:      20,
+		MaxAckPending:   1000,
+		DuplicateWindow: time.Hour,
+		StreamReplicas:  1,
+		StreamMaxBytes:  4 << 30,
+		Concurrency:     16,
+		RetryBudget:     2 * time.Minute,
+		MaxAge:          50 * time.Minute,
+		ShutdownTimeout: 20 * time.Second,
+		Limits:          DefaultLimits(),
+		LimitShare:      1,
+		Batch:           true,
+		IPLimit:         Rate{N: 500, Per: 5 * time.Second},
+		BanPause:        10 * time.Minute,
+		Confirm:         true,
+		ConfirmTimeout:  5 * time.Second,
+		SyncMaxTimeout:  30 * time.Second,
 	}
 }
 
-// Validate checks the configuration; errors name the setting. New calls it;
-// a command can call it before connecting to anything.
+// Validate checks the configuration. Its error is a *ConfigError naming
+// the fields as Go spells them (a command renders it with its own names).
+// New calls it; a command can call it before connecting to anything.
 func (c Config) Validate() error {
-	v := &validation{}
+	v := &validation{c: c}
 	c.validateSubjects(v)
-	v.positive(c.AckWait, "NATS_ACK_WAIT")
-	v.positive(c.DuplicateWindow, "NATS_DUPLICATE_WINDOW")
-	v.positive(c.RetryBudget, "WORKER_RETRY_BUDGET")
-	v.positive(c.MaxAge, "WORKER_MAX_AGE")
-	v.positive(c.ShutdownTimeout, "WORKER_SHUTDOWN_TIMEOUT")
-	v.positive(c.BanPause, "BYBIT_BAN_PAUSE")
-	v.check(c.MaxDeliver >= 1 || c.MaxDeliver == -1, "NATS_MAX_DELIVER must be at least 1 (or -1 for unlimited), not %d", c.MaxDeliver)
-	v.check(c.PinnedTTL == 0 || c.PinnedTTL >= 3*pullInterval,
-		"NATS_PINNED_TTL must be at least %v (above the 1 s pull interval and the replica's lease), not %v", 3*pullInterval, c.PinnedTTL)
-	v.check(c.MaxAckPending >= 1, "NATS_MAX_ACK_PENDING must be at least 1, not %d", c.MaxAckPending)
-	v.check(c.StreamReplicas >= 1 && c.StreamReplicas <= 5, "NATS_STREAM_REPLICAS must be 1 to 5, not %d", c.StreamReplicas)
-	v.check(c.LimitShare >= 0 && c.LimitShare <= 1, "BYBIT_LIMIT_SHARE must be in (0, 1], not %v", c.LimitShare)
-	v.check(c.Concurrency >= 1, "WORKER_CONCURRENCY must be at least 1, not %d", c.Concurrency)
-	v.errs = append(v.errs, checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, "BYBIT_DCP_WINDOW")...)
-	for name, a := range c.Accounts {
-		v.check(name != "" && name != DefaultAccount, "BYBIT_ACCOUNTS_FILE: account name %q is reserved", name)
-		v.errs = append(v.errs, checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, "BYBIT_ACCOUNTS_FILE: account "+name+": dcpWindow")...)
-		v.check(a.Client != nil, "BYBIT_ACCOUNTS_FILE: account %q has no client", name)
+	v.positive("AckWait", "DuplicateWindow", "RetryBudget", "MaxAge", "ShutdownTimeout", "BanPause")
+	v.check(c.MaxDeliver >= 1 || c.MaxDeliver == -1, field("MaxDeliver"), "%s must be at least 1 (or -1 for unlimited), not %d", field("MaxDeliver"), c.MaxDeliver)
+	v.check(c.PinnedTTL == 0 || c.PinnedTTL >= 3*pullInterval, field("PinnedTTL"),
+		"%s must be at least %v (above the 1 s pull interval and the replica's lease), not %v", field("PinnedTTL"), 3*pullInterval, c.PinnedTTL)
+	v.check(c.MaxAckPending >= 1, field("MaxAckPending"), "%s must be at least 1, not %d", field("MaxAckPending"), c.MaxAckPending)
+	v.check(c.StreamReplicas >= 1 && c.StreamReplicas <= 5, field("StreamReplicas"), "%s must be 1 to 5, not %d", field("StreamReplicas"), c.StreamReplicas)
+	v.check(c.LimitShare >= 0 && c.LimitShare <= 1, field("LimitShare"), "%s must be in (0, 1], not %v", field("LimitShare"), c.LimitShare)
+	v.check(c.Concurrency >= 1, field("Concurrency"), "%s must be at least 1, not %d", field("Concurrency"), c.Concurrency)
+	v.add(checkDCPWindow(c.DCPWindow, c.Confirm, c.WSURL, field("DCPWindow"))...)
+	for _, name := range slices.Sorted(maps.Keys(c.Accounts)) {
+		a := c.Accounts[name]
+		if name == "" || name == DefaultAccount {
+			v.add(problem(field("Accounts"), "%s: account name %q is reserved", field("Accounts"), name))
+			continue
+		}
+		v.add(checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, accountField(name, "DCPWindow"))...)
+		v.check(a.Client != nil, accountField(name, ""), "%s has no client", accountField(name, ""))
 	}
-	v.errs = append(v.errs, c.checkAccountSubjects()...)
-	v.check(c.SyncMaxTimeout >= 0, "SYNC_MAX_TIMEOUT must not be negative, not %v", c.SyncMaxTimeout)
+	v.add(c.checkAccountSubjects()...)
+	v.check(c.SyncMaxTimeout >= 0, field("SyncMaxTimeout"), "%s must not be negative, not %v", field("SyncMaxTimeout"), c.SyncMaxTimeout)
 	if c.Confirm {
-		v.positive(c.ConfirmTimeout, "CONFIRM_TIMEOUT")
+		v.positive("ConfirmTimeout")
 	}
 	if c.DuplicateWindow > 0 && c.MaxAge > 0 {
-		v.add(checkDupeWindow(c.DuplicateWindow, c.MaxAge, "NATS_DUPLICATE_WINDOW"))
+		if p, bad := checkDupeWindow(field("DuplicateWindow"), field("DuplicateWindow"), c.DuplicateWindow, c.MaxAge); bad {
+			v.add(p)
+		}
 	}
-	return errors.Join(v.errs...)
+	return v.err()
 }
 
 // validateSubjects checks that every subject is set and differs from the
 // others.
 func (c Config) validateSubjects(v *validation) {
-	v.need(c.Stream, "NATS_STREAM")
-	v.need(c.Consumer, "NATS_CONSUMER")
-	v.need(c.CancelSubject, "NATS_CANCEL_SUBJECT")
-	v.need(c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT")
-	v.need(c.AckSubject, "NATS_ACK_SUBJECT")
-	v.need(c.RejectedSubject, "NATS_REJECTED_SUBJECT")
-	v.need(c.CancelAllProgressSubject, "NATS_CANCEL_ALL_PROGRESS_SUBJECT")
-	v.add(c.checkProgressSubject())
-	subjects := map[string]string{}
+	v.nonEmpty("Stream", "Consumer", "CancelSubject", "CancelAllSubject", "AckSubject", "RejectedSubject", "CancelAllProgressSubject")
+	if p, bad := c.checkProgressSubject(); bad {
+		v.add(p)
+	}
+	confirmed := field("ConfirmedSubject")
+	subjects := map[string]Field{}
 	for _, s := range c.namedSubjects() {
-		if s[1] == "NATS_CONFIRMED_SUBJECT" {
+		if s.field == confirmed {
 			continue // checked below
 		}
-		if prev, dup := subjects[s[0]]; dup && s[0] != "" {
-			v.add(fmt.Errorf("%s and %s are both %q: every subject must differ", prev, s[1], s[0]))
+		if prev, dup := subjects[s.subject]; dup && s.subject != "" {
+			v.add(problem(s.field, "%s and %s are both %q: every subject must differ", prev, s.field, s.subject))
 		}
-		subjects[s[0]] = s[1]
+		subjects[s.subject] = s.field
 	}
 	if !c.Confirm {
 		return
 	}
-	v.need(c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT")
+	v.nonEmpty("ConfirmedSubject")
 	for _, s := range c.namedSubjects() {
-		v.check(s[0] != c.ConfirmedSubject || s[0] == "" || s[1] == "NATS_CONFIRMED_SUBJECT",
-			"%s and NATS_CONFIRMED_SUBJECT are both %q: every subject must differ", s[1], s[0])
+		v.check(s.subject != c.ConfirmedSubject || s.subject == "" || s.field == confirmed, confirmed,
+			"%s and %s are both %q: every subject must differ", s.field, confirmed, s.subject)
 	}
-}
-
-// validation collects what Validate finds.
-type validation struct{ errs []error }
-
-func (v *validation) add(err error) {
-	if err != nil {
-		v.errs = append(v.errs, err)
-	}
-}
-
-func (v *validation) check(ok bool, format string, args ...any) {
-	if !ok {
-		v.errs = append(v.errs, fmt.Errorf(format, args...))
-	}
-}
-
-func (v *validation) need(s, name string) { v.check(s != "", "%s must not be empty", name) }
-
-func (v *validation) positive(d time.Duration, name string) {
-	v.check(d > 0, "%s must be positive, not %v", name, d)
 }

@@ -63,7 +63,7 @@ type confirmDeps struct {
 }
 
 func newConfirmer(d confirmDeps) *confirmer {
-	c := &confirmer{confirmDeps: d, book: newOrderBook(recentUpdates), streams: map[string]*accountStream{}, held: newHeldSet()}
+	c := &confirmer{confirmDeps: d, book: newOrderBook(recentUpdates), streams: map[string]*accountStream{}, held: newHeldSet(d.now)}
 	for name, a := range c.accounts {
 		if a.wsURL == "" {
 			continue

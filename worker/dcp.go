@@ -38,14 +38,14 @@ func newDCPState(window time.Duration) *dcpState {
 	return &dcpState{window: window}
 }
 
-func checkDCPWindow(d time.Duration, confirm bool, wsURL, name string) []error {
+func checkDCPWindow(d time.Duration, confirm bool, wsURL string, f Field) []FieldProblem {
 	switch {
 	case d == 0:
 		return nil
 	case d%time.Second != 0 || d < bybit.MinDCPWindow*time.Second || d > bybit.MaxDCPWindow*time.Second:
-		return []error{fmt.Errorf("%s must be whole seconds from %ds to %ds, not %v", name, bybit.MinDCPWindow, bybit.MaxDCPWindow, d)}
+		return []FieldProblem{problem(f, "%s must be whole seconds from %ds to %ds, not %v", f, bybit.MinDCPWindow, bybit.MaxDCPWindow, d)}
 	case !confirm || wsURL == "":
-		return []error{fmt.Errorf("%s needs CONFIRM=true and a private WebSocket URL: the dcp topics are subscribed on the confirmations' private stream", name)}
+		return []FieldProblem{problem(f, "%s needs %s=true and a private WebSocket URL: the dcp topics are subscribed on the confirmations' private stream", f, field("Confirm"))}
 	}
 	return nil
 }

@@ -164,10 +164,10 @@ func TestDCPWindowIsCheckedAtConfiguration(t *testing.T) {
 	t.Parallel()
 	e, _ := dcpSetup(t, 2*time.Second, time.Second)
 	_, err := worker.New(e.cfg, e.js, e.client())
-	require.ErrorContains(t, err, "BYBIT_DCP_WINDOW must be whole seconds from 3s to 300s")
+	require.ErrorContains(t, err, "DCPWindow must be whole seconds from 3s to 300s")
 	e.cfg.DCPWindow, e.cfg.Confirm = 30*time.Second, false
 	_, err = worker.New(e.cfg, e.js, e.client())
-	require.ErrorContains(t, err, "BYBIT_DCP_WINDOW needs CONFIRM=true")
+	require.ErrorContains(t, err, "DCPWindow needs Confirm=true")
 }
 
 // Bybit refusing the window, or a read-back that does not show it for

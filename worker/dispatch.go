@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
@@ -125,7 +124,7 @@ func (w *Worker) lastLook(ps *pass, units []*unit) []*unit {
 func (w *Worker) waited(l *lane, units []*unit) {
 	for _, u := range units {
 		for _, j := range u.jobs {
-			waited := time.Since(j.queuedAt)
+			waited := w.now().Sub(j.queuedAt)
 			j.rateLimitWait += waited
 			w.metrics.rateLimitWait.WithLabelValues(l.key.category).Add(waited.Seconds())
 		}

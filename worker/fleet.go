@@ -594,7 +594,6 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
 	defer cancel()
 	start := f.now()
-	pulledAt := time.Now()
 	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts(fctx)...)
 	if err != nil {
 		return
@@ -603,7 +602,7 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 		// None fits; should one come, it is taken like any other.
 		f.cancel.pulled(start, pinOf(msg), nil)
 		f.cancel.takeover(ctx, cons, msg)
-		f.accept(ctx, msg, pulledAt)
+		f.accept(ctx, msg, start)
 	}
 	f.pulled(start, "", batch.Error())
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/embedded"
 )
 
@@ -29,8 +30,8 @@ func TestTheLeaseFollowsTheConsumersPinnedTTL(t *testing.T) {
 	client, err := bybit.NewClient(bybit.Options{BaseURL: srv.URL, APIKey: bybittest.DemoAPIKey, APISecret: bybittest.DemoAPISecret, Timeout: 5 * time.Second})
 	require.NoError(t, err)
 	cfg := Config{
-		Stream: "ORDERS", Consumer: "ops-cancels", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
-		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", CancelAllProgressSubject: "orders.cancel-all.progress",
+		Subjects: messages.Subjects{Stream: "ORDERS", Consumer: "ops-cancels", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
+			AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", CancelAllProgressSubject: "orders.cancel-all.progress"},
 		AckWait: 30 * time.Second, MaxDeliver: 20, MaxAckPending: 100, DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 4, RetryBudget: time.Minute, MaxAge: time.Minute, ShutdownTimeout: time.Second,
 		Limits: DefaultLimits(), BanPause: time.Minute, LimitShare: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -181,7 +181,7 @@ func (ps *pass) cancel() {
 // send marks the request as going out now.
 func (ps *pass) send() {
 	ps.p.markSent(ps.held)
-	ps.sentAt, ps.start = ps.g.now(), time.Now()
+	ps.sentAt = ps.g.now()
 }
 
 // done is the bookkeeping every request shares, whichever path sent it: an
@@ -204,7 +204,7 @@ func (ps *pass) done(rl bybit.RateLimit, err error) {
 		g.metrics.inFlight.Dec()
 	}
 	endpoint, category := string(ps.budget.endpoint), ps.budget.category
-	g.metrics.observeRequest(endpoint, category, time.Since(ps.start), err)
+	g.metrics.observeRequest(endpoint, category, g.now().Sub(ps.sentAt), err)
 	g.metrics.observeBudget(endpoint, category, rl)
 	if ps.probe {
 		g.endProbe(err)

@@ -133,7 +133,6 @@ func (p puller) pull(ctx context.Context, room int) error {
 // fetch takes one batch of up to room messages to accept.
 func (p puller) fetch(ctx, fctx context.Context, room int) error {
 	start := p.now()
-	pulledAt := time.Now()
 	batch, err := p.cons.Fetch(min(room, maxFetch), p.pin.fetchOpts(fctx)...)
 	if err != nil {
 		return err
@@ -142,7 +141,7 @@ func (p puller) fetch(ctx, fctx context.Context, room int) error {
 		// The pin first: a lane sends only for the active replica.
 		p.pin.pulled(start, pinOf(msg), nil)
 		p.pin.takeover(ctx, p.cons, msg)
-		p.accept(ctx, msg, pulledAt)
+		p.accept(ctx, msg, start)
 	}
 	p.pulled(start, batch.Error())
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
@@ -263,6 +262,7 @@ func (h *heldMsg) checkStaleLocked(now time.Time, rule staleRule) bool {
 // that no answered round (or, just pulled, no answered heartbeat of its own)
 // covered for long enough is stale (see staleRule and Worker.letGo).
 type heldSet struct {
+	now     func() time.Time // the worker's clock
 	mu      sync.Mutex
 	msgs    map[uint64]*heldMsg
 	changed chan struct{}
@@ -294,8 +294,8 @@ type round struct {
 	first, last bool
 }
 
-func newHeldSet() *heldSet {
-	return &heldSet{msgs: map[uint64]*heldMsg{}, changed: make(chan struct{}), rounds: map[uint64]*round{}}
+func newHeldSet(now func() time.Time) *heldSet {
+	return &heldSet{now: now, msgs: map[uint64]*heldMsg{}, changed: make(chan struct{}), rounds: map[uint64]*round{}}
 }
 
 // add registers m, or returns the message already held for the same
@@ -315,7 +315,7 @@ func (h *heldSet) add(m *heldMsg) (*heldMsg, bool) {
 	if nc != nil {
 		msg, deliveries := m.delivery()
 		reply := inbox + ".j." + strconv.FormatUint(m.seq, 10) + "." + strconv.FormatUint(deliveries, 10) + "." +
-			strconv.FormatInt(int64(time.Since(base)), 10)
+			strconv.FormatInt(int64(h.now().Sub(base)), 10)
 		_ = nc.PublishMsg(&nats.Msg{Subject: msg.Reply(), Reply: reply, Data: ackProgress})
 	}
 	return m, true
@@ -350,7 +350,7 @@ func (h *heldSet) heartbeatLoop(ctx context.Context, nc *nats.Conn, ackWait time
 	if err == nil {
 		defer func() { _ = sub.Unsubscribe() }()
 		h.mu.Lock()
-		h.nc, h.inbox, h.base = nc, inbox, time.Now()
+		h.nc, h.inbox, h.base = nc, inbox, h.now()
 		h.rule = staleRule{after: ackWait - interval/2, silent: 2 * ackWait}
 		h.reconnects = nc.Stats().Reconnects
 		h.mu.Unlock()
@@ -392,7 +392,7 @@ func (h *heldSet) snapshot() []*heldMsg {
 // heartbeat sends one round: InProgress for every held message, the first
 // and the last sent as requests. Rounds older than keep are forgotten.
 func (h *heldSet) heartbeat(keep time.Duration) {
-	now := time.Now()
+	now := h.now()
 	held := h.snapshot()
 	h.mu.Lock()
 	nc, inbox := h.nc, h.inbox
@@ -452,12 +452,12 @@ func (h *heldSet) heartbeat(keep time.Duration) {
 func (h *heldSet) confirmed(m *nats.Msg) {
 	if m.Header.Get("Status") != "" {
 		h.mu.Lock()
-		h.rule.troubleAt = time.Now()
+		h.rule.troubleAt = h.now()
 		h.mu.Unlock()
 		return
 	}
 	parts := strings.Split(strings.TrimPrefix(m.Subject, h.inboxName()+"."), ".")
-	now := time.Now()
+	now := h.now()
 	switch {
 	case len(parts) == 4 && parts[0] == "j":
 		h.confirmedOne(parts[1:], now)
@@ -538,7 +538,7 @@ func (h *heldSet) stale(m *heldMsg) bool {
 	h.mu.Lock()
 	rule := h.rule
 	h.mu.Unlock()
-	return m.checkStale(time.Now(), rule)
+	return m.checkStale(h.now(), rule)
 }
 
 // seqMemory remembers up to n stream sequences (oldest forgotten first).

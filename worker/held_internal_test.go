@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -14,7 +15,7 @@ import (
 // order, a message heard first in one round and last in the next waits an
 // interval plus a whole round, which on a loaded server passed AckWait).
 func TestHeartbeatRoundsGoInStreamOrder(t *testing.T) {
-	h := newHeldSet()
+	h := newHeldSet(time.Now)
 	seqs := make([]uint64, 500)
 	for i := range seqs {
 		seqs[i] = uint64(i + 1)

@@ -172,7 +172,7 @@ func (l *lane) push(j *job, front bool) bool {
 	if l.closed {
 		return false
 	}
-	j.queuedAt = time.Now()
+	j.queuedAt = l.single.now() // the worker's clock
 	l.rememberLocked(j)
 	if front {
 		l.queue = append([]*job{j}, l.queue...)

@@ -53,8 +53,8 @@ func TestLastDeliveryReleasedOnShutdownKeepsTheCancelAllsProgress(t *testing.T) 
 	client, err := bybit.NewClient(bybit.Options{BaseURL: "http://127.0.0.1:1", APIKey: "k", APISecret: "s"})
 	require.NoError(t, err)
 	cfg := Config{
-		Stream: "ORDERS", Consumer: "c", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
-		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", CancelAllProgressSubject: "orders.cancel-all.progress",
+		Subjects: messages.Subjects{Stream: "ORDERS", Consumer: "c", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
+			AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", CancelAllProgressSubject: "orders.cancel-all.progress"},
 		AckWait: time.Second, MaxDeliver: 5, MaxAckPending: 10, DuplicateWindow: time.Hour, StreamReplicas: 1,
 		Concurrency: 1, RetryBudget: time.Minute, MaxAge: time.Minute, ShutdownTimeout: time.Second,
 		BanPause: time.Minute, LimitShare: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

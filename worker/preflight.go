@@ -19,6 +19,11 @@ import (
 // an error that says which; network trouble is retried until ctx ends. Where
 // the environment does not offer the key check (demo trading) it warns.
 func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) error {
+	return preflight(ctx, client, log, time.Now)
+}
+
+// preflight is Preflight on the clock now (the worker's).
+func preflight(ctx context.Context, client *bybit.Client, log *slog.Logger, now func() time.Time) error {
 	retry := func(what string, op func() error) error {
 		b := backoff.NewExponentialBackOff()
 		b.MaxInterval = 10 * time.Second
@@ -72,7 +77,7 @@ func Preflight(ctx context.Context, client *bybit.Client, log *slog.Logger) erro
 	attrs := []any{"apiKey", client.APIKey(), "trades", strings.Join(markets, ",")}
 	if !info.ExpiresAt.IsZero() {
 		attrs = append(attrs, "expiresAt", info.ExpiresAt)
-		if time.Until(info.ExpiresAt) < 7*24*time.Hour {
+		if info.ExpiresAt.Sub(now()) < 7*24*time.Hour {
 			log.Warn("API key expires within a week", "apiKey", client.APIKey(), "expiresAt", info.ExpiresAt)
 		}
 	}

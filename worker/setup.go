@@ -110,20 +110,23 @@ func (c Config) progressSubject(seq uint64) string {
 // checkProgressSubject keeps progress records apart from requests and
 // results: the worker's consumer, replay and the confirmer read those
 // subjects, and must never take a progress record for one of them.
-func (c Config) checkProgressSubject() error {
-	p := c.CancelAllProgressSubject
+func (c Config) checkProgressSubject() (FieldProblem, bool) {
+	p, f := c.CancelAllProgressSubject, field("CancelAllProgressSubject")
 	if p == "" {
-		return nil
+		return FieldProblem{}, false
 	}
 	if strings.ContainsAny(p, "*> \t") || slices.Contains(strings.Split(p, "."), "") {
-		return fmt.Errorf("NATS_CANCEL_ALL_PROGRESS_SUBJECT %q must be a literal subject (no wildcards, no empty tokens)", p)
+		return problem(f, "%s %q must be a literal subject (no wildcards, no empty tokens)", f, p), true
 	}
-	for _, s := range [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"}, {c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT"}} {
-		if s[0] != "" && (s[0] == p || subjectMatches(c.progressSubjects(), s[0])) {
-			return fmt.Errorf("NATS_CANCEL_ALL_PROGRESS_SUBJECT %q overlaps %s %q: progress records (%s) must not share a subject with requests or results", p, s[1], s[0], c.progressSubjects())
+	// The inputs and the results (namedSubjects' first four), and the
+	// confirmations even when they are off.
+	others := append(slices.Clip(c.namedSubjects()[:4]), namedSubject{c.ConfirmedSubject, field("ConfirmedSubject")})
+	for _, s := range others {
+		if s.subject != "" && (s.subject == p || subjectMatches(c.progressSubjects(), s.subject)) {
+			return problem(f, "%s %q overlaps %s %q: progress records (%s) must not share a subject with requests or results", f, p, s.field, s.subject, c.progressSubjects()), true
 		}
 	}
-	return nil
+	return FieldProblem{}, false
 }
 
 // ConfirmConsumer is the name of the durable consumer that drives
@@ -196,7 +199,10 @@ func (c Config) checkOperatorStream(cfg jetstream.StreamConfig) error {
 	if cfg.Retention == jetstream.WorkQueuePolicy {
 		return fmt.Errorf("stream %s has work-queue retention: results and replay need limits retention", c.Stream)
 	}
-	return checkDupeWindow(cfg.Duplicates, c.MaxAge, "the duplicate window of stream "+c.Stream)
+	if p, bad := checkDupeWindow(field("MaxAge"), "the duplicate window of stream "+c.Stream, cfg.Duplicates, c.MaxAge); bad {
+		return &ConfigError{Problems: []FieldProblem{p}}
+	}
+	return nil
 }
 
 // updateStream brings a stream the worker created up to date.
@@ -222,12 +228,14 @@ func (c Config) updateStream(ctx context.Context, js jetstream.JetStream, cfg je
 	return s.CachedInfo().Config, nil
 }
 
-func checkDupeWindow(window, maxAge time.Duration, name string) error {
+// checkDupeWindow: a duplicate window (named by what) must outlast MaxAge
+// by dupeMargin; the problem is f's.
+func checkDupeWindow(f Field, what any, window, maxAge time.Duration) (FieldProblem, bool) {
 	if window < maxAge+dupeMargin {
-		return fmt.Errorf("%s (%v) must be at least WORKER_MAX_AGE (%v) + %v, or a redelivered request could get a second result",
-			name, window, maxAge, dupeMargin)
+		return problem(f, "%s (%v) must be at least %s (%v) + %v, or a redelivered request could get a second result",
+			what, window, field("MaxAge"), maxAge, dupeMargin), true
 	}
-	return nil
+	return FieldProblem{}, false
 }
 
 // subjectCovered reports whether a stream with the given subjects captures

@@ -70,7 +70,7 @@ func TestOperatorStreamIsCheckedNotChanged(t *testing.T) {
 	e.cfg.Stream = "SHORT"
 	e.cfg.CancelSubject, e.cfg.CancelAllSubject, e.cfg.AckSubject, e.cfg.RejectedSubject = "short.cancel", "short.cancel-all", "short.ack", "short.rejected"
 	_, err = worker.EnsureStream(ctx, e.js, e.cfg)
-	require.ErrorContains(t, err, "(10m0s) must be at least WORKER_MAX_AGE (50m0s)")
+	require.ErrorContains(t, err, "(10m0s) must be at least MaxAge (50m0s)")
 }
 
 func TestOperatorConsumerIsCheckedNotChanged(t *testing.T) {

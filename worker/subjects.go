@@ -79,43 +79,55 @@ func (c Config) routes() map[string]route {
 	return out
 }
 
-// namedSubjects lists every subject setting with its name, for the
-// every-subject-differs check.
-func (c Config) namedSubjects() [][2]string {
-	out := [][2]string{{c.CancelSubject, "NATS_CANCEL_SUBJECT"}, {c.CancelAllSubject, "NATS_CANCEL_ALL_SUBJECT"}, {c.AckSubject, "NATS_ACK_SUBJECT"}, {c.RejectedSubject, "NATS_REJECTED_SUBJECT"},
-		{c.SyncCancelSubject, "NATS_SYNC_CANCEL_SUBJECT"}, {c.SyncCancelAllSubject, "NATS_SYNC_CANCEL_ALL_SUBJECT"}}
+// namedSubject is a subject setting and its field.
+type namedSubject struct {
+	subject string
+	field   Field
+}
+
+// namedSubjects lists every subject setting with its field, for the
+// every-subject-differs check: the inputs and the results first.
+func (c Config) namedSubjects() []namedSubject {
+	out := []namedSubject{{c.CancelSubject, field("CancelSubject")}, {c.CancelAllSubject, field("CancelAllSubject")},
+		{c.AckSubject, field("AckSubject")}, {c.RejectedSubject, field("RejectedSubject")},
+		{c.SyncCancelSubject, field("SyncCancelSubject")}, {c.SyncCancelAllSubject, field("SyncCancelAllSubject")}}
 	if c.Confirm {
-		out = append(out, [2]string{c.ConfirmedSubject, "NATS_CONFIRMED_SUBJECT"})
+		out = append(out, namedSubject{c.ConfirmedSubject, field("ConfirmedSubject")})
 	}
 	for _, name := range c.accountNames() {
-		s := c.Accounts[name].Subjects
-		prefix := fmt.Sprintf("BYBIT_ACCOUNTS_FILE: account %q ", name)
-		out = append(out, [2]string{s.CancelSubject, prefix + "cancelSubject"}, [2]string{s.CancelAllSubject, prefix + "cancelAllSubject"},
-			[2]string{s.SyncCancelSubject, prefix + "syncCancelSubject"}, [2]string{s.SyncCancelAllSubject, prefix + "syncCancelAllSubject"})
+		out = append(out, c.Accounts[name].Subjects.named(name)...)
 	}
 	return out
 }
 
+// named lists the account's subjects with their fields.
+func (s AccountSubjects) named(account string) []namedSubject {
+	return []namedSubject{
+		{s.CancelSubject, accountField(account, "Subjects.CancelSubject")},
+		{s.CancelAllSubject, accountField(account, "Subjects.CancelAllSubject")},
+		{s.SyncCancelSubject, accountField(account, "Subjects.SyncCancelSubject")},
+		{s.SyncCancelAllSubject, accountField(account, "Subjects.SyncCancelAllSubject")},
+	}
+}
+
 // checkAccountSubjects: an account's sync subject publishes to its input
 // subject, so it needs one; no subject holds a wildcard.
-func (c Config) checkAccountSubjects() []error {
-	var errs []error
+func (c Config) checkAccountSubjects() []FieldProblem {
+	var out []FieldProblem
 	for _, name := range c.accountNames() {
-		s := c.Accounts[name].Subjects
-		prefix := fmt.Sprintf("BYBIT_ACCOUNTS_FILE: account %q: ", name)
-		if s.SyncCancelSubject != "" && s.CancelSubject == "" {
-			errs = append(errs, fmt.Errorf("%ssyncCancelSubject needs a cancelSubject to publish to", prefix))
+		acct, named := accountField(name, ""), c.Accounts[name].Subjects.named(name)
+		for i, input := range named[:2] {
+			if sync := named[i+2]; sync.subject != "" && input.subject == "" {
+				out = append(out, problem(acct, "%s: %s needs a %s to publish to", acct, inAccount(sync.field), inAccount(input.field)))
+			}
 		}
-		if s.SyncCancelAllSubject != "" && s.CancelAllSubject == "" {
-			errs = append(errs, fmt.Errorf("%ssyncCancelAllSubject needs a cancelAllSubject to publish to", prefix))
-		}
-		for _, subj := range []string{s.CancelSubject, s.CancelAllSubject, s.SyncCancelSubject, s.SyncCancelAllSubject} {
-			if strings.ContainsAny(subj, "*> \t") {
-				errs = append(errs, fmt.Errorf("%ssubject %q must be a literal subject (no wildcards or spaces)", prefix, subj))
+		for _, n := range named {
+			if strings.ContainsAny(n.subject, "*> \t") {
+				out = append(out, problem(acct, "%s: subject %q must be a literal subject (no wildcards or spaces)", acct, n.subject))
 			}
 		}
 	}
-	return errs
+	return out
 }
 
 // forAccount applies an account subject's account to a request: a body that

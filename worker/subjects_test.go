@@ -96,7 +96,7 @@ func TestAccountSubjectsMustDiffer(t *testing.T) {
 	a.Subjects.SyncCancelAllSubject = "orders.sync.>"
 	e.cfg.Accounts["hedge"] = a
 	err := e.cfg.Validate()
-	require.ErrorContains(t, err, `NATS_CANCEL_SUBJECT and BYBIT_ACCOUNTS_FILE: account "hedge" cancelSubject are both "orders.cancel"`)
+	require.ErrorContains(t, err, `CancelSubject and Accounts["hedge"].Subjects.CancelSubject are both "orders.cancel"`)
 	require.ErrorContains(t, err, `subject "orders.sync.>" must be a literal subject`)
 }
 

@@ -143,7 +143,7 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		js:       js,
-		held:     newHeldSet(),
+		held:     newHeldSet(cfg.Now),
 		answered: newSeqMemory(memorySize),
 		released: newSeqMemory(memorySize),
 		lanes:    map[laneKey]*lane{},
@@ -325,7 +325,7 @@ func (w *Worker) checkAccounts(ctx context.Context) error {
 	names := slices.Sorted(maps.Keys(w.accounts))
 	for _, name := range names {
 		a := w.accounts[name]
-		err := Preflight(ctx, a.client, w.log.With("account", name))
+		err := preflight(ctx, a.client, w.log.With("account", name), w.now)
 		if err != nil && ctx.Err() != nil {
 			return fmt.Errorf("account %s: %w", name, err)
 		}

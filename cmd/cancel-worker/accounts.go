@@ -80,77 +80,102 @@ func readAccountsFile(path, defaultBaseURL, defaultWSURL string, confirm bool) (
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		e := file.Accounts[name]
-		fail := func(format string, args ...any) error {
-			return fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %s", name, fmt.Sprintf(format, args...))
-		}
-		if strings.TrimSpace(name) == "" {
-			return nil, fail("an account needs a name")
-		}
-		if e.APIKey == "" {
-			return nil, fail("apiKey is required")
-		}
-		c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, wsURL: e.WSURL, limits: e.Limits, limitGroup: e.LimitGroup,
-			subjects: worker.AccountSubjects{CancelSubject: e.CancelSubject, CancelAllSubject: e.CancelAllSubject,
-				SyncCancelSubject: e.SyncCancelSubject, SyncCancelAllSubject: e.SyncCancelAllSubject}}
-		if e.DCPWindow != "" {
-			d, err := time.ParseDuration(e.DCPWindow)
-			if err != nil {
-				return nil, fail("dcpWindow %q is not a Go duration such as 30s", e.DCPWindow)
-			}
-			c.dcpWindow = d
-		}
-		if name == worker.DefaultAccount && c.subjects != (worker.AccountSubjects{}) {
-			return nil, fail("the default account's subjects are NATS_CANCEL_SUBJECT and the other NATS_* settings")
-		}
-		sources := 0
-		for _, set := range []bool{!e.APISecret.IsZero(), e.APISecretFile != "", e.RSAPrivateKeyFile != ""} {
-			if set {
-				sources++
-			}
-		}
-		if sources != 1 {
-			return nil, fail("set exactly one of apiSecret, apiSecretFile or rsaPrivateKeyFile")
-		}
-		if e.APISecretFile != "" {
-			b, err := os.ReadFile(relativeTo(path, e.APISecretFile))
-			if err != nil {
-				return nil, fail("cannot read apiSecretFile %s: %v", e.APISecretFile, errors.Unwrap(err))
-			}
-			c.secret = bybit.Secret(strings.TrimRight(string(b), "\r\n"))
-		}
-		if e.RSAPrivateKeyFile != "" {
-			b, err := os.ReadFile(relativeTo(path, e.RSAPrivateKeyFile))
-			if err != nil {
-				return nil, fail("cannot read rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, errors.Unwrap(err))
-			}
-			if c.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
-				return nil, fail("rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, err)
-			}
-		}
-		switch {
-		case c.wsURL != "" && !strings.HasPrefix(c.wsURL, "ws://") && !strings.HasPrefix(c.wsURL, "wss://"):
-			return nil, fail("wsUrl %q must start with ws:// or wss://", c.wsURL)
-		case c.wsURL == "" && c.baseURL != "":
-			ws, err := bybit.PrivateStreamFor(c.baseURL)
-			if err != nil && confirm {
-				return nil, fail("wsUrl %s", wsURLMissing("wsUrl", err))
-			}
-			c.wsURL = ws
-		case c.wsURL == "":
-			c.wsURL = defaultWSURL
-		}
-		if c.baseURL == "" {
-			c.baseURL = defaultBaseURL
-		}
-		for k, v := range e.Limits {
-			if _, known := worker.DefaultLimits()[k]; !known || v < 0 {
-				return nil, fail("limits: %q is not endpoint/category with a limit of 0 or more", k)
-			}
+		c, err := file.Accounts[name].resolve(name, path, defaultBaseURL, defaultWSURL, confirm)
+		if err != nil {
+			return nil, fmt.Errorf("BYBIT_ACCOUNTS_FILE: account %q: %w", name, err)
 		}
 		out[name] = c
 	}
 	return out, nil
+}
+
+// resolve checks the account name of the accounts file at path and reads its
+// signer; the base and WebSocket URLs default to the default account's.
+func (e accountEntry) resolve(name, path, defaultBaseURL, defaultWSURL string, confirm bool) (accountCreds, error) {
+	c := accountCreds{apiKey: e.APIKey, secret: e.APISecret, baseURL: e.BaseURL, wsURL: e.WSURL, limits: e.Limits, limitGroup: e.LimitGroup,
+		subjects: worker.AccountSubjects{CancelSubject: e.CancelSubject, CancelAllSubject: e.CancelAllSubject,
+			SyncCancelSubject: e.SyncCancelSubject, SyncCancelAllSubject: e.SyncCancelAllSubject}}
+	if strings.TrimSpace(name) == "" {
+		return c, errors.New("an account needs a name")
+	}
+	if e.APIKey == "" {
+		return c, errors.New("apiKey is required")
+	}
+	if e.DCPWindow != "" {
+		d, err := time.ParseDuration(e.DCPWindow)
+		if err != nil {
+			return c, fmt.Errorf("dcpWindow %q is not a Go duration such as 30s", e.DCPWindow)
+		}
+		c.dcpWindow = d
+	}
+	if name == worker.DefaultAccount && c.subjects != (worker.AccountSubjects{}) {
+		return c, errors.New("the default account's subjects are NATS_CANCEL_SUBJECT and the other NATS_* settings")
+	}
+	if err := e.readSigner(path, &c); err != nil {
+		return c, err
+	}
+	if err := c.resolveURLs(defaultBaseURL, defaultWSURL, confirm); err != nil {
+		return c, err
+	}
+	for k, v := range e.Limits {
+		if _, known := worker.DefaultLimits()[k]; !known || v < 0 {
+			return c, fmt.Errorf("limits: %q is not endpoint/category with a limit of 0 or more", k)
+		}
+	}
+	return c, nil
+}
+
+// readSigner reads the one secret source the entry sets (files relative
+// to the accounts file at path).
+func (e accountEntry) readSigner(path string, c *accountCreds) error {
+	sources := 0
+	for _, set := range []bool{!e.APISecret.IsZero(), e.APISecretFile != "", e.RSAPrivateKeyFile != ""} {
+		if set {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return errors.New("set exactly one of apiSecret, apiSecretFile or rsaPrivateKeyFile")
+	}
+	if e.APISecretFile != "" {
+		b, err := os.ReadFile(relativeTo(path, e.APISecretFile))
+		if err != nil {
+			return fmt.Errorf("cannot read apiSecretFile %s: %v", e.APISecretFile, errors.Unwrap(err))
+		}
+		c.secret = bybit.Secret(strings.TrimRight(string(b), "\r\n"))
+	}
+	if e.RSAPrivateKeyFile != "" {
+		b, err := os.ReadFile(relativeTo(path, e.RSAPrivateKeyFile))
+		if err != nil {
+			return fmt.Errorf("cannot read rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, errors.Unwrap(err))
+		}
+		var perr error
+		if c.rsaKey, perr = bybit.ParseRSAPrivateKey(b); perr != nil {
+			return fmt.Errorf("rsaPrivateKeyFile %s: %v", e.RSAPrivateKeyFile, perr)
+		}
+	}
+	return nil
+}
+
+// resolveURLs checks the account's wsUrl or finds it from its baseUrl, and
+// fills in the default account's where the entry gives none.
+func (c *accountCreds) resolveURLs(defaultBaseURL, defaultWSURL string, confirm bool) error {
+	switch {
+	case c.wsURL != "" && !strings.HasPrefix(c.wsURL, "ws://") && !strings.HasPrefix(c.wsURL, "wss://"):
+		return fmt.Errorf("wsUrl %q must start with ws:// or wss://", c.wsURL)
+	case c.wsURL == "" && c.baseURL != "":
+		ws, err := bybit.PrivateStreamFor(c.baseURL)
+		if err != nil && confirm {
+			return fmt.Errorf("wsUrl %s", wsURLMissing("wsUrl", err))
+		}
+		c.wsURL = ws
+	case c.wsURL == "":
+		c.wsURL = defaultWSURL
+	}
+	if c.baseURL == "" {
+		c.baseURL = defaultBaseURL
+	}
+	return nil
 }
 
 func relativeTo(file, p string) string {

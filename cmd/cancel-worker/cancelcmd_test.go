@@ -95,9 +95,10 @@ func TestCancelCommandTimeoutAndNoService(t *testing.T) {
 
 	// A service whose worker does not run: the request is stored, nothing
 	// answers it.
-	cfg := worker.Config{Stream: "ORDERS", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
-		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", DuplicateWindow: time.Hour, StreamReplicas: 1, MaxAge: time.Minute,
-		SyncCancelSubject: "orders.sync.cancel", SyncCancelAllSubject: "orders.sync.cancel-all", SyncMaxTimeout: time.Minute}
+	cfg := worker.Config{Subjects: messages.Subjects{Stream: "ORDERS", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
+		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected",
+		SyncCancelSubject: "orders.sync.cancel", SyncCancelAllSubject: "orders.sync.cancel-all"}, DuplicateWindow: time.Hour, StreamReplicas: 1, MaxAge: time.Minute,
+		SyncMaxTimeout: time.Minute}
 	_, err := worker.EnsureStream(context.Background(), s.js, cfg)
 	require.NoError(t, err)
 	svc, err := worker.NewService(worker.ServiceConfig{Conn: s.nc, JS: s.js, Worker: cfg, Logger: slog.New(slog.DiscardHandler)})

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
@@ -22,7 +24,10 @@ import (
 // is a secret, its flag twin. Flags win over the environment, which wins over
 // the default. --help shows defaults, never values from the environment.
 type setting struct {
-	env    string
+	env string
+	// field is the worker.Config field the setting fills, by its Go name:
+	// a worker.ConfigError about it is told with env.
+	field  string
 	def    string
 	usage  string
 	secret bool
@@ -89,50 +94,108 @@ var settings = []setting{
 	{env: "NATS_CERT", def: "", usage: "client certificate file for NATS TLS (with NATS_KEY)"},
 	{env: "NATS_KEY", def: "", usage: "client key file for NATS TLS (with NATS_CERT)"},
 	{env: "NATS_CONNECTION_NAME", def: "", usage: "connection name shown by the server (default cancel-worker@<hostname>)"},
-	{env: "NATS_STREAM", def: defaults.Stream, usage: "stream holding the cancel subject and the results"},
-	{env: "NATS_CONSUMER", def: defaults.Consumer, usage: "durable pull consumer; several worker processes may share it"},
-	{env: "NATS_CANCEL_SUBJECT", def: defaults.CancelSubject, usage: "input subject"},
-	{env: "NATS_CANCEL_ALL_SUBJECT", def: defaults.CancelAllSubject, usage: "input subject of cancel-all requests"},
-	{env: "NATS_ACK_SUBJECT", def: defaults.AckSubject, usage: "results: cancels the exchange acknowledged"},
-	{env: "NATS_REJECTED_SUBJECT", def: defaults.RejectedSubject, usage: "results: every other final outcome"},
-	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", def: defaults.CancelAllProgressSubject, usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
-	{env: "NATS_ACK_WAIT", def: durationText(defaults.AckWait), usage: "AckWait of a consumer the worker creates"},
-	{env: "NATS_PINNED_TTL", def: durationText(defaults.PinnedTTL), usage: "how long a consumer the worker creates keeps a replica pinned after its last pull: the takeover time after a replica dies (at least 3s)"},
-	{env: "NATS_MAX_DELIVER", def: strconv.Itoa(defaults.MaxDeliver), usage: "MaxDeliver of a consumer the worker creates"},
-	{env: "NATS_MAX_ACK_PENDING", def: strconv.Itoa(defaults.MaxAckPending), usage: "MaxAckPending of a consumer the worker creates (messages held)"},
-	{env: "NATS_DUPLICATE_WINDOW", def: durationText(defaults.DuplicateWindow), usage: "duplicate window of a stream the worker creates"},
-	{env: "NATS_STREAM_REPLICAS", def: strconv.Itoa(defaults.StreamReplicas), usage: "replicas of a stream the worker creates"},
-	{env: "NATS_STREAM_MAX_BYTES", def: bytesText(defaults.StreamMaxBytes), usage: "size limit of a stream the worker creates (e.g. 512MiB, 10GB), or off; when full, new messages are refused (discard new)"},
+	{env: "NATS_STREAM", field: "Stream", def: defaults.Stream, usage: "stream holding the cancel subject and the results"},
+	{env: "NATS_CONSUMER", field: "Consumer", def: defaults.Consumer, usage: "durable pull consumer; several worker processes may share it"},
+	{env: "NATS_CANCEL_SUBJECT", field: "CancelSubject", def: defaults.CancelSubject, usage: "input subject"},
+	{env: "NATS_CANCEL_ALL_SUBJECT", field: "CancelAllSubject", def: defaults.CancelAllSubject, usage: "input subject of cancel-all requests"},
+	{env: "NATS_ACK_SUBJECT", field: "AckSubject", def: defaults.AckSubject, usage: "results: cancels the exchange acknowledged"},
+	{env: "NATS_REJECTED_SUBJECT", field: "RejectedSubject", def: defaults.RejectedSubject, usage: "results: every other final outcome"},
+	{env: "NATS_CANCEL_ALL_PROGRESS_SUBJECT", field: "CancelAllProgressSubject", def: defaults.CancelAllProgressSubject, usage: "progress records of running cancel-alls, on <subject>.<request sequence>"},
+	{env: "NATS_ACK_WAIT", field: "AckWait", def: durationText(defaults.AckWait), usage: "AckWait of a consumer the worker creates"},
+	{env: "NATS_PINNED_TTL", field: "PinnedTTL", def: durationText(defaults.PinnedTTL), usage: "how long a consumer the worker creates keeps a replica pinned after its last pull: the takeover time after a replica dies (at least 3s)"},
+	{env: "NATS_MAX_DELIVER", field: "MaxDeliver", def: strconv.Itoa(defaults.MaxDeliver), usage: "MaxDeliver of a consumer the worker creates"},
+	{env: "NATS_MAX_ACK_PENDING", field: "MaxAckPending", def: strconv.Itoa(defaults.MaxAckPending), usage: "MaxAckPending of a consumer the worker creates (messages held)"},
+	{env: "NATS_DUPLICATE_WINDOW", field: "DuplicateWindow", def: durationText(defaults.DuplicateWindow), usage: "duplicate window of a stream the worker creates"},
+	{env: "NATS_STREAM_REPLICAS", field: "StreamReplicas", def: strconv.Itoa(defaults.StreamReplicas), usage: "replicas of a stream the worker creates"},
+	{env: "NATS_STREAM_MAX_BYTES", field: "StreamMaxBytes", def: bytesText(defaults.StreamMaxBytes), usage: "size limit of a stream the worker creates (e.g. 512MiB, 10GB), or off; when full, new messages are refused (discard new)"},
 	{env: "BYBIT_API_KEY", def: "", usage: "Bybit API key (HMAC)"},
 	{env: "BYBIT_API_SECRET", secret: true, usage: "Bybit API secret (environment only)"},
 	{env: "BYBIT_API_SECRET_FILE", secret: true, usage: "file holding the Bybit API secret (environment only)"},
 	{env: "BYBIT_RSA_PRIVATE_KEY_FILE", secret: true, usage: "PEM file (PKCS#1 or PKCS#8) of a self-generated RSA key registered with Bybit, instead of a secret (environment only)"},
-	{env: "BYBIT_ACCOUNTS_FILE", def: "", usage: "JSON or YAML file of named accounts (key, secret or secret file or RSA key file, base URL, limits, limit group) that requests pick with their account field"},
+	{env: "BYBIT_ACCOUNTS_FILE", field: "Accounts", def: "", usage: "JSON or YAML file of named accounts (key, secret or secret file or RSA key file, base URL, limits, limit group) that requests pick with their account field"},
 	{env: "BYBIT_ENV", def: "testnet", usage: "host preset: testnet, mainnet, demo, or a regional site (mainnet-tr, mainnet-kz, mainnet-ge, mainnet-id, mainnet-jp; REST only: mainnet-nl, mainnet-ae)"},
 	{env: "BYBIT_BASE_URL", def: "", usage: "overrides the BYBIT_ENV host (tests, the simulator)"},
-	{env: "BYBIT_WS_URL", def: "", usage: "private WebSocket for confirmations; default: the preset's (BYBIT_ENV, or a BYBIT_BASE_URL that is a preset's host), ws://<host>/v5/private for an http:// BYBIT_BASE_URL; required for any other host"},
-	{env: "BYBIT_DCP_WINDOW", def: "", emptyAllowed: true, usage: "arm Bybit's Disconnect Cancel All (dead-man switch) for the default account with this window (3s to 300s, needs CONFIRM=true): Bybit cancels every order of the account once every replica's private stream has been gone that long; empty: off"},
+	{env: "BYBIT_WS_URL", field: "WSURL", def: "", usage: "private WebSocket for confirmations; default: the preset's (BYBIT_ENV, or a BYBIT_BASE_URL that is a preset's host), ws://<host>/v5/private for an http:// BYBIT_BASE_URL; required for any other host"},
+	{env: "BYBIT_DCP_WINDOW", field: "DCPWindow", def: "", emptyAllowed: true, usage: "arm Bybit's Disconnect Cancel All (dead-man switch) for the default account with this window (3s to 300s, needs CONFIRM=true): Bybit cancels every order of the account once every replica's private stream has been gone that long; empty: off"},
 	{env: "BYBIT_RECV_WINDOW", def: "5s", usage: "X-BAPI-RECV-WINDOW"},
 	{env: "BYBIT_HTTP_TIMEOUT", def: "10s", usage: "timeout of one HTTP request to Bybit"},
-	{env: "BYBIT_IP_LIMIT", def: defaults.IPLimit.String(), usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
-	{env: "BYBIT_LIMITS", def: "", usage: "per-second ceilings on the limits learned from Bybit's X-Bapi-Limit (which start at the documented base tier), e.g. cancel/linear=20,cancel-batch/linear=20"},
-	{env: "BYBIT_LIMIT_SHARE", def: strconv.FormatFloat(defaults.LimitShare, 'g', -1, 64), usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
-	{env: "BYBIT_BATCH", def: strconv.FormatBool(defaults.Batch), usage: "also send waiting cancels through cancel-batch, spending both budgets"},
-	{env: "BYBIT_BAN_PAUSE", def: durationText(defaults.BanPause), usage: "how long every request stops after an IP-ban 403"},
-	{env: "BYBIT_BAN_RELEASE", def: strconv.FormatBool(defaults.BanRelease), usage: "release held messages to other replicas during an IP ban"},
-	{env: "CONFIRM", def: strconv.FormatBool(defaults.Confirm), usage: "follow every acknowledged cancel to the order's final state (private WebSocket, then REST)"},
-	{env: "CONFIRM_TIMEOUT", def: durationText(defaults.ConfirmTimeout), usage: "how long a confirmation waits for the private WebSocket before asking REST"},
-	{env: "NATS_CONFIRMED_SUBJECT", def: defaults.ConfirmedSubject, usage: "confirmations: one message per order of an acknowledged cancel"},
-	{env: "NATS_SYNC_CANCEL_SUBJECT", def: defaults.SyncCancelSubject, usage: "subject of the sync service's cancel endpoint (request/reply: the reply is the stored result); empty disables it", emptyAllowed: true},
-	{env: "NATS_SYNC_CANCEL_ALL_SUBJECT", def: defaults.SyncCancelAllSubject, usage: "subject of the sync service's cancel-all endpoint; empty disables it", emptyAllowed: true},
-	{env: "SYNC_MAX_TIMEOUT", def: durationText(defaults.SyncMaxTimeout), usage: "cap on a sync request's Cancel-Timeout header (default wait 4s)"},
-	{env: "WORKER_CONCURRENCY", def: strconv.Itoa(defaults.Concurrency), usage: "HTTP requests in flight"},
-	{env: "WORKER_RETRY_BUDGET", def: durationText(defaults.RetryBudget), usage: "in-process retrying of transient failures per delivery"},
-	{env: "WORKER_MAX_AGE", def: durationText(defaults.MaxAge), usage: "request age after which it is answered failed"},
-	{env: "WORKER_SHUTDOWN_TIMEOUT", def: durationText(defaults.ShutdownTimeout), usage: "how long a stop waits for requests already sent"},
+	{env: "BYBIT_IP_LIMIT", field: "IPLimit", def: defaults.IPLimit.String(), usage: "ceiling on all requests of the process to Bybit (N/duration), or off"},
+	{env: "BYBIT_LIMITS", field: "Limits", def: "", usage: "per-second ceilings on the limits learned from Bybit's X-Bapi-Limit (which start at the documented base tier), e.g. cancel/linear=20,cancel-batch/linear=20"},
+	{env: "BYBIT_LIMIT_SHARE", field: "LimitShare", def: strconv.FormatFloat(defaults.LimitShare, 'g', -1, 64), usage: "fraction of each rate-limit budget this process may use, when several replicas share an account"},
+	{env: "BYBIT_BATCH", field: "Batch", def: strconv.FormatBool(defaults.Batch), usage: "also send waiting cancels through cancel-batch, spending both budgets"},
+	{env: "BYBIT_BAN_PAUSE", field: "BanPause", def: durationText(defaults.BanPause), usage: "how long every request stops after an IP-ban 403"},
+	{env: "BYBIT_BAN_RELEASE", field: "BanRelease", def: strconv.FormatBool(defaults.BanRelease), usage: "release held messages to other replicas during an IP ban"},
+	{env: "CONFIRM", field: "Confirm", def: strconv.FormatBool(defaults.Confirm), usage: "follow every acknowledged cancel to the order's final state (private WebSocket, then REST)"},
+	{env: "CONFIRM_TIMEOUT", field: "ConfirmTimeout", def: durationText(defaults.ConfirmTimeout), usage: "how long a confirmation waits for the private WebSocket before asking REST"},
+	{env: "NATS_CONFIRMED_SUBJECT", field: "ConfirmedSubject", def: defaults.ConfirmedSubject, usage: "confirmations: one message per order of an acknowledged cancel"},
+	{env: "NATS_SYNC_CANCEL_SUBJECT", field: "SyncCancelSubject", def: defaults.SyncCancelSubject, usage: "subject of the sync service's cancel endpoint (request/reply: the reply is the stored result); empty disables it", emptyAllowed: true},
+	{env: "NATS_SYNC_CANCEL_ALL_SUBJECT", field: "SyncCancelAllSubject", def: defaults.SyncCancelAllSubject, usage: "subject of the sync service's cancel-all endpoint; empty disables it", emptyAllowed: true},
+	{env: "SYNC_MAX_TIMEOUT", field: "SyncMaxTimeout", def: durationText(defaults.SyncMaxTimeout), usage: "cap on a sync request's Cancel-Timeout header (default wait 4s)"},
+	{env: "WORKER_CONCURRENCY", field: "Concurrency", def: strconv.Itoa(defaults.Concurrency), usage: "HTTP requests in flight"},
+	{env: "WORKER_RETRY_BUDGET", field: "RetryBudget", def: durationText(defaults.RetryBudget), usage: "in-process retrying of transient failures per delivery"},
+	{env: "WORKER_MAX_AGE", field: "MaxAge", def: durationText(defaults.MaxAge), usage: "request age after which it is answered failed"},
+	{env: "WORKER_SHUTDOWN_TIMEOUT", field: "ShutdownTimeout", def: durationText(defaults.ShutdownTimeout), usage: "how long a stop waits for requests already sent"},
 	{env: "HTTP_ADDR", def: ":9478", usage: "address of /metrics, /healthz and /readyz; empty disables", emptyAllowed: true},
 	{env: "LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "LOG_FORMAT", def: "text", usage: "text (colour on a terminal) or json"},
+}
+
+// settingOf maps a worker.Config field to the setting that fills it.
+var settingOf = func() map[string]string {
+	out := map[string]string{}
+	for _, s := range settings {
+		if s.field != "" {
+			out[s.field] = s.env
+		}
+	}
+	return out
+}()
+
+// settingName is how an operator knows a field of worker.Config: its
+// environment variable, or for an account's field the account and key of
+// BYBIT_ACCOUNTS_FILE.
+func settingName(f worker.Field) string {
+	if f.Account == "" {
+		if env, ok := settingOf[f.Name]; ok {
+			return env
+		}
+		return f.Name
+	}
+	if f.Name == "" {
+		return fmt.Sprintf("BYBIT_ACCOUNTS_FILE: account %q", f.Account)
+	}
+	_, goName, _ := strings.Cut(f.Name, ".") // Subjects.CancelSubject: the file has it flat
+	if goName == "" {
+		goName = f.Name
+	}
+	key := f.Name
+	if sf, ok := reflect.TypeFor[accountEntry]().FieldByName(goName); ok {
+		key = sf.Tag.Get("yaml")
+	}
+	if f.Name == "DCPWindow" {
+		return fmt.Sprintf("BYBIT_ACCOUNTS_FILE: account %s: %s", f.Account, key)
+	}
+	return fmt.Sprintf("BYBIT_ACCOUNTS_FILE: account %q %s", f.Account, key)
+}
+
+// namedError is an error whose worker.ConfigError is told with the
+// settings' names.
+type namedError struct {
+	err  error
+	text string
+}
+
+func (e *namedError) Error() string { return e.text }
+func (e *namedError) Unwrap() error { return e.err }
+
+// withSettingNames tells the worker.ConfigError in err, if any, with the
+// settings' names instead of worker.Config's.
+func withSettingNames(err error) error {
+	var ce *worker.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	return &namedError{err: err, text: strings.Replace(err.Error(), ce.Error(), ce.Text(settingName), 1)}
 }
 
 // replaySettings are the settings `cancel-worker replay` reads: how to reach
@@ -424,6 +487,20 @@ func (p *parser) natsConfig() natsConfig {
 	}
 }
 
+// subjects reads the settings that fill messages.Subjects (the stream, the
+// consumer and the subjects), by their field in the settings table; one a
+// command does not read is empty.
+func (p *parser) subjects() messages.Subjects {
+	var out messages.Subjects
+	fields := reflect.ValueOf(&out).Elem()
+	for _, s := range settings {
+		if f := fields.FieldByName(s.field); s.field != "" && f.IsValid() {
+			f.SetString(p.str(s.env))
+		}
+	}
+	return out
+}
+
 // streamName checks a stream or consumer name as the server would (it
 // answers a bad one with "invalid stream name" and no setting named).
 func (p *parser) streamName(name string) string {
@@ -477,118 +554,30 @@ type runConfig struct {
 	httpAddr   string
 }
 
+// buildRunConfig reads the settings of `run` in the order they are
+// reported: the first malformed one is the error.
 func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 	p := &parser{v: v}
 	var rc runConfig
 	rc.nats = p.natsConfig()
-	rc.worker = worker.Config{
-		Stream:                   p.streamName("NATS_STREAM"),
-		Consumer:                 p.streamName("NATS_CONSUMER"),
-		CancelSubject:            p.str("NATS_CANCEL_SUBJECT"),
-		CancelAllSubject:         p.str("NATS_CANCEL_ALL_SUBJECT"),
-		AckSubject:               p.str("NATS_ACK_SUBJECT"),
-		RejectedSubject:          p.str("NATS_REJECTED_SUBJECT"),
-		CancelAllProgressSubject: p.str("NATS_CANCEL_ALL_PROGRESS_SUBJECT"),
-		AckWait:                  p.duration("NATS_ACK_WAIT"),
-		PinnedTTL:                p.duration("NATS_PINNED_TTL"),
-		MaxDeliver:               p.integer("NATS_MAX_DELIVER"),
-		MaxAckPending:            p.integer("NATS_MAX_ACK_PENDING"),
-		DuplicateWindow:          p.duration("NATS_DUPLICATE_WINDOW"),
-		StreamReplicas:           p.integer("NATS_STREAM_REPLICAS"),
-		StreamMaxBytes:           p.byteSize("NATS_STREAM_MAX_BYTES"),
-		Concurrency:              p.integer("WORKER_CONCURRENCY"),
-		RetryBudget:              p.duration("WORKER_RETRY_BUDGET"),
-		MaxAge:                   p.duration("WORKER_MAX_AGE"),
-		ShutdownTimeout:          p.duration("WORKER_SHUTDOWN_TIMEOUT"),
-		Limits:                   p.limits("BYBIT_LIMITS"),
-		LimitCeilings:            p.explicitLimits("BYBIT_LIMITS"),
-		IPLimit:                  p.rate("BYBIT_IP_LIMIT"),
-		LimitShare:               p.fraction("BYBIT_LIMIT_SHARE"),
-		Batch:                    p.boolean("BYBIT_BATCH"),
-		BanPause:                 p.duration("BYBIT_BAN_PAUSE"),
-		BanRelease:               p.boolean("BYBIT_BAN_RELEASE"),
-		Confirm:                  p.boolean("CONFIRM"),
-		ConfirmTimeout:           p.duration("CONFIRM_TIMEOUT"),
-		ConfirmedSubject:         p.str("NATS_CONFIRMED_SUBJECT"),
-	}
-	rc.worker.SyncCancelSubject = p.str("NATS_SYNC_CANCEL_SUBJECT")
-	rc.worker.SyncCancelAllSubject = p.str("NATS_SYNC_CANCEL_ALL_SUBJECT")
-	rc.worker.SyncMaxTimeout = p.duration("SYNC_MAX_TIMEOUT")
+	rc.worker = p.workerConfig()
 	rc.apiKey = p.str("BYBIT_API_KEY")
 	rc.recvWindow = p.duration("BYBIT_RECV_WINDOW")
 	rc.timeout = p.duration("BYBIT_HTTP_TIMEOUT")
-	rc.baseURL = p.str("BYBIT_BASE_URL")
-	if rc.baseURL == "" {
-		u, err := bybit.BaseURLFor(p.str("BYBIT_ENV"))
-		if err != nil {
-			p.fail("BYBIT_ENV", "%q is not one of %s", p.str("BYBIT_ENV"), bybit.EnvironmentNames())
-		}
-		rc.baseURL = u
-	} else if !strings.HasPrefix(rc.baseURL, "http://") && !strings.HasPrefix(rc.baseURL, "https://") {
-		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", rc.baseURL)
-	}
-	if v := p.str("BYBIT_DCP_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			p.fail("BYBIT_DCP_WINDOW", "%q is not a Go duration such as 30s", v)
-		}
-		rc.worker.DCPWindow = d
-	}
-	rc.worker.WSURL = p.str("BYBIT_WS_URL")
-	switch {
-	case rc.worker.WSURL != "":
-		if !strings.HasPrefix(rc.worker.WSURL, "ws://") && !strings.HasPrefix(rc.worker.WSURL, "wss://") {
-			p.fail("BYBIT_WS_URL", "%q must start with ws:// or wss://", rc.worker.WSURL)
-		}
-	default:
-		// The preset's documented stream, or the same host's for a local
-		// http:// BYBIT_BASE_URL; anything else cannot be guessed.
-		ws, err := bybit.PrivateStreamFor(rc.baseURL)
-		if err != nil && rc.worker.Confirm {
-			p.fail("BYBIT_WS_URL", "%s", wsURLMissing("BYBIT_WS_URL", err))
-		}
-		rc.worker.WSURL = ws
-	}
-	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
-		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
-	}
-	rc.httpAddr = p.str("HTTP_ADDR")
-	rc.logFormat = p.str("LOG_FORMAT")
-	if rc.logFormat != "text" && rc.logFormat != "json" {
-		p.fail("LOG_FORMAT", "%q is not text or json", rc.logFormat)
-	}
+	rc.baseURL = p.baseURL()
+	rc.worker.DCPWindow = p.dcpWindow("BYBIT_DCP_WINDOW")
+	rc.worker.WSURL = p.wsURL(rc.baseURL, rc.worker.Confirm)
+	p.logging(&rc)
 	if p.err != nil {
 		return rc, p.err
 	}
 	if err := rc.nats.readSecrets(env); err != nil {
 		return rc, err
 	}
-	secret, err := readSecret(env, "BYBIT_API_SECRET")
+	accountsFile := p.str("BYBIT_ACCOUNTS_FILE")
+	envCreds, err := rc.readCredentials(env, accountsFile != "")
 	if err != nil {
 		return rc, err
-	}
-	rc.apiSecret = secret
-	if file := env.get("BYBIT_RSA_PRIVATE_KEY_FILE"); file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: cannot read %s: %v", file, errors.Unwrap(err))
-		}
-		if rc.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
-			return rc, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: %s: %v", file, err)
-		}
-	}
-	envCreds := rc.apiKey != "" || !secret.IsZero() || rc.rsaKey != nil
-	accountsFile := p.str("BYBIT_ACCOUNTS_FILE")
-	switch {
-	case !secret.IsZero() && rc.rsaKey != nil:
-		return rc, errors.New("BYBIT_RSA_PRIVATE_KEY_FILE: set either an HMAC secret (BYBIT_API_SECRET or BYBIT_API_SECRET_FILE) or an RSA key, not both")
-	case !envCreds && accountsFile == "":
-		return rc, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE), or BYBIT_ACCOUNTS_FILE")
-	case !envCreds:
-	case rc.apiKey == "":
-		return rc, errors.New("BYBIT_API_KEY: must be set with the secret or RSA key")
-	case secret.IsZero() && rc.rsaKey == nil:
-		return rc, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
 	}
 	if accountsFile != "" {
 		accts, err := readAccountsFile(accountsFile, rc.baseURL, rc.worker.WSURL, rc.worker.Confirm)
@@ -601,6 +590,128 @@ func buildRunConfig(v values, env lookupEnv) (runConfig, error) {
 		rc.accounts = accts
 	}
 	return rc, nil
+}
+
+// workerConfig reads the settings of worker.Config but the Bybit URLs and
+// the dead-man switch.
+func (p *parser) workerConfig() worker.Config {
+	p.streamName("NATS_STREAM")
+	p.streamName("NATS_CONSUMER")
+	return worker.Config{
+		Subjects:        p.subjects(),
+		AckWait:         p.duration("NATS_ACK_WAIT"),
+		PinnedTTL:       p.duration("NATS_PINNED_TTL"),
+		MaxDeliver:      p.integer("NATS_MAX_DELIVER"),
+		MaxAckPending:   p.integer("NATS_MAX_ACK_PENDING"),
+		DuplicateWindow: p.duration("NATS_DUPLICATE_WINDOW"),
+		StreamReplicas:  p.integer("NATS_STREAM_REPLICAS"),
+		StreamMaxBytes:  p.byteSize("NATS_STREAM_MAX_BYTES"),
+		Concurrency:     p.integer("WORKER_CONCURRENCY"),
+		RetryBudget:     p.duration("WORKER_RETRY_BUDGET"),
+		MaxAge:          p.duration("WORKER_MAX_AGE"),
+		ShutdownTimeout: p.duration("WORKER_SHUTDOWN_TIMEOUT"),
+		Limits:          p.limits("BYBIT_LIMITS"),
+		LimitCeilings:   p.explicitLimits("BYBIT_LIMITS"),
+		IPLimit:         p.rate("BYBIT_IP_LIMIT"),
+		LimitShare:      p.fraction("BYBIT_LIMIT_SHARE"),
+		Batch:           p.boolean("BYBIT_BATCH"),
+		BanPause:        p.duration("BYBIT_BAN_PAUSE"),
+		BanRelease:      p.boolean("BYBIT_BAN_RELEASE"),
+		Confirm:         p.boolean("CONFIRM"),
+		ConfirmTimeout:  p.duration("CONFIRM_TIMEOUT"),
+		SyncMaxTimeout:  p.duration("SYNC_MAX_TIMEOUT"),
+	}
+}
+
+// baseURL is BYBIT_BASE_URL, or the BYBIT_ENV preset's.
+func (p *parser) baseURL() string {
+	u := p.str("BYBIT_BASE_URL")
+	if u == "" {
+		preset, err := bybit.BaseURLFor(p.str("BYBIT_ENV"))
+		if err != nil {
+			p.fail("BYBIT_ENV", "%q is not one of %s", p.str("BYBIT_ENV"), bybit.EnvironmentNames())
+		}
+		return preset
+	}
+	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		p.fail("BYBIT_BASE_URL", "%q must start with http:// or https://", u)
+	}
+	return u
+}
+
+// dcpWindow reads an optional duration (empty: 0, off).
+func (p *parser) dcpWindow(name string) time.Duration {
+	v := p.str(name)
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		p.fail(name, "%q is not a Go duration such as 30s", v)
+	}
+	return d
+}
+
+// wsURL is BYBIT_WS_URL, or the private stream of baseURL: the preset's
+// documented stream, or the same host's for a local http:// BYBIT_BASE_URL;
+// anything else cannot be guessed, which is an error with confirmations on.
+func (p *parser) wsURL(baseURL string, confirm bool) string {
+	ws := p.str("BYBIT_WS_URL")
+	if ws != "" {
+		if !strings.HasPrefix(ws, "ws://") && !strings.HasPrefix(ws, "wss://") {
+			p.fail("BYBIT_WS_URL", "%q must start with ws:// or wss://", ws)
+		}
+		return ws
+	}
+	ws, err := bybit.PrivateStreamFor(baseURL)
+	if err != nil && confirm {
+		p.fail("BYBIT_WS_URL", "%s", wsURLMissing("BYBIT_WS_URL", err))
+	}
+	return ws
+}
+
+// logging reads LOG_LEVEL, LOG_FORMAT and HTTP_ADDR.
+func (p *parser) logging(rc *runConfig) {
+	if err := rc.logLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
+		p.fail("LOG_LEVEL", "%q is not debug, info, warn or error", p.str("LOG_LEVEL"))
+	}
+	rc.httpAddr = p.str("HTTP_ADDR")
+	rc.logFormat = p.str("LOG_FORMAT")
+	if rc.logFormat != "text" && rc.logFormat != "json" {
+		p.fail("LOG_FORMAT", "%q is not text or json", rc.logFormat)
+	}
+}
+
+// readCredentials reads the default account's secret or RSA key and checks
+// them with BYBIT_API_KEY and whether there is an accounts file; envCreds:
+// the environment gives the default account.
+func (rc *runConfig) readCredentials(env lookupEnv, accountsFile bool) (envCreds bool, err error) {
+	if rc.apiSecret, err = readSecret(env, "BYBIT_API_SECRET"); err != nil {
+		return false, err
+	}
+	if file := env.get("BYBIT_RSA_PRIVATE_KEY_FILE"); file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return false, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: cannot read %s: %v", file, errors.Unwrap(err))
+		}
+		if rc.rsaKey, err = bybit.ParseRSAPrivateKey(b); err != nil {
+			return false, fmt.Errorf("BYBIT_RSA_PRIVATE_KEY_FILE: %s: %v", file, err)
+		}
+	}
+	secret := rc.apiSecret
+	envCreds = rc.apiKey != "" || !secret.IsZero() || rc.rsaKey != nil
+	switch {
+	case !secret.IsZero() && rc.rsaKey != nil:
+		return envCreds, errors.New("BYBIT_RSA_PRIVATE_KEY_FILE: set either an HMAC secret (BYBIT_API_SECRET or BYBIT_API_SECRET_FILE) or an RSA key, not both")
+	case !envCreds && !accountsFile:
+		return envCreds, errors.New("BYBIT_API_KEY: no Bybit credentials: set BYBIT_API_KEY and BYBIT_API_SECRET (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE), or BYBIT_ACCOUNTS_FILE")
+	case !envCreds:
+	case rc.apiKey == "":
+		return envCreds, errors.New("BYBIT_API_KEY: must be set with the secret or RSA key")
+	case secret.IsZero() && rc.rsaKey == nil:
+		return envCreds, errors.New("BYBIT_API_SECRET: must be set (or BYBIT_API_SECRET_FILE, or BYBIT_RSA_PRIVATE_KEY_FILE) with BYBIT_API_KEY")
+	}
+	return envCreds, nil
 }
 
 // effective lists the resolved settings for the start-up log, secrets masked.

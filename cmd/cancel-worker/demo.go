@@ -176,7 +176,7 @@ func demo(ctx context.Context, o demoOptions, stdout io.Writer) error {
 // demoReplay prints what `cancel-worker replay` says of the demo's stream,
 // for incident review.
 func demoReplay(ctx context.Context, js jetstream.JetStream, cfg worker.Config, stdout io.Writer) error {
-	rep, err := replay.Read(ctx, js, replayConfig(cfg), replay.Window{}, replay.Filter{})
+	rep, err := replay.Read(ctx, js, cfg.Subjects, replay.Window{}, replay.Filter{})
 	if err != nil {
 		return fmt.Errorf("demo: replay: %w", err)
 	}

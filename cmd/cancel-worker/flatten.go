@@ -82,15 +82,16 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	stream := p.str("NATS_STREAM")
+	sub := p.subjects()
+	stream := sub.Stream
 
-	seq, r, err := flattenViaService(ctx, conn, p.str("NATS_SYNC_CANCEL_ALL_SUBJECT"), body, f, stderr)
+	seq, r, err := flattenViaService(ctx, conn, sub.SyncCancelAllSubject, body, f, stderr)
 	if err != nil {
 		return err
 	}
 	if seq == 0 {
 		// No sync service: the input subject, as any publisher.
-		ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: p.str("NATS_CANCEL_ALL_SUBJECT"), Data: body},
+		ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: sub.CancelAllSubject, Data: body},
 			jetstream.WithMsgID(f.requestID), jetstream.WithExpectStream(stream))
 		if err != nil {
 			return fmt.Errorf("publish the flatten request: %w", err)
@@ -104,7 +105,7 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 			accountName(f.account), f.requestID, seq, note)
 	}
 	if r == nil {
-		res, err := waitResult(ctx, js, stream, seq, p.str("NATS_ACK_SUBJECT"), p.str("NATS_REJECTED_SUBJECT"))
+		res, err := waitResult(ctx, js, stream, seq, sub.AckSubject, sub.RejectedSubject)
 		if err != nil {
 			return &exitError{code: exitTimeout, msg: err.Error()}
 		}

@@ -73,7 +73,9 @@ func commandList() []command {
 	return []command{
 		{name: "run", summary: "the worker (the default command), configured by environment variables or flags",
 			about: "Run the worker: take cancel requests from NATS JetStream, send each to Bybit within the rate limits, publish one result per request.",
-			run:   runWorker},
+			run: func(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
+				return withSettingNames(runWorker(ctx, args, env, stdout, stderr))
+			}},
 		{name: "demo", summary: "a scripted scenario against an embedded nats-server and a simulated Bybit",
 			about: "Run a scripted scenario: an embedded nats-server, a simulated Bybit exchange and the worker; print every result and confirmation, exit 0 when each is as expected.",
 			run:   runDemo},

@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
@@ -106,12 +105,7 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 	}
 	p := &parser{v: v}
 	nc := p.natsConfig()
-	cfg := replay.Config{
-		Stream: p.str("NATS_STREAM"), Consumer: p.str("NATS_CONSUMER"),
-		CancelSubject: p.str("NATS_CANCEL_SUBJECT"), CancelAllSubject: p.str("NATS_CANCEL_ALL_SUBJECT"),
-		AckSubject: p.str("NATS_ACK_SUBJECT"), RejectedSubject: p.str("NATS_REJECTED_SUBJECT"),
-		ConfirmedSubject: p.str("NATS_CONFIRMED_SUBJECT"),
-	}
+	cfg := p.subjects()
 	conn, err := connectCommand(nc, env, "replay", stderr)
 	if err != nil {
 		return err
@@ -179,13 +173,4 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 	}
 	fmt.Fprintf(out, "published %d new, %d already in the stream (the same resend inside its duplicate window adds nothing)\n", got.New, got.Duplicates)
 	return nil
-}
-
-// replayConfig is where a worker configured by c keeps its messages.
-func replayConfig(c worker.Config) replay.Config {
-	return replay.Config{
-		Stream: c.Stream, Consumer: c.Consumer,
-		CancelSubject: c.CancelSubject, CancelAllSubject: c.CancelAllSubject,
-		AckSubject: c.AckSubject, RejectedSubject: c.RejectedSubject, ConfirmedSubject: c.ConfirmedSubject,
-	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/bybit/bybittest"
+	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker"
 )
 
@@ -81,8 +82,8 @@ func TestReplayAndResendFinishWhatWasLeftUndone(t *testing.T) {
 
 	// The lost request: delivered to the worker's consumer and acked, with
 	// no result.
-	wc := worker.Config{Stream: "ORDERS", Consumer: "cancel-worker", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
-		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected", DuplicateWindow: time.Hour, StreamReplicas: 1,
+	wc := worker.Config{Subjects: messages.Subjects{Stream: "ORDERS", Consumer: "cancel-worker", CancelSubject: "orders.cancel", CancelAllSubject: "orders.cancel-all",
+		AckSubject: "orders.cancel.ack", RejectedSubject: "orders.cancel.rejected"}, DuplicateWindow: time.Hour, StreamReplicas: 1,
 		AckWait: 5 * time.Second, MaxDeliver: 20, MaxAckPending: 1000}
 	_, err := worker.EnsureStream(ctx, s.js, wc)
 	require.NoError(t, err)

@@ -23,21 +23,13 @@ import (
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/messages"
 )
 
-// Config says where the worker keeps requests and results.
-type Config struct {
-	Stream   string
-	Consumer string
+// Config says where the worker keeps requests and results. Read reads the
+// inputs and the results, and ConfirmedSubject too when it is set: each
+// request shows the order status its confirmations report.
+type Config = messages.Subjects
 
-	CancelSubject    string
-	CancelAllSubject string
-	AckSubject       string
-	RejectedSubject  string
-	// ConfirmedSubject, when set, is read too: each request shows the
-	// order status its confirmations report.
-	ConfirmedSubject string
-}
-
-func (c Config) subjects() []string {
+// readSubjects are the subjects Read reads.
+func readSubjects(c Config) []string {
 	s := []string{c.CancelSubject, c.CancelAllSubject, c.AckSubject, c.RejectedSubject}
 	if c.ConfirmedSubject != "" {
 		s = append(s, c.ConfirmedSubject)
@@ -271,7 +263,7 @@ func Read(ctx context.Context, js jetstream.JetStream, cfg Config, win Window, f
 
 // orderedConfig reads the subjects of cfg from the window's start.
 func orderedConfig(cfg Config, win Window) jetstream.OrderedConsumerConfig {
-	oc := jetstream.OrderedConsumerConfig{FilterSubjects: cfg.subjects(), DeliverPolicy: jetstream.DeliverAllPolicy}
+	oc := jetstream.OrderedConsumerConfig{FilterSubjects: readSubjects(cfg), DeliverPolicy: jetstream.DeliverAllPolicy}
 	switch {
 	case win.FromSeq > 0:
 		oc.DeliverPolicy, oc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, win.FromSeq

@@ -42,8 +42,8 @@ func newHistory(t *testing.T) *history {
 	t.Helper()
 	_, _, js := embedded.ConnectForTest(t)
 	wc := worker.Config{
-		Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject, CancelAllSubject: cfg.CancelAllSubject,
-		AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, CancelAllProgressSubject: "orders.cancel-all.progress",
+		Subjects: messages.Subjects{Stream: cfg.Stream, Consumer: cfg.Consumer, CancelSubject: cfg.CancelSubject, CancelAllSubject: cfg.CancelAllSubject,
+			AckSubject: cfg.AckSubject, RejectedSubject: cfg.RejectedSubject, CancelAllProgressSubject: "orders.cancel-all.progress"},
 		DuplicateWindow: time.Hour, StreamReplicas: 1,
 		AckWait: time.Minute, MaxDeliver: 20, MaxAckPending: 1000,
 	}

@@ -70,16 +70,11 @@ func runFlatten(ctx context.Context, args []string, env lookupEnv, stdout, stder
 		return &exitError{code: exitRejected, msg: "invalid request, not sent: " + err.Error()}
 	}
 	p := &parser{v: v}
-	nc := p.natsConfig()
-	conn, err := connectCommand(nc, env, "flatten", stderr)
+	conn, js, err := connectCommandStream(p.natsConfig(), env, "flatten", stderr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	js, err := jetstream.New(conn)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	sub := p.subjects()

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/bybit-cancel-worker/bybit-cancel-worker/worker/replay"
 )
 
@@ -104,17 +102,12 @@ func runReplay(ctx context.Context, args []string, env lookupEnv, stdin io.Reade
 		return err
 	}
 	p := &parser{v: v}
-	nc := p.natsConfig()
 	cfg := p.subjects()
-	conn, err := connectCommand(nc, env, "replay", stderr)
+	conn, js, err := connectCommandStream(p.natsConfig(), env, "replay", stderr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	js, err := jetstream.New(conn)
-	if err != nil {
-		return err
-	}
 
 	rep, err := replay.Read(ctx, js, cfg, win, f.filter)
 	if err != nil {

@@ -261,3 +261,19 @@ func (c Config) validateSubjects(v *validation) {
 			"%s and %s are both %q: every subject must differ", s.field, confirmed, s.subject)
 	}
 }
+
+// dupeMargin is how much longer than MaxAge the duplicate window must be.
+const dupeMargin = 5 * time.Minute
+
+// checkDupeWindow: a duplicate window (named by what) must outlast MaxAge
+// by dupeMargin; the problem is f's.
+func checkDupeWindow(f Field, what any, window, maxAge time.Duration) (FieldProblem, bool) {
+	if window < maxAge+dupeMargin {
+		return problem(f, "%s (%v) must be at least %s (%v) + %v, or a redelivered request could get a second result",
+			what, window, field("MaxAge"), maxAge, dupeMargin), true
+	}
+	return FieldProblem{}, false
+}
+
+// pullInterval is the longest a pull request waits; every pull renews the pin.
+const pullInterval = time.Second

@@ -41,9 +41,6 @@ const PriorityGroup = "cancel-worker"
 // (NATS_PINNED_TTL): the takeover time after a kill -9.
 const DefaultPinnedTTL = 5 * time.Second
 
-// pullInterval is the longest a pull request waits; every pull renews the pin.
-const pullInterval = time.Second
-
 // leaseOf is how long a replica may go on starting requests after its last
 // confirmed contact: min(AckWait, PinnedTTL) − 1 s, both as the consumer
 // has them (read back from its info, not the worker's settings), and never below twice

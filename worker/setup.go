@@ -22,9 +22,6 @@ const (
 // StreamMaxAge is the history a created stream keeps for replay.
 const StreamMaxAge = 7 * 24 * time.Hour
 
-// dupeMargin is how much longer than MaxAge the duplicate window must be.
-const dupeMargin = 5 * time.Minute
-
 func (c Config) inputSubjects() []string {
 	return append([]string{c.CancelSubject, c.CancelAllSubject}, c.accountInputSubjects()...)
 }
@@ -105,28 +102,6 @@ func (c Config) progressSubjects() string { return c.CancelAllProgressSubject + 
 // progressSubject is where the progress records of the cancel-all at seq go.
 func (c Config) progressSubject(seq uint64) string {
 	return c.CancelAllProgressSubject + "." + strconv.FormatUint(seq, 10)
-}
-
-// checkProgressSubject keeps progress records apart from requests and
-// results: the worker's consumer, replay and the confirmer read those
-// subjects, and must never take a progress record for one of them.
-func (c Config) checkProgressSubject() (FieldProblem, bool) {
-	p, f := c.CancelAllProgressSubject, field("CancelAllProgressSubject")
-	if p == "" {
-		return FieldProblem{}, false
-	}
-	if strings.ContainsAny(p, "*> \t") || slices.Contains(strings.Split(p, "."), "") {
-		return problem(f, "%s %q must be a literal subject (no wildcards, no empty tokens)", f, p), true
-	}
-	// The inputs and the results (namedSubjects' first four), and the
-	// confirmations even when they are off.
-	others := append(slices.Clip(c.namedSubjects()[:4]), namedSubject{c.ConfirmedSubject, field("ConfirmedSubject")})
-	for _, s := range others {
-		if s.subject != "" && (s.subject == p || subjectMatches(c.progressSubjects(), s.subject)) {
-			return problem(f, "%s %q overlaps %s %q: progress records (%s) must not share a subject with requests or results", f, p, s.field, s.subject, c.progressSubjects()), true
-		}
-	}
-	return FieldProblem{}, false
 }
 
 // ConfirmConsumer is the name of the durable consumer that drives
@@ -226,16 +201,6 @@ func (c Config) updateStream(ctx context.Context, js jetstream.JetStream, cfg je
 		return cfg, fmt.Errorf("update stream %s: %w", c.Stream, err)
 	}
 	return s.CachedInfo().Config, nil
-}
-
-// checkDupeWindow: a duplicate window (named by what) must outlast MaxAge
-// by dupeMargin; the problem is f's.
-func checkDupeWindow(f Field, what any, window, maxAge time.Duration) (FieldProblem, bool) {
-	if window < maxAge+dupeMargin {
-		return problem(f, "%s (%v) must be at least %s (%v) + %v, or a redelivered request could get a second result",
-			what, window, field("MaxAge"), maxAge, dupeMargin), true
-	}
-	return FieldProblem{}, false
 }
 
 // subjectCovered reports whether a stream with the given subjects captures

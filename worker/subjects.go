@@ -145,3 +145,25 @@ func forAccount(rt route, bodyAccount string) (string, error) {
 	}
 	return rt.account, nil
 }
+
+// checkProgressSubject keeps progress records apart from requests and
+// results: the worker's consumer, replay and the confirmer read those
+// subjects, and must never take a progress record for one of them.
+func (c Config) checkProgressSubject() (FieldProblem, bool) {
+	p, f := c.CancelAllProgressSubject, field("CancelAllProgressSubject")
+	if p == "" {
+		return FieldProblem{}, false
+	}
+	if strings.ContainsAny(p, "*> \t") || slices.Contains(strings.Split(p, "."), "") {
+		return problem(f, "%s %q must be a literal subject (no wildcards, no empty tokens)", f, p), true
+	}
+	// The inputs and the results (namedSubjects' first four), and the
+	// confirmations even when they are off.
+	others := append(slices.Clip(c.namedSubjects()[:4]), namedSubject{c.ConfirmedSubject, field("ConfirmedSubject")})
+	for _, s := range others {
+		if s.subject != "" && (s.subject == p || subjectMatches(c.progressSubjects(), s.subject)) {
+			return problem(f, "%s %q overlaps %s %q: progress records (%s) must not share a subject with requests or results", f, p, s.field, s.subject, c.progressSubjects()), true
+		}
+	}
+	return FieldProblem{}, false
+}

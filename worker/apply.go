@@ -77,7 +77,7 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 		w.resync(j.lane.account, j.sentAt)
 	case bybit.ClassIPBan:
 		if w.cfg.BanRelease && j.all == nil {
-			w.releaseAllQueued(w.cfg.BanPause, "ip_ban")
+			w.releaseAllQueued(banReleaseDelay, "ip_ban")
 			w.fleet.banReleased(w.sendCtxOr(context.Background()))
 		}
 	default:
@@ -115,6 +115,14 @@ func (w *Worker) requeue(j *job, delay time.Duration) {
 		}
 	}()
 }
+
+// banReleaseDelay is the NakWithDelay of what a replica gives back during an
+// IP ban (BanRelease): it outlasts the replica's own pull in flight when the
+// ban began (a pull waits at most pullInterval; the replica pulls no more
+// until the pause ends), so that another replica's pull takes it at once
+// after, and never this one's again (each delivery counts to MaxDeliver). Not
+// the pause: what is released is for the other replicas now.
+const banReleaseDelay = pullInterval
 
 // releaseAllQueued gives every queued message back to the consumer, for other
 // replicas (on other IPs) to take during an IP ban.

@@ -115,7 +115,9 @@ type Config struct {
 	// BanPause is how long every request stops after an IP-ban 403 (10m).
 	BanPause time.Duration
 	// BanRelease releases held messages with NakWithDelay during a ban, for
-	// fleets spread over several IPs (false).
+	// fleets spread over several IPs (false): what the replica holds and
+	// what reaches it during the pause, back to the consumer after one
+	// second (banReleaseDelay), for another replica to take.
 	BanRelease bool
 
 	// Accounts are the Bybit accounts besides the default one (the client

@@ -40,7 +40,11 @@ func (w *Worker) dispatch(l *lane) {
 		if w.fleet.warm(ctx) != nil {
 			return
 		}
-		probe, err := w.gw.enter(ctx)
+		probe, err := w.gw.enterLane(ctx)
+		if errors.Is(err, errBanRelease) {
+			w.banRelease(l)
+			continue
+		}
 		if err != nil {
 			return
 		}
@@ -98,6 +102,14 @@ func (w *Worker) standBy(l *lane, probe bool) {
 	w.gw.handBack(probe)
 	for _, j := range l.drain() {
 		w.giveBack(j, 0, "lease")
+	}
+}
+
+// banRelease gives back what waits in the lane of a replica paused by an IP
+// ban with BanRelease, for replicas on other IPs (see banReleaseDelay).
+func (w *Worker) banRelease(l *lane) {
+	for _, j := range l.drain() {
+		w.giveBack(j, banReleaseDelay, "ip_ban")
 	}
 }
 

@@ -48,8 +48,9 @@ type gateway struct {
 	log     *slog.Logger
 	metrics *Metrics
 	now     func() time.Time
-	// banPause is BanPause.
-	banPause time.Duration
+	// banPause is BanPause; banRelease is BanRelease (see enterLane).
+	banPause   time.Duration
+	banRelease bool
 
 	ban   *banGate
 	ip    *pacer
@@ -67,7 +68,7 @@ type gateway struct {
 
 func newGateway(cfg Config, m *Metrics) *gateway {
 	return &gateway{
-		log: cfg.Logger, metrics: m, now: cfg.Now, banPause: cfg.BanPause,
+		log: cfg.Logger, metrics: m, now: cfg.Now, banPause: cfg.BanPause, banRelease: cfg.BanRelease,
 		ban: newBanGate(cfg.Now), ip: newPacer(cfg.IPLimit, cfg.Now), slots: make(chan struct{}, cfg.Concurrency),
 		pacers: map[string]*pacer{},
 	}
@@ -91,7 +92,21 @@ func (g *gateway) pacer(a *account, b budget) *pacer {
 // enter waits at the ban gate. probe is true for the one request that tests
 // whether a ban is over: its pass must end with done, or be handed back.
 func (g *gateway) enter(ctx context.Context) (probe bool, err error) {
-	return g.ban.wait(ctx)
+	return g.ban.wait(ctx, false)
+}
+
+// errBanRelease: an IP ban's pause is in force and BanRelease is on; what
+// waits is given back for replicas on other IPs instead of waiting it out.
+var errBanRelease = errors.New("an IP ban's pause: what waits is released to other replicas")
+
+// enterLane is enter for a lane's cancels. With BanRelease it does not wait
+// out a ban's pause: it returns errBanRelease at once, also when the pause
+// begins while it waits (another lane's probe banned again), so that the
+// lane gives back whatever reaches it during the pause — the request the
+// ban answered, one requeued from a wait for a slot, one a pull in flight
+// delivered.
+func (g *gateway) enterLane(ctx context.Context) (probe bool, err error) {
+	return g.ban.wait(ctx, g.banRelease)
 }
 
 // handBack gives back a probe whose holder sends nothing: only an answered
@@ -296,8 +311,9 @@ func newBanGate(now func() time.Time) *banGate {
 }
 
 // wait returns when a request may be sent; probe is true for the one request
-// that tests whether a ban is over, which must report its outcome.
-func (g *banGate) wait(ctx context.Context) (probe bool, err error) {
+// that tests whether a ban is over, which must report its outcome. With
+// release it returns errBanRelease instead of waiting out a pause.
+func (g *banGate) wait(ctx context.Context, release bool) (probe bool, err error) {
 	for {
 		g.mu.Lock()
 		if g.until.IsZero() {
@@ -308,6 +324,10 @@ func (g *banGate) wait(ctx context.Context) (probe bool, err error) {
 		now := g.now()
 		switch {
 		case now.Before(g.until):
+			if release {
+				g.mu.Unlock()
+				return false, errBanRelease
+			}
 			d = g.until.Sub(now)
 		case !g.probing:
 			g.probing = true

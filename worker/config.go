@@ -277,5 +277,6 @@ func checkDupeWindow(f Field, what any, window, maxAge time.Duration) (FieldProb
 	return FieldProblem{}, false
 }
 
-// pullInterval is the longest a pull request waits; every pull renews the pin.
+// pullInterval is the longest a pull request waits (less with a short lease:
+// see pin.pullWait); every pull renews the pin.
 const pullInterval = time.Second

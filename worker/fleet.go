@@ -100,6 +100,23 @@ func newPin(on bool, consumer string, lease time.Duration, now func() time.Time)
 	return &pin{on: on, consumer: consumer, lease: lease, now: now}
 }
 
+// pullWait is how long one pull of this consumer waits: pullInterval, or a
+// quarter of the lease when that is shorter. A pull renews the pin as of its
+// start, but the replica learns it only when the pull ends, so just before
+// a pull ends its lease counts from the start of the one before: two pulls,
+// three with a renewing pull's pause between them (see renewal), and a
+// loaded host ends a pull late (at its context's deadline, not the server's
+// expiry at 90 % of it, and then some). With pulls of a full second and the
+// shortest lease (2 s), two pulls 150 ms late ran the active replica's lease
+// out and it gave back everything it held; a quarter of the lease leaves a
+// quarter of it (half, between plain pulls) for pulls to end late.
+func (p *pin) pullWait() time.Duration {
+	if !p.on {
+		return pullInterval
+	}
+	return min(pullInterval, p.lease/4)
+}
+
 // fetchOpts are the options of every pull of this consumer.
 func (p *pin) fetchOpts(ctx context.Context) []jetstream.FetchOpt {
 	opts := []jetstream.FetchOpt{jetstream.FetchContext(ctx)}
@@ -588,7 +605,7 @@ func (f *fleet) keepPin() bool {
 // fits) when the held set is full: the server renews the pin of the
 // request, and the replica keeps its pin while it works through a burst.
 func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullInterval)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cancel.pullWait())
 	defer cancel()
 	start := f.now()
 	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts(fctx)...)
@@ -604,12 +621,13 @@ func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
 	f.pulled(start, "", batch.Error())
 }
 
-// renewal is closed when the next renewing pull is due (nil: never).
+// renewal is closed when the next renewing pull is due (nil: never): one
+// pull's wait after the last (see pullWait).
 func (f *fleet) renewal() <-chan time.Time {
 	if !f.keepPin() {
 		return nil
 	}
-	return time.After(pullInterval)
+	return time.After(f.cancel.pullWait())
 }
 
 // banReleased: with BYBIT_BAN_RELEASE, a replica whose IP is banned gives

@@ -118,14 +118,14 @@ func (p puller) freeRoom(ctx context.Context) int {
 	return 0
 }
 
-// pull makes one pull of up to room messages, which waits at most
-// pullInterval (see outliveStop).
+// pull makes one pull of up to room messages, which waits at most the pin's
+// pullWait (see outliveStop).
 func (p puller) pull(ctx context.Context, room int) error {
 	fctx := ctx
 	if p.outliveStop {
 		fctx = context.WithoutCancel(ctx)
 	}
-	fctx, cancel := context.WithTimeout(fctx, pullInterval)
+	fctx, cancel := context.WithTimeout(fctx, p.pin.pullWait())
 	defer cancel()
 	return p.fetch(ctx, fctx, room)
 }

@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The worker reads one clock, Config.Now: no code of the package reads the
+// The worker reads one clock, Config.now: no code of the package reads the
 // time beside it (time.Now, time.Since or time.Until called), so that a
-// clock given in Config.Now governs ages, windows, heartbeats and the
+// clock set there governs ages, windows, heartbeats and the
 // durations the worker reports alike. time.Now as a value (the default
 // clock) is not a reading.
 func TestWorkerReadsOnlyItsClock(t *testing.T) {
@@ -42,5 +42,5 @@ func TestWorkerReadsOnlyItsClock(t *testing.T) {
 			return true
 		})
 	}
-	require.Empty(t, readings, "read the worker's clock (Config.Now) instead")
+	require.Empty(t, readings, "read the worker's clock (Config.now) instead")
 }

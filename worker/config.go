@@ -149,15 +149,14 @@ type Config struct {
 	// Registerer receives the worker's Prometheus metrics; nil keeps them in
 	// a private registry.
 	Registerer prometheus.Registerer
-	// Now is the worker's one clock: request ages (MaxAge), the pacers'
-	// windows, ban pauses, rate-limit resets, the times a result names,
-	// the heartbeats against AckWait, and the durations it reports
-	// (rate-limit waits, request latencies) as differences of two
-	// readings. Default time.Now, whose readings carry the monotonic clock:
-	// a stepped wall clock moves no duration. A clock given here must keep
-	// pace with real time (the NATS server's AckWait and Bybit's windows
-	// do); it may be set off from it.
-	Now func() time.Time
+	// now is the worker's one clock, time.Now unless an internal test sets
+	// it: request ages (MaxAge), the pacers' windows, ban pauses, rate-limit
+	// resets, the times a result names, the heartbeats against AckWait and
+	// the durations it reports all read it. Not a setting: the NATS
+	// server's AckWait and Bybit's windows run on real time, and time.Now's
+	// readings carry the monotonic clock, so a stepped wall clock moves no
+	// duration, lease or heartbeat.
+	now func() time.Time
 }
 
 // DefaultConfig is the configuration of `cancel-worker run` with no setting
@@ -218,7 +217,6 @@ func (c Config) Validate() error {
 		a := c.Accounts[name]
 		if name == "" || name == DefaultAccount {
 			v.add(problem(field("Accounts"), "%s: account name %q is reserved", field("Accounts"), name))
-			continue
 		}
 		v.add(checkDCPWindow(a.DCPWindow, c.Confirm, a.WSURL, accountField(name, "DCPWindow"))...)
 		v.check(a.Client != nil, accountField(name, ""), "%s has no client", accountField(name, ""))

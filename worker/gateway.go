@@ -68,8 +68,8 @@ type gateway struct {
 
 func newGateway(cfg Config, m *Metrics) *gateway {
 	return &gateway{
-		log: cfg.Logger, metrics: m, now: cfg.Now, banPause: cfg.BanPause, banRelease: cfg.BanRelease,
-		ban: newBanGate(cfg.Now), ip: newPacer(cfg.IPLimit, cfg.Now), slots: make(chan struct{}, cfg.Concurrency),
+		log: cfg.Logger, metrics: m, now: cfg.now, banPause: cfg.BanPause, banRelease: cfg.BanRelease,
+		ban: newBanGate(cfg.now), ip: newPacer(cfg.IPLimit, cfg.now), slots: make(chan struct{}, cfg.Concurrency),
 		pacers: map[string]*pacer{},
 	}
 }
@@ -129,7 +129,7 @@ type pass struct {
 	probe  bool
 	slot   bool
 	ipDone func()
-	// sentAt is on the worker's clock (Config.Now), which dates the
+	// sentAt is on the worker's clock (the worker's clock), which dates the
 	// pacers' slots; start is the monotonic clock, for the latency metric.
 	sentAt time.Time
 	start  time.Time

@@ -122,8 +122,8 @@ func NewService(c ServiceConfig) (*Service, error) {
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
 	}
-	if c.Worker.Now == nil {
-		c.Worker.Now = time.Now
+	if c.Worker.now == nil {
+		c.Worker.now = time.Now
 	}
 	var confirmed string
 	if c.Worker.Confirm {
@@ -413,7 +413,7 @@ type serviceReply struct {
 }
 
 func (s *Service) handle(req micro.Request, ep syncEndpoint, r syncRequest) {
-	start := s.c.Worker.Now()
+	start := s.c.Worker.now()
 	endpoint, input, msgID, timeout := ep.name, ep.input, r.msgID, r.timeout
 	replyHeaders := nats.Header{nats.MsgIdHdr: []string{msgID}, messages.HeaderStream: []string{s.c.Worker.Stream}}
 
@@ -437,7 +437,7 @@ func (s *Service) handle(req micro.Request, ep syncEndpoint, r syncRequest) {
 	s.waiting(endpoint, 1)
 	ans, err := s.follow.Wait(ctx, ack.Sequence, r.confirmed)
 	s.waiting(endpoint, -1)
-	waited := s.c.Worker.Now().Sub(start)
+	waited := s.c.Worker.now().Sub(start)
 	if err != nil {
 		var data []byte
 		what := "result"

@@ -103,8 +103,8 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 	if cfg.Logger == nil {
 		return nil, errors.New("worker: Config.Logger is required")
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.now == nil {
+		cfg.now = time.Now
 	}
 	if cfg.Limits == nil {
 		cfg.Limits = DefaultLimits()
@@ -141,9 +141,9 @@ func New(cfg Config, js jetstream.JetStream, client *bybit.Client) (*Worker, err
 		gw:       newGateway(cfg, metrics),
 		cfg:      cfg,
 		log:      cfg.Logger,
-		now:      cfg.Now,
+		now:      cfg.now,
 		js:       js,
-		held:     newHeldSet(cfg.Now),
+		held:     newHeldSet(cfg.now),
 		answered: newSeqMemory(memorySize),
 		released: newSeqMemory(memorySize),
 		lanes:    map[laneKey]*lane{},

@@ -20,7 +20,7 @@ func TestSettingsDefaultToTheWorkersDefaultConfig(t *testing.T) {
 	require.NoError(t, err)
 	want := worker.DefaultConfig()
 	got := rc.worker
-	got.Logger, got.Registerer, got.Now, got.Accounts, got.WSURL = want.Logger, want.Registerer, want.Now, want.Accounts, want.WSURL
+	got.Logger, got.Registerer, got.Accounts, got.WSURL = want.Logger, want.Registerer, want.Accounts, want.WSURL
 	require.Empty(t, got.LimitCeilings, "no ceilings unless BYBIT_LIMITS sets some")
 	got.LimitCeilings = want.LimitCeilings
 	require.Equal(t, want, got)

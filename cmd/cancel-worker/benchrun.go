@@ -265,7 +265,12 @@ func publishBench(ctx context.Context, js jetstream.JetStream, subject string, o
 
 // connectJetStream connects to NATS at url with a JetStream client.
 func connectJetStream(url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(url, opts...)
+	return withJetStream(nats.Connect(url, opts...))
+}
+
+// withJetStream adds a JetStream client to a connection just made (closing
+// it when that fails).
+func withJetStream(nc *nats.Conn, err error) (*nats.Conn, jetstream.JetStream, error) {
 	if err != nil {
 		return nil, nil, err
 	}

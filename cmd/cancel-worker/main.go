@@ -350,16 +350,7 @@ func connectCommand(c natsConfig, env lookupEnv, command string, stderr io.Write
 // connectCommandStream is connectCommand with JetStream on the connection,
 // for the commands that read or write the stream (flatten, replay).
 func connectCommandStream(c natsConfig, env lookupEnv, command string, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
-	conn, err := connectCommand(c, env, command, stderr)
-	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(conn)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	return conn, js, nil
+	return withJetStream(connectCommand(c, env, command, stderr))
 }
 
 // connectNATS connects with reconnects forever, logging each disconnect and

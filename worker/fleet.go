@@ -105,8 +105,8 @@ func newPin(on bool, consumer string, lease time.Duration, now func() time.Time)
 // start, but the replica learns it only when the pull ends, so just before
 // a pull ends its lease counts from the start of the one before: two pulls,
 // three with a renewing pull's pause between them (see renewal), and a
-// loaded host ends a pull late (at its context's deadline, not the server's
-// expiry at 90 % of it, and then some). With pulls of a full second and the
+// loaded host learns late that a pull ended (the server's word of its
+// expiry reaches it late, see fetchOpts). With pulls of a full second and the
 // shortest lease (2 s), two pulls 150 ms late ran the active replica's lease
 // out and it gave back everything it held; a quarter of the lease leaves a
 // quarter of it (half, between plain pulls) for pulls to end late.
@@ -117,9 +117,16 @@ func (p *pin) pullWait() time.Duration {
 	return min(pullInterval, p.lease/4)
 }
 
-// fetchOpts are the options of every pull of this consumer.
-func (p *pin) fetchOpts(ctx context.Context) []jetstream.FetchOpt {
-	opts := []jetstream.FetchOpt{jetstream.FetchContext(ctx)}
+// fetchOpts are the options of every pull of this consumer. The server
+// expires the pull after pullWait and then says so (a 408), after every
+// message it delivered to it, on the same connection; the pull ends there,
+// or a second later should that never come. A pull ended on a clock of the
+// client's (FetchContext) stopped reading while messages the server had
+// delivered to it were still on their way, on a loaded host or a slow link:
+// the server counts them delivered and hands them out again only after
+// AckWait.
+func (p *pin) fetchOpts() []jetstream.FetchOpt {
+	opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(p.pullWait())}
 	if p.on {
 		opts = append(opts, jetstream.FetchPriorityGroup(PriorityGroup))
 	}
@@ -605,10 +612,8 @@ func (f *fleet) keepPin() bool {
 // fits) when the held set is full: the server renews the pin of the
 // request, and the replica keeps its pin while it works through a burst.
 func (f *fleet) renew(ctx context.Context, cons jetstream.Consumer) {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cancel.pullWait())
-	defer cancel()
 	start := f.now()
-	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts(fctx)...)
+	batch, err := cons.FetchBytes(1, f.cancel.fetchOpts()...)
 	if err != nil {
 		return
 	}

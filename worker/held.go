@@ -30,12 +30,6 @@ type puller struct {
 	log  *slog.Logger
 	// ban, when set, holds the pull during an IP ban's pause.
 	ban *banGate
-	// outliveStop lets a fetch outlive a stop signal by at most its expiry,
-	// so that messages already on their way reach accept (which gives them
-	// back) instead of being lost until AckWait. Without it the fetch ends
-	// with ctx: a message given back at a stop must not come back into the
-	// same pull (each delivery counts to MaxDeliver).
-	outliveStop bool
 	// accept takes a message; pulledAt is when the pull that brought it
 	// was asked for: the server starts a delivery's AckWait when it hands
 	// the message to the pull, never before.
@@ -118,22 +112,14 @@ func (p puller) freeRoom(ctx context.Context) int {
 	return 0
 }
 
-// pull makes one pull of up to room messages, which waits at most the pin's
-// pullWait (see outliveStop).
+// pull makes one pull of up to room messages, which the server ends after
+// the pin's pullWait (see fetchOpts), and accepts what it brings. A stop
+// (ctx) does not cut it short: what the server delivered to it reaches
+// accept, which at a stop gives it back or leaves it for redelivery, instead
+// of being dropped unread until AckWait.
 func (p puller) pull(ctx context.Context, room int) error {
-	fctx := ctx
-	if p.outliveStop {
-		fctx = context.WithoutCancel(ctx)
-	}
-	fctx, cancel := context.WithTimeout(fctx, p.pin.pullWait())
-	defer cancel()
-	return p.fetch(ctx, fctx, room)
-}
-
-// fetch takes one batch of up to room messages to accept.
-func (p puller) fetch(ctx, fctx context.Context, room int) error {
 	start := p.now()
-	batch, err := p.cons.Fetch(min(room, maxFetch), p.pin.fetchOpts(fctx)...)
+	batch, err := p.cons.Fetch(min(room, maxFetch), p.pin.fetchOpts()...)
 	if err != nil {
 		return err
 	}

@@ -11,24 +11,28 @@ import (
 // proxy forwards TCP connections to a server on loopback. freeze holds every
 // byte in both directions without closing anything, as a stalled network
 // does; thaw lets it all through. cut closes every connection and refuses new
-// ones, as a server that went away; restore accepts them again.
+// ones, as a server that went away; restore accepts them again. freezeDown
+// holds only what the server sends, as a slow link to the client does.
 type proxy struct {
 	ln     net.Listener
 	target string
 
 	mu     sync.Mutex
 	thawed chan struct{} // closed while traffic flows
-	cutOff bool
-	conns  []net.Conn
-	wg     sync.WaitGroup
+	// downThawed is closed while the server's bytes to the client flow.
+	downThawed chan struct{}
+	cutOff     bool
+	conns      []net.Conn
+	wg         sync.WaitGroup
 }
 
 func newProxy(t *testing.T, target string) *proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	p := &proxy{ln: ln, target: target, thawed: make(chan struct{})}
+	p := &proxy{ln: ln, target: target, thawed: make(chan struct{}), downThawed: make(chan struct{})}
 	close(p.thawed)
+	close(p.downThawed)
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(func() {
@@ -68,12 +72,13 @@ func (p *proxy) serve() {
 		p.conns = append(p.conns, c, s)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, s)
-		go p.pipe(s, c)
+		go p.pipe(c, s, true)
+		go p.pipe(s, c, false)
 	}
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst; down: from the server to the client.
+func (p *proxy) pipe(dst, src net.Conn, down bool) {
 	defer p.wg.Done()
 	defer dst.Close()
 	defer src.Close()
@@ -82,9 +87,12 @@ func (p *proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			thawed := p.thawed
+			thawed, downThawed := p.thawed, p.downThawed
 			p.mu.Unlock()
 			<-thawed
+			if down {
+				<-downThawed
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -105,13 +113,26 @@ func (p *proxy) freeze() {
 	}
 }
 
-func (p *proxy) thaw() {
+func (p *proxy) freezeDown() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
-	case <-p.thawed:
+	case <-p.downThawed:
+		p.downThawed = make(chan struct{})
 	default:
-		close(p.thawed)
+	}
+}
+
+// thaw lets everything through, after freeze or freezeDown.
+func (p *proxy) thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range []*chan struct{}{&p.thawed, &p.downThawed} {
+		select {
+		case <-*c:
+		default:
+			close(*c)
+		}
 	}
 }
 

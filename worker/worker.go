@@ -470,7 +470,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // are held, not during an IP ban's pause (a replica of a fleet keeps pulling
 // to keep its pin, see keepPin).
 func (w *Worker) pullRequests(ctx context.Context) {
-	puller{cons: w.cons, held: w.held, max: w.maxHeld, log: w.log, ban: w.gw.ban, outliveStop: true, accept: w.accept,
+	puller{cons: w.cons, held: w.held, max: w.maxHeld, log: w.log, ban: w.gw.ban, accept: w.accept,
 		pin: w.fleet.cancel, now: w.now, keepPin: w.fleet.keepPin,
 		renew:   func(ctx context.Context) { w.fleet.renew(ctx, w.cons) },
 		renewal: w.fleet.renewal,

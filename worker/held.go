@@ -116,24 +116,40 @@ func (p puller) freeRoom(ctx context.Context) int {
 // the pin's pullWait (see fetchOpts), and accepts what it brings. A stop
 // (ctx) does not cut it short: what the server delivered to it reaches
 // accept, which at a stop gives it back or leaves it for redelivery, instead
-// of being dropped unread until AckWait.
+// of being dropped unread until AckWait. What arrives after the stop is
+// accepted only once the pull has ended: a message given back while the
+// pull is still open is handed straight back into it by the server, again
+// and again, each time a delivery, until its last one.
 func (p puller) pull(ctx context.Context, room int) error {
 	start := p.now()
 	batch, err := p.cons.Fetch(min(room, maxFetch), p.pin.fetchOpts()...)
 	if err != nil {
 		return err
 	}
+	var late []jetstream.Msg
 	for msg := range batch.Messages() {
 		// The pin first: a lane sends only for the active replica.
 		p.pin.pulled(start, pinOf(msg), nil)
-		p.pin.takeover(ctx, p.cons, msg)
-		p.accept(ctx, msg, start)
+		if ctx.Err() != nil {
+			late = append(late, msg)
+			continue
+		}
+		p.take(ctx, msg, start)
 	}
 	p.pulled(start, batch.Error())
+	for _, msg := range late {
+		p.take(ctx, msg, start)
+	}
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
 	}
 	return nil
+}
+
+// take hands one pulled message on: the pin's takeover, then accept.
+func (p puller) take(ctx context.Context, msg jetstream.Msg, start time.Time) {
+	p.pin.takeover(ctx, p.cons, msg)
+	p.accept(ctx, msg, start)
 }
 
 // heldMsg is one message a consumer holds: pulled, not yet acked, given

@@ -90,6 +90,11 @@ type pin struct {
 	// takeover: the confirmation consumer, whose pin follows this one, in
 	// another replica's hands or acked within the window.
 	elsewhere func(ctx context.Context) bool
+	// changed, when set, is told (outside mu) as soon as a message or a
+	// refused pull changed the pin, or takeover let a new pin start at
+	// once: whether the replica is active may have changed in the middle
+	// of a pull, which ends up to a pull's wait later.
+	changed func()
 }
 
 // takeoverWait is how long a newly pinned replica waits before its first
@@ -141,22 +146,33 @@ func (p *pin) pulled(start time.Time, seen string, err error) bool {
 		return true
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	held, changed := p.pulledLocked(start, seen, err)
+	p.mu.Unlock()
+	if changed && p.changed != nil {
+		p.changed()
+	}
+	return held
+}
+
+// pulledLocked is pulled under mu; changed: the pin is new or lost.
+func (p *pin) pulledLocked(start time.Time, seen string, err error) (held, changed bool) {
 	switch {
 	case errors.Is(err, jetstream.ErrPinIDMismatch):
+		changed = !p.lost
 		p.lost = true
 	case seen != "":
 		// Delivered to this replica: the server's pin is this one.
 		if seen != p.id || p.lost {
 			p.id, p.lost = seen, false
 			p.startAt, p.unchecked = p.now().Add(takeoverWait), true
+			changed = true
 		}
 		p.renewed = start
 	case p.id != "" && !p.lost && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
 		// The server took the pull with the pin (a wrong one is refused).
 		p.renewed = start
 	}
-	return p.id != "" && !p.lost
+	return p.id != "" && !p.lost, changed
 }
 
 // warmUntil is when a newly pinned replica may start (zero: now).
@@ -202,6 +218,9 @@ func (p *pin) takeover(ctx context.Context, cons jetstream.Consumer, msg jetstre
 	p.mu.Lock()
 	p.startAt = p.now()
 	p.mu.Unlock()
+	if p.changed != nil {
+		p.changed()
+	}
 }
 
 // drop forgets the pin: the replica handed it over.
@@ -383,6 +402,10 @@ func (f *fleet) lookCancelPin() {
 // BYBIT_LIMIT_SHARE, which a pinned consumer does not apply.
 func newFleet(d fleetDeps, pinned bool, lease time.Duration, share float64) *fleet {
 	f := &fleet{fleetDeps: d, cancel: newPin(pinned, d.name, lease, d.now), followed: make(chan struct{})}
+	// The state follows the cancel pin as soon as it changes: a replica
+	// made active by the first message of a pull pulls confirmations (and
+	// reports itself active) at once, not once that pull has ended.
+	f.cancel.changed = f.check
 	if !pinned {
 		d.log.Warn("the consumer has no pinned-client priority group: every replica works at once, each at BYBIT_LIMIT_SHARE of every budget, and a dead replica's share is lost; to run one replica at the whole budget with a takeover in seconds, recreate it with priority policy pinned_client and priority group "+PriorityGroup+" (nats consumer add --pinned-groups "+PriorityGroup+" --pinned-ttl 5s)",
 			"consumer", d.name)

@@ -77,7 +77,7 @@ func (w *Worker) retryEffects(j *job, p *pacer, d decision) {
 		w.resync(j.lane.account, j.sentAt)
 	case bybit.ClassIPBan:
 		if w.cfg.BanRelease && j.all == nil {
-			w.releaseAllQueued(banReleaseDelay, "ip_ban")
+			w.releaseAllQueued(handOverDelay, "ip_ban")
 			w.fleet.banReleased(w.sendCtxOr(context.Background()))
 		}
 	default:
@@ -116,13 +116,19 @@ func (w *Worker) requeue(j *job, delay time.Duration) {
 	}()
 }
 
-// banReleaseDelay is the NakWithDelay of what a replica gives back during an
-// IP ban (BanRelease): it outlasts the replica's own pull in flight when the
-// ban began (a pull waits at most pullInterval; the replica pulls no more
-// until the pause ends), so that another replica's pull takes it at once
-// after, and never this one's again (each delivery counts to MaxDeliver). Not
-// the pause: what is released is for the other replicas now.
-const banReleaseDelay = pullInterval
+// handOverDelay is the NakWithDelay of what a replica gives back for the
+// other replicas while it may still be pulling: during an IP ban
+// (BanRelease), and when its lease ended (standBy, releaseAllQueued). It
+// outlasts the replica's own pull in flight (a pull waits at most
+// pullInterval): given back at once, a message comes straight back into
+// that pull while the server still hands this replica its messages — a
+// lease that lapsed while the pin stayed here — again and again, each time
+// a delivery, until its last delivery answers it failed, unsent. Another
+// replica's pull takes it after; a newly pinned one waits out takeoverWait
+// (as long) before it sends anyway. Not the ban pause: what is given back
+// is for the other replicas now. A stop gives back at once, after its last
+// pull ended (puller.pull).
+const handOverDelay = pullInterval
 
 // releaseAllQueued gives every queued message back to the consumer, for other
 // replicas (on other IPs) to take during an IP ban.

@@ -117,7 +117,7 @@ type Config struct {
 	// BanRelease releases held messages with NakWithDelay during a ban, for
 	// fleets spread over several IPs (false): what the replica holds and
 	// what reaches it during the pause, back to the consumer after one
-	// second (banReleaseDelay), for another replica to take.
+	// second (handOverDelay), for another replica to take.
 	BanRelease bool
 
 	// Accounts are the Bybit accounts besides the default one (the client

@@ -101,15 +101,15 @@ func (w *Worker) dispatch(l *lane) {
 func (w *Worker) standBy(l *lane, probe bool) {
 	w.gw.handBack(probe)
 	for _, j := range l.drain() {
-		w.giveBack(j, 0, "lease")
+		w.giveBack(j, handOverDelay, "lease")
 	}
 }
 
 // banRelease gives back what waits in the lane of a replica paused by an IP
-// ban with BanRelease, for replicas on other IPs (see banReleaseDelay).
+// ban with BanRelease, for replicas on other IPs (see handOverDelay).
 func (w *Worker) banRelease(l *lane) {
 	for _, j := range l.drain() {
-		w.giveBack(j, banReleaseDelay, "ip_ban")
+		w.giveBack(j, handOverDelay, "ip_ban")
 	}
 }
 

@@ -293,7 +293,7 @@ func (w *Worker) setupFleet(pinned bool) {
 		js: w.js, stream: w.cfg.Stream, cons: w.cons, name: w.cfg.Consumer, now: w.now, log: w.log,
 		active: w.metrics.active.WithLabelValues(w.cfg.Consumer),
 		ban:    w.gw.ban, banRelease: w.cfg.BanRelease,
-		release: func() { w.releaseAllQueued(0, "lease") },
+		release: func() { w.releaseAllQueued(handOverDelay, "lease") },
 		accept:  w.accept,
 	}, pinned, leaseOf(w.consumer.AckWait, w.consumer.PinnedTTL), w.cfg.LimitShare)
 	if pinned {

@@ -168,7 +168,7 @@ func (p *pin) pulledLocked(start time.Time, seen string, err error) (held, chang
 			changed = true
 		}
 		p.renewed = start
-	case p.id != "" && !p.lost && (err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)):
+	case p.id != "" && !p.lost && (err == nil || errors.Is(err, nats.ErrTimeout)):
 		// The server took the pull with the pin (a wrong one is refused).
 		p.renewed = start
 	}

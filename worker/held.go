@@ -140,7 +140,7 @@ func (p puller) pull(ctx context.Context, room int) error {
 	for _, msg := range late {
 		p.take(ctx, msg, start)
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 		return err
 	}
 	return nil
